@@ -1,0 +1,90 @@
+//! The one trait every format implements, and the vocabulary of allocation maps.
+
+use std::fs::File;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+/// The image formats cosnap reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Vhdx,
+    Qcow2,
+    Raw,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Vhdx => "vhdx",
+            Format::Qcow2 => "qcow2",
+            Format::Raw => "raw",
+        }
+    }
+    pub fn from_name(name: &str) -> Option<Format> {
+        match name.to_ascii_lowercase().as_str() {
+            "vhdx" | "avhdx" => Some(Format::Vhdx),
+            "qcow2" => Some(Format::Qcow2),
+            "raw" | "img" => Some(Format::Raw),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What one layer says about a range of guest bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtentState {
+    /// This layer holds the bytes. `host_offset` is where they start in this layer's file
+    /// when they are stored contiguously there for the whole extent (enables
+    /// `copy_file_range`); `None` when the layout does not allow a direct copy.
+    Data { host_offset: Option<u64> },
+    /// This layer says the bytes read as zeros (explicit zeros, hiding any parent).
+    Zero,
+    /// This layer does not hold the bytes: they come from the parent, or read as zeros when
+    /// there is no parent.
+    Inherited,
+}
+
+/// A run of guest bytes `[offset, offset + len)` in one state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    pub offset: u64,
+    pub len: u64,
+    pub state: ExtentState,
+}
+
+/// An open image: one layer, with its parent chain opened read-only beneath it.
+///
+/// Reads go through the chain; writes go to this layer only. Parents are never opened
+/// writable.
+pub trait Image: Send + Sync {
+    fn format(&self) -> Format;
+    fn path(&self) -> &Path;
+    /// The layer's own file (for sparse copies and fsync).
+    fn file(&self) -> &File;
+    fn virtual_size(&self) -> u64;
+    /// Allocation granularity of this layer (VHDX block size, qcow2 cluster size, 4 KiB for raw).
+    fn granularity(&self) -> u64;
+    /// Reads guest bytes at `offset` through the whole chain. Reading past the virtual size
+    /// is an error.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+    /// Writes guest bytes into this layer (allocating as needed). Errors on a read-only open.
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()>;
+    /// Makes every write so far durable (data, then metadata, then fsync).
+    fn flush(&mut self) -> Result<()>;
+    /// This layer's own allocation over `[offset, offset + len)`: sorted, adjacent extents
+    /// that cover the range exactly, adjacent runs of the same state merged.
+    fn layer_map(&self, offset: u64, len: u64) -> Result<Vec<Extent>>;
+    /// The parent layer, opened read-only, if any.
+    fn parent(&self) -> Option<&dyn Image>;
+}

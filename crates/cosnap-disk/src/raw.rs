@@ -1,0 +1,1 @@
+//! Raw images, with allocation from SEEK_DATA/SEEK_HOLE.

@@ -1,0 +1,1 @@
+//! VHDX (MS-VHDX) images: dynamic, fixed and differencing (`.avhdx`), with log replay.
