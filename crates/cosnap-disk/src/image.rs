@@ -80,6 +80,26 @@ pub trait Image: Send + Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
     /// Writes guest bytes into this layer (allocating as needed). Errors on a read-only open.
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()>;
+    /// Makes `[offset, offset + len)` read as zeros in this layer (hiding any parent).
+    /// Formats override this to record zeros without writing data.
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+        let zeros = vec![0u8; len.min(1 << 20) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(zeros.len() as u64) as usize;
+            self.write_at(&zeros[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+    /// Allocates this layer's storage for `[offset, offset + len)` and returns the offset in
+    /// [`Image::file`] where the caller may write those guest bytes directly (with
+    /// `copy_file_range`), or `None` when the layout does not allow it. `offset` and `len`
+    /// are multiples of [`Image::granularity`]. The default is `None`.
+    fn direct_write_target(&mut self, offset: u64, len: u64) -> Result<Option<u64>> {
+        let _ = (offset, len);
+        Ok(None)
+    }
     /// Makes every write so far durable (data, then metadata, then fsync).
     fn flush(&mut self) -> Result<()>;
     /// This layer's own allocation over `[offset, offset + len)`: sorted, adjacent extents
