@@ -1,2 +1,98 @@
 //! Export packages: the on-disk layout, the OVF descriptor, the manifest, full and
 //! differential exports of a snapshot collection, verification and import.
+//!
+//! The host hands this crate an [`ExportPlan`] (the collection, the snapshot, each VM's
+//! system, settings and resource settings at the snapshot as CIM instances, and each disk's
+//! frozen layer) and gets back a package written atomically under an export directory
+//! ([`write_package`]). [`verify_package`] checks every digest, every image and every chain
+//! link of a package; [`read_package`] reads one back for import; [`recover_export_dir`]
+//! removes what an interrupted export left behind. Nothing here knows the repository.
+//!
+//! The layout is documented in the README section "Export package layout".
+
+pub mod cimxml;
+pub mod manifest;
+pub mod names;
+pub mod ovf;
+mod package;
+mod plan;
+
+use std::path::PathBuf;
+
+pub use package::{
+    DiskRecord, PACKAGE_FORMAT, PACKAGE_FORMAT_VERSION, PACKAGE_JSON, Package, PackageMeta,
+    PackageReport, PackageVm, RecoveryReport, VerifyReport, VmRecord, read_package,
+    recover_export_dir, verify_package, write_package,
+};
+pub use plan::{BackupIntent, BaseKind, Differential, DiskPlan, ExportOptions, ExportPlan, VmPlan};
+
+pub type Result<T, E = ExportError> = std::result::Result<T, E>;
+
+/// Why an export, a verification or an import failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("export directory {0} is not an absolute path")]
+    RelativeDirectory(PathBuf),
+    #[error("export directory {0} does not exist or is not a directory")]
+    NoDirectory(PathBuf),
+    /// Without a sub-directory, an entry the package would create already exists.
+    #[error(
+        "{0} already exists; the export would overwrite it (choose an empty directory or ask for a sub-directory)"
+    )]
+    Collision(PathBuf),
+    #[error("invalid export plan: {0}")]
+    Plan(String),
+    /// The target file system is full (ENOSPC/EDQUOT/EFBIG).
+    #[error("no space left on the export target while writing {path}: {source}")]
+    NoSpace {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Disk(cosnap_disk::DiskError),
+    #[error("export cancelled")]
+    Cancelled,
+    #[error("{path}: not a valid cosnap export package: {what}")]
+    BadPackage { path: PathBuf, what: String },
+}
+
+fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG)
+    )
+}
+
+impl ExportError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        if is_no_space(&source) {
+            ExportError::NoSpace { path, source }
+        } else {
+            ExportError::Io { path, source }
+        }
+    }
+    pub fn bad_package(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
+        ExportError::BadPackage {
+            path: path.into(),
+            what: what.into(),
+        }
+    }
+}
+
+impl From<cosnap_disk::DiskError> for ExportError {
+    fn from(e: cosnap_disk::DiskError) -> Self {
+        match e {
+            cosnap_disk::DiskError::Cancelled => ExportError::Cancelled,
+            cosnap_disk::DiskError::Io { path, source } if is_no_space(&source) => {
+                ExportError::NoSpace { path, source }
+            }
+            other => ExportError::Disk(other),
+        }
+    }
+}

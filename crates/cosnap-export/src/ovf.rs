@@ -1,0 +1,386 @@
+//! The OVF 2.x descriptor (DMTF DSP0243 / schema DSP8023) of a whole collection export: an
+//! `Envelope` with `References` (one `File` per exported disk), a `DiskSection`, a
+//! `NetworkSection` when VMs have NICs, and one `VirtualSystemCollection` holding one
+//! `VirtualSystem` per VM whose `VirtualHardwareSection` has RASD items for CPU (3),
+//! memory (4), NICs (10) and disks (17, `HostResource` = `ovf:/disk/<diskId>`).
+//!
+//! Element order follows the DSP8023 2.x sequences and the CIM RASD/VSSD schemas (whose
+//! elements are alphabetical). A differencing disk's parent lives in another package, so
+//! `ovf:parentRef` (which names a disk of the same descriptor) is not used; the chain is
+//! recorded in `cosnap-package.json` instead.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use cosnap_cim::Instance;
+use cosnap_disk::Format;
+
+use crate::cimxml::esc;
+use crate::names::{href_decode, href_encode};
+
+pub const OVF_NS: &str = "http://schemas.dmtf.org/ovf/envelope/2";
+pub const RASD_NS: &str =
+    "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData";
+pub const VSSD_NS: &str =
+    "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData";
+
+/// One disk as the descriptor shows it.
+#[derive(Debug, Clone)]
+pub struct OvfDisk {
+    /// `ovf:diskId`, unique in the descriptor.
+    pub disk_id: String,
+    /// The exported file, relative to the package directory; `None` without storage.
+    pub file: Option<OvfFile>,
+    /// Guest-visible size in bytes.
+    pub capacity: u64,
+    pub format: Format,
+    pub element_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct OvfFile {
+    pub file_id: String,
+    pub rel_path: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct OvfVm {
+    pub id: String,
+    pub name: String,
+    pub resources: Vec<Instance>,
+    pub disks: Vec<OvfDisk>,
+}
+
+/// The URI written as `ovf:format` for each disk format.
+pub fn format_uri(f: Format) -> &'static str {
+    match f {
+        Format::Qcow2 => "http://www.gnome.org/~markmc/qcow-image-format.html",
+        Format::Vhdx => "https://learn.microsoft.com/en-us/openspecs/windows_protocols/ms-vhdx",
+        Format::Raw => "urn:cosnap:disk-format:raw",
+    }
+}
+
+fn prop_u64(inst: &Instance, name: &str) -> Option<u64> {
+    inst.get(name).and_then(|v| v.as_u64())
+}
+
+fn prop_str(inst: &Instance, name: &str) -> Option<String> {
+    match inst.get(name)? {
+        cosnap_cim::Value::Array(a) => a.first().and_then(|v| v.as_str()).map(str::to_string),
+        v => v.as_str().map(str::to_string),
+    }
+}
+
+/// RASD child elements, given in any order; written alphabetically as the CIM schema wants.
+fn item(out: &mut String, mut fields: Vec<(&str, String)>) {
+    fields.sort_by(|a, b| a.0.cmp(b.0));
+    out.push_str("        <Item>\n");
+    for (k, v) in fields {
+        let _ = writeln!(out, "          <rasd:{k}>{}</rasd:{k}>", esc(&v));
+    }
+    out.push_str("        </Item>\n");
+}
+
+fn nic_network(inst: &Instance) -> String {
+    prop_str(inst, "Connection")
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".to_string())
+}
+
+/// The descriptor text.
+pub fn descriptor(
+    collection_id: &str,
+    collection_name: &str,
+    snapshot_name: &str,
+    vms: &[OvfVm],
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>");
+    let _ = writeln!(
+        s,
+        "<Envelope xmlns=\"{OVF_NS}\" xmlns:ovf=\"{OVF_NS}\" xmlns:rasd=\"{RASD_NS}\" xmlns:vssd=\"{VSSD_NS}\" xml:lang=\"en-US\">"
+    );
+    s.push_str("  <References>\n");
+    for d in vms.iter().flat_map(|v| &v.disks) {
+        if let Some(f) = &d.file {
+            let _ = writeln!(
+                s,
+                "    <File ovf:id=\"{}\" ovf:href=\"{}\" ovf:size=\"{}\"/>",
+                esc(&f.file_id),
+                esc(&href_encode(&f.rel_path)),
+                f.size
+            );
+        }
+    }
+    s.push_str("  </References>\n");
+    s.push_str("  <DiskSection>\n    <Info>Virtual disks of the exported collection</Info>\n");
+    for d in vms.iter().flat_map(|v| &v.disks) {
+        let file_ref = d
+            .file
+            .as_ref()
+            .map(|f| format!(" ovf:fileRef=\"{}\"", esc(&f.file_id)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "    <Disk ovf:diskId=\"{}\"{file_ref} ovf:capacity=\"{}\" ovf:capacityAllocationUnits=\"byte\" ovf:format=\"{}\"/>",
+            esc(&d.disk_id),
+            d.capacity,
+            format_uri(d.format)
+        );
+    }
+    s.push_str("  </DiskSection>\n");
+    let networks: BTreeSet<String> = vms
+        .iter()
+        .flat_map(|v| v.resources.iter())
+        .filter(|r| prop_u64(r, "ResourceType") == Some(10))
+        .map(nic_network)
+        .collect();
+    if !networks.is_empty() {
+        s.push_str("  <NetworkSection>\n    <Info>Networks the VMs' adapters connect to</Info>\n");
+        for n in &networks {
+            let _ = writeln!(
+                s,
+                "    <Network ovf:name=\"{}\">\n      <Description>{}</Description>\n    </Network>",
+                esc(n),
+                esc(n)
+            );
+        }
+        s.push_str("  </NetworkSection>\n");
+    }
+    let _ = writeln!(
+        s,
+        "  <VirtualSystemCollection ovf:id=\"{}\">",
+        esc(collection_id)
+    );
+    let _ = writeln!(
+        s,
+        "    <Info>VM collection {} at snapshot {}</Info>",
+        esc(collection_name),
+        esc(snapshot_name)
+    );
+    let _ = writeln!(s, "    <Name>{}</Name>", esc(collection_name));
+    for vm in vms {
+        let _ = writeln!(s, "    <VirtualSystem ovf:id=\"{}\">", esc(&vm.id));
+        let _ = writeln!(s, "      <Info>Virtual machine {}</Info>", esc(&vm.name));
+        let _ = writeln!(s, "      <Name>{}</Name>", esc(&vm.name));
+        s.push_str("      <VirtualHardwareSection>\n        <Info>Virtual hardware at the snapshot</Info>\n");
+        s.push_str("        <System>\n");
+        let _ = writeln!(
+            s,
+            "          <vssd:ElementName>{}</vssd:ElementName>",
+            esc(&vm.name)
+        );
+        s.push_str("          <vssd:InstanceID>0</vssd:InstanceID>\n");
+        let _ = writeln!(
+            s,
+            "          <vssd:VirtualSystemIdentifier>{}</vssd:VirtualSystemIdentifier>",
+            esc(&vm.id)
+        );
+        s.push_str("          <vssd:VirtualSystemType>cosnap-hyperv-v2</vssd:VirtualSystemType>\n");
+        s.push_str("        </System>\n");
+        let mut next_id = 1u32;
+        let mut id = || {
+            let v = next_id;
+            next_id += 1;
+            v.to_string()
+        };
+        for r in vm
+            .resources
+            .iter()
+            .filter(|r| prop_u64(r, "ResourceType") == Some(3))
+        {
+            let n = prop_u64(r, "VirtualQuantity").unwrap_or(1);
+            item(
+                &mut s,
+                vec![
+                    ("AllocationUnits", "hertz * 10^6".into()),
+                    ("Description", "Number of virtual CPUs".into()),
+                    ("ElementName", format!("{n} virtual CPU(s)")),
+                    ("InstanceID", id()),
+                    ("ResourceType", "3".into()),
+                    ("VirtualQuantity", n.to_string()),
+                ],
+            );
+        }
+        for r in vm
+            .resources
+            .iter()
+            .filter(|r| prop_u64(r, "ResourceType") == Some(4))
+        {
+            let n = prop_u64(r, "VirtualQuantity").unwrap_or(0);
+            let units = prop_str(r, "AllocationUnits")
+                .filter(|u| !u.is_empty())
+                .map(|u| u.replace("byte*2^20", "byte * 2^20"))
+                .unwrap_or_else(|| "byte * 2^20".into());
+            item(
+                &mut s,
+                vec![
+                    ("AllocationUnits", units),
+                    ("Description", "Memory size".into()),
+                    ("ElementName", format!("{n} MB of memory")),
+                    ("InstanceID", id()),
+                    ("ResourceType", "4".into()),
+                    ("VirtualQuantity", n.to_string()),
+                ],
+            );
+        }
+        for r in vm
+            .resources
+            .iter()
+            .filter(|r| prop_u64(r, "ResourceType") == Some(10))
+        {
+            let mut f = vec![
+                ("AutomaticAllocation", "true".into()),
+                ("Connection", nic_network(r)),
+                (
+                    "ElementName",
+                    prop_str(r, "ElementName").unwrap_or_else(|| "Network adapter".into()),
+                ),
+                ("InstanceID", id()),
+                ("ResourceType", "10".into()),
+            ];
+            if let Some(mac) = prop_str(r, "Address").filter(|a| !a.is_empty()) {
+                f.push(("Address", mac));
+            }
+            item(&mut s, f);
+        }
+        for d in &vm.disks {
+            item(
+                &mut s,
+                vec![
+                    ("ElementName", d.element_name.clone()),
+                    ("HostResource", format!("ovf:/disk/{}", d.disk_id)),
+                    ("InstanceID", id()),
+                    ("ResourceType", "17".into()),
+                ],
+            );
+        }
+        s.push_str("      </VirtualHardwareSection>\n    </VirtualSystem>\n");
+    }
+    s.push_str("  </VirtualSystemCollection>\n</Envelope>\n");
+    s
+}
+
+/// Structural checks of a descriptor beyond XSD validity: the envelope namespace, one
+/// `VirtualSystemCollection` content, unique file and disk ids, every `fileRef` and
+/// `ovf:/disk/` reference resolves, every referenced file exists under `root` with its
+/// declared size, every VM has CPU and memory items, RASD children in schema order.
+pub fn check_structure(text: &str, root: &Path) -> Result<(), String> {
+    let doc = roxmltree::Document::parse(text).map_err(|e| format!("not well-formed XML: {e}"))?;
+    let env = doc.root_element();
+    if env.tag_name().name() != "Envelope" || env.tag_name().namespace() != Some(OVF_NS) {
+        return Err(format!("root element is not an OVF 2 Envelope ({OVF_NS})"));
+    }
+    let ovf = |n: roxmltree::Node<'_, '_>, a: &str| n.attribute((OVF_NS, a)).map(str::to_string);
+    let kids: Vec<_> = env.children().filter(|c| c.is_element()).collect();
+    if kids.first().map(|k| k.tag_name().name()) != Some("References") {
+        return Err("Envelope must start with References".into());
+    }
+    let contents: Vec<_> = kids
+        .iter()
+        .filter(|k| {
+            matches!(
+                k.tag_name().name(),
+                "VirtualSystem" | "VirtualSystemCollection"
+            )
+        })
+        .collect();
+    if contents.len() != 1 || contents[0].tag_name().name() != "VirtualSystemCollection" {
+        return Err("Envelope must hold exactly one VirtualSystemCollection".into());
+    }
+    let mut files = BTreeSet::new();
+    for f in kids[0]
+        .children()
+        .filter(|c| c.has_tag_name((OVF_NS, "File")))
+    {
+        let id = ovf(f, "id").ok_or("File without ovf:id")?;
+        let href = ovf(f, "href").ok_or("File without ovf:href")?;
+        let rel = href_decode(&href).ok_or_else(|| format!("bad href {href:?}"))?;
+        if rel.starts_with('/') || rel.split('/').any(|c| c == "..") {
+            return Err(format!("href {href:?} leaves the package"));
+        }
+        let meta = std::fs::metadata(root.join(&rel)).map_err(|e| format!("file {rel:?}: {e}"))?;
+        if let Some(size) = ovf(f, "size") {
+            if size.parse::<u64>().ok() != Some(meta.len()) {
+                return Err(format!(
+                    "file {rel:?}: ovf:size {size} but the file has {} bytes",
+                    meta.len()
+                ));
+            }
+        }
+        if !files.insert(id.clone()) {
+            return Err(format!("duplicate File id {id}"));
+        }
+    }
+    let mut disks = BTreeSet::new();
+    for d in doc
+        .descendants()
+        .filter(|n| n.has_tag_name((OVF_NS, "Disk")))
+    {
+        let id = ovf(d, "diskId").ok_or("Disk without ovf:diskId")?;
+        ovf(d, "capacity").ok_or_else(|| format!("disk {id} without ovf:capacity"))?;
+        if let Some(r) = ovf(d, "fileRef") {
+            if !files.contains(&r) {
+                return Err(format!("disk {id} refers to unknown file {r}"));
+            }
+        }
+        if !disks.insert(id.clone()) {
+            return Err(format!("duplicate diskId {id}"));
+        }
+    }
+    let systems: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name((OVF_NS, "VirtualSystem")))
+        .collect();
+    if systems.is_empty() {
+        return Err("collection holds no VirtualSystem".into());
+    }
+    for vs in systems {
+        let vid = ovf(vs, "id").ok_or("VirtualSystem without ovf:id")?;
+        let mut types = BTreeSet::new();
+        for it in vs
+            .descendants()
+            .filter(|n| n.has_tag_name((OVF_NS, "Item")))
+        {
+            let names: Vec<&str> = it
+                .children()
+                .filter(|c| c.is_element())
+                .map(|c| c.tag_name().name())
+                .collect();
+            if names.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(format!(
+                    "{vid}: RASD elements out of schema order: {names:?}"
+                ));
+            }
+            let rt = it
+                .children()
+                .find(|c| c.has_tag_name((RASD_NS, "ResourceType")))
+                .and_then(|c| c.text());
+            let rt: u32 = rt
+                .and_then(|t| t.parse().ok())
+                .ok_or_else(|| format!("{vid}: Item without ResourceType"))?;
+            types.insert(rt);
+            if rt == 17 {
+                let hr = it
+                    .children()
+                    .find(|c| c.has_tag_name((RASD_NS, "HostResource")))
+                    .and_then(|c| c.text())
+                    .unwrap_or_default();
+                let id = hr
+                    .strip_prefix("ovf:/disk/")
+                    .ok_or_else(|| format!("{vid}: disk item HostResource {hr:?}"))?;
+                if !disks.contains(id) {
+                    return Err(format!("{vid}: disk item refers to unknown disk {id}"));
+                }
+            }
+        }
+        for needed in [3, 4] {
+            if !types.contains(&needed) {
+                return Err(format!("{vid}: no RASD item of ResourceType {needed}"));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! What the host asks for: the export plan and its options.
+
+use std::path::PathBuf;
+
+use cosnap_cim::Instance;
+use cosnap_disk::Format;
+use serde::{Deserialize, Serialize};
+
+/// `BackupIntent` of `Msvm_CollectionSnapshotExportSettingData` (collection numbering:
+/// 1 PreserveChain, 2 Merge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupIntent {
+    /// Each differential disk is a differencing image whose parent is the base export's
+    /// disk (relative path): base + differential open as one chain.
+    #[default]
+    PreserveChain,
+    /// Each disk is a synthetic full (base + changes) that stands alone.
+    Merge,
+}
+
+impl BackupIntent {
+    pub fn from_code(code: u64) -> Option<Self> {
+        match code {
+            1 => Some(BackupIntent::PreserveChain),
+            2 => Some(BackupIntent::Merge),
+            _ => None,
+        }
+    }
+    pub fn code(self) -> u16 {
+        match self {
+            BackupIntent::PreserveChain => 1,
+            BackupIntent::Merge => 2,
+        }
+    }
+}
+
+/// What the differential base is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BaseKind {
+    Snapshot,
+    ReferencePoint,
+}
+
+/// A differential export's base, as recorded in the package.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Differential {
+    pub base_id: String,
+    pub base_kind: BaseKind,
+    /// Id of the package that exported the base (its `export_id`), when one is on record.
+    pub base_export_id: Option<String>,
+}
+
+/// One disk of one VM.
+#[derive(Debug, Clone)]
+pub struct DiskPlan {
+    /// Stable identifier of the disk (used for file names and `ovf:/disk/<id>`).
+    pub id: String,
+    /// Top layer of the disk's chain frozen at the snapshot (read only).
+    pub source: PathBuf,
+    pub format: Format,
+    /// Differential only: the layer that was on top when the base was taken; only the ranges
+    /// changed above it are exported. `None` = full.
+    pub base_layer: Option<PathBuf>,
+    /// PreserveChain differential only: the base export's file of this disk (absolute), the
+    /// parent of the differencing image written.
+    pub base_export_file: Option<PathBuf>,
+    /// InstanceID of the resource setting that attaches this disk, if any.
+    pub resource_instance_id: Option<String>,
+}
+
+/// One VM of the collection at the snapshot.
+#[derive(Debug, Clone)]
+pub struct VmPlan {
+    /// The VM (`Msvm_ComputerSystem`; `Name` is its id, `ElementName` its name).
+    pub system: Instance,
+    /// The VM's settings at the snapshot (the snapshot's `Msvm_VirtualSystemSettingData`;
+    /// `InstanceID` names `Snapshots/<id>.xml`).
+    pub settings: Instance,
+    /// Resource settings at the snapshot (processor, memory, disks, NICs, …).
+    pub resources: Vec<Instance>,
+    pub disks: Vec<DiskPlan>,
+}
+
+/// Everything one export writes.
+#[derive(Debug, Clone)]
+pub struct ExportPlan {
+    /// `Msvm_VirtualSystemCollection` (`CollectionID`, `ElementName`).
+    pub collection: Instance,
+    /// `Msvm_SnapshotCollection` (`CollectionID`, `ElementName`).
+    pub snapshot: Instance,
+    pub vms: Vec<VmPlan>,
+    /// Set for a differential export.
+    pub differential: Option<Differential>,
+    /// Set when a differential was asked for, its change information was gone, and the
+    /// caller allowed a full export instead: the reason, recorded in the package.
+    pub fallback_to_full: Option<String>,
+}
+
+/// How to write the package.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// `CopyVmStorage`: write the disks.
+    pub copy_storage: bool,
+    /// `CreateVmExportSubdirectory`: one sub-directory per export.
+    pub create_subdirectory: bool,
+    pub intent: BackupIntent,
+    /// Disks copied at once.
+    pub threads: usize,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        Self {
+            copy_storage: true,
+            create_subdirectory: false,
+            intent: BackupIntent::PreserveChain,
+            threads: 2,
+        }
+    }
+}
