@@ -6,6 +6,7 @@
 //! Knows nothing of CIM or the repository. Every format module parses untrusted headers
 //! with bounds checks and reports typed [`DiskError`]s that name the file and the defect.
 
+pub mod copy;
 pub mod error;
 pub mod image;
 pub mod ops;

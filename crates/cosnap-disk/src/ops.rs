@@ -2,19 +2,29 @@
 //! child, merge, rebase, changed ranges, flatten (the copy engine), compare, check, info.
 //!
 //! These are the calls the host and the export crates make; format details stay in the
-//! format modules.
-//!
-//! NOTE (skeleton): bodies marked `todo!` are being written by the disk engine work.
+//! format modules. The copy engine lives in [`crate::copy`].
 
+use std::fs::File;
+use std::io::Read;
 use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
-use crate::image::{Extent, Format, Image};
+use crate::error::{DiskError, Result};
+use crate::image::{Extent, ExtentState, Format, Image};
+use crate::qcow2::{self, Qcow2Image, canonical, push_extent, relative_path};
+use crate::raw::{self, RawImage};
+use crate::vhdx;
+
+/// Deepest chain cosnap opens (a guard against runaway recursion, not a format limit).
+pub const MAX_CHAIN_DEPTH: usize = 64;
+
+/// Bytes moved per read/write step in merges and comparisons.
+const STEP: u64 = 4 << 20;
 
 /// Cooperative cancellation shared between a job and the work it runs.
 #[derive(Debug, Clone, Default)]
@@ -37,45 +47,275 @@ pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
 
 /// Detects the format of an existing image from its magic bytes (raw when none matches).
 pub fn detect_format(path: &Path) -> Result<Format> {
-    let _ = path;
-    todo!("disk engine")
+    let mut f = File::open(path).map_err(|e| DiskError::io(path, e))?;
+    let mut head = [0u8; 8];
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(DiskError::io(path, e)),
+        }
+    }
+    let head = &head[..n];
+    Ok(if head.starts_with(&qcow2::MAGIC) {
+        Format::Qcow2
+    } else if vhdx::is_vhdx(head) {
+        Format::Vhdx
+    } else {
+        Format::Raw
+    })
+}
+
+fn open_format(
+    path: &Path,
+    format: Format,
+    writable: bool,
+    seen: &mut Vec<PathBuf>,
+) -> Result<Box<dyn Image>> {
+    Ok(match format {
+        Format::Qcow2 => Box::new(Qcow2Image::open_in_chain(path, writable, seen)?),
+        Format::Raw => Box::new(RawImage::open(path, writable)?),
+        Format::Vhdx => Box::new(vhdx::VhdxImage::open(path, writable)?),
+    })
 }
 
 /// Opens an image and its whole parent chain (parents read-only).
 pub fn open(path: &Path, writable: bool) -> Result<Box<dyn Image>> {
-    let _ = (path, writable);
-    todo!("disk engine")
+    let format = detect_format(path)?;
+    open_format(path, format, writable, &mut Vec::new())
+}
+
+/// Opens the backing file `backing` named by `child` (read-only), checking for loops
+/// (`seen` holds the canonical paths of the layers above) and missing files.
+pub fn open_backing(
+    child: &Path,
+    backing: &Path,
+    format: Option<Format>,
+    seen: &mut Vec<PathBuf>,
+) -> Result<Box<dyn Image>> {
+    if !backing.exists() {
+        return Err(DiskError::chain(
+            child,
+            format!("backing file {} does not exist", backing.display()),
+        ));
+    }
+    let canon = canonical(backing);
+    if seen.contains(&canon) {
+        return Err(DiskError::chain(
+            child,
+            format!(
+                "backing loop: {} is already in the chain",
+                backing.display()
+            ),
+        ));
+    }
+    if seen.len() >= MAX_CHAIN_DEPTH {
+        return Err(DiskError::chain(
+            child,
+            format!("chain deeper than {MAX_CHAIN_DEPTH} layers"),
+        ));
+    }
+    let format = match format {
+        Some(f) => f,
+        None => detect_format(backing)?,
+    };
+    open_format(backing, format, false, seen)
 }
 
 /// Creates a new, empty base image. Fails if `path` exists.
 pub fn create(path: &Path, format: Format, virtual_size: u64) -> Result<()> {
-    let _ = (path, format, virtual_size);
-    todo!("disk engine")
+    match format {
+        Format::Qcow2 => qcow2::create(
+            path,
+            &qcow2::CreateOptions {
+                virtual_size,
+                cluster_bits: qcow2::DEFAULT_CLUSTER_BITS,
+                backing: None,
+            },
+        ),
+        Format::Raw => raw::create(path, virtual_size),
+        Format::Vhdx => vhdx::create(path, &vhdx::CreateOptions::dynamic(virtual_size)),
+    }
+}
+
+/// Creates a qcow2 overlay of `parent` (any format) at `child`, the same virtual size, the
+/// backing path recorded relative to the child's directory with the parent's format.
+pub fn create_qcow2_overlay(parent: &Path, child: &Path) -> Result<()> {
+    let parent_format = detect_format(parent)?;
+    let size = open(parent, false)?.virtual_size();
+    let dir = child
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let rel = relative_path(dir, parent);
+    let name = rel
+        .to_str()
+        .ok_or_else(|| DiskError::invalid(parent, "path is not UTF-8"))?
+        .to_string();
+    qcow2::create(
+        child,
+        &qcow2::CreateOptions {
+            virtual_size: size.div_ceil(512) * 512,
+            cluster_bits: qcow2::DEFAULT_CLUSTER_BITS,
+            backing: Some((name, parent_format)),
+        },
+    )
 }
 
 /// Creates a differencing child of `parent` at `child` and returns its format: a VHDX
 /// child (`.avhdx`) for a VHDX parent, a qcow2 overlay for a qcow2 or raw parent. The child
 /// names its parent by a path relative to the child's directory. Fails if `child` exists.
 pub fn create_child(parent: &Path, child: &Path) -> Result<Format> {
-    let _ = (parent, child);
-    todo!("disk engine")
+    match detect_format(parent)? {
+        Format::Vhdx => {
+            vhdx::create_child(parent, child)?;
+            Ok(Format::Vhdx)
+        }
+        Format::Qcow2 | Format::Raw => {
+            create_qcow2_overlay(parent, child)?;
+            Ok(Format::Qcow2)
+        }
+    }
+}
+
+/// The direct parent file of `image`, or `None` for a base image.
+pub fn parent_path(image: &Path) -> Result<Option<PathBuf>> {
+    match detect_format(image)? {
+        Format::Raw => Ok(None),
+        Format::Vhdx => vhdx::parent_path(image),
+        Format::Qcow2 => {
+            let file = File::open(image).map_err(|e| DiskError::io(image, e))?;
+            let len = file.metadata().map_err(|e| DiskError::io(image, e))?.len();
+            let hdr = qcow2::read_header(image, &file, len)?;
+            Ok(hdr.backing_file.map(|n| qcow2::resolve_backing(image, &n)))
+        }
+    }
+}
+
+/// Copies the guest bytes of `ranges` (as `src` shows them) into `dst`, zero ranges as
+/// zeros. Used by commit and pull.
+fn copy_ranges_through(src: &dyn Image, dst: &mut dyn Image, extents: &[Extent]) -> Result<()> {
+    let mut buf = vec![0u8; STEP as usize];
+    for e in extents {
+        match e.state {
+            ExtentState::Inherited => {}
+            ExtentState::Zero => dst.write_zeroes(e.offset, e.len)?,
+            ExtentState::Data { .. } => {
+                let mut done = 0;
+                while done < e.len {
+                    let n = (e.len - done).min(STEP) as usize;
+                    src.read_at(&mut buf[..n], e.offset + done)?;
+                    dst.write_at(&buf[..n], e.offset + done)?;
+                    done += n as u64;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Merges `child`'s data into its direct parent, crash-safely: at every instant, the
 /// chain read from `child` shows the same guest bytes, and running `commit` again after a
 /// crash completes the merge. Afterwards the parent alone holds what the child showed; the
 /// caller deletes the child and repoints the child's own children with [`rebase`].
+///
+/// Why this is crash-safe: only the parent is written, and only over ranges the child
+/// itself holds (data or zeros), which the child hides; the copy is idempotent.
 pub fn commit(child: &Path) -> Result<()> {
-    let _ = child;
-    todo!("disk engine")
+    if detect_format(child)? == Format::Vhdx {
+        return vhdx::commit(child);
+    }
+    let src = open(child, false)?;
+    let Some(parent) = parent_path(child)? else {
+        return Err(DiskError::invalid(
+            child,
+            "image has no parent to commit into",
+        ));
+    };
+    let mut dst = open(&parent, true)?;
+    let size = src.virtual_size().min(dst.virtual_size());
+    if src.virtual_size() > dst.virtual_size() {
+        // Data past the parent's end cannot be merged.
+        let tail = src.layer_map(dst.virtual_size(), src.virtual_size() - dst.virtual_size())?;
+        if tail
+            .iter()
+            .any(|e| matches!(e.state, ExtentState::Data { .. }))
+        {
+            return Err(DiskError::unsupported(
+                child,
+                "committing data past the parent's virtual size",
+            ));
+        }
+    }
+    let extents = src.layer_map(0, size)?;
+    copy_ranges_through(src.as_ref(), dst.as_mut(), &extents)?;
+    dst.flush()
 }
 
 /// Copies into `child` every range it inherits from its direct parent, then makes the
 /// parent's parent the child's parent (or makes the child standalone). Crash-safe: the
 /// child's guest bytes never change. What deleting a layer with several children needs.
 pub fn pull(child: &Path) -> Result<()> {
-    let _ = child;
-    todo!("disk engine")
+    let Some(parent) = parent_path(child)? else {
+        return Err(DiskError::invalid(
+            child,
+            "image has no parent to pull from",
+        ));
+    };
+    let grandparent = parent_path(&parent)?;
+    {
+        let mut img = open(child, true)?;
+        let size = img.virtual_size();
+        let child_map = img.layer_map(0, size)?;
+        let parent_img = img
+            .parent()
+            .ok_or_else(|| DiskError::chain(child, "parent did not open"))?;
+        let psize = parent_img.virtual_size().min(size);
+        let parent_map = parent_img.layer_map(0, psize)?;
+        // Ranges the child inherits and the parent holds.
+        let mut todo = Vec::new();
+        for c in child_map
+            .iter()
+            .filter(|e| e.state == ExtentState::Inherited)
+        {
+            for p in &parent_map {
+                let s = c.offset.max(p.offset);
+                let e = (c.offset + c.len).min(p.offset + p.len);
+                if s < e && p.state != ExtentState::Inherited {
+                    let state = match p.state {
+                        ExtentState::Zero if grandparent.is_some() => ExtentState::Zero,
+                        ExtentState::Zero => ExtentState::Inherited,
+                        _ => ExtentState::Data { host_offset: None },
+                    };
+                    todo.push(Extent {
+                        offset: s,
+                        len: e - s,
+                        state,
+                    });
+                }
+            }
+        }
+        let mut buf = vec![0u8; STEP as usize];
+        for e in &todo {
+            match e.state {
+                ExtentState::Inherited => {}
+                ExtentState::Zero => img.write_zeroes(e.offset, e.len)?,
+                ExtentState::Data { .. } => {
+                    let mut done = 0;
+                    while done < e.len {
+                        let n = (e.len - done).min(STEP) as usize;
+                        img.read_at(&mut buf[..n], e.offset + done)?;
+                        img.write_at(&buf[..n], e.offset + done)?;
+                        done += n as u64;
+                    }
+                }
+            }
+        }
+        img.flush()?;
+    }
+    rebase(child, grandparent.as_deref())
 }
 
 /// Points `image` at a new parent (or none) without touching data. The caller guarantees
@@ -83,64 +323,229 @@ pub fn pull(child: &Path) -> Result<()> {
 /// old or the new parent recorded. For VHDX, the linkage becomes the new parent's
 /// DataWriteGuid.
 pub fn rebase(image: &Path, new_parent: Option<&Path>) -> Result<()> {
-    let _ = (image, new_parent);
-    todo!("disk engine")
+    match detect_format(image)? {
+        Format::Vhdx => vhdx::rebase(image, new_parent),
+        Format::Raw => match new_parent {
+            None => Ok(()),
+            Some(_) => Err(DiskError::invalid(
+                image,
+                "a raw image cannot have a parent",
+            )),
+        },
+        Format::Qcow2 => {
+            let backing = match new_parent {
+                None => None,
+                Some(p) => {
+                    let fmt = detect_format(p)?;
+                    let dir = image
+                        .parent()
+                        .filter(|d| !d.as_os_str().is_empty())
+                        .unwrap_or(Path::new("."));
+                    let rel = relative_path(dir, p);
+                    let name = rel
+                        .to_str()
+                        .ok_or_else(|| DiskError::invalid(p, "path is not UTF-8"))?
+                        .to_string();
+                    Some((name, fmt))
+                }
+            };
+            qcow2::set_backing(image, backing)
+        }
+    }
 }
 
 /// Layers of the chain, top first.
 pub fn chain(path: &Path) -> Result<Vec<PathBuf>> {
-    let _ = path;
-    todo!("disk engine")
+    let img = open(path, false)?;
+    let mut out = Vec::new();
+    let mut cur: Option<&dyn Image> = Some(img.as_ref());
+    while let Some(layer) = cur {
+        out.push(layer.path().to_path_buf());
+        cur = layer.parent();
+    }
+    Ok(out)
+}
+
+/// Layers of an open chain, top first.
+pub fn layers(img: &dyn Image) -> Vec<&dyn Image> {
+    let mut out = Vec::new();
+    let mut cur: Option<&dyn Image> = Some(img);
+    while let Some(layer) = cur {
+        out.push(layer);
+        cur = layer.parent();
+    }
+    out
+}
+
+/// Sorted, merged union of ranges.
+pub fn merge_ranges(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
+    ranges.retain(|r| r.start < r.end);
+    ranges.sort_by_key(|r| r.start);
+    let mut out: Vec<Range<u64>> = Vec::new();
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// The depth of `ancestor` in `img`'s chain (0 = `img` itself).
+fn ancestor_depth(img: &dyn Image, ancestor: &Path) -> Result<usize> {
+    let want = canonical(ancestor);
+    layers(img)
+        .iter()
+        .position(|l| canonical(l.path()) == want)
+        .ok_or_else(|| {
+            DiskError::invalid(
+                img.path(),
+                format!("{} is not in this image's chain", ancestor.display()),
+            )
+        })
+}
+
+/// Changed ranges of an open chain above the layer at depth `stop` (exclusive): the union
+/// of what layers `0..stop` hold.
+pub fn changed_ranges_open(img: &dyn Image, stop: usize) -> Result<Vec<Range<u64>>> {
+    let size = img.virtual_size();
+    let mut ranges = Vec::new();
+    for layer in layers(img).into_iter().take(stop) {
+        let n = layer.virtual_size().min(size);
+        for e in layer.layer_map(0, n)? {
+            if e.state != ExtentState::Inherited {
+                ranges.push(e.offset..e.offset + e.len);
+            }
+        }
+        if n < size {
+            // The layer ends early: everything past its end reads as zeros through it.
+            ranges.push(n..size);
+        }
+    }
+    Ok(merge_ranges(ranges))
 }
 
 /// The exact guest byte ranges that may differ between `top` and `ancestor` (a layer in
 /// `top`'s chain): the union of what every layer above `ancestor` holds (data or zeros),
 /// merged and sorted. Errors if `ancestor` is not in the chain.
 pub fn changed_ranges(top: &Path, ancestor: &Path) -> Result<Vec<Range<u64>>> {
-    let _ = (top, ancestor);
-    todo!("disk engine")
+    let img = open(top, false)?;
+    let depth = ancestor_depth(img.as_ref(), ancestor)?;
+    changed_ranges_open(img.as_ref(), depth)
 }
 
-/// One flatten: read the chain from `source` and write a new image at `dest`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FlattenJob {
-    /// Top layer of the chain to read.
-    pub source: PathBuf,
-    /// Only the ranges that changed above this ancestor are written (see
-    /// [`changed_ranges`]); `None` = every allocated range of the whole chain.
-    pub base: Option<PathBuf>,
-    pub dest: PathBuf,
-    pub dest_format: Format,
-    /// Makes `dest` a differencing image of this parent (VHDX child for a VHDX parent,
-    /// qcow2 overlay otherwise), named by a path relative to `dest`'s directory. Ranges not
-    /// written are inherited from it.
-    pub dest_parent: Option<PathBuf>,
+/// One extent of a whole-chain map: `state` as the topmost layer holding it says, and that
+/// layer's depth (0 = top). Inherited extents have `depth` = the chain length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainExtent {
+    pub offset: u64,
+    pub len: u64,
+    pub state: ExtentState,
+    pub depth: usize,
 }
 
-/// What a flatten wrote.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FlattenReport {
-    pub dest: PathBuf,
-    pub format: Format,
-    pub virtual_size: u64,
-    /// Guest bytes written as data.
-    pub data_bytes: u64,
-    /// The ranges written (data or zero), merged and sorted.
-    pub ranges: Vec<Range<u64>>,
+/// Whole-chain map of `[offset, offset + len)`: for each range, the topmost layer that
+/// holds it (data or zeros); `Inherited` where no layer does (reads as zeros).
+pub fn chain_map(img: &dyn Image, offset: u64, len: u64) -> Result<Vec<ChainExtent>> {
+    let mut out = Vec::new();
+    chain_map_into(img, offset, len, 0, &mut out)?;
+    Ok(out)
 }
 
-/// Flattens several images in parallel (up to `threads` at once), sparse, with
-/// `copy_file_range` per extent where the layouts allow and read/write otherwise.
-/// A failed or cancelled flatten removes the destination files it created.
-pub fn flatten_all(
-    jobs: &[FlattenJob],
-    threads: usize,
-    progress: Progress<'_>,
-    cancel: &CancelToken,
-) -> Result<Vec<FlattenReport>> {
-    let _ = (jobs, threads, progress, cancel);
-    todo!("disk engine")
+fn chain_map_into(
+    img: &dyn Image,
+    offset: u64,
+    len: u64,
+    depth: usize,
+    out: &mut Vec<ChainExtent>,
+) -> Result<()> {
+    let push = |out: &mut Vec<ChainExtent>, e: ChainExtent| {
+        if e.len == 0 {
+            return;
+        }
+        if let Some(last) = out.last_mut()
+            && last.offset + last.len == e.offset
+            && last.depth == e.depth
+        {
+            let merged = match (last.state, e.state) {
+                (
+                    ExtentState::Data {
+                        host_offset: Some(a),
+                    },
+                    ExtentState::Data {
+                        host_offset: Some(b),
+                    },
+                ) => a + last.len == b,
+                (a, b) => a == b,
+            };
+            if merged {
+                last.len += e.len;
+                return;
+            }
+        }
+        out.push(e);
+    };
+    let own_len = len.min(img.virtual_size().saturating_sub(offset));
+    let chain_len = layers(img).len();
+    for e in img.layer_map(offset, own_len)? {
+        match (e.state, img.parent()) {
+            (ExtentState::Inherited, Some(parent)) => {
+                let pend = parent.virtual_size();
+                let in_parent = if e.offset < pend {
+                    (pend - e.offset).min(e.len)
+                } else {
+                    0
+                };
+                if in_parent > 0 {
+                    chain_map_into(parent, e.offset, in_parent, depth + 1, out)?;
+                }
+                if in_parent < e.len {
+                    push(
+                        out,
+                        ChainExtent {
+                            offset: e.offset + in_parent,
+                            len: e.len - in_parent,
+                            state: ExtentState::Inherited,
+                            depth: depth + chain_len,
+                        },
+                    );
+                }
+            }
+            (ExtentState::Inherited, None) => push(
+                out,
+                ChainExtent {
+                    offset: e.offset,
+                    len: e.len,
+                    state: e.state,
+                    depth: depth + 1,
+                },
+            ),
+            (state, _) => push(
+                out,
+                ChainExtent {
+                    offset: e.offset,
+                    len: e.len,
+                    state,
+                    depth,
+                },
+            ),
+        }
+    }
+    if own_len < len {
+        push(
+            out,
+            ChainExtent {
+                offset: offset + own_len,
+                len: len - own_len,
+                state: ExtentState::Inherited,
+                depth,
+            },
+        );
+    }
+    Ok(())
 }
+
+pub use crate::copy::{FlattenJob, FlattenReport, flatten_all};
 
 /// Facts about one image and its chain.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,14 +562,42 @@ pub struct ImageInfo {
 }
 
 pub fn info(path: &Path) -> Result<ImageInfo> {
-    let _ = path;
-    todo!("disk engine")
+    let img = open(path, false)?;
+    let meta = img.file().metadata().map_err(|e| DiskError::io(path, e))?;
+    Ok(ImageInfo {
+        path: path.to_path_buf(),
+        format: img.format(),
+        virtual_size: img.virtual_size(),
+        block_size: img.granularity(),
+        allocated_bytes: meta.blocks() * 512,
+        chain: layers(img.as_ref())
+            .iter()
+            .map(|l| l.path().to_path_buf())
+            .collect(),
+    })
 }
 
 /// Whole-chain allocation map (top layer's view: data, zero or unallocated per range).
+/// `Data` host offsets refer to the file of whichever layer holds the range; use
+/// [`chain_map`] to know which.
 pub fn map(path: &Path) -> Result<Vec<Extent>> {
-    let _ = path;
-    todo!("disk engine")
+    let img = open(path, false)?;
+    let mut out = Vec::new();
+    for e in chain_map(img.as_ref(), 0, img.virtual_size())? {
+        let state = match e.state {
+            ExtentState::Data { .. } if e.depth > 0 => ExtentState::Data { host_offset: None },
+            s => s,
+        };
+        push_extent(
+            &mut out,
+            Extent {
+                offset: e.offset,
+                len: e.len,
+                state,
+            },
+        );
+    }
+    Ok(out)
 }
 
 /// Outcome of a structural check, like `qemu-img check`.
@@ -176,20 +609,75 @@ pub struct CheckReport {
     pub leaks: Vec<String>,
 }
 
+/// Structural check of one file (not its parents). Raw images have no structure: always
+/// clean. A file that cannot be parsed at all is an `Err` (the CLI's "could not check").
 pub fn check(path: &Path) -> Result<CheckReport> {
-    let _ = path;
-    todo!("disk engine")
+    match detect_format(path)? {
+        Format::Qcow2 => qcow2::check(path),
+        Format::Vhdx => vhdx::check(path),
+        Format::Raw => Ok(CheckReport::default()),
+    }
 }
 
 /// Compares the guest bytes of two images (any formats). `None` = identical (the larger
 /// one's tail must be zeros); `Some(offset)` = first differing byte.
 pub fn compare(a: &Path, b: &Path) -> Result<Option<u64>> {
-    let _ = (a, b);
-    todo!("disk engine")
+    let ia = open(a, false)?;
+    let ib = open(b, false)?;
+    let (sa, sb) = (ia.virtual_size(), ib.virtual_size());
+    let size = sa.max(sb);
+    // Where either side may hold non-zero bytes; everything else is zeros on both sides.
+    let data = |img: &dyn Image| -> Result<Vec<Range<u64>>> {
+        Ok(chain_map(img, 0, img.virtual_size())?
+            .into_iter()
+            .filter(|e| matches!(e.state, ExtentState::Data { .. }))
+            .map(|e| e.offset..e.offset + e.len)
+            .collect())
+    };
+    let mut ranges = data(ia.as_ref())?;
+    ranges.extend(data(ib.as_ref())?);
+    let ranges = merge_ranges(ranges);
+    let mut ba = vec![0u8; STEP as usize];
+    let mut bb = vec![0u8; STEP as usize];
+    let read = |img: &dyn Image, size: u64, buf: &mut [u8], off: u64| -> Result<()> {
+        if off >= size {
+            buf.fill(0);
+            return Ok(());
+        }
+        let n = ((size - off) as usize).min(buf.len());
+        img.read_at(&mut buf[..n], off)?;
+        buf[n..].fill(0);
+        Ok(())
+    };
+    for r in ranges {
+        let mut off = r.start;
+        while off < r.end.min(size) {
+            let n = (r.end - off).min(STEP) as usize;
+            read(ia.as_ref(), sa, &mut ba[..n], off)?;
+            read(ib.as_ref(), sb, &mut bb[..n], off)?;
+            if ba[..n] != bb[..n] {
+                let i = ba[..n]
+                    .iter()
+                    .zip(&bb[..n])
+                    .position(|(x, y)| x != y)
+                    .unwrap_or(0);
+                return Ok(Some(off + i as u64));
+            }
+            off += n as u64;
+        }
+    }
+    Ok(None)
 }
 
 /// Writes `len` bytes of `pattern` at `offset` into the image's top layer, then flushes.
 pub fn write_pattern(path: &Path, offset: u64, len: u64, pattern: u8) -> Result<()> {
-    let _ = (path, offset, len, pattern);
-    todo!("disk engine")
+    let mut img = open(path, true)?;
+    let buf = vec![pattern; len.min(STEP) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(STEP) as usize;
+        img.write_at(&buf[..n], offset + done)?;
+        done += n as u64;
+    }
+    img.flush()
 }

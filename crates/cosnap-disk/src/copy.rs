@@ -1,0 +1,510 @@
+//! The copy engine: flatten chains into new sparse images, several at once.
+//!
+//! Plan first (walk the allocation maps; holes are never read), then copy each extent:
+//! `copy_file_range` from the layer file holding the bytes straight into the destination
+//! file where the source extent is contiguous on the host and the destination offers a
+//! direct target (raw, or [`Image::direct_write_target`]); pread/pwrite otherwise, or when
+//! the kernel refuses (EXDEV, EOPNOTSUPP, EINVAL, ENOSYS). Memory is bounded: one fixed
+//! buffer per worker, no whole-disk buffers.
+//!
+//! Decisions:
+//! - With `base` and no `dest_parent`, the output is a standalone image holding only the
+//!   changed ranges (everything else reads as zeros): the "delta" file of an export.
+//!   Zero ranges are then left as holes. With `dest_parent`, zero ranges (and, without
+//!   `base`, every range no layer holds) are written as explicit zeros so that they hide
+//!   the parent.
+//! - A failure or a cancellation of any job stops all jobs and removes every destination
+//!   this call created (never one that existed before: creation is exclusive).
+
+use std::fs::File;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DiskError, Result};
+use crate::image::{ExtentState, Format, Image};
+use crate::ops::{self, CancelToken, Progress, chain_map, layers, merge_ranges};
+use crate::qcow2::{self, Qcow2Image, relative_path};
+use crate::raw::{self, RawImage};
+use crate::vhdx;
+
+/// Buffer per worker for read/write copies.
+const BUF: usize = 4 << 20;
+/// Largest piece handed to one `copy_file_range` loop between progress/cancel checks.
+const DIRECT_PIECE: u64 = 64 << 20;
+
+/// One flatten: read the chain from `source` and write a new image at `dest`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlattenJob {
+    /// Top layer of the chain to read.
+    pub source: PathBuf,
+    /// Only the ranges that changed above this ancestor are written (see
+    /// [`ops::changed_ranges`]); `None` = every allocated range of the whole chain.
+    pub base: Option<PathBuf>,
+    pub dest: PathBuf,
+    pub dest_format: Format,
+    /// Makes `dest` a differencing image of this parent (VHDX child for a VHDX parent,
+    /// qcow2 overlay otherwise), named by a path relative to `dest`'s directory. Ranges not
+    /// written are inherited from it.
+    pub dest_parent: Option<PathBuf>,
+}
+
+/// What a flatten wrote.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlattenReport {
+    pub dest: PathBuf,
+    pub format: Format,
+    pub virtual_size: u64,
+    /// Guest bytes written as data.
+    pub data_bytes: u64,
+    /// The ranges written (data or zero), merged and sorted.
+    pub ranges: Vec<Range<u64>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum SegKind {
+    /// Data held by the layer at `depth`, contiguous at `host` in its file when known.
+    Data {
+        depth: usize,
+        host: Option<u64>,
+    },
+    Zero,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    offset: u64,
+    len: u64,
+    kind: SegKind,
+}
+
+struct Plan {
+    source: Box<dyn Image>,
+    segs: Vec<Seg>,
+    /// Ranges reported as written (data and zero), merged.
+    ranges: Vec<Range<u64>>,
+    /// Bytes this job contributes to progress.
+    work: u64,
+}
+
+fn plan(job: &FlattenJob) -> Result<Plan> {
+    let source = ops::open(&job.source, false)?;
+    let size = source.virtual_size();
+    let with_parent = job.dest_parent.is_some();
+    let scope: Vec<Range<u64>> = match &job.base {
+        None => vec![0..size],
+        Some(base) => {
+            let want = qcow2::canonical(base);
+            let depth = layers(source.as_ref())
+                .iter()
+                .position(|l| qcow2::canonical(l.path()) == want)
+                .ok_or_else(|| {
+                    DiskError::invalid(
+                        &job.source,
+                        format!("{} is not in this image's chain", base.display()),
+                    )
+                })?;
+            ops::changed_ranges_open(source.as_ref(), depth)?
+        }
+    };
+    let mut segs = Vec::new();
+    let mut ranges = Vec::new();
+    for r in &scope {
+        for e in chain_map(source.as_ref(), r.start, r.end - r.start)? {
+            let kind = match e.state {
+                ExtentState::Data { host_offset } => SegKind::Data {
+                    depth: e.depth,
+                    host: host_offset,
+                },
+                ExtentState::Zero => SegKind::Zero,
+                // Unheld inside a changed range (a layer shorter than the top) or, without a
+                // base, unheld anywhere: zeros.
+                ExtentState::Inherited if job.base.is_some() || with_parent => SegKind::Zero,
+                ExtentState::Inherited => continue,
+            };
+            ranges.push(e.offset..e.offset + e.len);
+            if matches!(kind, SegKind::Zero) && !with_parent {
+                continue;
+            }
+            segs.push(Seg {
+                offset: e.offset,
+                len: e.len,
+                kind,
+            });
+        }
+    }
+    let work = segs.iter().map(|s| s.len).sum();
+    Ok(Plan {
+        source,
+        segs,
+        ranges: merge_ranges(ranges),
+        work,
+    })
+}
+
+/// Creates the destination of `job` (exclusively) with the source's virtual size.
+fn create_dest(job: &FlattenJob, source: &dyn Image) -> Result<()> {
+    let size = source.virtual_size();
+    let dest = &job.dest;
+    match (job.dest_format, &job.dest_parent) {
+        (Format::Raw, None) => raw::create(dest, size),
+        (Format::Raw, Some(_)) => Err(DiskError::invalid(dest, "a raw image cannot have a parent")),
+        (Format::Qcow2, parent) => {
+            let backing = match parent {
+                None => None,
+                Some(p) => {
+                    let fmt = ops::detect_format(p)?;
+                    let dir = dest
+                        .parent()
+                        .filter(|d| !d.as_os_str().is_empty())
+                        .unwrap_or(Path::new("."));
+                    let name = relative_path(dir, p)
+                        .to_str()
+                        .ok_or_else(|| DiskError::invalid(p, "path is not UTF-8"))?
+                        .to_string();
+                    Some((name, fmt))
+                }
+            };
+            qcow2::create(
+                dest,
+                &qcow2::CreateOptions {
+                    virtual_size: size.div_ceil(512) * 512,
+                    cluster_bits: qcow2::DEFAULT_CLUSTER_BITS,
+                    backing,
+                },
+            )
+        }
+        (Format::Vhdx, None) => {
+            let mut opts = vhdx::CreateOptions::dynamic(size);
+            if source.format() == Format::Vhdx {
+                opts.block_size = source.granularity() as u32;
+            }
+            vhdx::create(dest, &opts)
+        }
+        (Format::Vhdx, Some(p)) => {
+            if ops::detect_format(p)? != Format::Vhdx {
+                return Err(DiskError::invalid(
+                    dest,
+                    "a VHDX differencing image needs a VHDX parent",
+                ));
+            }
+            vhdx::create_child(p, dest)
+        }
+    }
+}
+
+fn open_dest(job: &FlattenJob) -> Result<Box<dyn Image>> {
+    Ok(match job.dest_format {
+        Format::Raw => Box::new(RawImage::open(&job.dest, true)?),
+        Format::Qcow2 => {
+            let mut img = Qcow2Image::open(&job.dest, true)?;
+            // A fresh output, deleted if the copy fails: no ordering fsyncs needed.
+            img.set_ordered(false);
+            Box::new(img)
+        }
+        Format::Vhdx => Box::new(vhdx::VhdxImage::open(&job.dest, true)?),
+    })
+}
+
+/// Shared state of one `flatten_all` call.
+struct Run<'a> {
+    progress: Progress<'a>,
+    cancel: &'a CancelToken,
+    abort: AtomicBool,
+    done: AtomicU64,
+    total: u64,
+    /// copy_file_range has failed with "not supported here": use read/write from now on.
+    no_cfr: AtomicBool,
+}
+
+impl Run<'_> {
+    fn check(&self) -> Result<()> {
+        if self.cancel.is_cancelled() || self.abort.load(Ordering::SeqCst) {
+            Err(DiskError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+    fn advance(&self, n: u64) {
+        let done = self.done.fetch_add(n, Ordering::SeqCst) + n;
+        (self.progress)(done.min(self.total), self.total);
+    }
+}
+
+/// Flattens several images in parallel (up to `threads` at once), sparse, with
+/// `copy_file_range` per extent where the layouts allow and read/write otherwise.
+/// A failed or cancelled flatten removes the destination files it created.
+pub fn flatten_all(
+    jobs: &[FlattenJob],
+    threads: usize,
+    progress: Progress<'_>,
+    cancel: &CancelToken,
+) -> Result<Vec<FlattenReport>> {
+    let plans = jobs.iter().map(plan).collect::<Result<Vec<_>>>()?;
+    let total = plans.iter().map(|p| p.work).sum();
+    let run = Run {
+        progress,
+        cancel,
+        abort: AtomicBool::new(false),
+        done: AtomicU64::new(0),
+        total,
+        no_cfr: AtomicBool::new(false),
+    };
+    let created: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    let results: Mutex<Vec<Option<Result<FlattenReport>>>> =
+        Mutex::new((0..jobs.len()).map(|_| None).collect());
+    let next = AtomicUsize::new(0);
+    let workers = threads.clamp(1, jobs.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= jobs.len() {
+                        break;
+                    }
+                    let r = flatten_one(&jobs[i], &plans[i], &run, &created);
+                    if r.is_err() {
+                        run.abort.store(true, Ordering::SeqCst);
+                    }
+                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+                }
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut reports = Vec::new();
+    let mut first_err: Option<DiskError> = None;
+    for r in results {
+        match r {
+            Some(Ok(rep)) => reports.push(rep),
+            Some(Err(e)) => {
+                // The job that failed first wins over the ones it cancelled.
+                if first_err
+                    .as_ref()
+                    .is_none_or(|f| matches!(f, DiskError::Cancelled))
+                {
+                    first_err = Some(e);
+                }
+            }
+            None => first_err = first_err.or(Some(DiskError::Cancelled)),
+        }
+    }
+    if cancel.is_cancelled() && first_err.is_none() {
+        first_err = Some(DiskError::Cancelled);
+    }
+    if let Some(e) = first_err {
+        for p in created.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            let _ = std::fs::remove_file(&p);
+        }
+        return Err(e);
+    }
+    (progress)(total, total);
+    Ok(reports)
+}
+
+fn flatten_one(
+    job: &FlattenJob,
+    plan: &Plan,
+    run: &Run<'_>,
+    created: &Mutex<Vec<PathBuf>>,
+) -> Result<FlattenReport> {
+    run.check()?;
+    create_dest(job, plan.source.as_ref())?;
+    created
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(job.dest.clone());
+    let mut dest = open_dest(job)?;
+    let src = plan.source.as_ref();
+    let layer_list = layers(src);
+    let sparse = job.dest_parent.is_none();
+    let mut buf = vec![0u8; BUF];
+    let mut data_bytes = 0;
+    for seg in &plan.segs {
+        run.check()?;
+        match seg.kind {
+            SegKind::Zero => {
+                dest.write_zeroes(seg.offset, seg.len)?;
+                run.advance(seg.len);
+            }
+            SegKind::Data { depth, host } => {
+                let layer = layer_list.get(depth).copied();
+                copy_data(
+                    src,
+                    layer,
+                    host,
+                    dest.as_mut(),
+                    seg.offset,
+                    seg.len,
+                    sparse,
+                    &mut buf,
+                    run,
+                )?;
+                data_bytes += seg.len;
+            }
+        }
+    }
+    run.check()?;
+    dest.flush()?;
+    Ok(FlattenReport {
+        dest: job.dest.clone(),
+        format: job.dest_format,
+        virtual_size: dest.virtual_size(),
+        data_bytes,
+        ranges: plan.ranges.clone(),
+    })
+}
+
+/// Copies guest `[off, off + len)` (data held by `layer`, at `host` in its file if
+/// contiguous) into `dest`.
+#[allow(clippy::too_many_arguments)]
+fn copy_data(
+    src: &dyn Image,
+    layer: Option<&dyn Image>,
+    host: Option<u64>,
+    dest: &mut dyn Image,
+    off: u64,
+    len: u64,
+    sparse: bool,
+    buf: &mut [u8],
+    run: &Run<'_>,
+) -> Result<()> {
+    let end = off + len;
+    let (a, b) = if dest.format() == Format::Raw {
+        (off, end)
+    } else {
+        let g = dest.granularity();
+        (off.div_ceil(g) * g, end / g * g)
+    };
+    let direct = match (host, layer) {
+        (Some(h), Some(l)) if a < b && !run.no_cfr.load(Ordering::Relaxed) => Some((h, l)),
+        _ => None,
+    };
+    let Some((h, l)) = direct else {
+        return copy_buffered(src, dest, off, len, sparse, buf, run);
+    };
+    if a > off {
+        copy_buffered(src, dest, off, a.min(end) - off, sparse, buf, run)?;
+    }
+    let mut pos = a;
+    while pos < b {
+        run.check()?;
+        let n = (b - pos).min(DIRECT_PIECE);
+        match dest.direct_write_target(pos, n)? {
+            Some(t) => {
+                copy_host(l.file(), l.path(), h + (pos - off), dest, t, n, buf, run)?;
+            }
+            None => copy_buffered(src, dest, pos, n, sparse, buf, run)?,
+        }
+        pos += n;
+    }
+    if b > a && b < end {
+        copy_buffered(src, dest, b, end - b, sparse, buf, run)?;
+    }
+    Ok(())
+}
+
+/// Reads through the source chain and writes through the destination image.
+fn copy_buffered(
+    src: &dyn Image,
+    dest: &mut dyn Image,
+    off: u64,
+    len: u64,
+    sparse: bool,
+    buf: &mut [u8],
+    run: &Run<'_>,
+) -> Result<()> {
+    let mut done = 0;
+    while done < len {
+        run.check()?;
+        let n = (len - done).min(buf.len() as u64) as usize;
+        src.read_at(&mut buf[..n], off + done)?;
+        if !(sparse && buf[..n].iter().all(|&b| b == 0)) {
+            dest.write_at(&buf[..n], off + done)?;
+        }
+        done += n as u64;
+        run.advance(n as u64);
+    }
+    Ok(())
+}
+
+/// Copies `len` host bytes from `src` at `src_off` to `dest`'s file at `dst_off`:
+/// copy_file_range, or pread/pwrite where the kernel cannot.
+#[allow(clippy::too_many_arguments)]
+fn copy_host(
+    src: &File,
+    src_path: &Path,
+    src_off: u64,
+    dest: &dyn Image,
+    dst_off: u64,
+    len: u64,
+    buf: &mut [u8],
+    run: &Run<'_>,
+) -> Result<()> {
+    let dst = dest.file();
+    let mut done = 0u64;
+    if !run.no_cfr.load(Ordering::Relaxed) {
+        while done < len {
+            let mut off_in = (src_off + done) as libc::off64_t;
+            let mut off_out = (dst_off + done) as libc::off64_t;
+            let want = (len - done).min(1 << 30) as usize;
+            // SAFETY: valid fds, valid offset pointers, no aliasing of Rust memory.
+            let r = unsafe {
+                libc::copy_file_range(
+                    src.as_raw_fd(),
+                    &mut off_in,
+                    dst.as_raw_fd(),
+                    &mut off_out,
+                    want,
+                    0,
+                )
+            };
+            if r < 0 {
+                let err = std::io::Error::last_os_error();
+                match err.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(
+                        libc::EXDEV | libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS | libc::EBADF,
+                    ) => {
+                        run.no_cfr.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    _ => return Err(DiskError::io(dest.path(), err)),
+                }
+            }
+            if r == 0 {
+                // Source ends early (data cluster past EOF reads as zeros): finish by hand.
+                break;
+            }
+            done += r as u64;
+            run.advance(r as u64);
+        }
+    }
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        let chunk = &mut buf[..n];
+        let mut got = 0;
+        while got < n {
+            match src.read_at(&mut chunk[got..], src_off + done + got as u64) {
+                Ok(0) => {
+                    chunk[got..].fill(0);
+                    break;
+                }
+                Ok(k) => got += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(DiskError::io(src_path, e)),
+            }
+        }
+        dst.write_all_at(chunk, dst_off + done)
+            .map_err(|e| DiskError::io(dest.path(), e))?;
+        done += n as u64;
+        run.advance(n as u64);
+    }
+    Ok(())
+}
