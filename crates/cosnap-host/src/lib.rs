@@ -2,3 +2,72 @@
 //! settings, collections, collection snapshots, reference points and jobs, kept in an
 //! embedded SQLite repository, and the Hyper-V services' methods with their documented
 //! return codes.
+//!
+//! # Design (decisions taken; see also each module)
+//!
+//! * **Repository** ([`repo`]): SQLite, WAL, `<data-dir>/cosnap.db`, versioned migrations,
+//!   one transaction per state change, `busy_timeout` so a CLI and a server can share the
+//!   directory. Operations that touch disk files also hold `flock(<data-dir>/lock)`.
+//! * **Layers**: each VM disk slot has a chain. The user's base image stays where the user
+//!   defined it; cosnap creates every new layer under `<data-dir>/disks/<vm-id>/` and only
+//!   ever modifies a user's base by merging into it when the first snapshot above it is
+//!   destroyed. It never deletes a file it did not create. The *active layer* is where
+//!   guest writes go.
+//! * **Intent journal** ([`journal`]): every operation touching files is journaled;
+//!   [`Host::open`] rolls back what never committed and rolls forward what did.
+//! * **Snapshots**: CreateSnapshot adds one differencing child per disk of every member VM
+//!   under the lock and switches every active layer in ONE transaction (group crash
+//!   consistent; cost independent of disk size). DestroySnapshot merges
+//!   ([`host::release_layers`]). ApplySnapshot branches from the frozen layers.
+//!   ConvertToReferencePoint keeps the frozen layers as change boundaries
+//!   ([`Host::change_base`]).
+//! * **Return codes**: DMTF style for collection snapshot / RP methods, Msvm style for
+//!   collection management and DefineSystem/DestroySystem ([`error`]).
+//!
+//! # API for the export / import code (in-crate `export.rs` / `import.rs`) and front ends
+//!
+//! * Open: [`Host::open`]`(data_dir)`.
+//! * Look-ups: [`Host::vm`], [`Host::vms`], [`Host::collection`], [`Host::collections`],
+//!   [`Host::snapshot`] (a [`Snapshot`]: per VM the [`VmSettings`] at the snapshot and the
+//!   frozen [`LayerRef`] of each disk: path + format + disk InstanceID),
+//!   [`Host::snapshot_of_vssd`], [`Host::refpoint`] (a [`RefPoint`]: per disk the boundary
+//!   layer, disk InstanceID and RCT id), [`Host::snapshots`], [`Host::refpoints`].
+//! * By object path: [`Host::resolve_path`] → [`Resolved`] (which object an
+//!   `ObjectPath` names), [`crate::util::parse_wmi_path`] for WMI path text
+//!   (`\\HOST\root\virtualization\v2:Class.Key="v"`), [`Host::path_text`] to print one.
+//! * As CIM instances: [`Host::snapshot_vm_instances`] (the per-VM snapshot VSSD and its
+//!   resource settings: Msvm_ProcessorSettingData, Msvm_MemorySettingData,
+//!   Msvm_StorageAllocationSettingData (HostResource = frozen layer path),
+//!   Msvm_SyntheticEthernetPortSettingData), [`Host::vm_instances`] (same for a VM now), and
+//!   the [`cosnap_cim::CimProvider`] implementation on [`Host`].
+//! * Differential bases: [`Host::change_base`]`(top_layer, base_layer)` → the base layer or
+//!   [`HostError::ChangeInfoGone`].
+//! * In use: [`Host::mark_in_use`]`(snapshot_or_rp_id, job_id)` → an [`InUseGuard`];
+//!   while it lives, destroy/apply/convert of that object return in-use / invalid state.
+//! * Exports: [`Host::record_export`] and [`Host::exports_of`] (a reference point also
+//!   finds the exports of the snapshot it was converted from).
+//! * Import: [`Host::define_vm`] (a [`VmSpec`], ids may be kept), [`Host::define_collection`],
+//!   [`Host::add_member`].
+//! * Jobs: [`Host::start_job`]`(job_type, name, description, cancellable, work)` where
+//!   `work: FnOnce(&JobCtx) -> Result<Vec<(class, id)>>` runs on a thread
+//!   ([`JobCtx::progress`], [`JobCtx::check_cancel`], [`JobCtx::cancel_token`] for
+//!   cosnap-disk); [`Host::job`], [`Host::jobs`], [`Host::wait_job`],
+//!   [`Host::request_job_state`].
+
+pub mod cim;
+pub mod error;
+pub mod export;
+pub mod host;
+pub mod import;
+pub mod jobs;
+pub mod journal;
+pub mod model;
+pub mod provider;
+pub mod repo;
+pub mod util;
+
+pub use cim::Resolved;
+pub use error::{HostError, Result};
+pub use host::{Host, InUseGuard};
+pub use jobs::JobCtx;
+pub use model::*;

@@ -1,0 +1,1 @@
+//! Import of export packages (owned by the export engineer). Placeholder until that work lands.

@@ -1,0 +1,199 @@
+//! The intent journal: how operations that touch disk files survive SIGKILL at any instant.
+//!
+//! Rules (the lead's design):
+//! * Before an operation creates, merges, pulls or deletes a layer file, it records what it
+//!   will do in a `journal` row, in its own transaction (or in the same transaction as the
+//!   state change, when every file step comes after that change).
+//! * `phase = "pending"`: the repository's state change has not committed. Recovery rolls
+//!   back: it deletes the files the operation created ([`Plan::Create`], [`Plan::Apply`]).
+//! * `phase = "committed"`: the state change committed in the same transaction that set this
+//!   phase. Recovery rolls forward: it redoes the remaining steps, all idempotent
+//!   (`cosnap_disk::commit` is re-runnable; a pull is only repeated while the child still
+//!   names the layer being removed as its parent; deletes ignore missing files).
+//! * The row is deleted when the last step is done.
+//!
+//! Recovery runs in [`crate::Host::open`] while holding the repository lock, so it never races a
+//! live operation (every live operation holds that lock while its journal row exists).
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::util::crash_point;
+
+/// What an operation will do to files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Plan {
+    /// CreateSnapshot: new differencing children (deleted on roll-back).
+    Create { created: Vec<PathBuf> },
+    /// ApplySnapshot: new children (roll-back deletes them); once committed, the old
+    /// active layers to delete.
+    Apply {
+        created: Vec<PathBuf>,
+        delete_after: Vec<PathBuf>,
+    },
+    /// Releasing frozen layers (DestroySnapshot, DestroyReferencePoint, DestroySystem):
+    /// always written as committed, together with the state change.
+    Release { steps: Vec<Step> },
+}
+
+/// One roll-forward step of [`Plan::Release`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Step {
+    /// Merge `child` into its parent `into`, point `rebase` (child's own children) at
+    /// `into`, delete `child`.
+    Merge {
+        child: PathBuf,
+        into: PathBuf,
+        rebase: Vec<PathBuf>,
+    },
+    /// Copy `parent`'s data into each of `children` (making `parent`'s parent theirs),
+    /// then delete `parent`.
+    Pull {
+        parent: PathBuf,
+        children: Vec<PathBuf>,
+    },
+    /// Delete a layer nothing references any more.
+    Delete { path: PathBuf },
+}
+
+pub fn insert(
+    conn: &Connection,
+    op: &str,
+    phase: &str,
+    plan: &Plan,
+    job_id: Option<&str>,
+) -> Result<i64> {
+    let text = serde_json::to_string(plan).map_err(|e| crate::HostError::Failed(e.to_string()))?;
+    conn.execute(
+        "INSERT INTO journal (op, phase, plan, job_id) VALUES (?1, ?2, ?3, ?4)",
+        params![op, phase, text, job_id],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+pub fn set_phase(conn: &Connection, id: i64, phase: &str, plan: &Plan) -> Result<()> {
+    let text = serde_json::to_string(plan).map_err(|e| crate::HostError::Failed(e.to_string()))?;
+    conn.execute(
+        "UPDATE journal SET phase = ?2, plan = ?3 WHERE id = ?1",
+        params![id, phase, text],
+    )?;
+    Ok(())
+}
+
+pub fn remove(conn: &Connection, id: i64) -> Result<()> {
+    conn.execute("DELETE FROM journal WHERE id = ?1", params![id])?;
+    Ok(())
+}
+
+/// Deletes a file if it exists (idempotent), then syncs its directory.
+pub fn delete_file(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            sync_parent(path);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Best-effort fsync of a file's directory, so creations and deletions are durable.
+pub fn sync_parent(path: &Path) {
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// The direct parent of `layer` as its file records it, or `None` for a standalone image.
+fn file_parent(layer: &Path) -> Result<Option<PathBuf>> {
+    let chain = cosnap_disk::chain(layer)?;
+    Ok(chain.get(1).cloned())
+}
+
+/// Runs the roll-forward steps of a committed release. Idempotent: safe to run again
+/// after a crash at any point.
+pub fn run_steps(steps: &[Step]) -> Result<()> {
+    for step in steps {
+        match step {
+            Step::Merge {
+                child,
+                into,
+                rebase,
+            } => {
+                if child.exists() {
+                    cosnap_disk::commit(child)?;
+                    crash_point("release.merged");
+                    for grandchild in rebase {
+                        if grandchild.exists() {
+                            cosnap_disk::rebase(grandchild, Some(into))?;
+                            crash_point("release.rebased");
+                        }
+                    }
+                    delete_file(child)?;
+                    crash_point("release.deleted-child");
+                }
+            }
+            Step::Pull { parent, children } => {
+                if parent.exists() {
+                    for child in children {
+                        if child.exists()
+                            && file_parent(child)?.is_some_and(|p| same_file(&p, parent))
+                        {
+                            cosnap_disk::pull(child)?;
+                            crash_point("release.pulled");
+                        }
+                    }
+                    delete_file(parent)?;
+                    crash_point("release.deleted-parent");
+                }
+            }
+            Step::Delete { path } => {
+                delete_file(path)?;
+                crash_point("release.deleted");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Finishes or rolls back every journal row. Called with the repository lock held.
+pub fn recover(conn: &Connection) -> Result<usize> {
+    let rows: Vec<(i64, String, String)> = {
+        let mut stmt = conn.prepare("SELECT id, phase, plan FROM journal ORDER BY id")?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?
+    };
+    let count = rows.len();
+    for (id, phase, text) in rows {
+        let plan: Plan = serde_json::from_str(&text)
+            .map_err(|e| crate::HostError::Failed(format!("journal row {id} unreadable: {e}")))?;
+        match (&plan, phase.as_str()) {
+            (Plan::Create { created }, _) | (Plan::Apply { created, .. }, "pending") => {
+                for f in created {
+                    delete_file(f)?;
+                }
+            }
+            (Plan::Apply { delete_after, .. }, _) => {
+                for f in delete_after {
+                    delete_file(f)?;
+                }
+            }
+            (Plan::Release { steps }, _) => run_steps(steps)?,
+        }
+        remove(conn, id)?;
+        tracing::info!(journal = id, phase, "recovered interrupted operation");
+    }
+    Ok(count)
+}

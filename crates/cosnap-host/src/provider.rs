@@ -1,0 +1,1 @@
+//! `CimProvider` for [`Host`] (method dispatch and association walking).
