@@ -6,8 +6,8 @@
 pub const MAX_COMPONENT: usize = 80;
 
 /// Keeps ASCII letters, digits, `-`, `_`, `.` and spaces; every other character becomes
-/// `_`. Leading dots and spaces are dropped (no hidden files, no `..`), runs of `_` are
-/// collapsed, and an empty result becomes `unnamed`.
+/// `_`. Leading dots and spaces are dropped (no hidden files), runs of `_` and `.` are
+/// collapsed (no `..` anywhere), and an empty result becomes `unnamed`.
 pub fn sanitize(name: &str) -> String {
     let mut out = String::with_capacity(name.len().min(MAX_COMPONENT));
     for c in name.chars() {
@@ -16,7 +16,8 @@ pub fn sanitize(name: &str) -> String {
         } else {
             '_'
         };
-        if c == '_' && out.ends_with('_') {
+        // Collapsed runs: no `..` anywhere, even inside a component.
+        if (c == '_' || c == '.') && out.ends_with(c) {
             continue;
         }
         out.push(c);
@@ -90,7 +91,7 @@ mod tests {
                 "{evil:?} -> {s:?}"
             );
             assert!(!s.starts_with('.'), "{evil:?} -> {s:?}");
-            assert_ne!(s, "..");
+            assert!(!s.contains(".."), "{evil:?} -> {s:?}");
         }
         assert_eq!(sanitize("web tier (prod)"), "web tier _prod_");
         assert_eq!(sanitize(&"x".repeat(500)).len(), MAX_COMPONENT);

@@ -302,13 +302,13 @@ pub fn check_structure(text: &str, root: &Path) -> Result<(), String> {
             return Err(format!("href {href:?} leaves the package"));
         }
         let meta = std::fs::metadata(root.join(&rel)).map_err(|e| format!("file {rel:?}: {e}"))?;
-        if let Some(size) = ovf(f, "size") {
-            if size.parse::<u64>().ok() != Some(meta.len()) {
-                return Err(format!(
-                    "file {rel:?}: ovf:size {size} but the file has {} bytes",
-                    meta.len()
-                ));
-            }
+        if let Some(size) = ovf(f, "size")
+            && size.parse::<u64>().ok() != Some(meta.len())
+        {
+            return Err(format!(
+                "file {rel:?}: ovf:size {size} but the file has {} bytes",
+                meta.len()
+            ));
         }
         if !files.insert(id.clone()) {
             return Err(format!("duplicate File id {id}"));
@@ -321,10 +321,10 @@ pub fn check_structure(text: &str, root: &Path) -> Result<(), String> {
     {
         let id = ovf(d, "diskId").ok_or("Disk without ovf:diskId")?;
         ovf(d, "capacity").ok_or_else(|| format!("disk {id} without ovf:capacity"))?;
-        if let Some(r) = ovf(d, "fileRef") {
-            if !files.contains(&r) {
-                return Err(format!("disk {id} refers to unknown file {r}"));
-            }
+        if let Some(r) = ovf(d, "fileRef")
+            && !files.contains(&r)
+        {
+            return Err(format!("disk {id} refers to unknown file {r}"));
         }
         if !disks.insert(id.clone()) {
             return Err(format!("duplicate diskId {id}"));

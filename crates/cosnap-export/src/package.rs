@@ -459,14 +459,16 @@ fn validate_plan(plan: &ExportPlan, opts: &ExportOptions) -> Result<()> {
                     d.id
                 )));
             }
-            if let Some(p) = &d.base_export_file {
-                if opts.copy_storage && d.base_layer.is_some() && !p.is_file() {
-                    return Err(ExportError::Plan(format!(
-                        "disk {}: the base export's file {} is gone",
-                        d.id,
-                        p.display()
-                    )));
-                }
+            if let Some(p) = &d.base_export_file
+                && opts.copy_storage
+                && d.base_layer.is_some()
+                && !p.is_file()
+            {
+                return Err(ExportError::Plan(format!(
+                    "disk {}: the base export's file {} is gone",
+                    d.id,
+                    p.display()
+                )));
             }
         }
     }
