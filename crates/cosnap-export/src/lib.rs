@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 pub use package::{
     DiskRecord, PACKAGE_FORMAT, PACKAGE_FORMAT_VERSION, PACKAGE_JSON, Package, PackageMeta,
-    PackageReport, PackageVm, RecoveryReport, VerifyReport, VmRecord, read_package,
+    PackageReport, PackageVm, RecoveryReport, VerifyReport, VmRecord, preflight, read_package,
     recover_export_dir, verify_package, write_package,
 };
 pub use plan::{BackupIntent, BaseKind, Differential, DiskPlan, ExportOptions, ExportPlan, VmPlan};

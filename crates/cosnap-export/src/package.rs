@@ -284,6 +284,79 @@ fn rollback(journal_path: &Path, journal: &Journal) {
     }
 }
 
+/// Names derived from the plan: ids, display names, the package name, the VM directories.
+struct Names {
+    collection_id: String,
+    snapshot_id: String,
+    collection_name: String,
+    snapshot_name: String,
+    base_name: String,
+    vm_dirs: Vec<String>,
+}
+
+fn names(plan: &ExportPlan) -> Names {
+    let collection_id = id_of(&plan.collection, &["CollectionID", "InstanceID", "Name"]);
+    let snapshot_id = id_of(&plan.snapshot, &["CollectionID", "InstanceID"]);
+    let collection_name = name_of(&plan.collection, &collection_id);
+    let snapshot_name = name_of(&plan.snapshot, &snapshot_id);
+    let base_name = sanitize(&format!("{collection_name}_{snapshot_name}"));
+    let mut vm_dirs: Vec<String> = Vec::new();
+    for vm in &plan.vms {
+        let vm_id = id_of(&vm.system, &["Name", "InstanceID"]);
+        let mut d = sanitize(&format!("{}_{}", name_of(&vm.system, &vm_id), vm_id));
+        let mut n = 2;
+        while vm_dirs.contains(&d) {
+            d = sanitize(&format!("{}_{}_{n}", name_of(&vm.system, &vm_id), vm_id));
+            n += 1;
+        }
+        vm_dirs.push(d);
+    }
+    Names {
+        collection_id,
+        snapshot_id,
+        collection_name,
+        snapshot_name,
+        base_name,
+        vm_dirs,
+    }
+}
+
+/// The top-level entries a flat (no sub-directory) export creates, the manifest last
+/// (it is committed last).
+fn flat_tops(name: &str, vm_dirs: &[String]) -> Vec<String> {
+    let mut tops: Vec<String> = vm_dirs.to_vec();
+    tops.extend([
+        format!("{name}.ovf"),
+        format!("{name}.collection.xml"),
+        PACKAGE_JSON.to_string(),
+    ]);
+    tops.push(format!("{name}.mf"));
+    tops
+}
+
+/// The checks [`write_package`] makes before it writes anything (absolute existing
+/// directory, a consistent plan, no collision without a sub-directory), so a caller can
+/// refuse a request before starting a job. Writes nothing.
+pub fn preflight(plan: &ExportPlan, export_dir: &Path, opts: &ExportOptions) -> Result<()> {
+    if !export_dir.is_absolute() {
+        return Err(ExportError::RelativeDirectory(export_dir.to_path_buf()));
+    }
+    if !export_dir.is_dir() {
+        return Err(ExportError::NoDirectory(export_dir.to_path_buf()));
+    }
+    validate_plan(plan, opts)?;
+    if !opts.create_subdirectory {
+        let n = names(plan);
+        for t in flat_tops(&n.base_name, &n.vm_dirs) {
+            let fin = export_dir.join(t);
+            if fs::symlink_metadata(&fin).is_ok() {
+                return Err(ExportError::Collision(fin));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes the package for `plan` under `export_dir` and returns where it is.
 ///
 /// `progress(done, total)` reports the fraction complete (flatten then hashing).
@@ -303,24 +376,15 @@ pub fn write_package(
     }
     validate_plan(plan, opts)?;
     let uuid = uuid::Uuid::new_v4().simple().to_string();
-    let collection_id = id_of(&plan.collection, &["CollectionID", "InstanceID", "Name"]);
-    let snapshot_id = id_of(&plan.snapshot, &["CollectionID", "InstanceID"]);
-    let collection_name = name_of(&plan.collection, &collection_id);
-    let snapshot_name = name_of(&plan.snapshot, &snapshot_id);
-    let base_name = sanitize(&format!("{collection_name}_{snapshot_name}"));
+    let Names {
+        collection_id,
+        snapshot_id,
+        collection_name,
+        snapshot_name,
+        base_name,
+        vm_dirs,
+    } = names(plan);
 
-    // Names of every top-level entry, and the package name.
-    let mut vm_dirs = Vec::new();
-    for vm in &plan.vms {
-        let vm_id = id_of(&vm.system, &["Name", "InstanceID"]);
-        let mut d = sanitize(&format!("{}_{}", name_of(&vm.system, &vm_id), vm_id));
-        let mut n = 2;
-        while vm_dirs.contains(&d) {
-            d = sanitize(&format!("{}_{}_{n}", name_of(&vm.system, &vm_id), vm_id));
-            n += 1;
-        }
-        vm_dirs.push(d);
-    }
     let (name, staging, items, package_dir, manifest_final) = if opts.create_subdirectory {
         let mut name = base_name.clone();
         let mut n = 2;
@@ -350,13 +414,7 @@ pub fn write_package(
             uuid: uuid.clone(),
             root: None,
         };
-        let mut tops: Vec<String> = vm_dirs.clone();
-        tops.extend([
-            format!("{name}.ovf"),
-            format!("{name}.collection.xml"),
-            PACKAGE_JSON.to_string(),
-        ]);
-        tops.push(format!("{name}.mf")); // last: the manifest is committed last
+        let tops = flat_tops(&name, &vm_dirs);
         let mut items = Vec::new();
         for t in &tops {
             let fin = export_dir.join(t);

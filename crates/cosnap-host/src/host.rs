@@ -76,6 +76,7 @@ impl Host {
             }),
         };
         host.recover()?;
+        crate::export::recover_interrupted(&host);
         Ok(host)
     }
 
