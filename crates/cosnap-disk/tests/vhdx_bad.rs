@@ -31,12 +31,20 @@ fn good(dir: &Path) -> PathBuf {
 
 fn read_at(p: &Path, off: u64, len: usize) -> Vec<u8> {
     let mut b = vec![0u8; len];
-    std::fs::File::open(p).unwrap().read_exact_at(&mut b, off).unwrap();
+    std::fs::File::open(p)
+        .unwrap()
+        .read_exact_at(&mut b, off)
+        .unwrap();
     b
 }
 
 fn patch(p: &Path, off: u64, bytes: &[u8]) {
-    std::fs::OpenOptions::new().write(true).open(p).unwrap().write_all_at(bytes, off).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .write_all_at(bytes, off)
+        .unwrap();
 }
 
 /// Rewrites both region tables with `f` applied, and a fresh CRC.
@@ -54,7 +62,9 @@ fn edit_region_tables(p: &Path, f: impl Fn(&mut Vec<u8>)) {
 fn region(p: &Path, guid: &str) -> (u64, usize) {
     let t = read_at(p, 192 << 10, 65536);
     let g = uuid::Uuid::parse_str(guid).unwrap().to_bytes_le();
-    let i = (0..le32(&t, 8) as usize).find(|i| t[16 + 32 * i..32 + 32 * i] == g).unwrap();
+    let i = (0..le32(&t, 8) as usize)
+        .find(|i| t[16 + 32 * i..32 + 32 * i] == g)
+        .unwrap();
     (le64(&t, 32 + 32 * i), 16 + 32 * i)
 }
 const BAT: &str = "2DC27766-F623-4200-9D64-115E9BFD4A08";
@@ -65,20 +75,33 @@ fn meta_item(p: &Path, guid: &str) -> u64 {
     let (moff, _) = region(p, META);
     let t = read_at(p, moff, 65536);
     let g = uuid::Uuid::parse_str(guid).unwrap().to_bytes_le();
-    let i = (0..u16::from_le_bytes([t[10], t[11]]) as usize).find(|i| t[32 + 32 * i..48 + 32 * i] == g).unwrap();
+    let i = (0..u16::from_le_bytes([t[10], t[11]]) as usize)
+        .find(|i| t[32 + 32 * i..48 + 32 * i] == g)
+        .unwrap();
     moff + le32(&t, 48 + 32 * i) as u64
 }
 
 #[track_caller]
 fn expect_corrupt(p: &Path, words: &str) -> String {
-    let err = VhdxImage::open(p, false).err().unwrap_or_else(|| panic!("{} opened; expected: {words}", p.display()));
+    let err = VhdxImage::open(p, false)
+        .err()
+        .unwrap_or_else(|| panic!("{} opened; expected: {words}", p.display()));
     let msg = err.to_string();
-    assert!(matches!(err, DiskError::Corrupt { .. }), "not Corrupt: {msg}");
-    assert!(msg.contains("disk.vhdx"), "error does not name the file: {msg}");
+    assert!(
+        matches!(err, DiskError::Corrupt { .. }),
+        "not Corrupt: {msg}"
+    );
+    assert!(
+        msg.contains("disk.vhdx"),
+        "error does not name the file: {msg}"
+    );
     assert!(msg.contains(words), "error {msg:?} does not say {words:?}");
     // check() reports the same defect instead of failing.
     let r = vhdx::check(p).unwrap();
-    assert!(r.corruptions.iter().any(|c| c.contains(words)), "check: {r:?}");
+    assert!(
+        r.corruptions.iter().any(|c| c.contains(words)),
+        "check: {r:?}"
+    );
     msg
 }
 
@@ -137,7 +160,10 @@ fn bat_entry_past_end_of_file() {
     let p = good(dir.path());
     let (bat, _) = region(&p, BAT);
     patch(&p, bat + 8 * 3, &((1u64 << 40) | 6).to_le_bytes());
-    expect_corrupt(&p, "BAT entry 3: payload block at 1099511627776+1048576 lies past the end of the file");
+    expect_corrupt(
+        &p,
+        "BAT entry 3: payload block at 1099511627776+1048576 lies past the end of the file",
+    );
     if have_qemu() {
         // qemu agrees that this is a corruption (exit 2).
         let (rc, out) = run("qemu-img", &["check", "-f", "vhdx", p.to_str().unwrap()]);
@@ -170,7 +196,9 @@ fn overlapping_and_unknown_regions() {
     let p = good(dir.path());
     let (bat, _) = region(&p, BAT);
     let (_, meta_entry) = region(&p, META);
-    edit_region_tables(&p, |t| t[meta_entry + 16..meta_entry + 24].copy_from_slice(&bat.to_le_bytes()));
+    edit_region_tables(&p, |t| {
+        t[meta_entry + 16..meta_entry + 24].copy_from_slice(&bat.to_le_bytes())
+    });
     expect_corrupt(&p, "overlaps");
 
     let p2 = dir.path().join("b").join("disk.vhdx");
@@ -193,9 +221,17 @@ fn overlapping_and_unknown_regions() {
     let err = VhdxImage::open(&p2, false).err().unwrap();
     // The region lies past the end: either defect is acceptable, the file is named.
     assert!(err.to_string().contains("disk.vhdx"), "{err}");
-    std::fs::OpenOptions::new().write(true).open(&p2).unwrap().set_len(41 * MIB).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p2)
+        .unwrap()
+        .set_len(41 * MIB)
+        .unwrap();
     let err = VhdxImage::open(&p2, false).err().unwrap();
-    assert!(matches!(err, DiskError::Unsupported { .. }) && err.to_string().contains("required region"), "{err}");
+    assert!(
+        matches!(err, DiskError::Unsupported { .. }) && err.to_string().contains("required region"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -228,7 +264,9 @@ fn absurd_sizes() {
     edit_region_tables(&p, |t| t[8..12].copy_from_slice(&2u32.to_le_bytes()));
     // A region claiming 4 GiB - 1 MiB of a small file.
     let (_, bat_entry) = region(&p, BAT);
-    edit_region_tables(&p, |t| t[bat_entry + 24..bat_entry + 28].copy_from_slice(&(4095u32 << 20).to_le_bytes()));
+    edit_region_tables(&p, |t| {
+        t[bat_entry + 24..bat_entry + 28].copy_from_slice(&(4095u32 << 20).to_le_bytes())
+    });
     expect_corrupt(&p, "past the end of the file");
 }
 
@@ -237,23 +275,103 @@ fn writes_to_read_only_and_out_of_range_are_invalid() {
     let dir = tempfile::tempdir().unwrap();
     let p = good(dir.path());
     let mut v = VhdxImage::open(&p, false).unwrap();
-    assert!(matches!(v.write_at(&[1], 0), Err(DiskError::Invalid { .. })));
+    assert!(matches!(
+        v.write_at(&[1], 0),
+        Err(DiskError::Invalid { .. })
+    ));
     let mut b = [0u8; 16];
-    assert!(matches!(v.read_at(&mut b, 32 * MIB - 8), Err(DiskError::Invalid { .. })));
-    assert!(matches!(v.read_at(&mut b, u64::MAX - 4), Err(DiskError::Invalid { .. })));
+    assert!(matches!(
+        v.read_at(&mut b, 32 * MIB - 8),
+        Err(DiskError::Invalid { .. })
+    ));
+    assert!(matches!(
+        v.read_at(&mut b, u64::MAX - 4),
+        Err(DiskError::Invalid { .. })
+    ));
 }
 
 #[test]
 fn create_refuses_existing_files_and_bad_options() {
     let dir = tempfile::tempdir().unwrap();
     let p = good(dir.path());
-    let err = vhdx::create(&p, &CreateOptions::dynamic(MIB)).err().unwrap();
+    let err = vhdx::create(&p, &CreateOptions::dynamic(MIB))
+        .err()
+        .unwrap();
     assert!(matches!(err, DiskError::Io { .. }), "{err}");
     let q = dir.path().join("n.vhdx");
     let mut o = CreateOptions::dynamic(MIB);
     o.block_size = 3 << 20;
-    assert!(matches!(vhdx::create(&q, &o), Err(DiskError::Invalid { .. })));
+    assert!(matches!(
+        vhdx::create(&q, &o),
+        Err(DiskError::Invalid { .. })
+    ));
     o = CreateOptions::dynamic(1000);
-    assert!(matches!(vhdx::create(&q, &o), Err(DiskError::Invalid { .. })));
+    assert!(matches!(
+        vhdx::create(&q, &o),
+        Err(DiskError::Invalid { .. })
+    ));
     assert!(!q.exists());
+}
+
+/// Random byte damage to the structures of a differencing child and of a dirty-free base
+/// never panics: every open, read, map and check returns (Ok or a typed error).
+#[test]
+fn random_damage_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = good(dir.path());
+    let child = dir.path().join("child.avhdx");
+    vhdx::create_child(&base, &child).unwrap();
+    {
+        let mut c = VhdxImage::open(&child, true).unwrap();
+        c.write_at(&[9u8; 3000], 1000).unwrap();
+        c.write_at(&vec![8u8; MIB as usize], 2 * MIB).unwrap();
+    }
+    let pristine_base = std::fs::read(&base).unwrap();
+    let pristine_child = std::fs::read(&child).unwrap();
+    let mut seed = 0x1234_5678u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    // Offsets worth hitting: headers, region tables, log, metadata, BAT, bitmap.
+    let hot: [(u64, u64); 5] = [
+        (64 << 10, 8192),
+        (192 << 10, 128),
+        (2 * MIB, 4096),
+        (3 * MIB, 4096),
+        (0, 5 * MIB),
+    ];
+    for round in 0..300 {
+        let (target, pristine) = if round % 2 == 0 {
+            (&child, &pristine_child)
+        } else {
+            (&base, &pristine_base)
+        };
+        let mut bytes = pristine.clone();
+        for _ in 0..(1 + next() % 4) {
+            let (start, len) = hot[(next() % hot.len() as u64) as usize];
+            let at = (start + next() % len) as usize;
+            if at < bytes.len() {
+                bytes[at] = next() as u8;
+            }
+        }
+        if round % 7 == 0 {
+            bytes.truncate((next() % bytes.len() as u64) as usize);
+        }
+        std::fs::write(target, &bytes).unwrap();
+        let _ = vhdx::check(target);
+        if let Ok(img) = VhdxImage::open(target, false) {
+            let size = img.virtual_size();
+            let mut buf = vec![0u8; 8192];
+            for off in [0, size / 2, size.saturating_sub(8192)] {
+                let n = 8192.min(size.saturating_sub(off)) as usize;
+                let _ = img.read_at(&mut buf[..n], off);
+            }
+            let _ = img.layer_map(0, size);
+        }
+    }
+    std::fs::write(&base, &pristine_base).unwrap();
+    std::fs::write(&child, &pristine_child).unwrap();
 }

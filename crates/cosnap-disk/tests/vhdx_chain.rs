@@ -43,7 +43,12 @@ fn assert_reads(path: &Path, model: &Model) {
     let got = read_all(&img);
     let want = model.read(0, model.size as usize);
     if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
-        panic!("{}: first difference at byte {i}: got {:#x} want {:#x}", path.display(), got[i], want[i]);
+        panic!(
+            "{}: first difference at byte {i}: got {:#x} want {:#x}",
+            path.display(),
+            got[i],
+            want[i]
+        );
     }
 }
 
@@ -96,21 +101,36 @@ fn three_deep_chain_reads_match_model_and_vhdx_core() {
     assert_reads(&layers[0], &model);
     let theirs = vhdx_core_read(&layers);
     assert_eq!(theirs.len() as u64, model.size);
-    assert!(theirs == model.read(0, model.size as usize), "vhdx-core disagrees with the model");
+    assert!(
+        theirs == model.read(0, model.size as usize),
+        "vhdx-core disagrees with the model"
+    );
     // The middle layer alone (with its base) too.
     let top = VhdxImage::open(&layers[0], false).unwrap();
-    assert_eq!(vhdx::parent_path(&layers[0]).unwrap().unwrap().file_name(), layers[1].file_name());
+    assert_eq!(
+        vhdx::parent_path(&layers[0]).unwrap().unwrap().file_name(),
+        layers[1].file_name()
+    );
     assert!(top.is_differencing());
     // layer_map of c2: partially present block 0 has exactly the written sectors as data.
     let map = top.layer_map(0, 2 * MIB).unwrap();
-    let data: Vec<_> = map.iter().filter(|e| matches!(e.state, ExtentState::Data { .. })).collect();
+    let data: Vec<_> = map
+        .iter()
+        .filter(|e| matches!(e.state, ExtentState::Data { .. }))
+        .collect();
     assert_eq!(data.len(), 1, "{map:?}");
     assert_eq!((data[0].offset, data[0].len), (4096, 512));
     assert_eq!(map.iter().map(|e| e.len).sum::<u64>(), 2 * MIB);
     let c1 = top.vhdx_parent().unwrap();
-    assert_eq!(c1.layer_map(20 * MIB, 2 * MIB).unwrap()[0].state, ExtentState::Zero);
+    assert_eq!(
+        c1.layer_map(20 * MIB, 2 * MIB).unwrap()[0].state,
+        ExtentState::Zero
+    );
     assert_eq!(c1.layer_map(2 * MIB, 2 * MIB).unwrap().len(), 1);
-    assert_eq!(c1.layer_map(10 * MIB, MIB).unwrap()[0].state, ExtentState::Inherited);
+    assert_eq!(
+        c1.layer_map(10 * MIB, MIB).unwrap()[0].state,
+        ExtentState::Inherited
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -179,7 +199,10 @@ fn commit_middle_layer_then_rebase_grandchild() {
         std::fs::canonicalize(vhdx::parent_path(c2).unwrap().unwrap()).unwrap(),
         std::fs::canonicalize(base).unwrap()
     );
-    assert_eq!(vhdx_core_read(&[c2.clone(), base.clone()]), model.read(0, model.size as usize));
+    assert_eq!(
+        vhdx_core_read(&[c2.clone(), base.clone()]),
+        model.read(0, model.size as usize)
+    );
 }
 
 #[test]
@@ -198,7 +221,9 @@ fn rebase_onto_a_moved_copy_and_standalone() {
     std::fs::create_dir(&sub).unwrap();
     let moved = sub.join("parent.vhdx");
     std::fs::rename(&base, &moved).unwrap();
-    let err = VhdxImage::open(&child, false).err().expect("parent is gone");
+    let err = VhdxImage::open(&child, false)
+        .err()
+        .expect("parent is gone");
     assert!(matches!(err, DiskError::Chain { .. }), "{err}");
     assert!(err.to_string().contains("missing parent"), "{err}");
     vhdx::rebase(&child, Some(&moved)).unwrap();
@@ -245,7 +270,10 @@ fn linkage_mismatch_and_loops_are_refused() {
     }
     let err = VhdxImage::open(&c2, false).err().expect("linkage mismatch");
     assert!(matches!(err, DiskError::Chain { .. }), "{err}");
-    assert!(err.to_string().contains("linkage mismatch") && err.to_string().contains("c2.avhdx"), "{err}");
+    assert!(
+        err.to_string().contains("linkage mismatch") && err.to_string().contains("c2.avhdx"),
+        "{err}"
+    );
     // Loop: base replaced by a copy of c2 (whose parent is c1, whose parent is "base").
     std::fs::copy(&copy, &c1).unwrap();
     std::fs::copy(&c2, &base).unwrap();

@@ -28,7 +28,14 @@ fn seal(b: &mut [u8], at: usize) {
 
 /// One log entry: header + descriptors in the first sector, then data sectors.
 /// `zeros` are (file offset, length) zero descriptors, `datas` are 4 KiB updates.
-fn log_entry(seq: u64, tail: u32, guid: &[u8; 16], file_size: u64, zeros: &[(u64, u64)], datas: &[(u64, Vec<u8>)]) -> Vec<u8> {
+fn log_entry(
+    seq: u64,
+    tail: u32,
+    guid: &[u8; 16],
+    file_size: u64,
+    zeros: &[(u64, u64)],
+    datas: &[(u64, Vec<u8>)],
+) -> Vec<u8> {
     assert!(zeros.len() + datas.len() <= 126);
     let mut e = vec![0u8; 4096 * (1 + datas.len())];
     let len = e.len() as u32;
@@ -76,12 +83,21 @@ fn layout(f: &std::fs::File) -> Layout {
     let mut h = [vec![0u8; 4096], vec![0u8; 4096]];
     f.read_exact_at(&mut h[0], 64 << 10).unwrap();
     f.read_exact_at(&mut h[1], 128 << 10).unwrap();
-    let cur = if le64(&h[1], 8) > le64(&h[0], 8) { 1 } else { 0 };
+    let cur = if le64(&h[1], 8) > le64(&h[0], 8) {
+        1
+    } else {
+        0
+    };
     let mut rt = vec![0u8; 65536];
     f.read_exact_at(&mut rt, 192 << 10).unwrap();
-    let bat_guid = uuid::Uuid::parse_str("2DC27766-F623-4200-9D64-115E9BFD4A08").unwrap().to_bytes_le();
+    let bat_guid = uuid::Uuid::parse_str("2DC27766-F623-4200-9D64-115E9BFD4A08")
+        .unwrap()
+        .to_bytes_le();
     let n = le32(&rt, 8) as usize;
-    let bat_offset = (0..n).find(|i| rt[16 + 32 * i..32 + 32 * i] == bat_guid).map(|i| le64(&rt, 32 + 32 * i)).unwrap();
+    let bat_offset = (0..n)
+        .find(|i| rt[16 + 32 * i..32 + 32 * i] == bat_guid)
+        .map(|i| le64(&rt, 32 + 32 * i))
+        .unwrap();
     Layout {
         log_offset: le64(&h[cur], 72),
         bat_offset,
@@ -124,7 +140,11 @@ fn dirty_image(path: &Path) -> Model {
         v.write_at(&d, 0).unwrap();
         m.write(0, &d);
     }
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let l = layout(&f);
     // Payload for the logged blocks, appended at the (1 MiB-aligned) end.
     let end = f.metadata().unwrap().len();
@@ -138,13 +158,16 @@ fn dirty_image(path: &Path) -> Model {
     m.write(3 * MIB, &vec![0x6b; MIB as usize]);
     let mut bat = vec![0u8; 4096];
     f.read_exact_at(&mut bat, l.bat_offset).unwrap();
-    let set = |bat: &mut Vec<u8>, block: usize, off: u64| bat[8 * block..8 * block + 8].copy_from_slice(&(off | 6).to_le_bytes());
+    let set = |bat: &mut Vec<u8>, block: usize, off: u64| {
+        bat[8 * block..8 * block + 8].copy_from_slice(&(off | 6).to_le_bytes())
+    };
     let guid = *uuid::Uuid::new_v4().as_bytes();
     // Stale entry (seq 3): would map block 2 to the 0x11 payload.
     let mut bat_stale = bat.clone();
     set(&mut bat_stale, 2, stale);
     let e_stale = log_entry(3, 512 << 10, &guid, size, &[], &[(l.bat_offset, bat_stale)]);
-    f.write_all_at(&e_stale, l.log_offset + (512 << 10)).unwrap();
+    f.write_all_at(&e_stale, l.log_offset + (512 << 10))
+        .unwrap();
     // Active sequence: seq 7 at 0 (tail 0), seq 8 right after it (tail 0).
     let mut bat1 = bat.clone();
     set(&mut bat1, 2, b2);
@@ -153,7 +176,14 @@ fn dirty_image(path: &Path) -> Model {
     let mut bat2 = bat1;
     set(&mut bat2, 3, b3);
     // Zero descriptor over the (already zero) second BAT sector, then the BAT sector.
-    let e2 = log_entry(8, 0, &guid, size, &[(l.bat_offset + 4096, 4096)], &[(l.bat_offset, bat2)]);
+    let e2 = log_entry(
+        8,
+        0,
+        &guid,
+        size,
+        &[(l.bat_offset + 4096, 4096)],
+        &[(l.bat_offset, bat2)],
+    );
     f.write_all_at(&e2, l.log_offset + e1.len() as u64).unwrap();
     set_log_guid(&f, &l, &guid);
     f.sync_all().unwrap();
@@ -163,7 +193,10 @@ fn dirty_image(path: &Path) -> Model {
 fn assert_model(v: &VhdxImage, m: &Model) {
     let mut buf = vec![0u8; m.size as usize];
     v.read_at(&mut buf, 0).unwrap();
-    assert!(buf == m.read(0, m.size as usize), "contents differ from the model");
+    assert!(
+        buf == m.read(0, m.size as usize),
+        "contents differ from the model"
+    );
 }
 
 #[test]
@@ -176,9 +209,18 @@ fn read_only_open_replays_in_memory_and_touches_nothing() {
     assert!(v.has_log_overlay());
     assert_model(&v, &m);
     drop(v);
-    assert!(before == std::fs::read(&p).unwrap(), "read-only open modified the file");
+    assert!(
+        before == std::fs::read(&p).unwrap(),
+        "read-only open modified the file"
+    );
     let report = vhdx::check(&p).unwrap();
-    assert!(report.corruptions.iter().any(|c| c.contains("not yet replayed")), "{report:?}");
+    assert!(
+        report
+            .corruptions
+            .iter()
+            .any(|c| c.contains("not yet replayed")),
+        "{report:?}"
+    );
 }
 
 #[test]
@@ -191,7 +233,10 @@ fn writable_open_replays_clears_the_log_and_passes_qemu() {
     drop(VhdxImage::open(&p, true).unwrap());
     let (fw1, dw1, lg1) = header_guids(&p);
     assert!(lg1.is_nil(), "LogGuid must be cleared after replay");
-    assert_ne!(fw0, fw1, "FileWriteGuid must change before the replay modifies the file");
+    assert_ne!(
+        fw0, fw1,
+        "FileWriteGuid must change before the replay modifies the file"
+    );
     assert_eq!(dw0, dw1, "replay is not a guest-visible change");
     let v = VhdxImage::open(&p, false).unwrap();
     assert!(!v.has_log_overlay());
@@ -215,7 +260,10 @@ fn truncated_file_with_log_is_refused() {
     f.set_len(len - MIB).unwrap();
     let err = VhdxImage::open(&p, false).err().expect("truncated");
     assert!(matches!(err, DiskError::Corrupt { .. }), "{err}");
-    assert!(err.to_string().contains("truncated") && err.to_string().contains("dirty.vhdx"), "{err}");
+    assert!(
+        err.to_string().contains("truncated") && err.to_string().contains("dirty.vhdx"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -223,10 +271,16 @@ fn log_guid_without_valid_entries_is_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("x.vhdx");
     vhdx::create(&p, &CreateOptions::dynamic(64 * MIB)).unwrap();
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
     let l = layout(&f);
     set_log_guid(&f, &l, uuid::Uuid::new_v4().as_bytes());
-    let err = VhdxImage::open(&p, false).err().expect("no valid log sequence");
+    let err = VhdxImage::open(&p, false)
+        .err()
+        .expect("no valid log sequence");
     assert!(err.to_string().contains("no valid entry sequence"), "{err}");
 }
 
@@ -241,7 +295,11 @@ fn cosnap_logged_bat_update_survives_a_lost_in_place_write() {
     let mut o = CreateOptions::dynamic(16 * MIB);
     o.block_size = MIB as u32;
     vhdx::create(&p, &o).unwrap();
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
     let l = layout(&f);
     let mut old_bat = vec![0u8; 4096];
     f.read_exact_at(&mut old_bat, l.bat_offset).unwrap();

@@ -42,13 +42,21 @@ fn cosnap_written_image_passes_qemu(opts: CreateOptions, name: &str) {
         v.write_zeroes(3 * bs + 100, 5000).unwrap();
         model.write(3 * bs + 100, &vec![0; 5000]);
         // Direct target: a whole unallocated block written by the caller.
-        let target = v.direct_write_target(7 * bs, bs).unwrap().expect("whole free block");
+        let target = v
+            .direct_write_target(7 * bs, bs)
+            .unwrap()
+            .expect("whole free block");
         let data = pattern(99, bs as usize);
         std::os::unix::fs::FileExt::write_all_at(v.file(), &data, target).unwrap();
         model.write(7 * bs, &data);
         v.flush().unwrap();
         // Read back through cosnap before closing.
-        for (off, len) in [(0u64, 8192usize), (bs - 200, 600), (3 * bs, bs as usize * 2), (7 * bs, 4096)] {
+        for (off, len) in [
+            (0u64, 8192usize),
+            (bs - 200, 600),
+            (3 * bs, bs as usize * 2),
+            (7 * bs, 4096),
+        ] {
             let mut buf = vec![0u8; len];
             v.read_at(&mut buf, off).unwrap();
             assert_eq!(buf, model.read(off, len), "cosnap read back at {off}");
@@ -131,23 +139,40 @@ fn assert_same_as_raw(img: &std::path::Path, raw: &std::path::Path, size: u64) {
     while off < size {
         let n = chunk.min((size - off) as usize);
         // Holes in qemu's sparse raw output read as zeros; skip reading them.
-        let data_at = unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&f), off as i64, libc::SEEK_DATA) };
+        let data_at = unsafe {
+            libc::lseek(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                off as i64,
+                libc::SEEK_DATA,
+            )
+        };
         if data_at < 0 || data_at as u64 >= off + n as u64 {
             // Where cosnap's map holds no data for a hole, reads are zeros by the base-image
             // read rule (checked elsewhere); only stored blocks need reading here.
             let map = v.layer_map(off, n as u64).unwrap();
-            if map.iter().all(|e| !matches!(e.state, cosnap_disk::ExtentState::Data { .. })) {
+            if map
+                .iter()
+                .all(|e| !matches!(e.state, cosnap_disk::ExtentState::Data { .. }))
+            {
                 off += n as u64;
                 continue;
             }
             v.read_at(&mut a[..n], off).unwrap();
-            assert!(a[..n].iter().all(|&x| x == 0), "{}: non-zero bytes in a hole at {off}", img.display());
+            assert!(
+                a[..n].iter().all(|&x| x == 0),
+                "{}: non-zero bytes in a hole at {off}",
+                img.display()
+            );
         } else {
             v.read_at(&mut a[..n], off).unwrap();
             f.read_exact_at(&mut b[..n], off).unwrap();
             if a[..n] != b[..n] {
                 let i = a.iter().zip(&b).position(|(x, y)| x != y).unwrap();
-                panic!("{}: differs from qemu at byte {}", img.display(), off + i as u64);
+                panic!(
+                    "{}: differs from qemu at byte {}",
+                    img.display(),
+                    off + i as u64
+                );
             }
         }
         off += n as u64;
@@ -160,7 +185,10 @@ fn qemu_made_image_reads_identically(block: &str, size: &str, size_bytes: u64, e
     let raw = dir.path().join("q.raw");
     let img_s = img.to_str().unwrap();
     let opts = format!("block_size={block}{extra}");
-    let (rc, out) = run("qemu-img", &["create", "-q", "-f", "vhdx", "-o", &opts, img_s, size]);
+    let (rc, out) = run(
+        "qemu-img",
+        &["create", "-q", "-f", "vhdx", "-o", &opts, img_s, size],
+    );
     assert_eq!(rc, 0, "{out}");
     let last = size_bytes - 65536;
     let cmds = [
@@ -179,14 +207,28 @@ fn qemu_made_image_reads_identically(block: &str, size: &str, size_bytes: u64, e
     args.push(img_s);
     let (rc, out) = run("qemu-io", &args);
     assert_eq!(rc, 0, "{out}");
-    let (rc, out) = run("qemu-img", &["convert", "-f", "vhdx", "-O", "raw", img_s, raw.to_str().unwrap()]);
+    let (rc, out) = run(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "vhdx",
+            "-O",
+            "raw",
+            img_s,
+            raw.to_str().unwrap(),
+        ],
+    );
     assert_eq!(rc, 0, "{out}");
     let before = std::fs::read(&img).unwrap();
     assert_same_as_raw(&img, &raw, size_bytes);
     let report = vhdx::check(&img).unwrap();
     assert!(report.corruptions.is_empty(), "{:?}", report.corruptions);
     // A read-only open never touches the file.
-    assert!(before == std::fs::read(&img).unwrap(), "read-only open modified the image");
+    assert!(
+        before == std::fs::read(&img).unwrap(),
+        "read-only open modified the image"
+    );
 }
 
 #[test]
@@ -220,7 +262,12 @@ fn qemu_dynamic_1m_10g_with_bitmap_entries() {
 #[test]
 fn qemu_fixed_image() {
     if have_qemu() {
-        qemu_made_image_reads_identically("8M", "64M", 64 * MIB, ",subformat=fixed,block_state_zero=off");
+        qemu_made_image_reads_identically(
+            "8M",
+            "64M",
+            64 * MIB,
+            ",subformat=fixed,block_state_zero=off",
+        );
     }
 }
 
@@ -233,15 +280,39 @@ fn cosnap_writes_into_qemu_image() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("q.vhdx");
     let raw = dir.path().join("e.raw");
-    let (rc, out) = run("qemu-img", &["create", "-q", "-f", "vhdx", "-o", "block_size=1M", img.to_str().unwrap(), "5G"]);
+    let (rc, out) = run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vhdx",
+            "-o",
+            "block_size=1M",
+            img.to_str().unwrap(),
+            "5G",
+        ],
+    );
     assert_eq!(rc, 0, "{out}");
-    let (rc, out) = run("qemu-io", &["-f", "vhdx", "-c", "write -P 0xaa 0 3M", img.to_str().unwrap()]);
+    let (rc, out) = run(
+        "qemu-io",
+        &[
+            "-f",
+            "vhdx",
+            "-c",
+            "write -P 0xaa 0 3M",
+            img.to_str().unwrap(),
+        ],
+    );
     assert_eq!(rc, 0, "{out}");
     let mut m = Model::new(5 * GIB);
     m.write(0, &vec![0xaa; 3 * MIB as usize]);
     {
         let mut v = VhdxImage::open(&img, true).unwrap();
-        for (k, off) in [MIB + 3, 4 * GIB + 100, 5 * GIB - 3000].into_iter().enumerate() {
+        for (k, off) in [MIB + 3, 4 * GIB + 100, 5 * GIB - 3000]
+            .into_iter()
+            .enumerate()
+        {
             let d = pattern(k as u64, 2500);
             v.write_at(&d, off).unwrap();
             m.write(off, &d);

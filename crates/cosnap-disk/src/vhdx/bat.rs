@@ -19,7 +19,12 @@ pub(crate) struct Geometry {
 impl Geometry {
     /// Inputs are validated metadata values (block size 1..=256 MiB power of two, sector
     /// 512/4096, size ≤ 64 TiB), so nothing here can overflow.
-    pub fn new(virtual_size: u64, block_size: u32, logical_sector_size: u32, has_parent: bool) -> Self {
+    pub fn new(
+        virtual_size: u64,
+        block_size: u32,
+        logical_sector_size: u32,
+        has_parent: bool,
+    ) -> Self {
         let block_size = block_size as u64;
         let lss = logical_sector_size as u64;
         let chunk_ratio = SECTORS_PER_BITMAP * lss / block_size;
@@ -55,7 +60,7 @@ impl Geometry {
 
     /// True if BAT index `i` holds a sector-bitmap entry.
     pub fn is_bitmap_index(&self, i: u64) -> bool {
-        (i + 1) % (self.chunk_ratio + 1) == 0
+        (i + 1).is_multiple_of(self.chunk_ratio + 1)
     }
 
     /// The payload block number of payload index `i` (not a bitmap index).

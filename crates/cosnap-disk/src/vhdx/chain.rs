@@ -8,9 +8,9 @@ use uuid::Uuid;
 use super::format::*;
 use super::image::VhdxImage;
 use super::metadata::{self, MetaItem};
+use crate::CheckReport;
 use crate::error::{DiskError, Result};
 use crate::image::Image;
-use crate::CheckReport;
 
 /// Points reached by [`commit_with_hook`]; the hook may stop there to simulate a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,10 +27,9 @@ pub enum CommitStep {
 pub fn commit_with_hook(child: &Path, hook: &mut dyn FnMut(CommitStep) -> bool) -> Result<()> {
     // 1. The chain must be valid now (this also checks the current linkage).
     let chain = VhdxImage::open(child, false)?;
-    let parent = chain
-        .parent
-        .as_ref()
-        .ok_or_else(|| DiskError::invalid(child, "not a differencing image: nothing to commit into"))?;
+    let parent = chain.parent.as_ref().ok_or_else(|| {
+        DiskError::invalid(child, "not a differencing image: nothing to commit into")
+    })?;
     let parent_path = parent.path.clone();
     let current = parent.header.data_write_guid;
     drop(chain);
@@ -90,7 +89,10 @@ pub fn commit_with_hook(child: &Path, hook: &mut dyn FnMut(CommitStep) -> bool) 
 
 fn replace_locator(items: &[MetaItem], locator: Vec<u8>) -> Vec<MetaItem> {
     let mut out: Vec<MetaItem> = items.to_vec();
-    match out.iter_mut().find(|i| i.id == META_PARENT_LOCATOR && !i.is_user()) {
+    match out
+        .iter_mut()
+        .find(|i| i.id == META_PARENT_LOCATOR && !i.is_user())
+    {
         Some(i) => i.data = locator,
         None => out.push(MetaItem::new(META_PARENT_LOCATOR, false, locator)),
     }
@@ -113,7 +115,10 @@ pub fn rebase(image: &Path, new_parent: Option<&Path>) -> Result<()> {
     let mut p = Some(&parent);
     while let Some(x) = p {
         if std::fs::canonicalize(&x.path).ok().as_deref() == Some(me.as_path()) {
-            return Err(DiskError::chain(image, format!("rebasing onto {} would make a parent loop", np.display())));
+            return Err(DiskError::chain(
+                image,
+                format!("rebasing onto {} would make a parent loop", np.display()),
+            ));
         }
         p = x.vhdx_parent();
     }
@@ -124,7 +129,11 @@ pub fn rebase(image: &Path, new_parent: Option<&Path>) -> Result<()> {
     for (k, v) in &layer.locator()?.entries {
         if !matches!(
             k.as_str(),
-            "parent_linkage" | "parent_linkage2" | "relative_path" | "absolute_win32_path" | "volume_path"
+            "parent_linkage"
+                | "parent_linkage2"
+                | "relative_path"
+                | "absolute_win32_path"
+                | "volume_path"
         ) {
             loc.set(k, v.clone());
         }
@@ -161,30 +170,44 @@ pub fn check(path: &Path) -> Result<CheckReport> {
         }
     }
     if img.has_log_overlay() {
-        report.corruptions.push("the log holds updates that were not yet replayed (a writable open replays them)".into());
+        report.corruptions.push(
+            "the log holds updates that were not yet replayed (a writable open replays them)"
+                .into(),
+        );
     }
     let g = img.geo;
     let mut used: Vec<(u64, u64)> = vec![(0, HEADER_SECTION_SIZE)];
     if img.header.log_length > 0 {
-        used.push((img.header.log_offset, img.header.log_offset + img.header.log_length as u64));
+        used.push((
+            img.header.log_offset,
+            img.header.log_offset + img.header.log_length as u64,
+        ));
     }
     for i in 0..g.entries {
         let e = img.entry(i);
         if e & BAT_RESERVED_MASK != 0 {
-            report.corruptions.push(format!("BAT entry {i} has reserved bits set ({e:#x})"));
+            report
+                .corruptions
+                .push(format!("BAT entry {i} has reserved bits set ({e:#x})"));
         }
         let off = bat_offset(e);
         if g.is_bitmap_index(i) {
             if bat_state(e) == SB_PRESENT {
                 used.push((off, off + SECTOR_BITMAP_BLOCK));
             }
-        } else if matches!(bat_state(e), PAYLOAD_FULLY_PRESENT | PAYLOAD_PARTIALLY_PRESENT)
-            && g.block_of_index(i) < g.payload_blocks
+        } else if matches!(
+            bat_state(e),
+            PAYLOAD_FULLY_PRESENT | PAYLOAD_PARTIALLY_PRESENT
+        ) && g.block_of_index(i) < g.payload_blocks
         {
             used.push((off, off + g.block_size));
         }
     }
-    let file_len = img.file().metadata().map_err(|e| DiskError::io(path, e))?.len();
+    let file_len = img
+        .file()
+        .metadata()
+        .map_err(|e| DiskError::io(path, e))?
+        .len();
     let regions = region_spans(&img);
     used.extend(regions);
     used.sort_unstable();
@@ -201,7 +224,10 @@ pub fn check(path: &Path) -> Result<CheckReport> {
         leaks.push((covered, tail_end));
     }
     for (s, e) in leaks {
-        report.leaks.push(format!("{} bytes at offset {s} are not used by any structure", e - s));
+        report.leaks.push(format!(
+            "{} bytes at offset {s} are not used by any structure",
+            e - s
+        ));
     }
     Ok(report)
 }

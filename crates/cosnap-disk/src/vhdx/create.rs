@@ -11,13 +11,13 @@ use std::path::{Component, Path, PathBuf};
 
 use uuid::Uuid;
 
+use super::CreateOptions;
 use super::bat::Geometry;
 use super::format::*;
 use super::header::Header;
 use super::image::VhdxImage;
 use super::metadata::{self, Locator, MetaItem};
 use super::region::{self, RegionEntry};
-use super::CreateOptions;
 use crate::error::{DiskError, Result};
 
 const LOG_OFFSET: u64 = MIB;
@@ -28,15 +28,22 @@ const BAT_OFFSET: u64 = 3 * MIB;
 
 pub(crate) fn validate_options(path: &Path, o: &CreateOptions) -> Result<()> {
     let bad = |w: String| Err(DiskError::invalid(path, w));
-    if !o.block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&o.block_size) {
-        return bad(format!("block size {} is not a power of two from 1 MiB to 256 MiB", o.block_size));
+    if !o.block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&o.block_size)
+    {
+        return bad(format!(
+            "block size {} is not a power of two from 1 MiB to 256 MiB",
+            o.block_size
+        ));
     }
     for s in [o.logical_sector_size, o.physical_sector_size] {
         if s != 512 && s != 4096 {
             return bad(format!("sector size {s} is neither 512 nor 4096"));
         }
     }
-    if o.virtual_size == 0 || o.virtual_size > MAX_VIRTUAL_SIZE || o.virtual_size % o.logical_sector_size as u64 != 0 {
+    if o.virtual_size == 0
+        || o.virtual_size > MAX_VIRTUAL_SIZE
+        || !o.virtual_size.is_multiple_of(o.logical_sector_size as u64)
+    {
         return bad(format!(
             "virtual size {} must be a non-zero multiple of {} bytes, at most 64 TiB",
             o.virtual_size, o.logical_sector_size
@@ -50,7 +57,15 @@ fn u32_item(v: u32) -> Vec<u8> {
 }
 
 /// Writes a whole new file. Fails if `path` exists; removes what it wrote on error.
-pub(crate) fn build_file(path: &Path, block_size: u32, lss: u32, virtual_size: u64, fixed: bool, has_parent: bool, items: &[MetaItem]) -> Result<()> {
+pub(crate) fn build_file(
+    path: &Path,
+    block_size: u32,
+    lss: u32,
+    virtual_size: u64,
+    fixed: bool,
+    has_parent: bool,
+    items: &[MetaItem],
+) -> Result<()> {
     let geo = Geometry::new(virtual_size, block_size, lss, has_parent);
     let bat_len = round_up((geo.entries * 8).max(1), MIB);
     let payload_start = BAT_OFFSET + bat_len;
@@ -59,7 +74,11 @@ pub(crate) fn build_file(path: &Path, block_size: u32, lss: u32, virtual_size: u
     if fixed {
         for b in 0..geo.payload_blocks {
             let i = geo.payload_index(b) as usize;
-            put_u64(&mut bat, i * 8, bat_entry(PAYLOAD_FULLY_PRESENT, payload_start + b * geo.block_size));
+            put_u64(
+                &mut bat,
+                i * 8,
+                bat_entry(PAYLOAD_FULLY_PRESENT, payload_start + b * geo.block_size),
+            );
         }
         end = payload_start + geo.payload_blocks * geo.block_size;
     }
@@ -80,10 +99,24 @@ pub(crate) fn build_file(path: &Path, block_size: u32, lss: u32, virtual_size: u
         log_offset: LOG_OFFSET,
     };
     let regions = region::serialize(&[
-        RegionEntry { guid: REGION_BAT, offset: BAT_OFFSET, length: bat_len as u32, required: true },
-        RegionEntry { guid: REGION_METADATA, offset: METADATA_OFFSET, length: METADATA_LENGTH as u32, required: true },
+        RegionEntry {
+            guid: REGION_BAT,
+            offset: BAT_OFFSET,
+            length: bat_len as u32,
+            required: true,
+        },
+        RegionEntry {
+            guid: REGION_METADATA,
+            offset: METADATA_OFFSET,
+            length: METADATA_LENGTH as u32,
+            required: true,
+        },
     ]);
-    let file = OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| DiskError::io(path, e))?;
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| DiskError::io(path, e))?;
     let result = (|| -> std::io::Result<()> {
         file.set_len(end)?;
         file.write_all_at(&ident, 0)?;
@@ -111,13 +144,41 @@ pub(crate) fn build_file(path: &Path, block_size: u32, lss: u32, virtual_size: u
 pub fn create(path: &Path, opts: &CreateOptions) -> Result<()> {
     validate_options(path, opts)?;
     let items = vec![
-        MetaItem::new(META_FILE_PARAMETERS, false, metadata::file_parameters(opts.block_size, opts.fixed, false)),
-        MetaItem::new(META_VIRTUAL_DISK_SIZE, true, opts.virtual_size.to_le_bytes().to_vec()),
-        MetaItem::new(META_VIRTUAL_DISK_ID, true, Uuid::new_v4().to_bytes_le().to_vec()),
-        MetaItem::new(META_LOGICAL_SECTOR_SIZE, true, u32_item(opts.logical_sector_size)),
-        MetaItem::new(META_PHYSICAL_SECTOR_SIZE, true, u32_item(opts.physical_sector_size)),
+        MetaItem::new(
+            META_FILE_PARAMETERS,
+            false,
+            metadata::file_parameters(opts.block_size, opts.fixed, false),
+        ),
+        MetaItem::new(
+            META_VIRTUAL_DISK_SIZE,
+            true,
+            opts.virtual_size.to_le_bytes().to_vec(),
+        ),
+        MetaItem::new(
+            META_VIRTUAL_DISK_ID,
+            true,
+            Uuid::new_v4().to_bytes_le().to_vec(),
+        ),
+        MetaItem::new(
+            META_LOGICAL_SECTOR_SIZE,
+            true,
+            u32_item(opts.logical_sector_size),
+        ),
+        MetaItem::new(
+            META_PHYSICAL_SECTOR_SIZE,
+            true,
+            u32_item(opts.physical_sector_size),
+        ),
     ];
-    build_file(path, opts.block_size, opts.logical_sector_size, opts.virtual_size, opts.fixed, false, &items)
+    build_file(
+        path,
+        opts.block_size,
+        opts.logical_sector_size,
+        opts.virtual_size,
+        opts.fixed,
+        false,
+        &items,
+    )
 }
 
 /// `to` relative to directory `from` (both absolute, canonical).
@@ -149,7 +210,10 @@ pub(crate) fn locator_for(child: &Path, parent_canon: &Path, linkage: &Uuid) -> 
         entries: vec![
             ("parent_linkage".into(), metadata::linkage_string(linkage)),
             ("relative_path".into(), to_win(&rel)),
-            ("absolute_win32_path".into(), format!("\\\\?\\Z:{}", to_win(parent_canon))),
+            (
+                "absolute_win32_path".into(),
+                format!("\\\\?\\Z:{}", to_win(parent_canon)),
+            ),
         ],
     })
 }
@@ -168,5 +232,13 @@ pub fn create_child(parent: &Path, child: &Path) -> Result<()> {
     )];
     items.extend(p.meta.items.iter().filter(|i| i.is_virtual_disk()).cloned());
     items.push(MetaItem::new(META_PARENT_LOCATOR, false, loc.serialize()));
-    build_file(child, p.meta.block_size, p.meta.logical_sector_size, p.meta.virtual_size, false, true, &items)
+    build_file(
+        child,
+        p.meta.block_size,
+        p.meta.logical_sector_size,
+        p.meta.virtual_size,
+        false,
+        true,
+        &items,
+    )
 }

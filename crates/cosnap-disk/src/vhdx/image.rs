@@ -105,11 +105,17 @@ impl VhdxImage {
         if visited.contains(&canon) {
             return Err(DiskError::chain(
                 path,
-                format!("parent loop: {} appears twice in the chain", canon.display()),
+                format!(
+                    "parent loop: {} appears twice in the chain",
+                    canon.display()
+                ),
             ));
         }
         if visited.len() >= MAX_CHAIN_DEPTH {
-            return Err(DiskError::chain(path, format!("chain deeper than {MAX_CHAIN_DEPTH} layers")));
+            return Err(DiskError::chain(
+                path,
+                format!("chain deeper than {MAX_CHAIN_DEPTH} layers"),
+            ));
         }
         visited.push(canon);
         let mut img = Self::open_layer(path, writable)?;
@@ -178,7 +184,12 @@ impl VhdxImage {
             Some(s) => Some(metadata::parse_linkage(s).ok_or_else(|| {
                 DiskError::corrupt(&self.path, format!("parent_linkage {s:?} is not a GUID"))
             })?),
-            None => return Err(DiskError::corrupt(&self.path, "parent locator has no parent_linkage")),
+            None => {
+                return Err(DiskError::corrupt(
+                    &self.path,
+                    "parent locator has no parent_linkage",
+                ));
+            }
         };
         let l2 = loc.get("parent_linkage2").and_then(metadata::parse_linkage);
         Ok((l1, l2))
@@ -193,7 +204,10 @@ impl VhdxImage {
         if loc.locator_type != LOCATOR_TYPE_VHDX {
             return Err(DiskError::unsupported(
                 &self.path,
-                format!("parent locator type {} (only VHDX parents are supported)", loc.locator_type),
+                format!(
+                    "parent locator type {} (only VHDX parents are supported)",
+                    loc.locator_type
+                ),
             ));
         }
         Ok(loc)
@@ -238,7 +252,11 @@ impl VhdxImage {
                 if cands.is_empty() {
                     "nothing: no usable path entry".to_string()
                 } else {
-                    cands.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ")
+                    cands
+                        .iter()
+                        .map(|c| c.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             ),
         ))
@@ -246,7 +264,11 @@ impl VhdxImage {
 
     /// Opens one layer without its parents, validating every structure.
     pub(crate) fn open_layer(path: &Path, writable: bool) -> Result<VhdxImage> {
-        let file = OpenOptions::new().read(true).write(writable).open(path).map_err(io(path))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .map_err(io(path))?;
         let real_len = file.metadata().map_err(io(path))?.len();
         let mut img = VhdxImage {
             path: path.to_path_buf(),
@@ -296,17 +318,25 @@ impl VhdxImage {
                 img.read_raw(&mut sig, 0)?;
             }
             if &sig != SIG_FILE {
-                return Err(DiskError::corrupt(path, "not a VHDX file: no \"vhdxfile\" signature"));
+                return Err(DiskError::corrupt(
+                    path,
+                    "not a VHDX file: no \"vhdxfile\" signature",
+                ));
             }
             return Err(DiskError::corrupt(
                 path,
-                format!("truncated: the file is {real_len} bytes, shorter than the 1 MiB header section"),
+                format!(
+                    "truncated: the file is {real_len} bytes, shorter than the 1 MiB header section"
+                ),
             ));
         }
         let mut hs = vec![0u8; 320 * 1024];
         img.read_raw(&mut hs, 0)?;
         if &hs[0..8] != SIG_FILE {
-            return Err(DiskError::corrupt(path, "not a VHDX file: no \"vhdxfile\" signature"));
+            return Err(DiskError::corrupt(
+                path,
+                "not a VHDX file: no \"vhdxfile\" signature",
+            ));
         }
         let h1 = Header::parse(&hs[HEADER_OFFSETS[0] as usize..]);
         let h2 = Header::parse(&hs[HEADER_OFFSETS[1] as usize..]);
@@ -314,7 +344,10 @@ impl VhdxImage {
             DiskError::corrupt(path, "both headers are invalid (bad signature or CRC-32C)")
         })?;
         if h.version != 1 {
-            return Err(DiskError::unsupported(path, format!("VHDX header version {}", h.version)));
+            return Err(DiskError::unsupported(
+                path,
+                format!("VHDX header version {}", h.version),
+            ));
         }
         img.header = h;
         img.header_slot = slot;
@@ -331,7 +364,10 @@ impl VhdxImage {
             }
         }
         let regions = regions.ok_or_else(|| {
-            DiskError::corrupt(path, "both region tables are invalid (bad signature or CRC-32C)")
+            DiskError::corrupt(
+                path,
+                "both region tables are invalid (bad signature or CRC-32C)",
+            )
         })?;
         img.validate_regions(&regions)?;
         img.regions = regions;
@@ -339,7 +375,10 @@ impl VhdxImage {
         // Metadata region.
         let (moff, mlen) = img.meta_region;
         if mlen < METADATA_TABLE_SIZE as u64 {
-            return Err(DiskError::corrupt(path, "metadata region is smaller than its 64 KiB table"));
+            return Err(DiskError::corrupt(
+                path,
+                "metadata region is smaller than its 64 KiB table",
+            ));
         }
         let mut table = vec![0u8; METADATA_TABLE_SIZE];
         img.read_raw(&mut table, moff)?;
@@ -361,25 +400,42 @@ impl VhdxImage {
         }
         let path = self.path.clone();
         if h.log_version != 0 {
-            return Err(DiskError::unsupported(&path, format!("log version {}", h.log_version)));
+            return Err(DiskError::unsupported(
+                &path,
+                format!("log version {}", h.log_version),
+            ));
         }
         let (lo, ll) = (h.log_offset, h.log_length as u64);
         if lo % MIB != 0 || ll % MIB != 0 || lo < HEADER_SECTION_SIZE || ll == 0 {
             return Err(DiskError::corrupt(
                 &path,
-                format!("log at offset {lo} length {ll} is not 1 MiB-aligned after the header section"),
+                format!(
+                    "log at offset {lo} length {ll} is not 1 MiB-aligned after the header section"
+                ),
             ));
         }
         if ll > MAX_LOG_LENGTH {
-            return Err(DiskError::unsupported(&path, format!("log of {ll} bytes (cosnap replays logs up to 16 MiB)")));
+            return Err(DiskError::unsupported(
+                &path,
+                format!("log of {ll} bytes (cosnap replays logs up to 16 MiB)"),
+            ));
         }
-        if lo + ll > self.file_len {
-            return Err(DiskError::corrupt(&path, format!("log at {lo}+{ll} lies past the end of the file ({} bytes)", self.file_len)));
+        if lo.checked_add(ll).is_none_or(|e| e > self.file_len) {
+            return Err(DiskError::corrupt(
+                &path,
+                format!(
+                    "log at {lo}+{ll} lies past the end of the file ({} bytes)",
+                    self.file_len
+                ),
+            ));
         }
         let mut logbuf = vec![0u8; ll as usize];
         self.read_raw(&mut logbuf, lo)?;
         let replay = log::find_active(&logbuf, &h.log_guid).ok_or_else(|| {
-            DiskError::corrupt(&path, "the header names a log (LogGuid set) but the log has no valid entry sequence")
+            DiskError::corrupt(
+                &path,
+                "the header names a log (LogGuid set) but the log has no valid entry sequence",
+            )
         })?;
         if self.file_len < replay.flushed_file_offset {
             return Err(DiskError::corrupt(
@@ -392,7 +448,10 @@ impl VhdxImage {
         }
         let limit = self.file_len.max(replay.last_file_offset);
         if replay.last_file_offset > MAX_VIRTUAL_SIZE * 2 {
-            return Err(DiskError::corrupt(&path, format!("log LastFileOffset {} is absurd", replay.last_file_offset)));
+            return Err(DiskError::corrupt(
+                &path,
+                format!("log LastFileOffset {} is absurd", replay.last_file_offset),
+            ));
         }
         for op in &replay.ops {
             let start = match op {
@@ -401,11 +460,17 @@ impl VhdxImage {
             if start < REGION_TABLE_OFFSETS[0] || op.end() > limit {
                 return Err(DiskError::corrupt(
                     &path,
-                    format!("log entry writes at {start}..{} outside the file's metadata area", op.end()),
+                    format!(
+                        "log entry writes at {start}..{} outside the file's metadata area",
+                        op.end()
+                    ),
                 ));
             }
             if start < lo + ll && op.end() > lo {
-                return Err(DiskError::corrupt(&path, "log entry writes into the log itself"));
+                return Err(DiskError::corrupt(
+                    &path,
+                    "log entry writes into the log itself",
+                ));
             }
         }
         if !self.writable {
@@ -434,7 +499,9 @@ impl VhdxImage {
         }
         let real = self.file.metadata().map_err(io(&path))?.len();
         if real < replay.last_file_offset {
-            self.file.set_len(replay.last_file_offset).map_err(io(&path))?;
+            self.file
+                .set_len(replay.last_file_offset)
+                .map_err(io(&path))?;
         }
         self.file.sync_all().map_err(io(&path))?;
         self.file_len = self.file.metadata().map_err(io(&path))?.len();
@@ -445,13 +512,20 @@ impl VhdxImage {
 
     fn validate_regions(&mut self, regions: &[RegionEntry]) -> Result<()> {
         let path = self.path.clone();
-        let mut spans: Vec<(u64, u64, String)> = vec![(0, HEADER_SECTION_SIZE, "header section".into())];
+        let mut spans: Vec<(u64, u64, String)> =
+            vec![(0, HEADER_SECTION_SIZE, "header section".into())];
         if self.header.log_length > 0 {
             let (lo, ll) = (self.header.log_offset, self.header.log_length as u64);
-            if lo % MIB != 0 || ll % MIB != 0 || lo.checked_add(ll).is_none_or(|e| e > self.file_len) {
+            if lo % MIB != 0
+                || ll % MIB != 0
+                || lo.checked_add(ll).is_none_or(|e| e > self.file_len)
+            {
                 return Err(DiskError::corrupt(
                     &path,
-                    format!("log at {lo}+{ll} is misaligned or lies past the end of the file ({} bytes)", self.file_len),
+                    format!(
+                        "log at {lo}+{ll} is misaligned or lies past the end of the file ({} bytes)",
+                        self.file_len
+                    ),
                 ));
             }
             spans.push((lo, lo + ll, "log".into()));
@@ -466,16 +540,26 @@ impl VhdxImage {
                 format!("region {}", r.guid)
             };
             let len = r.length as u64;
-            if r.offset % MIB != 0 || len % MIB != 0 || r.offset < HEADER_SECTION_SIZE || len == 0 {
+            if !r.offset.is_multiple_of(MIB)
+                || !len.is_multiple_of(MIB)
+                || r.offset < HEADER_SECTION_SIZE
+                || len == 0
+            {
                 return Err(DiskError::corrupt(
                     &path,
-                    format!("{name} at {}+{len} is not 1 MiB-aligned after the header section", r.offset),
+                    format!(
+                        "{name} at {}+{len} is not 1 MiB-aligned after the header section",
+                        r.offset
+                    ),
                 ));
             }
             if r.offset.checked_add(len).is_none_or(|e| e > self.file_len) {
                 return Err(DiskError::corrupt(
                     &path,
-                    format!("{name} at {}+{len} lies past the end of the file ({} bytes)", r.offset, self.file_len),
+                    format!(
+                        "{name} at {}+{len} lies past the end of the file ({} bytes)",
+                        r.offset, self.file_len
+                    ),
                 ));
             }
             if r.guid == REGION_BAT {
@@ -483,13 +567,18 @@ impl VhdxImage {
             } else if r.guid == REGION_METADATA {
                 meta = Some((r.offset, len));
             } else if r.required {
-                return Err(DiskError::unsupported(&path, format!("required region {} is not understood", r.guid)));
+                return Err(DiskError::unsupported(
+                    &path,
+                    format!("required region {} is not understood", r.guid),
+                ));
             }
             spans.push((r.offset, r.offset + len, name));
         }
         check_overlaps(&path, &mut spans)?;
-        self.bat_region = bat.ok_or_else(|| DiskError::corrupt(&path, "region table has no BAT region"))?;
-        self.meta_region = meta.ok_or_else(|| DiskError::corrupt(&path, "region table has no metadata region"))?;
+        self.bat_region =
+            bat.ok_or_else(|| DiskError::corrupt(&path, "region table has no BAT region"))?;
+        self.meta_region =
+            meta.ok_or_else(|| DiskError::corrupt(&path, "region table has no metadata region"))?;
         Ok(())
     }
 
@@ -498,7 +587,12 @@ impl VhdxImage {
     fn load_bat(&mut self) -> Result<()> {
         let path = self.path.clone();
         let m = &self.meta;
-        self.geo = Geometry::new(m.virtual_size, m.block_size, m.logical_sector_size, m.has_parent);
+        self.geo = Geometry::new(
+            m.virtual_size,
+            m.block_size,
+            m.logical_sector_size,
+            m.has_parent,
+        );
         let need = self.geo.entries * 8;
         if need > self.bat_region.1 {
             return Err(DiskError::corrupt(
@@ -515,12 +609,21 @@ impl VhdxImage {
         let mut raw = vec![0u8; round_up(need, LOG_SECTOR as u64) as usize];
         self.read_raw(&mut raw, self.bat_region.0)?;
         self.bat_raw = raw;
-        let mut spans: Vec<(u64, u64, String)> = vec![(0, HEADER_SECTION_SIZE, "header section".into())];
+        let mut spans: Vec<(u64, u64, String)> =
+            vec![(0, HEADER_SECTION_SIZE, "header section".into())];
         if self.header.log_length > 0 {
-            spans.push((self.header.log_offset, self.header.log_offset + self.header.log_length as u64, "log".into()));
+            spans.push((
+                self.header.log_offset,
+                self.header.log_offset + self.header.log_length as u64,
+                "log".into(),
+            ));
         }
         for r in &self.regions {
-            spans.push((r.offset, r.offset + r.length as u64, format!("region {}", r.guid)));
+            spans.push((
+                r.offset,
+                r.offset + r.length as u64,
+                format!("region {}", r.guid),
+            ));
         }
         let bs = self.geo.block_size;
         let has_parent = self.meta.has_parent;
@@ -535,16 +638,25 @@ impl VhdxImage {
                     SB_NOT_PRESENT => {}
                     SB_PRESENT if has_parent => {
                         self.check_block_span(i, off, SECTOR_BITMAP_BLOCK, "sector bitmap")?;
-                        spans.push((off, off + SECTOR_BITMAP_BLOCK, format!("sector bitmap of chunk {chunk}")));
+                        spans.push((
+                            off,
+                            off + SECTOR_BITMAP_BLOCK,
+                            format!("sector bitmap of chunk {chunk}"),
+                        ));
                     }
                     SB_PRESENT => {
                         return Err(DiskError::corrupt(
                             &path,
-                            format!("BAT entry {i}: sector bitmap block present in a file without a parent"),
+                            format!(
+                                "BAT entry {i}: sector bitmap block present in a file without a parent"
+                            ),
                         ));
                     }
                     s => {
-                        return Err(DiskError::corrupt(&path, format!("BAT entry {i}: invalid sector bitmap state {s}")));
+                        return Err(DiskError::corrupt(
+                            &path,
+                            format!("BAT entry {i}: invalid sector bitmap state {s}"),
+                        ));
                     }
                 }
                 continue;
@@ -554,14 +666,19 @@ impl VhdxImage {
                 continue; // padding after the last block of a differencing BAT
             }
             match state {
-                PAYLOAD_NOT_PRESENT | PAYLOAD_UNDEFINED | PAYLOAD_ZERO | PAYLOAD_UNMAPPED
+                PAYLOAD_NOT_PRESENT
+                | PAYLOAD_UNDEFINED
+                | PAYLOAD_ZERO
+                | PAYLOAD_UNMAPPED
                 | PAYLOAD_UNMAPPED_V095 => {}
                 PAYLOAD_FULLY_PRESENT | PAYLOAD_PARTIALLY_PRESENT => {
                     if state == PAYLOAD_PARTIALLY_PRESENT {
                         if !has_parent {
                             return Err(DiskError::corrupt(
                                 &path,
-                                format!("BAT entry {i}: block {block} is partially present in a file without a parent"),
+                                format!(
+                                    "BAT entry {i}: block {block} is partially present in a file without a parent"
+                                ),
                             ));
                         }
                         partial_chunks.insert(block / self.geo.chunk_ratio);
@@ -570,7 +687,10 @@ impl VhdxImage {
                     spans.push((off, off + bs, format!("payload block {block}")));
                 }
                 s => {
-                    return Err(DiskError::corrupt(&path, format!("BAT entry {i}: invalid payload block state {s}")));
+                    return Err(DiskError::corrupt(
+                        &path,
+                        format!("BAT entry {i}: invalid payload block state {s}"),
+                    ));
                 }
             }
         }
@@ -583,7 +703,11 @@ impl VhdxImage {
             }
         }
         check_overlaps(&path, &mut spans)?;
-        let end = spans.iter().map(|s| s.1).max().unwrap_or(HEADER_SECTION_SIZE);
+        let end = spans
+            .iter()
+            .map(|s| s.1)
+            .max()
+            .unwrap_or(HEADER_SECTION_SIZE);
         self.next_free = round_up(end.max(self.file_len), MIB);
         Ok(())
     }
@@ -595,7 +719,7 @@ impl VhdxImage {
                 format!("BAT entry {i}: {what} at offset {off} lies inside the header section"),
             ));
         }
-        if off + len > self.file_len {
+        if off.checked_add(len).is_none_or(|e| e > self.file_len) {
             return Err(DiskError::corrupt(
                 &self.path,
                 format!(
@@ -612,7 +736,11 @@ impl VhdxImage {
     }
 
     fn set_entry(&mut self, i: u64, state: u64, offset: u64) {
-        put_u64(&mut self.bat_raw, (i * 8) as usize, bat_entry(state, offset));
+        put_u64(
+            &mut self.bat_raw,
+            (i * 8) as usize,
+            bat_entry(state, offset),
+        );
         self.dirty_bat_sectors.insert(i * 8 / LOG_SECTOR as u64);
     }
 
@@ -639,7 +767,10 @@ impl VhdxImage {
             } else {
                 return Err(DiskError::corrupt(
                     &self.path,
-                    format!("truncated: {} bytes at offset {off} lie past the end of the file", buf.len()),
+                    format!(
+                        "truncated: {} bytes at offset {off} lie past the end of the file",
+                        buf.len()
+                    ),
                 ));
             }
         }
@@ -655,7 +786,9 @@ impl VhdxImage {
             let dst = &mut buf[(lo - off) as usize..(hi - off) as usize];
             match op {
                 LogOp::Zero { .. } => dst.fill(0),
-                LogOp::Data { data, .. } => dst.copy_from_slice(&data[(lo - s) as usize..(hi - s) as usize]),
+                LogOp::Data { data, .. } => {
+                    dst.copy_from_slice(&data[(lo - s) as usize..(hi - s) as usize])
+                }
             }
         }
         Ok(())
@@ -701,7 +834,10 @@ impl VhdxImage {
             h.file_write_guid = Uuid::new_v4();
         }
         if need_data {
-            h.data_write_guid = self.next_data_write_guid.take().unwrap_or_else(Uuid::new_v4);
+            h.data_write_guid = self
+                .next_data_write_guid
+                .take()
+                .unwrap_or_else(Uuid::new_v4);
         }
         self.write_header(h)?;
         self.file_guid_rotated = true;
@@ -717,7 +853,10 @@ impl VhdxImage {
         self.begin_modification(false)?;
         let (lo, ll) = (self.header.log_offset, self.header.log_length as u64);
         if ll == 0 {
-            return Err(DiskError::unsupported(&self.path, "file has no log, so metadata cannot be updated safely"));
+            return Err(DiskError::unsupported(
+                &self.path,
+                "file has no log, so metadata cannot be updated safely",
+            ));
         }
         let cap = log::entry_capacity((ll / LOG_SECTOR as u64) as usize).max(1);
         self.file.sync_all().map_err(io(&self.path))?;
@@ -725,7 +864,12 @@ impl VhdxImage {
             let len = self.file.metadata().map_err(io(&self.path))?.len();
             let guid = Uuid::new_v4();
             let refs: Vec<(u64, &[u8])> = batch.iter().map(|(o, d)| (*o, d.as_slice())).collect();
-            let last = refs.iter().map(|(o, _)| o + LOG_SECTOR as u64).max().unwrap_or(0).max(len);
+            let last = refs
+                .iter()
+                .map(|(o, _)| o + LOG_SECTOR as u64)
+                .max()
+                .unwrap_or(0)
+                .max(len);
             let entry = log::build_entry(1, 0, &guid, len / MIB * MIB, round_up(last, MIB), &refs);
             self.write_raw(&entry, lo)?;
             self.file.sync_data().map_err(io(&self.path))?;
@@ -755,14 +899,22 @@ impl VhdxImage {
     }
 
     fn block_len(&self, b: u64) -> u64 {
-        self.geo.block_size.min(self.geo.virtual_size - b * self.geo.block_size)
+        self.geo
+            .block_size
+            .min(self.geo.virtual_size - b * self.geo.block_size)
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
-        if offset.checked_add(len).is_none_or(|e| e > self.geo.virtual_size) {
+        if offset
+            .checked_add(len)
+            .is_none_or(|e| e > self.geo.virtual_size)
+        {
             return Err(DiskError::invalid(
                 &self.path,
-                format!("range {offset}+{len} lies past the virtual size {}", self.geo.virtual_size),
+                format!(
+                    "range {offset}+{len} lies past the virtual size {}",
+                    self.geo.virtual_size
+                ),
             ));
         }
         Ok(())
@@ -797,7 +949,8 @@ impl VhdxImage {
         let c = b / self.geo.chunk_ratio;
         let first = (b % self.geo.chunk_ratio) * self.geo.sectors_per_block() + s0;
         let byte0 = first / 8;
-        let bytes = self.bitmap_bytes(c, byte0, ((first + (s1 - s0)).div_ceil(8) - byte0) as usize)?;
+        let bytes =
+            self.bitmap_bytes(c, byte0, ((first + (s1 - s0)).div_ceil(8) - byte0) as usize)?;
         let bit = |s: u64| {
             let k = first + (s - s0) - byte0 * 8;
             bytes[(k / 8) as usize] >> (k % 8) & 1 == 1
@@ -943,7 +1096,10 @@ impl VhdxImage {
         let mut w = Vec::new();
         for s in std::mem::take(&mut self.dirty_bat_sectors) {
             let o = (s as usize) * LOG_SECTOR;
-            w.push((self.bat_region.0 + o as u64, self.bat_raw[o..o + LOG_SECTOR].to_vec()));
+            w.push((
+                self.bat_region.0 + o as u64,
+                self.bat_raw[o..o + LOG_SECTOR].to_vec(),
+            ));
         }
         for (o, d) in std::mem::take(&mut self.pending_bitmap) {
             w.push((o, d.into_vec()));
@@ -960,7 +1116,11 @@ impl VhdxImage {
         let mut old = vec![0u8; new.len()];
         self.read_raw(&mut old, moff)?;
         let mut writes = self.take_dirty_sectors();
-        for (k, (n, o)) in new.chunks(LOG_SECTOR).zip(old.chunks(LOG_SECTOR)).enumerate() {
+        for (k, (n, o)) in new
+            .chunks(LOG_SECTOR)
+            .zip(old.chunks(LOG_SECTOR))
+            .enumerate()
+        {
             if n != o {
                 writes.push((moff + (k * LOG_SECTOR) as u64, n.to_vec()));
             }
@@ -991,7 +1151,9 @@ impl VhdxImage {
                 PAYLOAD_NOT_PRESENT => {
                     return Err(DiskError::invalid(
                         &self.path,
-                        format!("block {b} is inherited from the parent, so the image cannot stand alone"),
+                        format!(
+                            "block {b} is inherited from the parent, so the image cannot stand alone"
+                        ),
                     ));
                 }
                 PAYLOAD_PARTIALLY_PRESENT => {
@@ -999,7 +1161,9 @@ impl VhdxImage {
                     if self.sector_runs(b, 0, len)?.iter().any(|r| !r.2) {
                         return Err(DiskError::invalid(
                             &self.path,
-                            format!("block {b} has sectors inherited from the parent, so the image cannot stand alone"),
+                            format!(
+                                "block {b} has sectors inherited from the parent, so the image cannot stand alone"
+                            ),
                         ));
                     }
                     self.set_entry(i, PAYLOAD_FULLY_PRESENT, bat_offset(e));
@@ -1007,13 +1171,18 @@ impl VhdxImage {
                 _ => {}
             }
         }
-        let geo = Geometry::new(self.meta.virtual_size, self.meta.block_size, self.meta.logical_sector_size, false);
+        let geo = Geometry::new(
+            self.meta.virtual_size,
+            self.meta.block_size,
+            self.meta.logical_sector_size,
+            false,
+        );
         // Old bitmap entries (and padding past the last block) become NOT_PRESENT.
         for i in 0..self.geo.entries {
-            if self.geo.is_bitmap_index(i) || self.geo.block_of_index(i) >= self.geo.payload_blocks {
-                if self.entry(i) != 0 {
-                    self.set_entry(i, SB_NOT_PRESENT, 0);
-                }
+            let unused = self.geo.is_bitmap_index(i)
+                || self.geo.block_of_index(i) >= self.geo.payload_blocks;
+            if unused && self.entry(i) != 0 {
+                self.set_entry(i, SB_NOT_PRESENT, 0);
             }
         }
         let items: Vec<MetaItem> = self
@@ -1063,7 +1232,10 @@ impl VhdxImage {
         self.parent.as_deref()
     }
     pub(crate) fn region_spans(&self) -> Vec<(u64, u64)> {
-        self.regions.iter().map(|r| (r.offset, r.offset + r.length as u64)).collect()
+        self.regions
+            .iter()
+            .map(|r| (r.offset, r.offset + r.length as u64))
+            .collect()
     }
 
     /// True when the file was opened with a dirty log replayed in memory only.
@@ -1167,8 +1339,10 @@ impl Image for VhdxImage {
             let n = (bs - within).min(offset + len - pos);
             let i = self.geo.payload_index(b);
             let state = bat_state(self.entry(i));
-            let reads_zero = matches!(state, PAYLOAD_ZERO | PAYLOAD_UNMAPPED | PAYLOAD_UNDEFINED | PAYLOAD_UNMAPPED_V095)
-                || (state == PAYLOAD_NOT_PRESENT && self.parent.is_none());
+            let reads_zero = matches!(
+                state,
+                PAYLOAD_ZERO | PAYLOAD_UNMAPPED | PAYLOAD_UNDEFINED | PAYLOAD_UNMAPPED_V095
+            ) || (state == PAYLOAD_NOT_PRESENT && self.parent.is_none());
             if within == 0 && n == self.block_len(b) && !fixed {
                 if state != PAYLOAD_ZERO {
                     self.set_entry(i, PAYLOAD_ZERO, 0);
@@ -1194,20 +1368,31 @@ impl Image for VhdxImage {
         self.require_writable()?;
         self.check_range(offset, len)?;
         let bs = self.geo.block_size;
-        if len == 0 || offset % bs != 0 || (len % bs != 0 && offset + len != self.geo.virtual_size) {
+        if len == 0
+            || !offset.is_multiple_of(bs)
+            || (!len.is_multiple_of(bs) && offset + len != self.geo.virtual_size)
+        {
             return Ok(None);
         }
         let (b0, b1) = (offset / bs, (offset + len).div_ceil(bs));
         let states: Vec<u64> = (b0..b1).map(|b| self.payload_entry(b)).collect();
-        if states.iter().all(|e| bat_state(*e) == PAYLOAD_FULLY_PRESENT) {
-            let h0 = bat_offset(states[0]);
-            let contiguous = states.iter().enumerate().all(|(k, e)| bat_offset(*e) == h0 + k as u64 * bs);
-            return Ok(contiguous.then_some(h0));
-        }
         if states
             .iter()
-            .any(|e| matches!(bat_state(*e), PAYLOAD_FULLY_PRESENT | PAYLOAD_PARTIALLY_PRESENT))
+            .all(|e| bat_state(*e) == PAYLOAD_FULLY_PRESENT)
         {
+            let h0 = bat_offset(states[0]);
+            let contiguous = states
+                .iter()
+                .enumerate()
+                .all(|(k, e)| bat_offset(*e) == h0 + k as u64 * bs);
+            return Ok(contiguous.then_some(h0));
+        }
+        if states.iter().any(|e| {
+            matches!(
+                bat_state(*e),
+                PAYLOAD_FULLY_PRESENT | PAYLOAD_PARTIALLY_PRESENT
+            )
+        }) {
             return Ok(None);
         }
         self.begin_modification(true)?;
@@ -1244,9 +1429,14 @@ impl Image for VhdxImage {
             }
             if let Some(last) = out.last_mut() {
                 let merge = match (last.state, state) {
-                    (ExtentState::Data { host_offset: Some(a) }, ExtentState::Data { host_offset: Some(b) }) => {
-                        a + last.len == b
-                    }
+                    (
+                        ExtentState::Data {
+                            host_offset: Some(a),
+                        },
+                        ExtentState::Data {
+                            host_offset: Some(b),
+                        },
+                    ) => a + last.len == b,
                     (x, y) => x == y,
                 };
                 if merge {
@@ -1262,13 +1452,19 @@ impl Image for VhdxImage {
             let n = (bs - within).min(offset + len - pos);
             let e = self.payload_entry(b);
             match bat_state(e) {
-                PAYLOAD_FULLY_PRESENT => {
-                    push(pos, n, ExtentState::Data { host_offset: Some(bat_offset(e) + within) })
-                }
+                PAYLOAD_FULLY_PRESENT => push(
+                    pos,
+                    n,
+                    ExtentState::Data {
+                        host_offset: Some(bat_offset(e) + within),
+                    },
+                ),
                 PAYLOAD_PARTIALLY_PRESENT => {
                     for (start, l, present) in self.sector_runs(b, within, n)? {
                         let st = if present {
-                            ExtentState::Data { host_offset: Some(bat_offset(e) + start) }
+                            ExtentState::Data {
+                                host_offset: Some(bat_offset(e) + start),
+                            }
                         } else {
                             ExtentState::Inherited
                         };

@@ -58,12 +58,21 @@ fn read_entry(log: &[u8], start: usize, guid: &Uuid) -> Option<Entry> {
     let tail = u32_at(s0, 12) as usize;
     let seq = u64_at(s0, 16);
     let desc_count = u32_at(s0, 24) as usize;
-    if len == 0 || len % LOG_SECTOR != 0 || len > l || tail % LOG_SECTOR != 0 || tail >= l || seq == 0
+    if len == 0
+        || !len.is_multiple_of(LOG_SECTOR)
+        || len > l
+        || !tail.is_multiple_of(LOG_SECTOR)
+        || tail >= l
+        || seq == 0
     {
         return None;
     }
     let nsec = len / LOG_SECTOR;
-    let desc_sectors = if desc_count <= 126 { 1 } else { 1 + (desc_count - 126).div_ceil(128) };
+    let desc_sectors = if desc_count <= 126 {
+        1
+    } else {
+        1 + (desc_count - 126).div_ceil(128)
+    };
     if desc_sectors > nsec {
         return None;
     }
@@ -80,22 +89,31 @@ fn read_entry(log: &[u8], start: usize, guid: &Uuid) -> Option<Entry> {
     let mut ops = Vec::with_capacity(desc_count.min(nsec * 128));
     let mut data_index = 0usize;
     for k in 0..desc_count {
-        let (sec, off) = if k < 126 { (0, 64 + 32 * k) } else { (1 + (k - 126) / 128, 32 * ((k - 126) % 128)) };
+        let (sec, off) = if k < 126 {
+            (0, 64 + 32 * k)
+        } else {
+            (1 + (k - 126) / 128, 32 * ((k - 126) % 128))
+        };
         let d = &sector(log, start + sec * LOG_SECTOR)[off..off + 32];
         if u64_at(d, 24) != seq {
             return None;
         }
         let file_offset = u64_at(d, 16);
-        if file_offset % LOG_SECTOR as u64 != 0 {
+        if !file_offset.is_multiple_of(LOG_SECTOR as u64) {
             return None;
         }
         match &d[0..4] {
             s if s == SIG_ZERO => {
                 let zlen = u64_at(d, 8);
-                if zlen % LOG_SECTOR as u64 != 0 || file_offset.checked_add(zlen).is_none() {
+                if !zlen.is_multiple_of(LOG_SECTOR as u64)
+                    || file_offset.checked_add(zlen).is_none()
+                {
                     return None;
                 }
-                ops.push(LogOp::Zero { offset: file_offset, len: zlen });
+                ops.push(LogOp::Zero {
+                    offset: file_offset,
+                    len: zlen,
+                });
             }
             s if s == SIG_DESC => {
                 let idx = desc_sectors + data_index;
@@ -113,7 +131,10 @@ fn read_entry(log: &[u8], start: usize, guid: &Uuid) -> Option<Entry> {
                 data[0..8].copy_from_slice(&d[8..16]);
                 data[8..4092].copy_from_slice(&ds[8..4092]);
                 data[4092..4096].copy_from_slice(&d[4..8]);
-                ops.push(LogOp::Data { offset: file_offset, data });
+                ops.push(LogOp::Data {
+                    offset: file_offset,
+                    data,
+                });
                 data_index += 1;
             }
             _ => return None,
@@ -134,7 +155,7 @@ fn read_entry(log: &[u8], start: usize, guid: &Uuid) -> Option<Entry> {
 /// carry `guid`. `None` when there is no valid sequence.
 pub(crate) fn find_active(log: &[u8], guid: &Uuid) -> Option<Replay> {
     let l = log.len();
-    if l == 0 || l % LOG_SECTOR != 0 {
+    if l == 0 || !l.is_multiple_of(LOG_SECTOR) {
         return None;
     }
     let mut candidate: Option<Vec<Entry>> = None;
@@ -164,7 +185,11 @@ pub(crate) fn find_active(log: &[u8], guid: &Uuid) -> Option<Replay> {
         let valid = valid_from.is_some();
         if let Some(from) = valid_from {
             let head_seq = seq_entries.last().map(|e| e.seq).unwrap_or(0);
-            let cand_seq = candidate.as_ref().and_then(|c| c.last()).map(|e| e.seq).unwrap_or(0);
+            let cand_seq = candidate
+                .as_ref()
+                .and_then(|c| c.last())
+                .map(|e| e.seq)
+                .unwrap_or(0);
             if head_seq > cand_seq {
                 let mut entries = seq_entries;
                 let end = entries.len();
@@ -199,7 +224,11 @@ pub(crate) fn find_active(log: &[u8], guid: &Uuid) -> Option<Replay> {
 pub(crate) fn entry_capacity(log_sectors: usize) -> usize {
     let mut n = log_sectors.saturating_sub(1);
     while n > 0 {
-        let desc = if n <= 126 { 1 } else { 1 + (n - 126).div_ceil(128) };
+        let desc = if n <= 126 {
+            1
+        } else {
+            1 + (n - 126).div_ceil(128)
+        };
         if desc + n <= log_sectors {
             return n;
         }
@@ -218,7 +247,11 @@ pub(crate) fn build_entry(
     writes: &[(u64, &[u8])],
 ) -> Vec<u8> {
     let n = writes.len();
-    let desc_sectors = if n <= 126 { 1 } else { 1 + (n - 126).div_ceil(128) };
+    let desc_sectors = if n <= 126 {
+        1
+    } else {
+        1 + (n - 126).div_ceil(128)
+    };
     let mut b = vec![0u8; (desc_sectors + n) * LOG_SECTOR];
     let len = b.len() as u32;
     b[0..4].copy_from_slice(SIG_LOGE);
@@ -230,7 +263,11 @@ pub(crate) fn build_entry(
     put_u64(&mut b, 48, flushed_file_offset);
     put_u64(&mut b, 56, last_file_offset);
     for (k, (offset, data)) in writes.iter().enumerate() {
-        let d = if k < 126 { 64 + 32 * k } else { (1 + (k - 126) / 128) * LOG_SECTOR + 32 * ((k - 126) % 128) };
+        let d = if k < 126 {
+            64 + 32 * k
+        } else {
+            (1 + (k - 126) / 128) * LOG_SECTOR + 32 * ((k - 126) % 128)
+        };
         b[d..d + 4].copy_from_slice(SIG_DESC);
         b[d + 4..d + 8].copy_from_slice(&data[4092..4096]);
         b[d + 8..d + 16].copy_from_slice(&data[0..8]);
@@ -255,15 +292,24 @@ mod tests {
         let guid = Uuid::new_v4();
         let mut log = vec![0u8; 1 << 20];
         let data: Vec<Vec<u8>> = (0..130u8).map(|i| vec![i; 4096]).collect();
-        let writes: Vec<(u64, &[u8])> =
-            data.iter().enumerate().map(|(i, d)| ((3 << 20) + i as u64 * 4096, d.as_slice())).collect();
+        let writes: Vec<(u64, &[u8])> = data
+            .iter()
+            .enumerate()
+            .map(|(i, d)| ((3 << 20) + i as u64 * 4096, d.as_slice()))
+            .collect();
         let e = build_entry(7, 0, &guid, 4 << 20, 5 << 20, &writes);
         log[..e.len()].copy_from_slice(&e);
         let r = find_active(&log, &guid).expect("active sequence");
         assert_eq!(r.ops.len(), 130);
         assert_eq!(r.head_seq, 7);
         assert_eq!(r.last_file_offset, 5 << 20);
-        assert_eq!(r.ops[129], LogOp::Data { offset: (3 << 20) + 129 * 4096, data: vec![129u8; 4096].into() });
+        assert_eq!(
+            r.ops[129],
+            LogOp::Data {
+                offset: (3 << 20) + 129 * 4096,
+                data: vec![129u8; 4096].into()
+            }
+        );
         // A different LogGuid makes the entry invalid.
         assert!(find_active(&log, &Uuid::new_v4()).is_none());
         // A flipped byte breaks the CRC.
@@ -284,6 +330,12 @@ mod tests {
         log[off..off + e2.len()].copy_from_slice(&e2);
         let r = find_active(&log, &guid).unwrap();
         assert_eq!(r.head_seq, 20);
-        assert_eq!(r.ops, vec![LogOp::Data { offset: 1 << 20, data: b.into() }]);
+        assert_eq!(
+            r.ops,
+            vec![LogOp::Data {
+                offset: 1 << 20,
+                data: b.into()
+            }]
+        );
     }
 }

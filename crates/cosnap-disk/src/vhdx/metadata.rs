@@ -64,7 +64,9 @@ pub(crate) fn parse(
     }
     let count = u16_at(table, 10) as usize;
     if count > MAX_TABLE_ENTRIES {
-        return Err(bad(format!("table has {count} entries (at most 2047 allowed)")));
+        return Err(bad(format!(
+            "table has {count} entries (at most 2047 allowed)"
+        )));
     }
     let mut items = Vec::with_capacity(count);
     let mut spans: Vec<(u64, u64)> = Vec::with_capacity(count);
@@ -75,7 +77,9 @@ pub(crate) fn parse(
         let len = u32_at(table, o + 20);
         let flags = u32_at(table, o + 24) & 7;
         if len > MAX_METADATA_ITEM {
-            return Err(bad(format!("item {id} is {len} bytes long (at most 1 MiB allowed)")));
+            return Err(bad(format!(
+                "item {id} is {len} bytes long (at most 1 MiB allowed)"
+            )));
         }
         if len == 0 {
             if off != 0 {
@@ -110,7 +114,11 @@ pub(crate) fn parse(
         if len > 0 {
             spans.push((off, off + len as u64));
         }
-        let data = if len == 0 { Vec::new() } else { read_item(off, len as usize)? };
+        let data = if len == 0 {
+            Vec::new()
+        } else {
+            read_item(off, len as usize)?
+        };
         items.push(MetaItem { id, flags, data });
     }
     spans.sort_unstable();
@@ -124,7 +132,10 @@ pub(crate) fn parse(
             .find(|i| i.id == id && !i.is_user())
             .ok_or_else(|| bad(format!("required item {name} is missing")))?;
         if item.data.len() < len {
-            return Err(bad(format!("item {name} is {} bytes, expected {len}", item.data.len())));
+            return Err(bad(format!(
+                "item {name} is {} bytes, expected {len}",
+                item.data.len()
+            )));
         }
         Ok(&item.data[..len])
     };
@@ -138,22 +149,32 @@ pub(crate) fn parse(
     }
     let lss = u32_at(get(META_LOGICAL_SECTOR_SIZE, "Logical Sector Size", 4)?, 0);
     if lss != 512 && lss != 4096 {
-        return Err(bad(format!("logical sector size {lss} is neither 512 nor 4096")));
+        return Err(bad(format!(
+            "logical sector size {lss} is neither 512 nor 4096"
+        )));
     }
-    let pss = u32_at(get(META_PHYSICAL_SECTOR_SIZE, "Physical Sector Size", 4)?, 0);
+    let pss = u32_at(
+        get(META_PHYSICAL_SECTOR_SIZE, "Physical Sector Size", 4)?,
+        0,
+    );
     if pss != 512 && pss != 4096 {
-        return Err(bad(format!("physical sector size {pss} is neither 512 nor 4096")));
+        return Err(bad(format!(
+            "physical sector size {pss} is neither 512 nor 4096"
+        )));
     }
     let virtual_size = u64_at(get(META_VIRTUAL_DISK_SIZE, "Virtual Disk Size", 8)?, 0);
-    if virtual_size > MAX_VIRTUAL_SIZE || virtual_size % lss as u64 != 0 {
+    if virtual_size > MAX_VIRTUAL_SIZE || !virtual_size.is_multiple_of(lss as u64) {
         return Err(bad(format!(
             "virtual disk size {virtual_size} is over 64 TiB or not a multiple of the {lss}-byte sector"
         )));
     }
     let virtual_disk_id = guid_at(get(META_VIRTUAL_DISK_ID, "Virtual Disk ID", 16)?, 0);
     let has_parent = fp_flags & 2 != 0;
-    let locator = match items.iter().find(|i| i.id == META_PARENT_LOCATOR && !i.is_user()) {
-        Some(item) if has_parent => Some(Locator::parse(&item.data).map_err(|e| bad(e))?),
+    let locator = match items
+        .iter()
+        .find(|i| i.id == META_PARENT_LOCATOR && !i.is_user())
+    {
+        Some(item) if has_parent => Some(Locator::parse(&item.data).map_err(&bad)?),
         None if has_parent => {
             return Err(bad("HasParent is set but there is no parent locator".into()));
         }
@@ -180,7 +201,10 @@ pub(crate) fn serialize(path: &Path, items: &[MetaItem], region_len: u64) -> Res
         end = round_up(end, 8) + it.data.len() as u64;
     }
     if end > region_len || items.len() > MAX_TABLE_ENTRIES {
-        return Err(DiskError::unsupported(path, "metadata items do not fit the metadata region"));
+        return Err(DiskError::unsupported(
+            path,
+            "metadata items do not fit the metadata region",
+        ));
     }
     let mut b = vec![0u8; round_up(end, LOG_SECTOR as u64) as usize];
     b[0..8].copy_from_slice(SIG_METADATA);
@@ -225,12 +249,17 @@ impl Locator {
         let locator_type = guid_at(data, 0);
         let count = u16_at(data, 18) as usize;
         if 20 + count * 12 > data.len() {
-            return Err(format!("parent locator has {count} entries but is {} bytes", data.len()));
+            return Err(format!(
+                "parent locator has {count} entries but is {} bytes",
+                data.len()
+            ));
         }
         let text = |off: u32, len: u16, what: &str| -> std::result::Result<String, String> {
             let (off, len) = (off as usize, len as usize);
             if off == 0 || len == 0 || len % 2 != 0 || off + len > data.len() {
-                return Err(format!("parent locator {what} at {off}+{len} is out of bounds"));
+                return Err(format!(
+                    "parent locator {what} at {off}+{len} is out of bounds"
+                ));
             }
             let units: Vec<u16> = data[off..off + len]
                 .chunks_exact(2)
@@ -248,7 +277,10 @@ impl Locator {
             }
             entries.push((key, value));
         }
-        Ok(Locator { locator_type, entries })
+        Ok(Locator {
+            locator_type,
+            entries,
+        })
     }
 
     pub fn serialize(&self) -> Vec<u8> {
@@ -275,7 +307,10 @@ impl Locator {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn set(&mut self, key: &str, value: String) {

@@ -41,7 +41,10 @@ pub(crate) fn parse(path: &Path, buf: &[u8]) -> Result<Option<Vec<RegionEntry>>>
             required: u32_at(buf, o + 28) & 1 == 1,
         };
         if entries.iter().any(|x| x.guid == e.guid) {
-            return Err(DiskError::corrupt(path, format!("region {} listed twice", e.guid)));
+            return Err(DiskError::corrupt(
+                path,
+                format!("region {} listed twice", e.guid),
+            ));
         }
         entries.push(e);
     }

@@ -6,8 +6,16 @@ use std::process::Command;
 
 /// True when qemu-img and qemu-io are installed; otherwise prints why the test skips.
 pub fn have_qemu() -> bool {
-    let ok = Command::new("qemu-img").arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
-        && Command::new("qemu-io").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    let ok = Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+        && Command::new("qemu-io")
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
     if !ok {
         eprintln!("SKIPPED: qemu-img/qemu-io not installed; this test needs them as the oracle");
     }
@@ -16,7 +24,10 @@ pub fn have_qemu() -> bool {
 
 /// Runs a command, returning (exit code, stdout+stderr).
 pub fn run(cmd: &str, args: &[&str]) -> (i32, String) {
-    let o = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let o = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
     let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&o.stderr));
     (o.status.code().unwrap_or(-1), text)
@@ -31,9 +42,23 @@ pub fn qemu_check(img: &Path) {
 pub fn qemu_compare_raw(img: &Path, raw: &Path) {
     let (rc, out) = run(
         "qemu-img",
-        &["compare", "-f", "vhdx", "-F", "raw", img.to_str().unwrap(), raw.to_str().unwrap()],
+        &[
+            "compare",
+            "-f",
+            "vhdx",
+            "-F",
+            "raw",
+            img.to_str().unwrap(),
+            raw.to_str().unwrap(),
+        ],
     );
-    assert_eq!(rc, 0, "qemu-img compare {} {}: {out}", img.display(), raw.display());
+    assert_eq!(
+        rc,
+        0,
+        "qemu-img compare {} {}: {out}",
+        img.display(),
+        raw.display()
+    );
 }
 
 /// Sparse model of guest bytes: writes recorded as (offset, bytes).
@@ -45,7 +70,10 @@ pub struct Model {
 
 impl Model {
     pub fn new(size: u64) -> Self {
-        Model { size, writes: Vec::new() }
+        Model {
+            size,
+            writes: Vec::new(),
+        }
     }
     pub fn write(&mut self, off: u64, data: &[u8]) {
         self.writes.push((off, data.to_vec()));
