@@ -283,7 +283,8 @@ fn raw_map_agrees_with_qemu() {
         .iter()
         .filter(|e| e["data"].as_bool().unwrap())
         .map(|e| (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
-        // qemu always reports the first 4 KiB of a raw file as data (its alignment probe).
+        // qemu-img create writes the first 4 KiB of a raw file (for its alignment probe) and
+        // always maps it as data; whether the file system still shows it varies: skip it.
         .filter(|&(s, l)| (s, l) != (0, 4096))
         .collect();
     let ours = ops::open(&img, false)
@@ -299,6 +300,7 @@ fn raw_map_agrees_with_qemu() {
             }
             _ => None,
         })
+        .filter(|&(s, l)| (s, l) != (0, 4096))
         .collect();
     assert_eq!(data_q, data_o);
     assert_eq!(data_o, vec![(MIB, MIB), (10 * MIB, 64 * 1024)]);

@@ -1,0 +1,259 @@
+//! The copy engine and changed ranges: exact ranges, expected bytes, cancellation, progress.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use common::{RawModel, ok, p, qemu_check_clean, qemu_same};
+use cosnap_disk::ops::{self, CancelToken, FlattenJob};
+use cosnap_disk::{DiskError, Format, Image};
+
+const MIB: u64 = 1 << 20;
+
+/// base (qemu-made qcow2) ← mid ← top, with known writes; returns (base, mid, top).
+fn chain(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let base = dir.join("base.qcow2");
+    let mid = dir.join("mid.qcow2");
+    let top = dir.join("top.qcow2");
+    ok(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", p(&base), "256M"],
+    );
+    ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0xaa 0 16M",
+            "-c",
+            "write -P 0xab 200M 4M",
+            p(&base),
+        ],
+    );
+    ops::create_child(&base, &mid).unwrap();
+    ops::write_pattern(&mid, 3 * MIB, MIB, 0x11).unwrap();
+    ops::write_pattern(&mid, 100 * MIB + 512, 1000, 0x12).unwrap();
+    ops::create_child(&mid, &top).unwrap();
+    ops::write_pattern(&top, 8 * MIB, 2 * MIB, 0x21).unwrap();
+    {
+        let mut t = ops::open(&top, true).unwrap();
+        t.write_zeroes(201 * MIB, MIB).unwrap();
+        t.flush().unwrap();
+    }
+    (base, mid, top)
+}
+
+#[test]
+fn changed_ranges_are_exact() {
+    let d = tempfile::tempdir().unwrap();
+    let (base, mid, top) = chain(d.path());
+    let c = 64 * 1024;
+    // Above base: mid's clusters and top's clusters (cluster granularity, merged).
+    let r = ops::changed_ranges(&top, &base).unwrap();
+    assert_eq!(
+        r,
+        vec![
+            3 * MIB..4 * MIB,
+            8 * MIB..10 * MIB,
+            100 * MIB..100 * MIB + c,
+            201 * MIB..202 * MIB,
+        ]
+    );
+    let r = ops::changed_ranges(&top, &mid).unwrap();
+    assert_eq!(r, vec![8 * MIB..10 * MIB, 201 * MIB..202 * MIB]);
+    assert!(ops::changed_ranges(&top, &top).unwrap().is_empty());
+    let other = d.path().join("other.raw");
+    ops::create(&other, Format::Raw, MIB).unwrap();
+    assert!(matches!(
+        ops::changed_ranges(&top, &other),
+        Err(DiskError::Invalid { .. })
+    ));
+}
+
+#[test]
+fn flatten_chain_to_every_format() {
+    let d = tempfile::tempdir().unwrap();
+    let (_base, _mid, top) = chain(d.path());
+    let expect = d.path().join("expect.raw");
+    ok("qemu-img", &["convert", "-O", "raw", p(&top), p(&expect)]);
+    for fmt in [Format::Raw, Format::Qcow2] {
+        let dest = d.path().join(format!("flat.{fmt}"));
+        let done = AtomicU64::new(0);
+        let total = AtomicU64::new(0);
+        let reports = ops::flatten_all(
+            &[FlattenJob {
+                source: top.clone(),
+                base: None,
+                dest: dest.clone(),
+                dest_format: fmt,
+                dest_parent: None,
+            }],
+            2,
+            &|d, t| {
+                done.fetch_max(d, Ordering::SeqCst);
+                total.store(t, Ordering::SeqCst);
+            },
+            &CancelToken::new(),
+        )
+        .unwrap();
+        assert_eq!(done.load(Ordering::SeqCst), total.load(Ordering::SeqCst));
+        assert!(total.load(Ordering::SeqCst) > 0);
+        qemu_same(&dest, fmt.name(), &expect);
+        if fmt == Format::Qcow2 {
+            qemu_check_clean(&dest);
+        }
+        assert_eq!(reports[0].virtual_size, 256 * MIB);
+        // Sparse: only the data was allocated.
+        let alloc = std::fs::metadata(&dest)
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+            .unwrap();
+        assert!(alloc < 40 * MIB, "{fmt}: {alloc} bytes allocated");
+        assert_eq!(ops::chain(&dest).unwrap().len(), 1);
+    }
+}
+
+#[test]
+fn flatten_only_above_base() {
+    let d = tempfile::tempdir().unwrap();
+    let (base, _mid, top) = chain(d.path());
+    let expect = d.path().join("expect.raw");
+    ok("qemu-img", &["convert", "-O", "raw", p(&top), p(&expect)]);
+    // Standalone delta: only the changed ranges, zeros elsewhere.
+    let delta = d.path().join("delta.qcow2");
+    let rep = ops::flatten_all(
+        &[FlattenJob {
+            source: top.clone(),
+            base: Some(base.clone()),
+            dest: delta.clone(),
+            dest_format: Format::Qcow2,
+            dest_parent: None,
+        }],
+        1,
+        &|_, _| {},
+        &CancelToken::new(),
+    )
+    .unwrap();
+    assert_eq!(rep[0].ranges, ops::changed_ranges(&top, &base).unwrap());
+    qemu_check_clean(&delta);
+    let delta_expect = d.path().join("delta.raw");
+    let model = RawModel::new(&delta_expect, 256 * MIB);
+    model.write(3 * MIB, MIB, 0x11);
+    model.write(8 * MIB, 2 * MIB, 0x21);
+    model.write(100 * MIB + 512, 1000, 0x12);
+    qemu_same(&delta, "qcow2", &delta_expect);
+    // As a differencing image of a copy of base: shows exactly top's bytes.
+    let base_copy = d.path().join("base-copy.qcow2");
+    ok(
+        "qemu-img",
+        &["convert", "-O", "qcow2", p(&base), p(&base_copy)],
+    );
+    let diff = d.path().join("diff.qcow2");
+    ops::flatten_all(
+        &[FlattenJob {
+            source: top.clone(),
+            base: Some(base.clone()),
+            dest: diff.clone(),
+            dest_format: Format::Qcow2,
+            dest_parent: Some(base_copy.clone()),
+        }],
+        1,
+        &|_, _| {},
+        &CancelToken::new(),
+    )
+    .unwrap();
+    qemu_check_clean(&diff);
+    qemu_same(&diff, "qcow2", &expect);
+    assert_eq!(ops::chain(&diff).unwrap().len(), 2);
+}
+
+#[test]
+fn parallel_jobs_and_raw_sources() {
+    let d = tempfile::tempdir().unwrap();
+    let mut jobs = Vec::new();
+    for i in 0..3u8 {
+        let src = d.path().join(format!("src{i}.raw"));
+        ok("qemu-img", &["create", "-q", "-f", "raw", p(&src), "64M"]);
+        ok(
+            "qemu-io",
+            &[
+                "-f",
+                "raw",
+                "-c",
+                &format!("write -P {} {}M 3M", i + 1, i * 10 + 1),
+                p(&src),
+            ],
+        );
+        for fmt in [Format::Raw, Format::Qcow2] {
+            jobs.push(FlattenJob {
+                source: src.clone(),
+                base: None,
+                dest: d.path().join(format!("out{i}.{fmt}")),
+                dest_format: fmt,
+                dest_parent: None,
+            });
+        }
+    }
+    let reports = ops::flatten_all(&jobs, 3, &|_, _| {}, &CancelToken::new()).unwrap();
+    assert_eq!(reports.len(), 6);
+    for j in &jobs {
+        assert_eq!(ops::compare(&j.source, &j.dest).unwrap(), None);
+        qemu_same(&j.dest, j.dest_format.name(), &j.source);
+    }
+}
+
+#[test]
+fn cancellation_and_failure_remove_outputs() {
+    let d = tempfile::tempdir().unwrap();
+    let (_base, _mid, top) = chain(d.path());
+    let dest = d.path().join("cancelled.qcow2");
+    let cancel = CancelToken::new();
+    let c2 = cancel.clone();
+    let r = ops::flatten_all(
+        &[FlattenJob {
+            source: top.clone(),
+            base: None,
+            dest: dest.clone(),
+            dest_format: Format::Qcow2,
+            dest_parent: None,
+        }],
+        1,
+        &move |done, _| {
+            if done > 0 {
+                c2.cancel();
+            }
+        },
+        &cancel,
+    );
+    assert!(matches!(r, Err(DiskError::Cancelled)), "{r:?}");
+    assert!(!dest.exists());
+    // One job fails (destination exists): the other's output is removed, the existing file kept.
+    let existing = d.path().join("existing.raw");
+    std::fs::write(&existing, b"keep me").unwrap();
+    let fresh = d.path().join("fresh.raw");
+    let r = ops::flatten_all(
+        &[
+            FlattenJob {
+                source: top.clone(),
+                base: None,
+                dest: fresh.clone(),
+                dest_format: Format::Raw,
+                dest_parent: None,
+            },
+            FlattenJob {
+                source: top.clone(),
+                base: None,
+                dest: existing.clone(),
+                dest_format: Format::Raw,
+                dest_parent: None,
+            },
+        ],
+        1,
+        &|_, _| {},
+        &CancelToken::new(),
+    );
+    assert!(r.is_err());
+    assert!(!fresh.exists());
+    assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
+}
