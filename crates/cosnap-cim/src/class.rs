@@ -65,7 +65,9 @@ impl ClassDef {
     }
     /// Names of the key properties, in declaration order.
     pub fn keys(&self) -> impl Iterator<Item = &PropertyDef> {
-        self.properties.iter().filter(|p| find(&p.qualifiers, "Key", |q| &q.name).is_some())
+        self.properties
+            .iter()
+            .filter(|p| find(&p.qualifiers, "Key", |q| &q.name).is_some())
     }
 }
 

@@ -70,7 +70,10 @@ pub struct CimError {
 
 impl CimError {
     pub fn new(status: CimStatus, description: impl Into<String>) -> Self {
-        Self { status, description: description.into() }
+        Self {
+            status,
+            description: description.into(),
+        }
     }
     pub fn not_found(description: impl Into<String>) -> Self {
         Self::new(CimStatus::NotFound, description)

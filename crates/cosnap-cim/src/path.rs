@@ -18,7 +18,10 @@ pub struct ObjectPath {
 
 impl ObjectPath {
     pub fn new(class_name: impl Into<String>) -> Self {
-        Self { class_name: class_name.into(), ..Default::default() }
+        Self {
+            class_name: class_name.into(),
+            ..Default::default()
+        }
     }
 
     pub fn with_key(mut self, name: impl Into<String>, value: Value) -> Self {
@@ -33,7 +36,10 @@ impl ObjectPath {
 
     /// A key's value by name, case-insensitively.
     pub fn key(&self, name: &str) -> Option<&Value> {
-        self.keys.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        self.keys
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
     }
 
     /// A string key's value.

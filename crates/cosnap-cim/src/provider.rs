@@ -34,9 +34,17 @@ pub trait CimProvider: Send + Sync {
     fn enumerate_instances(&self, class_name: &str) -> Result<Vec<Instance>, CimError>;
     fn get_instance(&self, path: &ObjectPath) -> Result<Instance, CimError>;
     /// Objects associated with `path` through association instances matching `filter`.
-    fn associators(&self, path: &ObjectPath, filter: &AssocFilter) -> Result<Vec<Instance>, CimError>;
+    fn associators(
+        &self,
+        path: &ObjectPath,
+        filter: &AssocFilter,
+    ) -> Result<Vec<Instance>, CimError>;
     /// Association instances that refer to `path`.
-    fn references(&self, path: &ObjectPath, filter: &AssocFilter) -> Result<Vec<Instance>, CimError>;
+    fn references(
+        &self,
+        path: &ObjectPath,
+        filter: &AssocFilter,
+    ) -> Result<Vec<Instance>, CimError>;
     /// Runs an extrinsic method. Parameters have been typed against the class's method
     /// definition; embedded instances arrive as [`Value::Instance`].
     fn invoke_method(

@@ -3,10 +3,16 @@
 //!
 //! Resolution rules (DSP0004, as pywbem's MOF compiler applies them):
 //! * a subclass inherits every property and method; one it redeclares (same name, any
-//!   case) replaces the inherited one in place and gets the subclass as `class_origin`;
-//! * a redeclared member keeps the inherited qualifiers whose declaration has the
-//!   ToSubclass flavor, unless it sets them itself;
-//! * class qualifiers are inherited the same way (`Abstract` is Restricted, so it is not).
+//!   case) replaces the inherited one in place but keeps the `class_origin` of the first
+//!   declaration (what pywbem reports, so it is also `PROPAGATED` in GetClass);
+//! * members keep every inherited qualifier (pywbem ignores the Restricted flavor for
+//!   member qualifiers), a redeclared member's own qualifiers win;
+//! * class qualifiers are not inherited: pywbem's MOF compiler (the oracle GetClass is
+//!   checked against) keeps only the ones a class declares itself, so subclasses of
+//!   associations repeat `Association`.
+//!
+//! [`Schema::is_propagated_qualifier`] tells the CIM-XML writer which qualifiers of a
+//! flattened class came from a superclass (`PROPAGATED="true"`).
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -17,6 +23,16 @@ use crate::value::{CimType, Value};
 
 /// The MOF text compiled into the crate.
 pub const COSNAP_MOF: &str = include_str!("../../../schema/cosnap.mof");
+
+/// Where a qualifier sits, for [`Schema::is_propagated_qualifier`].
+#[derive(Debug, Clone, Copy)]
+pub enum QualifiedMember<'a> {
+    Class,
+    Property(&'a str),
+    Method(&'a str),
+    /// (method, parameter)
+    Parameter(&'a str, &'a str),
+}
 
 /// A resolved schema.
 #[derive(Debug, Clone, Default)]
@@ -156,16 +172,11 @@ impl Schema {
         Ok(class)
     }
 
-    fn inherits(&self, q: &Qualifier) -> bool {
-        self.qualifier_flavor(&q.name).tosubclass
-    }
-
-    /// The qualifiers a subclass inherits (ToSubclass flavor; never `Override`).
+    /// The qualifiers a subclass's member inherits: all of them, flavor or not. pywbem's
+    /// MOF compiler does so (even `Override`, which is Restricted), and GetClass is checked
+    /// against it.
     fn inherited(&self, qs: &[Qualifier]) -> Vec<Qualifier> {
-        qs.iter()
-            .filter(|q| self.inherits(q) && !q.name.eq_ignore_ascii_case("Override"))
-            .cloned()
-            .collect()
+        qs.to_vec()
     }
 
     fn merge_qualifiers(&self, inherited: &[Qualifier], own: &[Qualifier]) -> Vec<Qualifier> {
@@ -189,7 +200,7 @@ impl Schema {
         let mut flat = ClassDef {
             name: local.name.clone(),
             superclass: local.superclass.clone(),
-            qualifiers: self.merge_qualifiers(&parent.qualifiers, &local.qualifiers),
+            qualifiers: local.qualifiers.clone(),
             properties: parent
                 .properties
                 .iter()
@@ -223,8 +234,10 @@ impl Schema {
             {
                 Some(o) => {
                     let qualifiers = self.merge_qualifiers(&o.qualifiers, &p.qualifiers);
+                    let class_origin = o.class_origin.clone();
                     *o = PropertyDef {
                         qualifiers,
+                        class_origin,
                         ..p.clone()
                     };
                 }
@@ -239,8 +252,10 @@ impl Schema {
             {
                 Some(o) => {
                     let qualifiers = self.merge_qualifiers(&o.qualifiers, &m.qualifiers);
+                    let class_origin = o.class_origin.clone();
                     *o = MethodDef {
                         qualifiers,
+                        class_origin,
                         ..m.clone()
                     };
                 }
@@ -310,6 +325,51 @@ impl Schema {
                 _ => false,
             })
             .collect()
+    }
+
+    /// True when qualifier `qualifier` of member `member` (a property, or a method when
+    /// `parameter` is `None` and `method` is true; a method parameter otherwise) of class
+    /// `class` was inherited rather than written in the class's own declaration. Members
+    /// the class does not declare itself have only inherited qualifiers. Unknown classes:
+    /// false.
+    pub fn is_propagated_qualifier(
+        &self,
+        class: &str,
+        member: QualifiedMember<'_>,
+        qualifier: &str,
+    ) -> bool {
+        let Some(local) = self.local_class(class) else {
+            return false;
+        };
+        let declared = |qs: &[Qualifier]| qs.iter().any(|q| q.name.eq_ignore_ascii_case(qualifier));
+        // A DisableOverride qualifier a subclass repeats is still the inherited one.
+        let fixed = !self.qualifier_flavor(qualifier).overridable;
+        let parent = local.superclass.as_deref().and_then(|s| self.class(s));
+        match member {
+            QualifiedMember::Class => false,
+            QualifiedMember::Property(p) => match local.property(p) {
+                None => true,
+                Some(lp) => {
+                    !declared(&lp.qualifiers)
+                        || (fixed
+                            && parent
+                                .and_then(|c| c.property(p))
+                                .is_some_and(|pp| declared(&pp.qualifiers)))
+                }
+            },
+            QualifiedMember::Method(m) => match local.method(m) {
+                None => true,
+                Some(lm) => {
+                    !declared(&lm.qualifiers)
+                        || (fixed
+                            && parent
+                                .and_then(|c| c.method(m))
+                                .is_some_and(|pm| declared(&pm.qualifiers)))
+                }
+            },
+            // pywbem never marks parameter qualifiers as propagated.
+            QualifiedMember::Parameter(..) => false,
+        }
     }
 
     /// A qualifier's declaration.

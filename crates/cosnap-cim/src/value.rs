@@ -152,7 +152,13 @@ pub struct Property {
 impl Property {
     pub fn new(name: impl Into<String>, ty: CimType, value: Option<Value>) -> Self {
         let is_array = matches!(value, Some(Value::Array(_)));
-        Self { name: name.into(), ty, is_array, value, embedded_class: None }
+        Self {
+            name: name.into(),
+            ty,
+            is_array,
+            value,
+            embedded_class: None,
+        }
     }
 }
 
@@ -167,12 +173,18 @@ pub struct Instance {
 
 impl Instance {
     pub fn new(class_name: impl Into<String>) -> Self {
-        Self { class_name: class_name.into(), properties: Vec::new(), path: None }
+        Self {
+            class_name: class_name.into(),
+            properties: Vec::new(),
+            path: None,
+        }
     }
 
     /// Property lookup by name, case-insensitively (CIM names are case-insensitive).
     pub fn property(&self, name: &str) -> Option<&Property> {
-        self.properties.iter().find(|p| p.name.eq_ignore_ascii_case(name))
+        self.properties
+            .iter()
+            .find(|p| p.name.eq_ignore_ascii_case(name))
     }
 
     /// The property's value, `None` when absent or NULL.
@@ -183,7 +195,11 @@ impl Instance {
     /// Sets (or adds) a property, keeping the first position it had.
     pub fn set(&mut self, name: &str, ty: CimType, value: Option<Value>) -> &mut Self {
         let prop = Property::new(name, ty, value);
-        match self.properties.iter_mut().find(|p| p.name.eq_ignore_ascii_case(name)) {
+        match self
+            .properties
+            .iter_mut()
+            .find(|p| p.name.eq_ignore_ascii_case(name))
+        {
             Some(p) => *p = prop,
             None => self.properties.push(prop),
         }

@@ -17,6 +17,7 @@ use thiserror::Error;
 use crate::class::{ClassDef, MethodDef, ParameterDef, PropertyDef, Qualifier};
 use crate::path::ObjectPath;
 use crate::path_text::PathError;
+use crate::schema::QualifiedMember;
 use crate::value::{CimType, Instance, Property, Value};
 
 pub use roxmltree::{Document, Node};
@@ -1246,7 +1247,8 @@ struct PropExtras<'a> {
     class_origin: Option<&'a str>,
     propagated: bool,
     reference_class: Option<&'a str>,
-    qualifiers: Option<(&'a [Qualifier], bool)>,
+    /// Qualifiers with their PROPAGATED flag.
+    qualifiers: Vec<(&'a Qualifier, bool)>,
 }
 
 fn write_property_full(out: &mut String, p: &Property, x: &PropExtras) {
@@ -1276,10 +1278,8 @@ fn write_property_full(out: &mut String, p: &Property, x: &PropExtras) {
         attrs.push(("EmbeddedObject", "instance"));
     }
     open(out, elem, &attrs);
-    if let Some((qs, propagated)) = x.qualifiers {
-        for q in qs {
-            write_qualifier(out, q, propagated);
-        }
+    for (q, propagated) in &x.qualifiers {
+        write_qualifier(out, q, *propagated);
     }
     match (&p.value, is_ref, p.is_array) {
         (None, _, _) => {}
@@ -1418,9 +1418,19 @@ pub fn write_class(out: &mut String, class: &ClassDef, flags: ClassFlags) {
                 .then_some(p.class_origin.as_str()),
             propagated,
             reference_class: p.reference_class.as_deref(),
-            qualifiers: flags
-                .include_qualifiers
-                .then_some((p.qualifiers.as_slice(), false)),
+            qualifiers: if flags.include_qualifiers {
+                p.qualifiers
+                    .iter()
+                    .map(|q| {
+                        (
+                            q,
+                            qualifier_propagated(class, QualifiedMember::Property(&p.name), q),
+                        )
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
         };
         write_property_full(out, &prop, &x);
     }
@@ -1429,12 +1439,24 @@ pub fn write_class(out: &mut String, class: &ClassDef, flags: ClassFlags) {
         if flags.local_only && propagated {
             continue;
         }
-        write_method(out, m, flags, propagated);
+        write_method(out, class, m, flags, propagated);
     }
     close(out, "CLASS");
 }
 
-fn write_method(out: &mut String, m: &MethodDef, flags: ClassFlags, propagated: bool) {
+/// Whether a qualifier of a flattened class came from a superclass, per cosnap's schema
+/// (classes outside it have no inherited qualifiers as far as the writer knows).
+fn qualifier_propagated(class: &ClassDef, member: QualifiedMember<'_>, q: &Qualifier) -> bool {
+    crate::schema::schema().is_propagated_qualifier(&class.name, member, &q.name)
+}
+
+fn write_method(
+    out: &mut String,
+    class: &ClassDef,
+    m: &MethodDef,
+    flags: ClassFlags,
+    propagated: bool,
+) {
     let mut attrs: Vec<(&str, &str)> = vec![("NAME", &m.name), ("TYPE", m.return_type.name())];
     if flags.include_class_origin {
         attrs.push(("CLASSORIGIN", &m.class_origin));
@@ -1445,7 +1467,11 @@ fn write_method(out: &mut String, m: &MethodDef, flags: ClassFlags, propagated: 
     open(out, "METHOD", &attrs);
     if flags.include_qualifiers {
         for q in &m.qualifiers {
-            write_qualifier(out, q, false);
+            write_qualifier(
+                out,
+                q,
+                qualifier_propagated(class, QualifiedMember::Method(&m.name), q),
+            );
         }
     }
     for p in &m.parameters {
@@ -1466,7 +1492,8 @@ fn write_method(out: &mut String, m: &MethodDef, flags: ClassFlags, propagated: 
         open(out, elem, &attrs);
         if flags.include_qualifiers {
             for q in &p.qualifiers {
-                write_qualifier(out, q, false);
+                let member = QualifiedMember::Parameter(&m.name, &p.name);
+                write_qualifier(out, q, qualifier_propagated(class, member, q));
             }
         }
         close(out, elem);

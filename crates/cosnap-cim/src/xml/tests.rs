@@ -618,7 +618,7 @@ fn class_writer_honours_flags() {
         ),
         "{all}"
     );
-    assert!(all.contains(r#"<PROPERTY NAME="SystemName" TYPE="string" CLASSORIGIN="CIM_Service" PROPAGATED="true"><QUALIFIER NAME="Key" TYPE="boolean" OVERRIDABLE="false"><VALUE>TRUE</VALUE></QUALIFIER>"#), "{all}");
+    assert!(all.contains(r#"<PROPERTY NAME="SystemName" TYPE="string" CLASSORIGIN="CIM_Service" PROPAGATED="true"><QUALIFIER NAME="Key" TYPE="boolean" PROPAGATED="true" OVERRIDABLE="false"><VALUE>TRUE</VALUE></QUALIFIER>"#), "{all}");
     assert!(all.contains(r#"<METHOD NAME="ExportSnapshot" TYPE="uint32" CLASSORIGIN="Msvm_CollectionSnapshotService">"#), "{all}");
     assert!(all.contains(r#"<PARAMETER.REFERENCE NAME="SnapshotCollection" REFERENCECLASS="CIM_Collection"><QUALIFIER NAME="In" TYPE="boolean" OVERRIDABLE="false"><VALUE>TRUE</VALUE></QUALIFIER></PARAMETER.REFERENCE>"#), "{all}");
     assert!(all.contains(r#"<QUALIFIER NAME="EmbeddedInstance" TYPE="string"><VALUE>Msvm_CollectionSnapshotExportSettingData</VALUE></QUALIFIER>"#), "{all}");
