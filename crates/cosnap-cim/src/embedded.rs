@@ -47,6 +47,12 @@ pub(crate) fn decode_str_at(
     decode_inner(text, class.map_or(Lookup::None, Lookup::Given), depth)
 }
 
+/// Decodes nested embedded text (a parameter or property value), typing it against
+/// cosnap's schema by its CLASSNAME when the class is known.
+pub(crate) fn decode_nested(text: &str, depth: usize) -> Result<Option<Instance>, CodecError> {
+    decode_inner(text, Lookup::Schema, depth)
+}
+
 #[derive(Clone, Copy)]
 enum Lookup<'a> {
     None,

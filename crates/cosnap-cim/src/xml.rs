@@ -535,7 +535,9 @@ fn parse_raw_value_at(node: Node, depth: usize) -> Result<RawValue> {
 }
 
 /// Types a raw value. `embedded` = the wire or the definition says the string holds an
-/// embedded instance (decoded with [`crate::embedded::decode_str`]; "" means none).
+/// embedded instance: it is decoded (every producer variant, see [`crate::embedded`];
+/// "" means none) and typed against cosnap's schema by its CLASSNAME when the schema
+/// has that class, so e.g. an untyped `BackupIntent` arrives as `Uint16`.
 ///
 /// Decision: `VALUE.NULL` elements inside arrays are dropped (a `Value::Array` cannot hold
 /// NULL); a scalar where an array is expected is taken as a one-element array (wbemcli
@@ -556,14 +558,15 @@ fn type_value_at(
     embedded: bool,
     depth: usize,
 ) -> Result<Option<Value>> {
-    let scalar = |s: String| -> Result<Option<Value>> {
-        if embedded {
-            Ok(crate::embedded::decode_str_at(&s, None, depth + 1)?
-                .map(|i| Value::Instance(Box::new(i))))
-        } else {
-            parse_scalar(&s, ty).map(Some)
-        }
-    };
+    let scalar =
+        |s: String| -> Result<Option<Value>> {
+            if embedded {
+                Ok(crate::embedded::decode_nested(&s, depth + 1)?
+                    .map(|i| Value::Instance(Box::new(i))))
+            } else {
+                parse_scalar(&s, ty).map(Some)
+            }
+        };
     Ok(match raw {
         RawValue::Null => None,
         RawValue::Scalar(s) if is_array => {
@@ -935,8 +938,7 @@ fn parse_property_at(node: Node, class: Option<&ClassDef>, depth: usize) -> Resu
         value = match value {
             // An embedded-instance string in a class that says so: decode it.
             Some(Value::String(s)) if embedded_def && d.ty == CimType::String => {
-                crate::embedded::decode_str_at(&s, None, depth + 1)?
-                    .map(|i| Value::Instance(Box::new(i)))
+                crate::embedded::decode_nested(&s, depth + 1)?.map(|i| Value::Instance(Box::new(i)))
             }
             Some(v) => Some(coerce_value(v, d.ty)?),
             None => None,

@@ -378,6 +378,45 @@ fn paramvalues_pywbem_and_wbemcli() {
 }
 
 #[test]
+fn embedded_params_are_typed_by_the_schema() {
+    let def = svc_def()
+        .method("ExportSnapshot")
+        .unwrap()
+        .parameter("ExportSettingData");
+    let param = |esd: &str| {
+        let text = format!(
+            r#"<PARAMVALUE NAME="ExportSettingData" PARAMTYPE="string" EmbeddedObject="instance"><VALUE>{}</VALUE></PARAMVALUE>"#,
+            escape_text(esd)
+        );
+        let d = parse_document(&text).unwrap();
+        parse_paramvalue(d.root_element()).unwrap().typed(def)
+    };
+    // untyped (WMI flavour) and narrower-typed (per-VM uint8) BackupIntent both become uint16
+    for esd in [
+        r#"<INSTANCE CLASSNAME="Msvm_CollectionSnapshotExportSettingData"><PROPERTY NAME="BackupIntent"><VALUE>2</VALUE></PROPERTY></INSTANCE>"#,
+        r#"<INSTANCE CLASSNAME="Msvm_CollectionSnapshotExportSettingData"><PROPERTY NAME="backupintent" TYPE="uint8"><VALUE>2</VALUE></PROPERTY></INSTANCE>"#,
+    ] {
+        let v = param(esd).unwrap().unwrap();
+        assert_eq!(
+            v.as_instance().unwrap().get("BackupIntent"),
+            Some(&Value::Uint16(2))
+        );
+    }
+    let e = param(r#"<INSTANCE CLASSNAME="Msvm_CollectionSnapshotExportSettingData"><PROPERTY NAME="BackupIntent"><VALUE>abc</VALUE></PROPERTY></INSTANCE>"#)
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "ExportSettingData: property BackupIntent: expected uint16, got \"abc\""
+    );
+    let e = param("<INSTANCE").unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("ExportSettingData: not well-formed XML"),
+        "{e}"
+    );
+}
+
+#[test]
 fn untyped_params_without_definition() {
     let d = doc(r#"<PARAMVALUE NAME="X"><VALUE>5</VALUE></PARAMVALUE>"#);
     assert_eq!(
