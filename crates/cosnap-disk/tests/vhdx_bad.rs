@@ -375,3 +375,20 @@ fn random_damage_never_panics() {
     std::fs::write(&base, &pristine_base).unwrap();
     std::fs::write(&child, &pristine_child).unwrap();
 }
+
+/// A block allocated and written but never committed to the BAT (a crash before flush)
+/// is reported as a leak, not a corruption.
+#[test]
+fn uncommitted_allocation_is_a_leak() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = good(dir.path());
+    assert_eq!(vhdx::check(&p).unwrap().leaks, Vec::<String>::new());
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    let end = f.metadata().unwrap().len();
+    f.write_all_at(&[1u8; 4096], end).unwrap();
+    f.set_len(end + MIB).unwrap();
+    let r = vhdx::check(&p).unwrap();
+    assert!(r.corruptions.is_empty(), "{r:?}");
+    assert_eq!(r.leaks.len(), 1, "{r:?}");
+    assert!(r.leaks[0].contains(&format!("at offset {end}")), "{r:?}");
+}

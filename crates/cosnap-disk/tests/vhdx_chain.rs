@@ -180,7 +180,10 @@ fn commit_merges_and_survives_a_crash_at_every_step() {
     std::fs::remove_file(&layers[0]).unwrap();
     assert_reads(&layers[1], &model);
     let report = vhdx::check(&layers[1]).unwrap();
-    assert!(report.corruptions.is_empty(), "{:?}", report.corruptions);
+    assert!(
+        report.corruptions.is_empty() && report.leaks.is_empty(),
+        "{report:?}"
+    );
 }
 
 #[test]

@@ -78,7 +78,10 @@ fn cosnap_written_image_passes_qemu(opts: CreateOptions, name: &str) {
     qemu_check(&img);
     qemu_compare_raw(&img, &raw);
     let report = vhdx::check(&img).unwrap();
-    assert!(report.corruptions.is_empty(), "{:?}", report.corruptions);
+    assert!(
+        report.corruptions.is_empty() && report.leaks.is_empty(),
+        "{report:?}"
+    );
 }
 
 #[test]
@@ -223,7 +226,10 @@ fn qemu_made_image_reads_identically(block: &str, size: &str, size_bytes: u64, e
     let before = std::fs::read(&img).unwrap();
     assert_same_as_raw(&img, &raw, size_bytes);
     let report = vhdx::check(&img).unwrap();
-    assert!(report.corruptions.is_empty(), "{:?}", report.corruptions);
+    assert!(
+        report.corruptions.is_empty() && report.leaks.is_empty(),
+        "{report:?}"
+    );
     // A read-only open never touches the file.
     assert!(
         before == std::fs::read(&img).unwrap(),

@@ -887,6 +887,23 @@ impl VhdxImage {
         Ok(())
     }
 
+    /// Gives the space of a block that became ZERO back to the host filesystem (best
+    /// effort). The block's space is not reused by the file; as a hole it costs nothing.
+    /// Safe before the BAT change is committed: a crash then shows the old entry over
+    /// zeros, i.e. the zeroing write partly done, as a disk may after a crash.
+    fn punch_hole(&self, offset: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fallocate on a valid descriptor; no memory is passed.
+        unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            );
+        }
+    }
+
     fn allocate(&mut self, len: u64) -> Result<u64> {
         let host = self.next_free;
         self.next_free = host + len;
@@ -1319,8 +1336,8 @@ impl Image for VhdxImage {
         Ok(())
     }
 
-    /// Whole blocks become ZERO (hiding any parent; their old space is leaked, not
-    /// reused); partial blocks get zeros written unless they already read as zeros. In a
+    /// Whole blocks become ZERO (hiding any parent; their old space is punched out of the
+    /// file, not reused); partial blocks get zeros written unless they already read as zeros. In a
     /// fixed image (LeaveBlockAllocated) blocks stay allocated and zeros are written.
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         self.require_writable()?;
@@ -1345,7 +1362,11 @@ impl Image for VhdxImage {
             ) || (state == PAYLOAD_NOT_PRESENT && self.parent.is_none());
             if within == 0 && n == self.block_len(b) && !fixed {
                 if state != PAYLOAD_ZERO {
+                    let old = self.entry(i);
                     self.set_entry(i, PAYLOAD_ZERO, 0);
+                    if matches!(state, PAYLOAD_FULLY_PRESENT | PAYLOAD_PARTIALLY_PRESENT) {
+                        self.punch_hole(bat_offset(old), self.geo.block_size);
+                    }
                 }
             } else if !reads_zero {
                 let mut done = 0;
