@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow};
 use clap::{Subcommand, ValueEnum};
 use cosnap_disk::ops::{self, CancelToken, FlattenJob};
 use cosnap_disk::{ExtentState, Format};
@@ -142,7 +142,10 @@ pub fn run(ctx: &Context, cmd: DiskCmd) -> CmdResult {
                     if let Some(size) = size {
                         let psize = ops::open(&parent, false)?.virtual_size();
                         if size != psize {
-                            bail!("--size {size} differs from the parent's virtual size {psize}");
+                            return Err(anyhow!(
+                                "--size {size} differs from the parent's virtual size {psize}"
+                            )
+                            .into());
                         }
                     }
                     let expected = match ops::detect_format(&parent)? {
@@ -150,10 +153,11 @@ pub fn run(ctx: &Context, cmd: DiskCmd) -> CmdResult {
                         _ => Format::Qcow2,
                     };
                     if expected != format {
-                        bail!(
+                        return Err(anyhow!(
                             "a child of {} must be {expected}, not {format}",
                             parent.display()
-                        );
+                        )
+                        .into());
                     }
                     ops::create_child(&parent, &path)?;
                 }

@@ -1,0 +1,243 @@
+//! `cosnap disk …` end to end: the built binary against qemu-img as the oracle.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+
+fn cosnap(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cosnap"))
+        .arg("disk")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(args: &[&str]) -> String {
+    let (code, out, err) = cosnap(args);
+    assert_eq!(code, 0, "cosnap disk {args:?}: {out}{err}");
+    out
+}
+
+fn qemu(args: &[&str]) -> (i32, String) {
+    let out = Command::new("qemu-img").args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn create_write_info_check_compare() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("a.qcow2");
+    ok(&["create", s(&img), "--format", "qcow2", "--size", "64M"]);
+    ok(&[
+        "write",
+        s(&img),
+        "--offset",
+        "1M",
+        "--length",
+        "65536",
+        "--pattern",
+        "0xaa",
+    ]);
+    ok(&[
+        "write",
+        s(&img),
+        "--offset",
+        "3000",
+        "--length",
+        "10",
+        "--pattern",
+        "17",
+    ]);
+    let info: serde_json::Value = serde_json::from_str(&ok(&["--json", "info", s(&img)])).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["virtual_size"], 64 << 20);
+    assert_eq!(info["block_size"], 65536);
+    assert_eq!(info["chain"].as_array().unwrap().len(), 1);
+    let text = ok(&["info", s(&img)]);
+    assert!(text.contains("file format: qcow2"), "{text}");
+    assert!(ok(&["check", s(&img)]).contains("No errors"));
+    assert_eq!(qemu(&["check", s(&img)]).0, 0);
+    // The same bytes made by qemu: identical; one byte off: mismatch at that offset.
+    let raw = d.path().join("a.raw");
+    qemu(&["create", "-f", "raw", s(&raw), "64M"]);
+    let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
+    f.write_all_at(&[0xaa; 65536], 1 << 20).unwrap();
+    f.write_all_at(&[17; 10], 3000).unwrap();
+    let (code, out, _) = cosnap(&["compare", s(&img), s(&raw)]);
+    assert_eq!((code, out.trim()), (0, "Images are identical."));
+    assert_eq!(qemu(&["compare", "-F", "raw", s(&img), s(&raw)]).0, 0);
+    f.write_all_at(&[1], 3005).unwrap();
+    let (code, out, _) = cosnap(&["compare", s(&img), s(&raw)]);
+    assert_eq!((code, out.trim()), (1, "Content mismatch at offset 3005!"));
+    let (code, _, err) = cosnap(&["compare", s(&img), "/nonexistent.img"]);
+    assert_eq!(code, 2);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn child_convert_and_map() {
+    let d = tempfile::tempdir().unwrap();
+    let base = d.path().join("base.raw");
+    ok(&["create", s(&base), "--format", "raw", "--size", "32M"]);
+    ok(&[
+        "write",
+        s(&base),
+        "--offset",
+        "0",
+        "--length",
+        "2M",
+        "--pattern",
+        "0x11",
+    ]);
+    let top = d.path().join("top.qcow2");
+    ok(&["create", s(&top), "--format", "qcow2", "--parent", s(&base)]);
+    ok(&[
+        "write",
+        s(&top),
+        "--offset",
+        "1M",
+        "--length",
+        "2M",
+        "--pattern",
+        "0x22",
+    ]);
+    assert_eq!(qemu(&["check", s(&top)]).0, 0);
+    // Wrong child format is refused with a one-line error.
+    let (code, _, err) = cosnap(&[
+        "create",
+        s(&d.path().join("x.raw")),
+        "--format",
+        "raw",
+        "--parent",
+        s(&base),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("must be qcow2"), "{err}");
+    // Flatten to every cosnap-writable format and compare with qemu.
+    for fmt in ["raw", "qcow2"] {
+        let out = d.path().join(format!("flat.{fmt}"));
+        ok(&["convert", s(&top), s(&out), "--format", fmt]);
+        let (code, o) = qemu(&["compare", s(&top), s(&out)]);
+        assert_eq!(code, 0, "{fmt}: {o}");
+    }
+    // Only what changed above the base.
+    let delta = d.path().join("delta.qcow2");
+    let rep: serde_json::Value = serde_json::from_str(&ok(&[
+        "--json",
+        "convert",
+        s(&top),
+        s(&delta),
+        "--format",
+        "qcow2",
+        "--base",
+        s(&base),
+    ]))
+    .unwrap();
+    assert_eq!(
+        rep["ranges"],
+        serde_json::json!([{ "start": 1 << 20, "end": 3 << 20 }])
+    );
+    let map: serde_json::Value = serde_json::from_str(&ok(&["--json", "map", s(&delta)])).unwrap();
+    let data: Vec<(u64, u64)> = map
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["data"].as_bool().unwrap())
+        .map(|e| (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(data, vec![(1 << 20, 2 << 20)]);
+    // Map of the chain names the layer holding each range.
+    let map: serde_json::Value = serde_json::from_str(&ok(&["--json", "map", s(&top)])).unwrap();
+    let first = &map.as_array().unwrap()[0];
+    assert_eq!(first["depth"], 1);
+    assert!(first["filename"].as_str().unwrap().ends_with("base.raw"));
+}
+
+#[test]
+fn check_exit_codes_like_qemu() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("c.qcow2");
+    ok(&["create", s(&img), "--format", "qcow2", "--size", "16M"]);
+    ok(&[
+        "write",
+        s(&img),
+        "--offset",
+        "0",
+        "--length",
+        "1M",
+        "--pattern",
+        "1",
+    ]);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    let len = f.metadata().unwrap().len();
+    // Leak: an extra cluster counted but unused.
+    f.set_len(len + 65536).unwrap();
+    f.write_all_at(&1u16.to_be_bytes(), 2 * 65536 + (len / 65536) * 2)
+        .unwrap();
+    assert_eq!(cosnap(&["check", s(&img)]).0, 3);
+    assert_eq!(qemu(&["check", s(&img)]).0, 3);
+    // Corruption: a used cluster with refcount 0.
+    f.write_all_at(&0u16.to_be_bytes(), 2 * 65536 + (len / 65536 - 1) * 2)
+        .unwrap();
+    assert_eq!(cosnap(&["check", s(&img)]).0, 2);
+    assert_eq!(qemu(&["check", s(&img)]).0, 2);
+    // Not checkable at all.
+    let bad = d.path().join("bad.qcow2");
+    std::fs::write(&bad, b"QFI\xfb\0\0\0\x03").unwrap();
+    let (code, _, err) = cosnap(&["check", s(&bad)]);
+    assert_eq!(code, 1);
+    assert!(err.contains("bad.qcow2"), "{err}");
+}
+
+#[test]
+fn argument_parsing() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("t.raw");
+    ok(&["create", s(&img), "--format", "raw", "--size", "1G"]);
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 1 << 30);
+    let (code, _, _) = cosnap(&[
+        "create",
+        s(&d.path().join("u.raw")),
+        "--format",
+        "raw",
+        "--size",
+        "12Q",
+    ]);
+    assert_eq!(code, 2);
+    let (code, _, _) = cosnap(&[
+        "write",
+        s(&img),
+        "--offset",
+        "0",
+        "--length",
+        "1",
+        "--pattern",
+        "0x100",
+    ]);
+    assert_eq!(code, 2);
+    // Creating over an existing file fails and leaves it alone.
+    let (code, _, err) = cosnap(&["create", s(&img), "--format", "qcow2", "--size", "1M"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("t.raw"), "{err}");
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 1 << 30);
+}
