@@ -101,6 +101,23 @@ pub fn open_backing(
             format!("backing file {} does not exist", backing.display()),
         ));
     }
+    // Only regular files and block devices: a FIFO or a character device named as a
+    // backing file would block or stream forever.
+    let ft = std::fs::metadata(backing)
+        .map_err(|e| DiskError::io(backing, e))?
+        .file_type();
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if !(ft.is_file() || ft.is_block_device()) {
+            return Err(DiskError::chain(
+                child,
+                format!(
+                    "backing file {} is not a regular file or block device",
+                    backing.display()
+                ),
+            ));
+        }
+    }
     let canon = canonical(backing);
     if seen.contains(&canon) {
         return Err(DiskError::chain(
