@@ -121,13 +121,13 @@ impl Host {
             .map(|(c, _)| *c)
             .unwrap_or(class);
         ObjectPath::new(class)
-            .with_key("CreationClassName", Value::String(class.to_string()))
-            .with_key("Name", Value::String(name.to_string()))
             .with_key(
                 "SystemCreationClassName",
                 Value::String("Msvm_ComputerSystem".into()),
             )
             .with_key("SystemName", Value::String(self.host_name().to_string()))
+            .with_key("CreationClassName", Value::String(class.to_string()))
+            .with_key("Name", Value::String(name.to_string()))
     }
 
     /// WMI path text of a path on this host (`\\HOST\root\virtualization\v2:Class.Key="v"`).
@@ -379,7 +379,7 @@ impl Host {
                 )
                 .with("Address", CimType::String, s(&idx.to_string()))
                 .with("AddressOnParent", CimType::String, s(&idx.to_string()))
-                .with("Caption", CimType::String, s(format.name())),
+                .with("ImageFormat", CimType::String, s(format.name())),
             );
         }
         for (i, nic) in settings.nics.iter().enumerate() {
@@ -400,13 +400,25 @@ impl Host {
                     "StaticMacAddress",
                     CimType::Boolean,
                     Some(Value::Boolean(true)),
-                )
-                .with(
-                    "Connection",
-                    CimType::String,
-                    strs(&nic.switch_name.iter().cloned().collect::<Vec<_>>()),
                 ),
             );
+            if let Some(switch) = &nic.switch_name {
+                rasds.push(
+                    mk(
+                        "Msvm_EthernetPortAllocationSettingData",
+                        rid(&format!("Nic\\{i}\\Connection")),
+                    )
+                    .with("ElementName", CimType::String, s("Ethernet Connection"))
+                    .with("ResourceType", CimType::Uint16, u16v(33))
+                    .with(
+                        "ResourceSubType",
+                        CimType::String,
+                        s("Microsoft:Hyper-V:Ethernet Connection"),
+                    )
+                    .with("Parent", CimType::String, s(&rid(&format!("Nic\\{i}"))))
+                    .with("SwitchName", CimType::String, s(switch)),
+                );
+            }
         }
         (vssd, rasds)
     }

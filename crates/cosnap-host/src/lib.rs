@@ -61,6 +61,7 @@ pub mod host;
 pub mod import;
 pub mod jobs;
 pub mod journal;
+pub mod libvirt;
 pub mod model;
 pub mod provider;
 pub mod repo;

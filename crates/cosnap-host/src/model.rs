@@ -34,6 +34,7 @@ pub mod job_type {
     pub const REMOVE_MEMBER: u16 = 194;
     pub const SNAPSHOT_COLLECTION: u16 = 198;
     pub const CONVERT_TO_RP: u16 = 200;
+    pub const CREATE_RP_ON_COLLECTION: u16 = 205;
     pub const DESTROY_RP_ON_COLLECTION: u16 = 208;
 }
 

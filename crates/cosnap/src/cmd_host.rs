@@ -1,37 +1,586 @@
-//! `cosnap vm|collection|snapshot|refpoint|job|demo …`: the host's commands.
+//! `cosnap vm|collection|snapshot|refpoint|job …`: the host's commands, over the same
+//! [`cosnap_host::Host`] API the CIM-XML server calls.
+//!
+//! Exit codes: 3 not found; 4 invalid state, in use or already exists; 2 invalid
+//! parameter (and clap's usage errors); 1 anything else.
 
-use clap::{Args, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
 
-use crate::exit::{CmdResult, Context};
+use clap::{Subcommand, ValueEnum};
+use cosnap_disk::Format;
+use cosnap_host::{DiskSpec, Host, HostError, Job, Nic, VmSpec};
+use serde_json::json;
+
+use crate::exit::{CmdResult, Context, FAILED, Failure, INVALID_STATE, NOT_FOUND, USAGE};
 
 #[derive(Subcommand, Debug)]
-pub enum VmCmd {}
-#[derive(Subcommand, Debug)]
-pub enum CollectionCmd {}
-#[derive(Subcommand, Debug)]
-pub enum SnapshotCmd {}
-#[derive(Subcommand, Debug)]
-pub enum RefpointCmd {}
-#[derive(Subcommand, Debug)]
-pub enum JobCmd {}
-#[derive(Args, Debug)]
-pub struct DemoArgs {}
+pub enum VmCmd {
+    /// Define a VM over existing disk images.
+    Define {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
+        #[arg(long = "memory-mb", default_value_t = 1024)]
+        memory_mb: u64,
+        /// A disk image (repeat for several; order = slot order). Format from the file.
+        #[arg(long = "disk")]
+        disks: Vec<PathBuf>,
+        /// A network adapter: MAC[,SWITCH] (repeatable).
+        #[arg(long = "nic")]
+        nics: Vec<String>,
+        /// Keep this id (a GUID) instead of generating one.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Define a VM from a libvirt domain XML file.
+    ImportLibvirt { file: PathBuf },
+    /// List VMs.
+    List,
+    /// Show a VM (disks at their active layers, in slot order).
+    Show { vm: String },
+    /// Destroy a VM (its snapshots must be destroyed first).
+    Destroy { vm: String },
+    /// A guest write onto the VM's active layer: LENGTH bytes of PATTERN at OFFSET.
+    Write {
+        vm: String,
+        #[arg(long)]
+        disk: u32,
+        #[arg(long)]
+        offset: u64,
+        #[arg(long)]
+        length: u64,
+        /// Byte value 0..255 (decimal or 0x..).
+        #[arg(long, value_parser = parse_byte)]
+        pattern: u8,
+    },
+}
 
-pub fn run_vm(_ctx: &Context, cmd: VmCmd) -> CmdResult {
-    match cmd {}
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CollectionKind {
+    Vms,
+    Collections,
 }
-pub fn run_collection(_ctx: &Context, cmd: CollectionCmd) -> CmdResult {
-    match cmd {}
+
+#[derive(Subcommand, Debug)]
+pub enum CollectionCmd {
+    /// Define a collection.
+    Define {
+        name: String,
+        /// CollectionID to use (a GUID); default a fresh one.
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long = "type", value_enum, default_value = "vms")]
+        kind: CollectionKind,
+    },
+    Rename {
+        collection: String,
+        new_name: String,
+    },
+    /// Add a VM (or, to a collection of collections, a collection).
+    AddMember {
+        collection: String,
+        member: String,
+    },
+    RemoveMember {
+        collection: String,
+        member: String,
+    },
+    List,
+    Show {
+        collection: String,
+    },
+    Destroy {
+        collection: String,
+    },
 }
-pub fn run_snapshot(_ctx: &Context, cmd: SnapshotCmd) -> CmdResult {
-    match cmd {}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum SnapshotKind {
+    Standard,
+    Recovery,
 }
-pub fn run_refpoint(_ctx: &Context, cmd: RefpointCmd) -> CmdResult {
-    match cmd {}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCmd {
+    /// Snapshot every disk of every member VM at one point in time.
+    Create {
+        collection: String,
+        #[arg(long = "type", value_enum, default_value = "standard")]
+        kind: SnapshotKind,
+    },
+    List {
+        #[arg(long)]
+        collection: Option<String>,
+    },
+    Show {
+        snapshot: String,
+    },
+    Destroy {
+        snapshot: String,
+    },
+    Apply {
+        snapshot: String,
+    },
+    /// Convert a recovery snapshot into a reference point.
+    ToRefpoint {
+        snapshot: String,
+    },
 }
-pub fn run_job(_ctx: &Context, cmd: JobCmd) -> CmdResult {
-    match cmd {}
+
+#[derive(Subcommand, Debug)]
+pub enum RefpointCmd {
+    List {
+        #[arg(long)]
+        collection: Option<String>,
+    },
+    Show {
+        refpoint: String,
+    },
+    Destroy {
+        refpoint: String,
+    },
 }
-pub fn run_demo(_ctx: &Context, _args: DemoArgs) -> CmdResult {
-    Err(crate::exit::Failure::new(crate::exit::FAILED, anyhow::anyhow!("demo is not built yet")))
+
+#[derive(Subcommand, Debug)]
+pub enum JobCmd {
+    List,
+    Show {
+        job: String,
+    },
+    /// Request Terminate (or Kill with --kill).
+    Cancel {
+        job: String,
+        #[arg(long)]
+        kill: bool,
+    },
+    Wait {
+        job: String,
+    },
+}
+
+fn parse_byte(s: &str) -> Result<u8, String> {
+    let v = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u8::from_str_radix(hex, 16),
+        None => s.parse::<u8>(),
+    };
+    v.map_err(|_| format!("'{s}' is not a byte (0..255 or 0x00..0xff)"))
+}
+
+/// Maps a host error to an exit code.
+pub fn fail(e: HostError) -> Failure {
+    let code = match &e {
+        HostError::NotFound(_) => NOT_FOUND,
+        HostError::InvalidState(_)
+        | HostError::InUse(_)
+        | HostError::AlreadyExists(_)
+        | HostError::ChangeInfoGone(_) => INVALID_STATE,
+        HostError::InvalidParameter(_) | HostError::InvalidType(_) => USAGE,
+        _ => FAILED,
+    };
+    Failure::new(code, e)
+}
+
+pub fn open(ctx: &Context) -> Result<Host, Failure> {
+    Host::open(&ctx.data_dir).map_err(fail)
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Waits for a job, with a progress bar on a terminal; a failed job becomes a Failure.
+pub fn wait(host: &Host, job_id: &str, label: &str) -> Result<Job, Failure> {
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(100);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}%")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_message(label.to_string());
+        Some(b)
+    } else {
+        None
+    };
+    let job = host
+        .wait_job_with(job_id, |j| {
+            if let Some(b) = &bar {
+                b.set_position(j.percent.into());
+            }
+        })
+        .map_err(fail)?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if job.succeeded() {
+        return Ok(job);
+    }
+    let msg = job
+        .error_description
+        .clone()
+        .unwrap_or_else(|| "the job failed".into());
+    let code = match (job.state, job.error_code) {
+        (8 | 9, _) => FAILED,
+        (_, 4 | 32773) => USAGE,
+        (_, 5 | 32774 | 32775) => INVALID_STATE,
+        _ => FAILED,
+    };
+    Err(Failure::new(
+        code,
+        anyhow::anyhow!("{label} failed (job {}): {msg}", job.id),
+    ))
+}
+
+pub fn run_vm(ctx: &Context, cmd: VmCmd) -> CmdResult {
+    let host = open(ctx)?;
+    match cmd {
+        VmCmd::Define {
+            name,
+            cpus,
+            memory_mb,
+            disks,
+            nics,
+            id,
+        } => {
+            let nics = nics
+                .iter()
+                .map(|n| {
+                    let mut parts = n.splitn(2, ',');
+                    Nic {
+                        mac: parts.next().unwrap_or_default().to_string(),
+                        switch_name: parts.next().map(str::to_string),
+                    }
+                })
+                .collect();
+            let spec = VmSpec {
+                id,
+                name,
+                cpus,
+                memory_mb,
+                disks: disks
+                    .into_iter()
+                    .map(|path| DiskSpec { path, format: None })
+                    .collect(),
+                nics,
+            };
+            let vm = host.define_vm(&spec).map_err(fail)?;
+            if ctx.json {
+                print_json(&vm);
+            } else {
+                println!("{}", vm.id);
+            }
+        }
+        VmCmd::ImportLibvirt { file } => {
+            let xml = std::fs::read_to_string(&file)
+                .map_err(|e| Failure::new(NOT_FOUND, anyhow::anyhow!("{}: {e}", file.display())))?;
+            let base = file.parent().map(PathBuf::from).unwrap_or_default();
+            let (spec, skipped) = cosnap_host::libvirt::parse_domain(&xml, &base).map_err(fail)?;
+            for s in &skipped {
+                eprintln!("cosnap: note: {s}");
+            }
+            let vm = host.define_vm(&spec).map_err(fail)?;
+            if ctx.json {
+                print_json(&vm);
+            } else {
+                println!("{}", vm.id);
+            }
+        }
+        VmCmd::List => {
+            let vms = host.vms().map_err(fail)?;
+            if ctx.json {
+                print_json(&vms);
+            } else {
+                for vm in vms {
+                    println!(
+                        "{}  {:<20} cpus={} memory={}MB disks={}",
+                        vm.id,
+                        vm.name,
+                        vm.cpus,
+                        vm.memory_mb,
+                        vm.disks.len()
+                    );
+                }
+            }
+        }
+        VmCmd::Show { vm } => {
+            let vm = host.vm(&vm).map_err(fail)?;
+            if ctx.json {
+                print_json(&vm);
+            } else {
+                println!(
+                    "{}  {}\n  cpus {}  memory {} MB",
+                    vm.id, vm.name, vm.cpus, vm.memory_mb
+                );
+                for d in &vm.disks {
+                    println!(
+                        "  disk {}: {} ({})  base {}",
+                        d.index,
+                        d.path.display(),
+                        d.format,
+                        d.base_path.display()
+                    );
+                }
+                for n in &vm.nics {
+                    println!(
+                        "  nic {} {}",
+                        n.mac,
+                        n.switch_name.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+        }
+        VmCmd::Destroy { vm } => host.destroy_vm(&vm).map_err(fail)?,
+        VmCmd::Write {
+            vm,
+            disk,
+            offset,
+            length,
+            pattern,
+        } => host
+            .write_guest(&vm, disk, offset, length, pattern)
+            .map_err(fail)?,
+    }
+    Ok(0)
+}
+
+pub fn run_collection(ctx: &Context, cmd: CollectionCmd) -> CmdResult {
+    let host = open(ctx)?;
+    let c = match cmd {
+        CollectionCmd::Define { name, id, kind } => {
+            let kind = match kind {
+                CollectionKind::Vms => 0,
+                CollectionKind::Collections => 1,
+            };
+            Some(
+                host.define_collection(&name, id.as_deref(), kind)
+                    .map_err(fail)?,
+            )
+        }
+        CollectionCmd::Rename {
+            collection,
+            new_name,
+        } => Some(
+            host.rename_collection(&collection, &new_name)
+                .map_err(fail)?,
+        ),
+        CollectionCmd::AddMember { collection, member } => {
+            Some(host.add_member(&collection, &member).map_err(fail)?)
+        }
+        CollectionCmd::RemoveMember { collection, member } => {
+            Some(host.remove_member(&collection, &member).map_err(fail)?)
+        }
+        CollectionCmd::Show { collection } => Some(host.collection(&collection).map_err(fail)?),
+        CollectionCmd::Destroy { collection } => {
+            host.destroy_collection(&collection).map_err(fail)?;
+            None
+        }
+        CollectionCmd::List => {
+            let all = host.collections().map_err(fail)?;
+            if ctx.json {
+                print_json(&all);
+            } else {
+                for c in all {
+                    println!("{}  {:<20} members={}", c.id, c.name, c.members.len());
+                }
+            }
+            None
+        }
+    };
+    if let Some(c) = c {
+        if ctx.json {
+            print_json(&c);
+        } else {
+            println!("{}", c.id);
+        }
+    }
+    Ok(0)
+}
+
+pub fn run_snapshot(ctx: &Context, cmd: SnapshotCmd) -> CmdResult {
+    let host = open(ctx)?;
+    match cmd {
+        SnapshotCmd::Create { collection, kind } => {
+            let ty = match kind {
+                SnapshotKind::Standard => 1,
+                SnapshotKind::Recovery => 2,
+            };
+            let job = host.start_create_snapshot(&collection, ty).map_err(fail)?;
+            let job = wait(&host, &job, "snapshot")?;
+            let id = job
+                .created("Msvm_SnapshotCollection")
+                .unwrap_or_default()
+                .to_string();
+            let snap = host.snapshot(&id).map_err(fail)?;
+            if ctx.json {
+                print_json(&snap);
+            } else {
+                println!("{id}");
+            }
+        }
+        SnapshotCmd::List { collection } => {
+            let all = host.snapshots(collection.as_deref()).map_err(fail)?;
+            if ctx.json {
+                print_json(&all);
+            } else {
+                for s in all {
+                    let ty = if s.snapshot_type == 2 {
+                        "recovery"
+                    } else {
+                        "standard"
+                    };
+                    println!("{}  {:<8} {}  {}", s.id, ty, s.created, s.name);
+                }
+            }
+        }
+        SnapshotCmd::Show { snapshot } => {
+            let s = host.snapshot(&snapshot).map_err(fail)?;
+            if ctx.json {
+                print_json(&s);
+            } else {
+                println!("{}  {}  type {}", s.id, s.name, s.snapshot_type);
+                for v in &s.vms {
+                    for d in &v.disks {
+                        println!(
+                            "  {} disk {}: {} ({})",
+                            v.vm_id,
+                            d.index,
+                            d.path.display(),
+                            d.format
+                        );
+                    }
+                }
+            }
+        }
+        SnapshotCmd::Destroy { snapshot } => {
+            let job = host.start_destroy_snapshot(&snapshot).map_err(fail)?;
+            wait(&host, &job, "destroy snapshot")?;
+        }
+        SnapshotCmd::Apply { snapshot } => {
+            let job = host.start_apply_snapshot(&snapshot).map_err(fail)?;
+            wait(&host, &job, "apply snapshot")?;
+        }
+        SnapshotCmd::ToRefpoint { snapshot } => {
+            let job = host.start_convert_to_refpoint(&snapshot).map_err(fail)?;
+            let job = wait(&host, &job, "convert to reference point")?;
+            let id = job
+                .created("Msvm_ReferencePointCollection")
+                .unwrap_or_default()
+                .to_string();
+            let rp = host.refpoint(&id).map_err(fail)?;
+            if ctx.json {
+                print_json(&rp);
+            } else {
+                println!("{id}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub fn run_refpoint(ctx: &Context, cmd: RefpointCmd) -> CmdResult {
+    let host = open(ctx)?;
+    match cmd {
+        RefpointCmd::List { collection } => {
+            let all = host.refpoints(collection.as_deref()).map_err(fail)?;
+            if ctx.json {
+                print_json(&all);
+            } else {
+                for r in all {
+                    println!("{}  {}  {}", r.id, r.created, r.name);
+                }
+            }
+        }
+        RefpointCmd::Show { refpoint } => {
+            let r = host.refpoint(&refpoint).map_err(fail)?;
+            if ctx.json {
+                print_json(&r);
+            } else {
+                println!("{}  {}", r.id, r.name);
+                for v in &r.vms {
+                    for d in &v.disks {
+                        println!(
+                            "  {} disk {}: {}  {}",
+                            v.vm_id,
+                            d.index,
+                            d.path.display(),
+                            d.rct_id
+                        );
+                    }
+                }
+            }
+        }
+        RefpointCmd::Destroy { refpoint } => {
+            let job = host.start_destroy_refpoint(&refpoint).map_err(fail)?;
+            wait(&host, &job, "destroy reference point")?;
+        }
+    }
+    Ok(0)
+}
+
+fn job_json(j: &Job) -> serde_json::Value {
+    json!({
+        "id": j.id, "job_type": j.job_type, "name": j.name, "state": j.state, "percent": j.percent,
+        "error_code": j.error_code, "error_description": j.error_description, "cancellable": j.cancellable,
+        "submitted": cosnap_host::util::rfc3339(j.submitted_ms),
+        "finished": j.finished_ms.map(cosnap_host::util::rfc3339),
+        "created": j.affected.iter().map(|(c, id)| json!({"class": c, "id": id})).collect::<Vec<_>>(),
+    })
+}
+
+pub fn run_job(ctx: &Context, cmd: JobCmd) -> CmdResult {
+    let host = open(ctx)?;
+    let show = |j: &Job| {
+        if ctx.json {
+            print_json(&job_json(j));
+        } else {
+            println!(
+                "{}  type {:<3} state {:<2} {:>3}%  {}{}",
+                j.id,
+                j.job_type,
+                j.state,
+                j.percent,
+                j.name,
+                j.error_description
+                    .as_deref()
+                    .map(|e| format!(" — {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    };
+    match cmd {
+        JobCmd::List => {
+            let all = host.jobs().map_err(fail)?;
+            if ctx.json {
+                print_json(&all.iter().map(job_json).collect::<Vec<_>>());
+            } else {
+                all.iter().for_each(show);
+            }
+        }
+        JobCmd::Show { job } => show(&host.job(&job).map_err(fail)?),
+        JobCmd::Cancel { job, kill } => {
+            let code = host
+                .request_job_state(&job, if kill { 5 } else { 4 })
+                .map_err(fail)?;
+            if code == 4097 {
+                return Err(Failure::new(
+                    INVALID_STATE,
+                    anyhow::anyhow!("job {job} has ended or can no longer be cancelled"),
+                ));
+            }
+        }
+        JobCmd::Wait { job } => {
+            let j = host.wait_job(&job).map_err(fail)?;
+            show(&j);
+            if !j.succeeded() {
+                return Ok(FAILED);
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[allow(dead_code)]
+pub fn format_name(f: Format) -> &'static str {
+    f.name()
 }

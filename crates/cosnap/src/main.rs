@@ -1,5 +1,6 @@
 //! `cosnap`: the command line people type, and `cosnap serve`.
 
+mod cmd_demo;
 mod cmd_disk;
 mod cmd_export;
 mod cmd_host;
@@ -46,7 +47,7 @@ pub enum Command {
     #[command(subcommand)]
     Job(cmd_host::JobCmd),
     /// Build a demo collection in a fresh data directory and run the main job on it.
-    Demo(cmd_host::DemoArgs),
+    Demo(cmd_demo::DemoArgs),
     /// Export a snapshot collection, or verify an export package.
     Export(cmd_export::ExportArgs),
     /// Define the VMs and the collection of an export package again.
@@ -75,7 +76,7 @@ fn main() -> ExitCode {
         Command::Snapshot(cmd) => cmd_host::run_snapshot(&ctx, cmd),
         Command::Refpoint(cmd) => cmd_host::run_refpoint(&ctx, cmd),
         Command::Job(cmd) => cmd_host::run_job(&ctx, cmd),
-        Command::Demo(args) => cmd_host::run_demo(&ctx, args),
+        Command::Demo(args) => cmd_demo::run_demo(&ctx, args),
         Command::Export(args) => cmd_export::run_export(&ctx, args),
         Command::Import(args) => cmd_export::run_import(&ctx, args),
         Command::Serve(args) => cmd_serve::run_serve(&ctx, args),
