@@ -291,27 +291,42 @@ pub fn pull(child: &Path) -> Result<()> {
             .ok_or_else(|| DiskError::chain(child, "parent did not open"))?;
         let psize = parent_img.virtual_size().min(size);
         let parent_map = parent_img.layer_map(0, psize)?;
-        // Ranges the child inherits and the parent holds.
+        // Ranges the child inherits and the parent holds. Without a grandparent, what the
+        // parent does not hold reads as zeros; a VHDX child only stands alone once it holds
+        // every block, so there those ranges become explicit zeros too.
+        let zeros_everywhere = grandparent.is_none() && img.format() == Format::Vhdx;
         let mut todo = Vec::new();
         for c in child_map
             .iter()
             .filter(|e| e.state == ExtentState::Inherited)
         {
+            if zeros_everywhere && c.offset + c.len > psize {
+                let s = c.offset.max(psize);
+                todo.push(Extent {
+                    offset: s,
+                    len: c.offset + c.len - s,
+                    state: ExtentState::Zero,
+                });
+            }
             for p in &parent_map {
                 let s = c.offset.max(p.offset);
                 let e = (c.offset + c.len).min(p.offset + p.len);
-                if s < e && p.state != ExtentState::Inherited {
-                    let state = match p.state {
-                        ExtentState::Zero if grandparent.is_some() => ExtentState::Zero,
-                        ExtentState::Zero => ExtentState::Inherited,
-                        _ => ExtentState::Data { host_offset: None },
-                    };
-                    todo.push(Extent {
-                        offset: s,
-                        len: e - s,
-                        state,
-                    });
+                if s >= e {
+                    continue;
                 }
+                let state = match p.state {
+                    ExtentState::Data { .. } => ExtentState::Data { host_offset: None },
+                    ExtentState::Zero if grandparent.is_some() || zeros_everywhere => {
+                        ExtentState::Zero
+                    }
+                    ExtentState::Inherited if zeros_everywhere => ExtentState::Zero,
+                    _ => continue,
+                };
+                todo.push(Extent {
+                    offset: s,
+                    len: e - s,
+                    state,
+                });
             }
         }
         let mut buf = vec![0u8; STEP as usize];
