@@ -97,7 +97,7 @@ fn plan(job: &FlattenJob) -> Result<Plan> {
     let size = source.virtual_size();
     let with_parent = job.dest_parent.is_some();
     let scope: Vec<Range<u64>> = match &job.base {
-        None => vec![0..size],
+        None => std::iter::once(0..size).collect(),
         Some(base) => {
             let want = qcow2::canonical(base);
             let depth = layers(source.as_ref())

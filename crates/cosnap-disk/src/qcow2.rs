@@ -185,7 +185,7 @@ pub fn read_header(path: &Path, file: &File, file_len: u64) -> Result<Header> {
         )));
     }
     if l1_size > 0 {
-        if l1_table_offset % cs != 0 || l1_table_offset == 0 {
+        if !l1_table_offset.is_multiple_of(cs) || l1_table_offset == 0 {
             return Err(corrupt(format!(
                 "L1 table offset {l1_table_offset:#x} is not cluster aligned"
             )));
@@ -196,7 +196,7 @@ pub fn read_header(path: &Path, file: &File, file_len: u64) -> Result<Header> {
             )));
         }
     }
-    if refcount_table_offset % cs != 0 || refcount_table_offset == 0 {
+    if !refcount_table_offset.is_multiple_of(cs) || refcount_table_offset == 0 {
         return Err(corrupt(format!(
             "refcount table offset {refcount_table_offset:#x} is not cluster aligned"
         )));
@@ -464,7 +464,7 @@ impl Qcow2Image {
             return Ok(table);
         }
         let cs = self.cluster_size();
-        if l2_offset % cs != 0 {
+        if !l2_offset.is_multiple_of(cs) {
             return Err(self.corrupt(format!(
                 "L2 table offset {l2_offset:#x} is not cluster aligned"
             )));
@@ -502,7 +502,7 @@ impl Qcow2Image {
         if host == 0 {
             return Ok(Kind::Unallocated);
         }
-        if host % self.cluster_size() != 0 {
+        if !host.is_multiple_of(self.cluster_size()) {
             return Err(self.corrupt(format!(
                 "data cluster offset {host:#x} is not cluster aligned"
             )));
@@ -1059,7 +1059,7 @@ impl Image for Qcow2Image {
         self.check_range(offset, buf.len() as u64)?;
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let st = &mut *guard;
-        let result = (|| {
+        (|| {
             let mut done = 0usize;
             while done < buf.len() {
                 let pos = offset + done as u64;
@@ -1074,8 +1074,7 @@ impl Image for Qcow2Image {
                 done += len as usize;
             }
             Ok(())
-        })();
-        result
+        })()
     }
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         self.ensure_writable()?;
@@ -1117,7 +1116,7 @@ impl Image for Qcow2Image {
         self.ensure_writable()?;
         self.check_range(offset, len)?;
         let cs = self.cluster_size();
-        if offset % cs != 0 || len % cs != 0 || len == 0 {
+        if !offset.is_multiple_of(cs) || !len.is_multiple_of(cs) || len == 0 {
             return Ok(None);
         }
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -1311,7 +1310,7 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<()> {
     }
     let cs = 1u64 << cb;
     let size = opts.virtual_size;
-    if size % 512 != 0 {
+    if !size.is_multiple_of(512) {
         return Err(DiskError::invalid(
             path,
             format!("virtual size {size} is not a multiple of 512"),
@@ -1496,6 +1495,9 @@ pub fn open_standalone(path: &Path) -> Result<Qcow2Image> {
     })
 }
 
+/// A host range referenced by metadata: (what, offset, length).
+type HostRef = (&'static str, u64, u64);
+
 impl Qcow2Image {
     fn check_refcounts(&self) -> Result<crate::ops::CheckReport> {
         let mut report = crate::ops::CheckReport::default();
@@ -1575,7 +1577,7 @@ impl Qcow2Image {
             .collect();
         for &rb in &reftable {
             if rb != 0 {
-                if rb % cs != 0 {
+                if !rb.is_multiple_of(cs) {
                     corrupt_msgs
                         .borrow_mut()
                         .push(format!("refcount block at {rb:#x} is not cluster aligned"));
@@ -1595,7 +1597,7 @@ impl Qcow2Image {
             let Some(&rb) = reftable.get(bi as usize) else {
                 return Ok(0);
             };
-            if rb == 0 || rb % cs != 0 {
+            if rb == 0 || !rb.is_multiple_of(cs) {
                 return Ok(0);
             }
             if *loaded != rb {
@@ -1662,7 +1664,7 @@ impl Qcow2Image {
             if l2_off == 0 {
                 continue;
             }
-            if l2_off % cs != 0 || l2_off + cs > file_len {
+            if !l2_off.is_multiple_of(cs) || l2_off + cs > file_len {
                 return Err(self.corrupt(format!(
                     "L1 entry {i} points to L2 table at {l2_off:#x}, which is misaligned or past the end of the file"
                 )));
@@ -1683,7 +1685,7 @@ impl Qcow2Image {
                 } else {
                     let host = e & OFFSET_MASK;
                     if host != 0 {
-                        if host % cs != 0 {
+                        if !host.is_multiple_of(cs) {
                             return Err(self.corrupt(format!(
                                 "data cluster offset {host:#x} is not cluster aligned"
                             )));
@@ -1699,7 +1701,7 @@ impl Qcow2Image {
     fn walk_snapshots(
         &self,
         f: &mut dyn FnMut(&'static str, u64, u64),
-        l1_refs: &mut dyn FnMut(&[u64]) -> Result<Vec<(&'static str, u64, u64)>>,
+        l1_refs: &mut dyn FnMut(&[u64]) -> Result<Vec<HostRef>>,
     ) -> Result<()> {
         let file_len = self.lock().file_len;
         let mut pos = self.hdr.snapshots_offset;

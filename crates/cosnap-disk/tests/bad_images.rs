@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use common::{ok, p};
-use cosnap_disk::{DiskError, Format, Image, ops};
+use cosnap_disk::{DiskError, Format, ops};
 
 fn good_qcow2(dir: &Path, name: &str) -> std::path::PathBuf {
     let img = dir.join(name);

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::{RawModel, ok, p, qemu_check_clean, qemu_same};
 use cosnap_disk::ops::{self, CancelToken, FlattenJob};
-use cosnap_disk::{DiskError, Format, Image};
+use cosnap_disk::{DiskError, Format};
 
 const MIB: u64 = 1 << 20;
 

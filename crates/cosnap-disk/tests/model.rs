@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::{p, qemu_check_clean, run};
-use cosnap_disk::{Format, Image, ops, qcow2};
+use cosnap_disk::{Format, ops, qcow2};
 use proptest::prelude::*;
 
 const SIZE: u64 = 8 << 20;
