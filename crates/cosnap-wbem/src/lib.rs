@@ -1,2 +1,24 @@
-//! WBEM protocol front ends: CIM-XML over HTTP(S) (DSP0200/DSP0201) with Basic
+//! WBEM protocol front end: CIM-XML over HTTP(S) (DMTF DSP0200/DSP0201) with HTTP Basic
 //! authentication and TLS, turning wire requests into calls on a [`cosnap_cim::CimProvider`].
+//!
+//! * [`request`] — decodes one request (headers + body) into a [`request::Request`]; pure,
+//!   bounded, fuzzed;
+//! * [`ops`] — runs it against a provider (intrinsic operations, WQL ExecQuery, extrinsic
+//!   method calls typed against the class's method definition) and writes the response;
+//! * [`response`] — the message-level CIM-XML writer (elements come from
+//!   [`cosnap_cim::xml`]);
+//! * [`wql`] — the WQL subset ExecQuery accepts;
+//! * [`auth`] — users in `<data-dir>/users.json` (PBKDF2-HMAC-SHA256) and Basic checks;
+//! * [`tls`] — rustls configuration and the self-signed certificate;
+//! * [`server`] — hyper on tokio: `POST /cimom`, limits, graceful shutdown.
+
+pub mod auth;
+pub mod ops;
+pub mod request;
+pub mod response;
+pub mod server;
+pub mod tls;
+pub mod wql;
+
+pub use request::{Call, DecodeLimits, Request, RequestError, RequestErrorKind, decode_request};
+pub use server::{ServeConfig, ServeError, Server, ServerLimits};
