@@ -229,6 +229,13 @@ impl Host {
             .remove(&ctx.job_id);
     }
 
+    /// Ids of the jobs running in this process (for `cosnap serve`'s graceful shutdown:
+    /// it lets them finish or cancels them before exiting).
+    pub fn running_jobs(&self) -> Vec<String> {
+        let running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.keys().cloned().collect()
+    }
+
     pub fn job(&self, id: &str) -> Result<Job> {
         let conn = self.db();
         load_job(&conn, &crate::util::norm_id(id))
