@@ -392,3 +392,25 @@ fn uncommitted_allocation_is_a_leak() {
     assert_eq!(r.leaks.len(), 1, "{r:?}");
     assert!(r.leaks[0].contains(&format!("at offset {end}")), "{r:?}");
 }
+
+/// 2047 metadata entries all pointing at the same 1 MiB would ask for 2 GiB if items were
+/// read before the overlap check; they must be refused first.
+#[test]
+fn overlapping_metadata_items_are_refused_before_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = good(dir.path());
+    let (meta, _) = region(&p, META);
+    let mut t = read_at(&p, meta, 65536);
+    let first: Vec<u8> = t[32..64].to_vec();
+    for i in 0..2047usize {
+        let o = 32 + 32 * i;
+        t[o..o + 32].copy_from_slice(&first);
+        t[o..o + 4].copy_from_slice(&(i as u32).to_le_bytes()); // distinct, unknown, not required
+        t[o + 16..o + 20].copy_from_slice(&(64u32 << 10).to_le_bytes());
+        t[o + 20..o + 24].copy_from_slice(&(960u32 << 10).to_le_bytes());
+        t[o + 24..o + 28].copy_from_slice(&0u32.to_le_bytes());
+    }
+    t[10..12].copy_from_slice(&2047u16.to_le_bytes());
+    patch(&p, meta, &t);
+    expect_corrupt(&p, "two items overlap");
+}

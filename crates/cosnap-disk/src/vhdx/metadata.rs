@@ -70,6 +70,7 @@ pub(crate) fn parse(
     }
     let mut items = Vec::with_capacity(count);
     let mut spans: Vec<(u64, u64)> = Vec::with_capacity(count);
+    let mut locations: Vec<(u64, u32)> = Vec::with_capacity(count);
     for i in 0..count {
         let o = 32 + i * 32;
         let id = guid_at(table, o);
@@ -114,16 +115,24 @@ pub(crate) fn parse(
         if len > 0 {
             spans.push((off, off + len as u64));
         }
-        let data = if len == 0 {
-            Vec::new()
-        } else {
-            read_item(off, len as usize)?
-        };
-        items.push(MetaItem { id, flags, data });
+        // Values are read after the overlap check, so together they are at most the
+        // region's size (which lies inside the file).
+        items.push(MetaItem {
+            id,
+            flags,
+            data: Vec::new(),
+        });
+        locations.push((off, len));
     }
-    spans.sort_unstable();
-    if spans.windows(2).any(|w| w[1].0 < w[0].1) {
+    let mut sorted = spans.clone();
+    sorted.sort_unstable();
+    if sorted.windows(2).any(|w| w[1].0 < w[0].1) {
         return Err(bad("two items overlap".into()));
+    }
+    for (item, (off, len)) in items.iter_mut().zip(&locations) {
+        if *len > 0 {
+            item.data = read_item(*off, *len as usize)?;
+        }
     }
 
     let get = |id: Uuid, name: &str, len: usize| -> Result<&[u8]> {
