@@ -5,7 +5,8 @@
 #
 # Each timing is "until the output is durable": the command, then `sync FILE`
 # (cosnap fsyncs its outputs itself; qemu-img convert writes with cache=unsafe and does not).
-# Page cache is left warm (same for both tools). Peak RSS from /usr/bin/time -v.
+# Page cache is left warm (same for both tools); RUNS (default 3) alternating runs per tool,
+# best kept. Peak RSS from /usr/bin/time -v.
 #
 # Usage: benches/disk/flatten.sh [COSNAP_BIN] [WORKDIR]
 set -euo pipefail
@@ -61,18 +62,24 @@ qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
 writes 16 32 | xargs -0 qemu-io -f qcow2 top.qcow2 >/dev/null
 sync
 
-bench() { # name src fmt [qemu-too]
-  local name=$1 src=$2 fmt=$3 qemu=${4:-yes} c q r
-  rm -f "c.$fmt" "q.$fmt"
-  OUT=c.$fmt; c=$(secs "$COSNAP" disk convert "$src" "c.$fmt" --format "$fmt")
-  rm -f "c.$fmt"
+RUNS=${RUNS:-3}
+min() { printf "%s\n" "$@" | sort -g | head -1; }
+
+bench() { # name src fmt [qemu-too] — RUNS alternating runs each, best time kept
+  local name=$1 src=$2 fmt=$3 qemu=${4:-yes} cs=() qs=() r i
+  for i in $(seq "$RUNS"); do
+    rm -f "c.$fmt" "q.$fmt"; sync
+    OUT=c.$fmt; cs+=("$(secs "$COSNAP" disk convert "$src" "c.$fmt" --format "$fmt")")
+    if [ "$qemu" = yes ]; then
+      sync
+      OUT=q.$fmt; qs+=("$(secs qemu-img convert -O "$fmt" "$src" "q.$fmt")")
+      qemu-img compare -q "c.$fmt" "q.$fmt" || echo "!! $name: outputs differ"
+    fi
+  done
+  rm -f "c.$fmt"; sync
   r=$(rss_kib "$COSNAP" disk convert "$src" "c.$fmt" --format "$fmt")
-  q=""
-  if [ "$qemu" = yes ]; then
-    OUT=q.$fmt; q=$(secs qemu-img convert -O "$fmt" "$src" "q.$fmt")
-    qemu-img compare -q "c.$fmt" "q.$fmt" || echo "!! $name: outputs differ"
-  fi
-  report "$name" "$c" "$q" "$r"
+  report "$name" "$(min "${cs[@]}")" "$( [ "$qemu" = yes ] && min "${qs[@]}" )" "$r"
+  echo "    runs: cosnap ${cs[*]}${qs:+ / qemu-img ${qs[*]}}"
   rm -f "c.$fmt" "q.$fmt"
 }
 
