@@ -75,10 +75,24 @@ pub fn ensure_self_signed(files: &TlsFiles, names: &[String]) -> Result<bool, Tl
             sans.push(n.clone());
         }
     }
-    let ck =
-        rcgen::generate_simple_self_signed(sans).map_err(|e| TlsError::Generate(e.to_string()))?;
-    write_file(&files.key, ck.key_pair.serialize_pem().as_bytes(), 0o600)?;
-    write_file(&files.cert, ck.cert.pem().as_bytes(), 0o644)?;
+    let gen_err = |e: rcgen::Error| TlsError::Generate(e.to_string());
+    // CA:TRUE with keyCertSign, so that clients can use the file itself as their trust
+    // anchor (OpenSSL refuses a self-signed leaf without it: "self-signed certificate").
+    let mut params = rcgen::CertificateParams::new(sans).map_err(gen_err)?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "cosnap");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::KeyCertSign,
+    ];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let key = rcgen::KeyPair::generate().map_err(gen_err)?;
+    let cert = params.self_signed(&key).map_err(gen_err)?;
+    write_file(&files.key, key.serialize_pem().as_bytes(), 0o600)?;
+    write_file(&files.cert, cert.pem().as_bytes(), 0o644)?;
     Ok(true)
 }
 
