@@ -344,3 +344,34 @@ mod prop {
         }
     }
 }
+
+/// Never-written parts of an allocated block are holes in the file: the map reports them
+/// as zeros, so copies skip them.
+#[test]
+fn layer_map_reports_holes_in_allocated_blocks_as_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("b.vhdx");
+    vhdx::create(&p, &base_opts(8 * MIB, 2 * MIB)).unwrap();
+    let mut m = Model::new(8 * MIB);
+    write(&p, &mut m, 0, &pattern(1, MIB as usize));
+    let img = VhdxImage::open(&p, false).unwrap();
+    let map = img.layer_map(0, 4 * MIB).unwrap();
+    assert_eq!(map.len(), 3, "{map:?}");
+    assert!(
+        matches!(
+            map[0].state,
+            ExtentState::Data {
+                host_offset: Some(_)
+            }
+        ) && map[0].len == MIB
+    );
+    assert_eq!(
+        (map[1].offset, map[1].len, map[1].state),
+        (MIB, MIB, ExtentState::Zero)
+    );
+    assert_eq!(
+        (map[2].offset, map[2].state),
+        (2 * MIB, ExtentState::Inherited)
+    );
+    assert_reads(&p, &m);
+}

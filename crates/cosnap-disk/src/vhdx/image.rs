@@ -904,6 +904,57 @@ impl VhdxImage {
         }
     }
 
+    /// Splits stored bytes `[host, host + len)` (guest offset `voff`) into `Data` runs and
+    /// `Zero` runs where the host file has holes (SEEK_DATA/SEEK_HOLE). When the
+    /// filesystem cannot tell, everything is `Data`.
+    fn stored_runs(&self, voff: u64, host: u64, len: u64, out: &mut Vec<Extent>) {
+        use std::os::fd::AsRawFd;
+        let fd = self.file.as_raw_fd();
+        let data = |o: u64, l: u64| Extent {
+            offset: voff + o,
+            len: l,
+            state: ExtentState::Data {
+                host_offset: Some(host + o),
+            },
+        };
+        let zero = |o: u64, l: u64| Extent {
+            offset: voff + o,
+            len: l,
+            state: ExtentState::Zero,
+        };
+        let mut p = 0u64;
+        while p < len {
+            // SAFETY: lseek on a valid, open descriptor has no memory-safety requirements.
+            let d = unsafe { libc::lseek(fd, (host + p) as libc::off_t, libc::SEEK_DATA) };
+            if d < 0 {
+                let enxio = std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
+                out.push(if enxio {
+                    zero(p, len - p)
+                } else {
+                    data(p, len - p)
+                });
+                return;
+            }
+            let d = (d as u64).saturating_sub(host).max(p);
+            if d >= len {
+                out.push(zero(p, len - p));
+                return;
+            }
+            if d > p {
+                out.push(zero(p, d - p));
+            }
+            // SAFETY: as above.
+            let h = unsafe { libc::lseek(fd, (host + d) as libc::off_t, libc::SEEK_HOLE) };
+            let h = if h < 0 {
+                len
+            } else {
+                (h as u64).saturating_sub(host).clamp(d + 1, len)
+            };
+            out.push(data(d, h - d));
+            p = h;
+        }
+    }
+
     fn allocate(&mut self, len: u64) -> Result<u64> {
         let host = self.next_free;
         self.next_free = host + len;
@@ -1440,16 +1491,53 @@ impl Image for VhdxImage {
         Ok(())
     }
 
+    /// Stored runs are split by the host file's holes: never-written parts of an
+    /// allocated block read as zeros and are reported as `Zero` (qemu allocates whole
+    /// blocks sparsely; copying their holes would be wasted work).
     fn layer_map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         self.check_range(offset, len)?;
         let bs = self.geo.block_size;
-        let mut out: Vec<Extent> = Vec::new();
-        let mut push = |offset: u64, len: u64, state: ExtentState| {
-            if len == 0 {
-                return;
+        let mut raw: Vec<Extent> = Vec::new();
+        let mut pos = offset;
+        while pos < offset + len {
+            let (b, within) = (pos / bs, pos % bs);
+            let n = (bs - within).min(offset + len - pos);
+            let e = self.payload_entry(b);
+            match bat_state(e) {
+                PAYLOAD_FULLY_PRESENT => self.stored_runs(pos, bat_offset(e) + within, n, &mut raw),
+                PAYLOAD_PARTIALLY_PRESENT => {
+                    for (start, l, present) in self.sector_runs(b, within, n)? {
+                        if present {
+                            self.stored_runs(b * bs + start, bat_offset(e) + start, l, &mut raw);
+                        } else {
+                            raw.push(Extent {
+                                offset: b * bs + start,
+                                len: l,
+                                state: ExtentState::Inherited,
+                            });
+                        }
+                    }
+                }
+                PAYLOAD_NOT_PRESENT => raw.push(Extent {
+                    offset: pos,
+                    len: n,
+                    state: ExtentState::Inherited,
+                }),
+                _ => raw.push(Extent {
+                    offset: pos,
+                    len: n,
+                    state: ExtentState::Zero,
+                }),
+            }
+            pos += n;
+        }
+        let mut out: Vec<Extent> = Vec::with_capacity(raw.len());
+        for x in raw {
+            if x.len == 0 {
+                continue;
             }
             if let Some(last) = out.last_mut() {
-                let merge = match (last.state, state) {
+                let merge = match (last.state, x.state) {
                     (
                         ExtentState::Data {
                             host_offset: Some(a),
@@ -1458,44 +1546,14 @@ impl Image for VhdxImage {
                             host_offset: Some(b),
                         },
                     ) => a + last.len == b,
-                    (x, y) => x == y,
+                    (p, q) => p == q,
                 };
                 if merge {
-                    last.len += len;
-                    return;
+                    last.len += x.len;
+                    continue;
                 }
             }
-            out.push(Extent { offset, len, state });
-        };
-        let mut pos = offset;
-        while pos < offset + len {
-            let (b, within) = (pos / bs, pos % bs);
-            let n = (bs - within).min(offset + len - pos);
-            let e = self.payload_entry(b);
-            match bat_state(e) {
-                PAYLOAD_FULLY_PRESENT => push(
-                    pos,
-                    n,
-                    ExtentState::Data {
-                        host_offset: Some(bat_offset(e) + within),
-                    },
-                ),
-                PAYLOAD_PARTIALLY_PRESENT => {
-                    for (start, l, present) in self.sector_runs(b, within, n)? {
-                        let st = if present {
-                            ExtentState::Data {
-                                host_offset: Some(bat_offset(e) + start),
-                            }
-                        } else {
-                            ExtentState::Inherited
-                        };
-                        push(b * bs + start, l, st);
-                    }
-                }
-                PAYLOAD_NOT_PRESENT => push(pos, n, ExtentState::Inherited),
-                _ => push(pos, n, ExtentState::Zero),
-            }
-            pos += n;
+            out.push(x);
         }
         Ok(out)
     }
