@@ -182,7 +182,7 @@ fn bat_entries_overlapping_metadata_or_each_other() {
     let first = le64(&read_at(&p, bat, 8), 0);
     patch(&p, bat + 8 * 4, &first.to_le_bytes()); // block 4 shares block 0's space
     expect_corrupt(&p, "overlaps");
-    patch(&p, bat + 8 * 4, &(MIB / 2 | 6).to_le_bytes()); // inside the header section
+    patch(&p, bat + 8 * 4, &((MIB / 2) | 6).to_le_bytes()); // inside the header section
     expect_corrupt(&p, "header section");
     patch(&p, bat + 8 * 4, &7u64.to_le_bytes()); // partially present without a parent
     expect_corrupt(&p, "partially present in a file without a parent");
