@@ -35,6 +35,31 @@ use crate::vhdx;
 
 /// Buffer per worker for read/write copies.
 const BUF: usize = 4 << 20;
+/// Bytes written to one output between two writeback kicks.
+const KICK: u64 = 32 << 20;
+/// Largest single copy_file_range call (keeps kicks and progress regular).
+const CFR_CALL: usize = 16 << 20;
+
+thread_local! {
+    static UNKICKED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Notes `n` bytes written to `file`; every [`KICK`] bytes starts writeback of the whole
+/// file (`sync_file_range(WRITE)`, asynchronous), so the disk writes while the copy goes
+/// on and the final fsync has little left to do.
+fn wrote(file: &File, n: u64) {
+    UNKICKED.with(|c| {
+        let v = c.get() + n;
+        if v >= KICK {
+            // SAFETY: valid fd; offset 0 / nbytes 0 = to the end of the file.
+            unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+            c.set(0);
+        } else {
+            c.set(v);
+        }
+    });
+}
+
 /// Source allocation units from this size up are scanned for zeros instead of copied.
 const LARGE_UNIT: u64 = 1 << 20;
 /// Largest piece handed to one `copy_file_range` loop between progress/cancel checks.
@@ -333,6 +358,7 @@ fn flatten_one(
         match seg.kind {
             SegKind::Zero => {
                 dest.write_zeroes(seg.offset, seg.len)?;
+                wrote(dest.file(), 0);
                 run.advance(seg.len);
             }
             SegKind::Data { depth, host } => {
@@ -433,6 +459,7 @@ fn copy_buffered(
         src.read_at(&mut buf[..n], off + done)?;
         if !(sparse && is_zero(&buf[..n])) {
             dest.write_at(&buf[..n], off + done)?;
+            wrote(dest.file(), n as u64);
         }
         done += n as u64;
         run.advance(n as u64);
@@ -459,7 +486,7 @@ fn copy_host(
         while done < len {
             let mut off_in = (src_off + done) as libc::off64_t;
             let mut off_out = (dst_off + done) as libc::off64_t;
-            let want = (len - done).min(1 << 30) as usize;
+            let want = ((len - done) as usize).min(CFR_CALL);
             // SAFETY: valid fds, valid offset pointers, no aliasing of Rust memory.
             let r = unsafe {
                 libc::copy_file_range(
@@ -489,6 +516,7 @@ fn copy_host(
                 break;
             }
             done += r as u64;
+            wrote(dst, r as u64);
             run.advance(r as u64);
         }
     }
@@ -509,6 +537,7 @@ fn copy_host(
         }
         dst.write_all_at(chunk, dst_off + done)
             .map_err(|e| DiskError::io(dest.path(), e))?;
+        wrote(dst, n as u64);
         done += n as u64;
         run.advance(n as u64);
     }
