@@ -95,6 +95,18 @@ fn dynamic_1m_blocks_passes_qemu() {
 }
 
 #[test]
+fn dynamic_1m_blocks_over_4g_with_bitmap_slots_passes_qemu() {
+    if !have_qemu() {
+        return;
+    }
+    // 1 MiB blocks: chunk ratio 4096, so the BAT interleaves sector-bitmap slots and
+    // writes past 4 GiB land after the first of them.
+    let mut o = CreateOptions::dynamic(9 * GIB);
+    o.block_size = MIB as u32;
+    cosnap_written_image_passes_qemu(o, "dyn1m9g");
+}
+
+#[test]
 fn dynamic_32m_blocks_over_4g_passes_qemu() {
     if !have_qemu() {
         return;
