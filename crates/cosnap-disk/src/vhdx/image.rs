@@ -1140,6 +1140,12 @@ impl VhdxImage {
         let e = self.entry(i);
         match bat_state(e) {
             PAYLOAD_FULLY_PRESENT => self.write_raw(data, bat_offset(e) + within),
+            PAYLOAD_PARTIALLY_PRESENT if within == 0 && data.len() as u64 == self.block_len(b) => {
+                // Every sector is now this layer's: the bitmap no longer matters.
+                self.write_raw(data, bat_offset(e))?;
+                self.set_entry(i, PAYLOAD_FULLY_PRESENT, bat_offset(e));
+                Ok(())
+            }
             PAYLOAD_PARTIALLY_PRESENT => self.write_sectors(b, bat_offset(e), within, data),
             state => {
                 let whole = within == 0 && data.len() as u64 == self.block_len(b);
