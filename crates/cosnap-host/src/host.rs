@@ -886,6 +886,7 @@ impl Host {
             ctx.map(|c| c.job_id()),
         )?;
         tx.commit()?;
+        drop(conn);
         if let Some(ctx) = ctx {
             ctx.set_cancellable(false);
             ctx.progress(10);
@@ -894,7 +895,7 @@ impl Host {
         if let Plan::Release { steps } = &plan {
             journal::run_steps(steps)?;
         }
-        journal::remove(&conn, jid)?;
+        journal::remove(&self.db(), jid)?;
         Ok(())
     }
 
@@ -1235,6 +1236,7 @@ impl Host {
             ctx.map(|c| c.job_id()),
         )?;
         tx.commit()?;
+        drop(conn);
         if let Some(ctx) = ctx {
             ctx.set_cancellable(false);
         }
@@ -1242,7 +1244,7 @@ impl Host {
         if let Plan::Release { steps } = &plan {
             journal::run_steps(steps)?;
         }
-        journal::remove(&conn, jid)?;
+        journal::remove(&self.db(), jid)?;
         Ok(())
     }
 
@@ -1794,3 +1796,68 @@ pub(crate) fn load_refpoint(conn: &Connection, id: &str) -> Result<RefPoint> {
 
 /// How long [`Host::wait_job`] sleeps between polls.
 pub(crate) const POLL: Duration = Duration::from_millis(15);
+
+impl Host {
+    /// Checks that the repository agrees with the files on disk and returns every
+    /// disagreement found (empty = consistent): each known layer file exists; each file
+    /// under `<data-dir>/disks/` is a known layer (no orphans); each layer's recorded parent
+    /// is the parent its file names; no journal row is left over.
+    pub fn verify(&self) -> Result<Vec<String>> {
+        let conn = self.db();
+        let mut problems = Vec::new();
+        let layers: Vec<(String, Option<String>, bool)> = {
+            let mut stmt = conn.prepare("SELECT path, parent, owned FROM layers")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? != 0)))?
+                .collect::<Result<_, _>>()?
+        };
+        let known: HashSet<String> = layers.iter().map(|l| l.0.clone()).collect();
+        for (path, parent, _) in &layers {
+            let p = Path::new(path);
+            if !p.exists() {
+                problems.push(format!("layer {path} is recorded but missing"));
+                continue;
+            }
+            if let Some(parent) = parent {
+                match cosnap_disk::chain(p) {
+                    Ok(chain) => {
+                        let file_parent = chain.get(1).and_then(|f| f.canonicalize().ok());
+                        let want = Path::new(parent).canonicalize().ok();
+                        if file_parent.is_none() || file_parent != want {
+                            problems.push(format!("layer {path}: file names parent {file_parent:?}, repository says {parent}"));
+                        }
+                    }
+                    Err(e) => problems.push(format!("layer {path}: chain unreadable: {e}")),
+                }
+            }
+        }
+        let disks = self.inner.data_dir.join("disks");
+        if let Ok(vm_dirs) = std::fs::read_dir(&disks) {
+            for d in vm_dirs.flatten() {
+                if let Ok(files) = std::fs::read_dir(d.path()) {
+                    for f in files.flatten() {
+                        let p = p2s(&f.path());
+                        if !known.contains(&p) {
+                            problems.push(format!("orphan layer file {p}"));
+                        }
+                    }
+                }
+            }
+        }
+        for (what, sql) in [
+            ("active layer", "SELECT active_layer FROM vm_disks"),
+            ("snapshot layer", "SELECT layer FROM snapshot_disks"),
+            ("reference point layer", "SELECT layer FROM refpoint_disks"),
+        ] {
+            for p in ids(&conn, sql)? {
+                if !known.contains(&p) {
+                    problems.push(format!("{what} {p} is not a known layer"));
+                }
+            }
+        }
+        let pending: i64 = conn.query_row("SELECT COUNT(*) FROM journal", [], |r| r.get(0))?;
+        if pending > 0 {
+            problems.push(format!("{pending} journal row(s) left"));
+        }
+        Ok(problems)
+    }
+}

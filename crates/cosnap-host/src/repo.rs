@@ -76,7 +76,7 @@ CREATE TABLE snapshots (
     collection_id TEXT NOT NULL,
     name TEXT NOT NULL,
     snapshot_type INTEGER NOT NULL,
-    created TEXT NOT NULL,
+    created INTEGER NOT NULL,
     seq INTEGER NOT NULL
 );
 CREATE TABLE snapshot_vms (
@@ -85,7 +85,7 @@ CREATE TABLE snapshot_vms (
     vssd_id TEXT NOT NULL UNIQUE,
     parent_vssd TEXT,
     settings TEXT NOT NULL,
-    created TEXT NOT NULL,
+    created INTEGER NOT NULL,
     PRIMARY KEY (snapshot_id, vm_id)
 );
 CREATE TABLE snapshot_disks (
@@ -101,7 +101,7 @@ CREATE TABLE refpoints (
     name TEXT NOT NULL,
     rp_type INTEGER NOT NULL,
     consistency INTEGER NOT NULL,
-    created TEXT NOT NULL,
+    created INTEGER NOT NULL,
     from_snapshot TEXT NOT NULL,
     seq INTEGER NOT NULL
 );
