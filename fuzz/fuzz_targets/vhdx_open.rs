@@ -79,7 +79,14 @@ fn add_pending_log(img: &mut [u8]) {
 fn template() -> &'static Template {
     static T: OnceLock<Template> = OnceLock::new();
     T.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("cosnap-fuzz-vhdx-{}", std::process::id()));
+        // Memory-backed when possible: every case writes a ~6 MiB file.
+        let shm = Path::new("/dev/shm");
+        let tmp = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = tmp.join(format!("cosnap-fuzz-vhdx-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let base = dir.join("base.vhdx");
