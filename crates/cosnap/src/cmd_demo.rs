@@ -161,9 +161,10 @@ pub fn run_demo(ctx: &Context, _args: DemoArgs) -> CmdResult {
             match d.format {
                 Format::Vhdx => {
                     println!(
-                        "  qemu-img info --backing-chain {}   # VHDX chain: also cosnap disk check",
+                        "  cosnap disk info {}   # VHDX chain (.avhdx children; qemu-img does not open differencing VHDX)",
                         d.path.display()
-                    )
+                    );
+                    println!("  cosnap disk check {}", d.path.display());
                 }
                 _ => {
                     println!("  qemu-img info --backing-chain {}", d.path.display());

@@ -186,8 +186,14 @@ pub fn open(ctx: &Context) -> Result<Host, Failure> {
     Host::open(&ctx.data_dir).map_err(fail)
 }
 
+/// Prints JSON on stdout; a closed pipe (`| head`) is not an error worth a panic.
 fn print_json(v: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_default()
+    );
 }
 
 /// Waits for a job, with a progress bar on a terminal; a failed job becomes a Failure.
