@@ -195,10 +195,17 @@ pub fn run_serve(ctx: &Context, args: ServeArgs) -> CmdResult {
         server.run(shutdown_signal()).await;
         Ok::<_, anyhow::Error>(())
     })?;
-    drop(runtime);
-    finish_jobs(&host, Duration::from_secs(args.shutdown_grace));
-    eprintln!("cosnap: server stopped");
-    Ok(0)
+    // Requests still running after the drain are on blocking threads; give them a moment.
+    runtime.shutdown_timeout(Duration::from_secs(10));
+    if finish_jobs(&host, Duration::from_secs(args.shutdown_grace)) {
+        eprintln!("cosnap: server stopped");
+        Ok(0)
+    } else {
+        Err(anyhow!(
+            "stopped with jobs still running; the next start recovers them from the journal"
+        )
+        .into())
+    }
 }
 
 async fn shutdown_signal() {
@@ -216,12 +223,17 @@ async fn shutdown_signal() {
     }
 }
 
+/// How long shutdown waits, after cancelling, for jobs to record their end. A job that
+/// never ends is a defect; the repository's intent journal makes exiting anyway safe (the
+/// next `Host::open` rolls it back or forward and marks the job), so the wait is bounded.
+const MAX_JOB_WAIT: Duration = Duration::from_secs(300);
+
 /// Lets this process's jobs finish within `grace`, cancels the rest and waits until each
-/// has recorded its end.
-fn finish_jobs(host: &Host, grace: Duration) {
+/// has recorded its end. Returns false when some job still had not ended.
+fn finish_jobs(host: &Host, grace: Duration) -> bool {
     let running = host.running_jobs();
     if running.is_empty() {
-        return;
+        return true;
     }
     eprintln!(
         "cosnap: waiting up to {}s for {} running job(s)",
@@ -243,7 +255,17 @@ fn finish_jobs(host: &Host, grace: Duration) {
         }
     }
     let mut last_note = Instant::now();
+    let cancelled_at = Instant::now();
     while running.iter().any(|id| !done(id)) {
+        if cancelled_at.elapsed() > MAX_JOB_WAIT {
+            for id in running.iter().filter(|id| !done(id)) {
+                eprintln!(
+                    "cosnap: job {id} did not end within {}s",
+                    MAX_JOB_WAIT.as_secs()
+                );
+            }
+            return false;
+        }
         if last_note.elapsed() > Duration::from_secs(10) {
             eprintln!("cosnap: still waiting for jobs to record their end");
             last_note = Instant::now();
@@ -255,4 +277,5 @@ fn finish_jobs(host: &Host, grace: Duration) {
             eprintln!("cosnap: job {id} ended in state {}", j.state);
         }
     }
+    true
 }
