@@ -353,6 +353,9 @@ fn flatten_one(
     let sparse = job.dest_parent.is_none();
     let mut buf = vec![0u8; BUF];
     let mut data_bytes = 0;
+    // Host-to-host copies, allocated in the destination during the walk and run afterwards
+    // by several threads (allocation needs `&mut`, copying only the files).
+    let mut directs: Vec<Direct<'_>> = Vec::new();
     for seg in &plan.segs {
         run.check()?;
         match seg.kind {
@@ -373,11 +376,14 @@ fn flatten_one(
                     sparse,
                     &mut buf,
                     run,
+                    &mut directs,
                 )?;
                 data_bytes += seg.len;
             }
         }
     }
+    drop(buf);
+    run_directs(&directs, dest.as_ref(), run)?;
     run.check()?;
     dest.flush()?;
     Ok(FlattenReport {
@@ -392,9 +398,9 @@ fn flatten_one(
 /// Copies guest `[off, off + len)` (data held by `layer`, at `host` in its file if
 /// contiguous) into `dest`.
 #[allow(clippy::too_many_arguments)]
-fn copy_data(
+fn copy_data<'a>(
     src: &dyn Image,
-    layer: Option<&dyn Image>,
+    layer: Option<&'a dyn Image>,
     host: Option<u64>,
     dest: &mut dyn Image,
     off: u64,
@@ -402,6 +408,7 @@ fn copy_data(
     sparse: bool,
     buf: &mut [u8],
     run: &Run<'_>,
+    directs: &mut Vec<Direct<'a>>,
 ) -> Result<()> {
     let end = off + len;
     let (a, b) = if dest.format() == Format::Raw {
@@ -429,9 +436,12 @@ fn copy_data(
         run.check()?;
         let n = (b - pos).min(DIRECT_PIECE);
         match dest.direct_write_target(pos, n)? {
-            Some(t) => {
-                copy_host(l.file(), l.path(), h + (pos - off), dest, t, n, buf, run)?;
-            }
+            Some(t) => directs.push(Direct {
+                layer: l,
+                src_off: h + (pos - off),
+                dst_off: t,
+                len: n,
+            }),
             None => copy_buffered(src, dest, pos, n, sparse, buf, run)?,
         }
         pos += n;
@@ -440,6 +450,72 @@ fn copy_data(
         copy_buffered(src, dest, b, end - b, sparse, buf, run)?;
     }
     Ok(())
+}
+
+/// One host-to-host copy: `len` bytes of `layer`'s file at `src_off` to the destination
+/// file at `dst_off`.
+struct Direct<'a> {
+    layer: &'a dyn Image,
+    src_off: u64,
+    dst_off: u64,
+    len: u64,
+}
+
+/// Threads per output for host-to-host copies: `COSNAP_COPY_THREADS`, else the machine's
+/// cores, at most 4.
+fn copy_threads() -> usize {
+    if let Some(n) = std::env::var("COSNAP_COPY_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        return n.clamp(1, 16);
+    }
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+}
+
+fn run_directs(directs: &[Direct<'_>], dest: &dyn Image, run: &Run<'_>) -> Result<()> {
+    let next = AtomicUsize::new(0);
+    let failure: Mutex<Option<DiskError>> = Mutex::new(None);
+    let workers = copy_threads().min(directs.len());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                // Only the read/write fallback needs a buffer.
+                let mut buf = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(d) = directs.get(i) else { break };
+                    let r = run.check().and_then(|_| {
+                        copy_host(
+                            d.layer.file(),
+                            d.layer.path(),
+                            d.src_off,
+                            dest,
+                            d.dst_off,
+                            d.len,
+                            &mut buf,
+                            run,
+                        )
+                    });
+                    if let Err(e) = r {
+                        run.abort.store(true, Ordering::SeqCst);
+                        let mut f = failure.lock().unwrap_or_else(|e| e.into_inner());
+                        if f.as_ref().is_none_or(|f| matches!(f, DiskError::Cancelled)) {
+                            *f = Some(e);
+                        }
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Reads through the source chain and writes through the destination image.
@@ -477,7 +553,7 @@ fn copy_host(
     dest: &dyn Image,
     dst_off: u64,
     len: u64,
-    buf: &mut [u8],
+    buf: &mut Vec<u8>,
     run: &Run<'_>,
 ) -> Result<()> {
     let dst = dest.file();
@@ -519,6 +595,9 @@ fn copy_host(
             wrote(dst, r as u64);
             run.advance(r as u64);
         }
+    }
+    if done < len && buf.is_empty() {
+        buf.resize(BUF, 0);
     }
     while done < len {
         let n = (len - done).min(buf.len() as u64) as usize;
