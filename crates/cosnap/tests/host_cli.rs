@@ -1,0 +1,325 @@
+//! The host's CLI through the built binary: the interface forms outside checks use, JSON
+//! output, and exit codes (0 ok, 2 usage/invalid parameter, 3 not found, 4 invalid state).
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cosnap");
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn cosnap(data: &Path, args: &[&str]) -> Out {
+    let o = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn ok_json(data: &Path, args: &[&str]) -> Value {
+    let o = cosnap(data, args);
+    assert_eq!(o.code, 0, "{args:?}: {}", o.stderr);
+    serde_json::from_str(&o.stdout)
+        .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {}", o.stdout))
+}
+
+fn fails(data: &Path, args: &[&str], code: i32) {
+    let o = cosnap(data, args);
+    assert_eq!(
+        o.code, code,
+        "{args:?}: stdout {} stderr {}",
+        o.stdout, o.stderr
+    );
+    assert_eq!(
+        o.stderr.trim().lines().count(),
+        1,
+        "one-line message: {}",
+        o.stderr
+    );
+    assert!(o.stderr.starts_with("cosnap: "), "{}", o.stderr);
+}
+
+fn image(dir: &Path, name: &str, args: &[&str]) -> String {
+    let path = dir.join(name);
+    let o = Command::new(BIN)
+        .args(["disk", "create"])
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "disk create: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    path.display().to_string()
+}
+
+#[test]
+fn vm_collection_snapshot_refpoint_job_forms() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let d = data.as_path();
+    let img0 = image(
+        tmp.path(),
+        "a.qcow2",
+        &["--size", "8M", "--format", "qcow2"],
+    );
+    let img1 = image(tmp.path(), "b.vhdx", &["--size", "8M", "--format", "vhdx"]);
+    let img2 = image(tmp.path(), "c.raw", &["--size", "8M", "--format", "raw"]);
+
+    let vm = ok_json(
+        d,
+        &[
+            "vm",
+            "define",
+            "--name",
+            "web",
+            "--cpus",
+            "2",
+            "--memory-mb",
+            "512",
+            "--disk",
+            &img0,
+            "--disk",
+            &img1,
+            "--nic",
+            "00:15:5d:01:02:03,sw0",
+            "--json",
+        ],
+    );
+    let vm_id = vm["id"].as_str().unwrap().to_string();
+    let shown = ok_json(d, &["vm", "show", &vm_id, "--json"]);
+    let disks = shown["disks"].as_array().unwrap();
+    assert_eq!(disks.len(), 2);
+    assert_eq!(
+        disks[0]["path"].as_str().unwrap(),
+        Path::new(&img0).canonicalize().unwrap().to_str().unwrap()
+    );
+    assert_eq!(disks[0]["format"], "qcow2");
+    assert_eq!(disks[1]["format"], "vhdx");
+    assert_eq!(shown["nics"][0]["mac"], "00155D010203");
+    let vm2 = ok_json(
+        d,
+        &["vm", "define", "--name", "db", "--disk", &img2, "--json"],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fails(
+        d,
+        &["vm", "define", "--name", "dup-disk", "--disk", &img2],
+        4,
+    );
+    fails(
+        d,
+        &[
+            "vm",
+            "define",
+            "--name",
+            "x",
+            "--disk",
+            "/nonexistent/disk.raw",
+        ],
+        3,
+    );
+    fails(d, &["vm", "show", "no-such-vm"], 3);
+    fails(d, &["vm", "define", "--name", "x", "--cpus", "0"], 2);
+
+    let coll = ok_json(d, &["collection", "define", "grp", "--json"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        cosnap(d, &["collection", "add-member", "grp", "web"]).code,
+        0,
+        "by names"
+    );
+    assert_eq!(
+        cosnap(d, &["collection", "add-member", &coll, &vm2]).code,
+        0,
+        "by ids"
+    );
+    fails(d, &["collection", "add-member", &coll, "web"], 4);
+    fails(d, &["collection", "define", "other", "--id", &coll], 4);
+    fails(d, &["collection", "remove-member", &coll, "no-such-vm"], 3);
+    let list = ok_json(d, &["collection", "list", "--json"]);
+    assert_eq!(list[0]["members"].as_array().unwrap().len(), 2);
+    assert_eq!(cosnap(d, &["collection", "rename", &coll, "group"]).code, 0);
+
+    assert_eq!(
+        cosnap(
+            d,
+            &[
+                "vm",
+                "write",
+                &vm_id,
+                "--disk",
+                "0",
+                "--offset",
+                "0",
+                "--length",
+                "65536",
+                "--pattern",
+                "0xab"
+            ]
+        )
+        .code,
+        0
+    );
+    let standard = ok_json(
+        d,
+        &["snapshot", "create", &coll, "--type", "standard", "--json"],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let after = ok_json(d, &["vm", "show", &vm_id, "--json"]);
+    assert_ne!(
+        after["disks"][0]["path"], disks[0]["path"],
+        "a new active layer"
+    );
+    assert_eq!(
+        cosnap(
+            d,
+            &[
+                "vm",
+                "write",
+                &vm_id,
+                "--disk",
+                "1",
+                "--offset",
+                "1048576",
+                "--length",
+                "4096",
+                "--pattern",
+                "7"
+            ]
+        )
+        .code,
+        0
+    );
+    fails(
+        d,
+        &[
+            "vm",
+            "write",
+            &vm_id,
+            "--disk",
+            "9",
+            "--offset",
+            "0",
+            "--length",
+            "1",
+            "--pattern",
+            "1",
+        ],
+        2,
+    );
+    fails(d, &["snapshot", "to-refpoint", &standard], 4);
+    let recovery = ok_json(
+        d,
+        &["snapshot", "create", &coll, "--type", "recovery", "--json"],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let snaps = ok_json(d, &["snapshot", "list", "--json"]);
+    assert_eq!(snaps.as_array().unwrap().len(), 2);
+    let rp = ok_json(d, &["snapshot", "to-refpoint", &recovery, "--json"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rps = ok_json(d, &["refpoint", "list", "--json"]);
+    assert_eq!(rps[0]["id"].as_str().unwrap(), rp);
+    assert_eq!(cosnap(d, &["snapshot", "apply", &standard]).code, 0);
+    fails(d, &["vm", "destroy", &vm_id], 4);
+    fails(d, &["collection", "destroy", &coll], 4);
+    assert_eq!(cosnap(d, &["snapshot", "destroy", &standard]).code, 0);
+    fails(d, &["snapshot", "destroy", &standard], 3);
+    assert_eq!(cosnap(d, &["refpoint", "destroy", &rp]).code, 0);
+    let jobs = ok_json(d, &["job", "list", "--json"]);
+    assert!(jobs.as_array().unwrap().len() >= 5);
+    assert!(
+        jobs.as_array().unwrap().iter().all(|j| j["state"] == 7),
+        "{jobs}"
+    );
+    let job_id = jobs[0]["id"].as_str().unwrap();
+    assert_eq!(
+        ok_json(d, &["job", "show", job_id, "--json"])["job_type"],
+        198
+    );
+    fails(d, &["job", "cancel", job_id], 4);
+    assert_eq!(cosnap(d, &["job", "wait", job_id]).code, 0);
+    assert_eq!(
+        cosnap(d, &["collection", "remove-member", &coll, &vm2]).code,
+        0
+    );
+    assert_eq!(cosnap(d, &["collection", "destroy", &coll]).code, 0);
+    assert_eq!(cosnap(d, &["vm", "destroy", &vm2]).code, 0);
+    assert_eq!(
+        ok_json(d, &["vm", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(cosnap(d, &["snapshot", "create"]).code, 2, "usage error");
+}
+
+#[test]
+fn import_libvirt_domain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let img = image(
+        tmp.path(),
+        "guest.qcow2",
+        &["--size", "4M", "--format", "qcow2"],
+    );
+    let xml = format!(
+        "<domain type='kvm'><name>lv</name><memory unit='KiB'>2097152</memory><vcpu>3</vcpu><devices>\
+         <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{img}'/></disk>\
+         <interface type='network'><mac address='52:54:00:aa:bb:cc'/><source network='default'/></interface>\
+         </devices></domain>"
+    );
+    let file = tmp.path().join("dom.xml");
+    std::fs::write(&file, xml).unwrap();
+    let vm = ok_json(
+        &data,
+        &["vm", "import-libvirt", file.to_str().unwrap(), "--json"],
+    );
+    assert_eq!(vm["name"], "lv");
+    assert_eq!(vm["cpus"], 3);
+    assert_eq!(vm["memory_mb"], 2048);
+    assert_eq!(vm["disks"][0]["format"], "qcow2");
+    assert_eq!(vm["nics"][0]["switch"], "default");
+    std::fs::write(&file, "<domain><name>x</name><vcpu>many</vcpu></domain>").unwrap();
+    fails(&data, &["vm", "import-libvirt", file.to_str().unwrap()], 2);
+}
+
+#[test]
+fn demo_runs_in_a_fresh_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("demo");
+    let o = cosnap(&data, &["demo"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("recovery snapshot 2"), "{}", o.stdout);
+    let snaps = ok_json(&data, &["snapshot", "list", "--json"]);
+    assert_eq!(snaps.as_array().unwrap().len(), 2);
+    // A second run does not reuse the repository.
+    let o = cosnap(&data, &["demo"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("fresh sub-directory"), "{}", o.stdout);
+}
