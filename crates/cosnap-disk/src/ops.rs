@@ -3,6 +3,21 @@
 //!
 //! These are the calls the host and the export crates make; format details stay in the
 //! format modules. The copy engine lives in [`crate::copy`].
+//!
+//! Decisions:
+//! - Chains are opened top-down; each backing file must be a regular file or a block
+//!   device, must exist (else a `Chain` error naming the child and the missing file), must
+//!   not already be in the chain (loop), and the chain is at most [`MAX_CHAIN_DEPTH`] deep.
+//! - qcow2 overlays record the parent path relative to the overlay's directory and the
+//!   parent's format (`qemu-img create -b REL -F FMT` equivalent).
+//! - `commit` into a qcow2 or raw parent copies the child's own ranges (data and explicit
+//!   zeros) through the generic image API; VHDX chains use the VHDX module's logged merge.
+//! - `pull` makes a VHDX child standalone by writing explicit zeros where nothing below it
+//!   holds data (a VHDX differencing file cannot otherwise drop its parent).
+//! - `check` of a raw image reports clean (there is no metadata); qemu-img says "not
+//!   supported" (63) instead.
+//! - `compare` reads only ranges where either side's chain holds data; everything else is
+//!   zeros on both sides by construction.
 
 use std::fs::File;
 use std::io::Read;

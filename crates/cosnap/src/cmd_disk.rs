@@ -232,7 +232,8 @@ pub fn run(ctx: &Context, cmd: DiskCmd) -> CmdResult {
                         let mut o = serde_json::json!({
                             "start": e.offset,
                             "length": e.len,
-                            "depth": e.depth.min(layers.len()),
+                            // Like qemu-img: unallocated ranges get the bottom layer's depth.
+                            "depth": e.depth.min(layers.len() - 1),
                             "present": e.state != ExtentState::Inherited,
                             "zero": !matches!(e.state, ExtentState::Data { .. }),
                             "data": matches!(e.state, ExtentState::Data { .. }),
