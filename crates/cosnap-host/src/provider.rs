@@ -524,28 +524,29 @@ impl Host {
                             .map_err(|e| e.to_cim())?,
                     ))
                 }
-                "geterror" => {
-                    let err = self.job_error_instance(&job);
-                    Ok(MethodOutcome {
-                        return_value: 0,
-                        out_params: vec![(
-                            "Error".into(),
-                            err.map(|i| Value::Instance(Box::new(i)))
-                                .unwrap_or(Value::String(String::new())),
-                        )],
-                    })
-                }
-                "geterrorex" => {
-                    let errs: Vec<Value> = self
+                // Null (the out parameter left out) when the job did not fail (doc: "Null
+                // when OperationalStatus is 2 (OK)").
+                "geterror" => Ok(MethodOutcome {
+                    return_value: 0,
+                    out_params: self
                         .job_error_instance(&job)
+                        .map(|i| ("Error".to_string(), Value::Instance(Box::new(i))))
                         .into_iter()
-                        .map(|i| Value::Instance(Box::new(i)))
-                        .collect();
-                    Ok(MethodOutcome {
-                        return_value: 0,
-                        out_params: vec![("Errors".into(), Value::Array(errs))],
-                    })
-                }
+                        .collect(),
+                }),
+                "geterrorex" => Ok(MethodOutcome {
+                    return_value: 0,
+                    out_params: self
+                        .job_error_instance(&job)
+                        .map(|i| {
+                            (
+                                "Errors".to_string(),
+                                Value::Array(vec![Value::Instance(Box::new(i))]),
+                            )
+                        })
+                        .into_iter()
+                        .collect(),
+                }),
                 "killjob" => Ok(outcome(1)),
                 _ => Err(CimError::new(
                     CimStatus::MethodNotFound,

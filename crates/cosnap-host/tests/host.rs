@@ -699,3 +699,84 @@ unsafe extern "C" {
     #[link_name = "flock"]
     fn libc_flock(fd: i32, op: i32) -> i32;
 }
+
+#[test]
+fn failed_job_reports_msvm_error() {
+    let f = fixture();
+    let h = &f.host;
+    let s1 = snapshot(h, &f.coll, 1);
+    // Remove a frozen layer behind the host's back: the apply job must fail with Exception.
+    let frozen = h.snapshot(&s1).unwrap().vms[1].disks[0].path.clone();
+    let saved = f.data.join("saved");
+    std::fs::rename(&frozen, &saved).unwrap();
+    let job = h.start_apply_snapshot(&s1).unwrap();
+    let j = h.wait_job(&job).unwrap();
+    assert_eq!(j.state, 10, "{j:?}");
+    assert!(
+        j.error_description
+            .as_deref()
+            .unwrap_or("")
+            .contains("disk"),
+        "{j:?}"
+    );
+    let jp = cosnap_host::cim::job_path(&job);
+    let out = h.invoke_method(&jp, "GetError", vec![]).unwrap();
+    assert_eq!(out.return_value, 0);
+    let err = out.out_params[0].1.as_instance().unwrap();
+    assert_eq!(err.class_name, "Msvm_Error");
+    assert!(err.get("Message").and_then(Value::as_str).is_some());
+    let text = cosnap_cim::embedded::encode(err);
+    assert!(text.contains("Msvm_Error"));
+    let out = h.invoke_method(&jp, "GetErrorEx", vec![]).unwrap();
+    assert_eq!(out.out_params[0].1.as_array().unwrap().len(), 1);
+    // Rolled back: nothing changed, the repository still agrees with the files.
+    std::fs::rename(&saved, &frozen).unwrap();
+    assert!(h.verify().unwrap().is_empty(), "{:?}", h.verify());
+    // A successful job has no error.
+    let ok = h.start_create_snapshot(&f.coll, 1).unwrap();
+    h.wait_job(&ok).unwrap();
+    let out = h
+        .invoke_method(&cosnap_host::cim::job_path(&ok), "GetError", vec![])
+        .unwrap();
+    assert!(out.out_params.is_empty());
+    assert_eq!(
+        h.invoke_method(
+            &cosnap_host::cim::job_path(&ok),
+            "RequestStateChange",
+            vec![("RequestedState".into(), Value::Uint16(4))]
+        )
+        .unwrap()
+        .return_value,
+        4097
+    );
+}
+
+#[test]
+fn interrupted_job_is_exception_after_restart() {
+    let f = fixture();
+    let data = f.data.clone();
+    // A job row owned by a process that no longer exists.
+    let host = &f.host;
+    let job = host
+        .start_job(62, "Export", "test", true, |_| Ok(vec![]))
+        .unwrap();
+    host.wait_job(&job).unwrap();
+    drop(f.host);
+    let conn = rusqlite_free_update(&data, &job);
+    assert!(conn);
+    let host = Host::open(&data).unwrap();
+    let j = host.job(&job).unwrap();
+    assert_eq!(j.state, 10);
+    assert_eq!(j.error_description.as_deref(), Some("interrupted"));
+}
+
+/// Marks a job Running under an owner process that does not exist.
+fn rusqlite_free_update(data: &Path, job: &str) -> bool {
+    let conn = rusqlite::Connection::open(data.join("cosnap.db")).unwrap();
+    conn.execute(
+        "UPDATE jobs SET state = 4, finished_ms = NULL, owner_pid = 999999999 WHERE id = ?1",
+        [job],
+    )
+    .unwrap()
+        == 1
+}
