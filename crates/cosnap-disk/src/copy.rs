@@ -247,6 +247,9 @@ struct Run<'a> {
     total: u64,
     /// copy_file_range has failed with "not supported here": use read/write from now on.
     no_cfr: AtomicBool,
+    /// COSNAP_NO_COPY_FILE_RANGE is set: host-to-host copies use pread/pwrite (what runs
+    /// after EXDEV/EOPNOTSUPP), for tests and odd file systems.
+    force_rw: bool,
 }
 
 impl Run<'_> {
@@ -281,6 +284,7 @@ pub fn flatten_all(
         done: AtomicU64::new(0),
         total,
         no_cfr: AtomicBool::new(false),
+        force_rw: std::env::var_os("COSNAP_NO_COPY_FILE_RANGE").is_some(),
     };
     let created: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
     let results: Mutex<Vec<Option<Result<FlattenReport>>>> =
@@ -558,7 +562,7 @@ fn copy_host(
 ) -> Result<()> {
     let dst = dest.file();
     let mut done = 0u64;
-    if !run.no_cfr.load(Ordering::Relaxed) {
+    if !run.force_rw && !run.no_cfr.load(Ordering::Relaxed) {
         while done < len {
             let mut off_in = (src_off + done) as libc::off64_t;
             let mut off_out = (dst_off + done) as libc::off64_t;

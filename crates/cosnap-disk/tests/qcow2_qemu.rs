@@ -511,3 +511,29 @@ fn qemu_checks_image_cosnap_filled_past_first_refcount_block() {
     qemu_check_clean(&img);
     qemu_same(&img, "qcow2", &raw);
 }
+
+#[test]
+fn qcow2_overlay_on_a_vhdx_base() {
+    let d = tempfile::tempdir().unwrap();
+    let base = d.path().join("base.vhdx");
+    ok("qemu-img", &["create", "-q", "-f", "vhdx", p(&base), "64M"]);
+    ok(
+        "qemu-io",
+        &["-f", "vhdx", "-c", "write -P 0xaa 0 3M", p(&base)],
+    );
+    let top = d.path().join("top.qcow2");
+    ops::create_qcow2_overlay(&base, &top).unwrap();
+    ops::write_pattern(&top, MIB, 4096, 0x42).unwrap();
+    qemu_check_clean(&top);
+    let raw = d.path().join("e.raw");
+    let model = RawModel::new(&raw, 64 * MIB);
+    model.write(0, 3 * MIB, 0xaa);
+    model.write(MIB, 4096, 0x42);
+    qemu_same(&top, "qcow2", &raw);
+    assert_eq!(ops::compare(&top, &raw).unwrap(), None);
+    let info = ok("qemu-img", &["info", "--output=json", p(&top)]);
+    assert!(
+        info.contains("\"backing-filename-format\": \"vhdx\""),
+        "{info}"
+    );
+}

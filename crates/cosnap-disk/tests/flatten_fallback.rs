@@ -1,0 +1,82 @@
+//! The copy engine's pread/pwrite path (what runs when copy_file_range is refused, e.g.
+//! EXDEV across file systems): forced with COSNAP_NO_COPY_FILE_RANGE, same bytes.
+//! One test per binary: it sets a process-wide environment variable.
+
+mod common;
+
+use common::{ok, p, qemu_check_clean, qemu_same};
+use cosnap_disk::Format;
+use cosnap_disk::ops::{self, CancelToken, FlattenJob};
+
+#[test]
+fn read_write_fallback_gives_the_same_bytes() {
+    // SAFETY: the only test in this binary; no other thread reads the environment yet.
+    unsafe { std::env::set_var("COSNAP_NO_COPY_FILE_RANGE", "1") };
+    let d = tempfile::tempdir().unwrap();
+    let base = d.path().join("base.qcow2");
+    let top = d.path().join("top.qcow2");
+    ok(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", p(&base), "128M"],
+    );
+    ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0xaa 0 5M",
+            "-c",
+            "write -P 0xab 64M 3M",
+            p(&base),
+        ],
+    );
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            p(&top),
+        ],
+    );
+    ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x11 1M 100k",
+            "-c",
+            "write -z 65M 1M",
+            p(&top),
+        ],
+    );
+    let expect = d.path().join("expect.raw");
+    ok("qemu-img", &["convert", "-O", "raw", p(&top), p(&expect)]);
+    for fmt in [Format::Raw, Format::Qcow2] {
+        let dest = d.path().join(format!("out.{fmt}"));
+        ops::flatten_all(
+            &[FlattenJob {
+                source: top.clone(),
+                base: None,
+                dest: dest.clone(),
+                dest_format: fmt,
+                dest_parent: None,
+            }],
+            1,
+            &|_, _| {},
+            &CancelToken::new(),
+        )
+        .unwrap();
+        qemu_same(&dest, fmt.name(), &expect);
+        if fmt == Format::Qcow2 {
+            qemu_check_clean(&dest);
+        }
+    }
+}
