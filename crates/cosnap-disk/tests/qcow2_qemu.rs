@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 
 use common::{RawModel, ok, p, qemu_check_clean, qemu_same, run};
-use cosnap_disk::{ExtentState, Format, Image, ops};
+use cosnap_disk::{ExtentState, Format, ops};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
