@@ -421,11 +421,13 @@ fn copy_data<'a>(
         let g = dest.granularity();
         (off.div_ceil(g) * g, end / g * g)
     };
-    let direct = match (host, layer) {
+    if sparse && layer.is_some_and(|l| l.granularity() >= LARGE_UNIT) {
         // Formats with large allocation units (VHDX blocks of 1 MiB and more) hold
         // mostly zeros in partly written blocks: read those and skip the zero chunks
         // rather than copying the whole block blindly.
-        (_, Some(l)) if sparse && l.granularity() >= LARGE_UNIT => None,
+        return copy_scanning(src, dest, off, len, a, b, buf, run);
+    }
+    let direct = match (host, layer) {
         (Some(h), Some(l)) if a < b && !run.no_cfr.load(Ordering::Relaxed) => Some((h, l)),
         _ => None,
     };
@@ -520,6 +522,62 @@ fn run_directs(directs: &[Direct<'_>], dest: &dyn Image, run: &Run<'_>) -> Resul
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Copies `[off, off + len)` reading through the source chain and writing only the
+/// non-zero chunks (sparse destination). Destination units inside `[a, b)` are allocated
+/// with [`Image::direct_write_target`] once they get data, and written straight into the
+/// file; the rest goes through [`Image::write_at`].
+#[allow(clippy::too_many_arguments)]
+fn copy_scanning(
+    src: &dyn Image,
+    dest: &mut dyn Image,
+    off: u64,
+    len: u64,
+    a: u64,
+    b: u64,
+    buf: &mut [u8],
+    run: &Run<'_>,
+) -> Result<()> {
+    let end = off + len;
+    if a >= b || dest.format() == Format::Raw {
+        return copy_buffered(src, dest, off, len, true, buf, run);
+    }
+    if a > off {
+        copy_buffered(src, dest, off, a - off, true, buf, run)?;
+    }
+    let g = dest.granularity();
+    let mut unit = a;
+    while unit < b {
+        let mut target: Option<Option<u64>> = None;
+        let mut pos = unit;
+        while pos < unit + g {
+            run.check()?;
+            let n = (unit + g - pos).min(buf.len() as u64) as usize;
+            src.read_at(&mut buf[..n], pos)?;
+            if !is_zero(&buf[..n]) {
+                if target.is_none() {
+                    target = Some(dest.direct_write_target(unit, g)?);
+                }
+                match target {
+                    Some(Some(t)) => {
+                        dest.file()
+                            .write_all_at(&buf[..n], t + (pos - unit))
+                            .map_err(|e| DiskError::io(dest.path(), e))?;
+                    }
+                    _ => dest.write_at(&buf[..n], pos)?,
+                }
+                wrote(dest.file(), n as u64);
+            }
+            pos += n as u64;
+            run.advance(n as u64);
+        }
+        unit += g;
+    }
+    if b < end {
+        copy_buffered(src, dest, b, end - b, true, buf, run)?;
+    }
+    Ok(())
 }
 
 /// Reads through the source chain and writes through the destination image.
