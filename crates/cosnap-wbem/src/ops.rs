@@ -603,6 +603,23 @@ fn qualify(v: &mut Value, host: &str) {
     }
 }
 
+/// Deepest element nesting accepted inside an embedded-instance string (an INSTANCE with
+/// properties is 3 levels; instances embedded in instances add 3 each).
+const EMBEDDED_MAX_DEPTH: usize = 32;
+
+/// The codec parses embedded-instance text with roxmltree, whose tokenizer recurses per
+/// nesting level; refuse deep text before it gets there.
+fn embedded_too_deep(raw: &RawValue) -> bool {
+    match raw {
+        RawValue::Scalar(s) => crate::request::nesting_exceeds(s, EMBEDDED_MAX_DEPTH),
+        RawValue::Array(items) => items
+            .iter()
+            .flatten()
+            .any(|s| crate::request::nesting_exceeds(s, EMBEDDED_MAX_DEPTH)),
+        _ => false,
+    }
+}
+
 fn invoke(
     provider: &dyn CimProvider,
     host_name: &str,
@@ -643,6 +660,14 @@ fn invoke(
         if !is_in {
             return Err(CimError::invalid_parameter(format!(
                 "parameter {} is an output parameter only",
+                def.name
+            )));
+        }
+        let embedded = def.ty == CimType::String
+            && (pv.embedded || def.qualifier("EmbeddedInstance").is_some());
+        if embedded && embedded_too_deep(&pv.value) {
+            return Err(CimError::invalid_parameter(format!(
+                "{}: the embedded instance is nested deeper than {EMBEDDED_MAX_DEPTH} levels",
                 def.name
             )));
         }

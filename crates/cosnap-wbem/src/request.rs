@@ -282,6 +282,65 @@ fn content_type_ok(ct: &str) -> bool {
     true
 }
 
+/// Whether the element nesting of XML `text` goes deeper than `max`, found by a linear scan
+/// *before* parsing: roxmltree's tokenizer recurses once per nesting level, so a deep
+/// enough document would overflow the stack inside the parser itself. Comments, CDATA,
+/// processing instructions, declarations and quoted attribute values are skipped, so text
+/// that merely looks like tags (an embedded instance in CDATA) is not counted. On malformed
+/// input the count may be off; the parser rejects such input anyway.
+pub fn nesting_exceeds(text: &str, max: usize) -> bool {
+    let b = text.as_bytes();
+    let find = |from: usize, pat: &[u8]| -> usize {
+        let from = from.min(b.len());
+        b[from..]
+            .windows(pat.len())
+            .position(|w| w == pat)
+            .map_or(b.len(), |p| from + p + pat.len())
+    };
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'<' {
+            i += 1;
+            continue;
+        }
+        let rest = &b[i..];
+        if rest.starts_with(b"<!--") {
+            i = find(i + 4, b"-->");
+        } else if rest.starts_with(b"<![CDATA[") {
+            i = find(i + 9, b"]]>");
+        } else if rest.starts_with(b"<?") {
+            i = find(i + 2, b"?>");
+        } else if rest.starts_with(b"<!") {
+            i = find(i + 2, b">");
+        } else if rest.starts_with(b"</") {
+            depth = depth.saturating_sub(1);
+            i = find(i + 2, b">");
+        } else {
+            // A start tag: find its end outside quoted attribute values.
+            let mut j = i + 1;
+            let mut quote = 0u8;
+            while j < b.len() {
+                match (quote, b[j]) {
+                    (0, b'"' | b'\'') => quote = b[j],
+                    (0, b'>') => break,
+                    (q, c) if q != 0 && c == q => quote = 0,
+                    _ => {}
+                }
+                j += 1;
+            }
+            if j >= b.len() || b[j - 1] != b'/' {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            i = j + 1;
+        }
+    }
+    false
+}
+
 /// The deepest element nesting of a parsed document, computed without recursion.
 fn max_depth(doc: &xml::Document) -> usize {
     // Node ids follow document order, so a parent's depth is known before its children's.
@@ -323,6 +382,12 @@ pub fn decode_request<'a>(
     }
     let text = std::str::from_utf8(body)
         .map_err(|e| err(NotWellFormed, format!("body is not UTF-8: {e}")))?;
+    if nesting_exceeds(text, limits.max_depth) {
+        return Err(err(
+            NotWellFormed,
+            format!("elements nested deeper than {} levels", limits.max_depth),
+        ));
+    }
     let opts = roxmltree::ParsingOptions {
         allow_dtd: false,
         nodes_limit: limits.max_nodes,
@@ -670,6 +735,33 @@ mod tests {
             decode_request(h, v3.as_bytes(), &l).unwrap_err().kind,
             RequestErrorKind::UnsupportedCimVersion
         );
+    }
+
+    #[test]
+    fn very_deep_nesting_is_refused_before_parsing() {
+        for depth in [65usize, 10_000, 200_000] {
+            let deep = format!("{}{}", "<a x='>'>".repeat(depth), "</a>".repeat(depth));
+            // A small stack: the refusal must not recurse.
+            let kind = std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    let h = headers("EnumerateInstanceNames", "root/virtualization/v2");
+                    decode_request(h, deep.as_bytes(), &DecodeLimits::default())
+                        .unwrap_err()
+                        .kind
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+            assert_eq!(kind, RequestErrorKind::NotWellFormed);
+        }
+        assert!(!nesting_exceeds(ENUM_NAMES, 8));
+        assert!(nesting_exceeds(ENUM_NAMES, 4));
+        assert!(!nesting_exceeds(ENUM_NAMES, 5));
+        assert!(!nesting_exceeds(
+            "<a><![CDATA[<b><c><d>]]><!-- <e><f> --><g/><h/></a>",
+            1
+        ));
     }
 
     #[test]
