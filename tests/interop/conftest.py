@@ -46,7 +46,8 @@ def free_port():
 class CosnapServer:
     """One `cosnap serve` process over its own data directory."""
 
-    def __init__(self, base: pathlib.Path, https=False):
+    def __init__(self, base: pathlib.Path, https=False, extra_args=()):
+        self.extra_args = list(extra_args)
         self.base = base
         self.data = base / "data"
         self.export_root = base / "exports"
@@ -73,6 +74,7 @@ class CosnapServer:
                "--listen", f"127.0.0.1:{self.port}", "--export-root", str(self.export_root)]
         if self.https_port:
             cmd += ["--https-listen", f"127.0.0.1:{self.https_port}"]
+        cmd += self.extra_args
         self._logf = open(self.log, "w")
         self.proc = subprocess.Popen(cmd, stdout=self._logf, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
