@@ -320,8 +320,26 @@ fn cosnap_logged_bat_update_survives_a_lost_in_place_write() {
     f.write_all_at(&old_bat, l.bat_offset).unwrap();
     let l = layout(&f);
     set_log_guid(&f, &l, &guid);
+    // qemu, an independent log implementation, replays cosnap's entry too.
+    let q = dir.path().join("for-qemu.vhdx");
+    std::fs::copy(&p, &q).unwrap();
     let v = VhdxImage::open(&p, false).unwrap();
+    assert!(v.has_log_overlay());
     let mut buf = vec![0u8; data.len()];
     v.read_at(&mut buf, 1000).unwrap();
     assert!(buf == data, "replayed BAT must map the written data");
+    drop(v);
+    if have_qemu() {
+        let (rc, out) = run(
+            "qemu-img",
+            &["check", "-r", "all", "-f", "vhdx", q.to_str().unwrap()],
+        );
+        assert_eq!(rc, 0, "qemu-img check -r all (log replay): {out}");
+        let mut m = Model::new(16 * MIB);
+        m.write(1000, &data);
+        let raw = dir.path().join("e.raw");
+        m.to_raw(&raw);
+        qemu_check(&q);
+        qemu_compare_raw(&q, &raw);
+    }
 }
