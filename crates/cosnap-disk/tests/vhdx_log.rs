@@ -343,3 +343,59 @@ fn cosnap_logged_bat_update_survives_a_lost_in_place_write() {
         qemu_compare_raw(&q, &raw);
     }
 }
+
+/// A rebase rewrites the parent locator through the log: a crash before the in-place
+/// write leaves the old locator (if the header did not yet name the entry) or replays the
+/// new one (if it did). Both are valid chains.
+#[test]
+fn rebase_is_atomic_through_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.vhdx");
+    let copy = dir.path().join("copy.vhdx");
+    let child = dir.path().join("child.avhdx");
+    let mut o = CreateOptions::dynamic(8 * MIB);
+    o.block_size = MIB as u32;
+    vhdx::create(&base, &o).unwrap();
+    {
+        let mut b = VhdxImage::open(&base, true).unwrap();
+        b.write_at(&[3u8; 5000], 0).unwrap();
+    }
+    std::fs::copy(&base, &copy).unwrap();
+    vhdx::create_child(&base, &child).unwrap();
+    let meta_old = {
+        let f = std::fs::File::open(&child).unwrap();
+        let mut b = vec![0u8; MIB as usize];
+        f.read_exact_at(&mut b, 2 * MIB).unwrap(); // cosnap's metadata region
+        b
+    };
+    vhdx::rebase(&child, Some(&copy)).unwrap();
+    let name = |p: &Path| {
+        vhdx::parent_path(p)
+            .unwrap()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(name(&child), "copy.vhdx");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&child)
+        .unwrap();
+    let l = layout(&f);
+    let mut entry = vec![0u8; 4096];
+    f.read_exact_at(&mut entry, l.log_offset).unwrap();
+    let guid: [u8; 16] = entry[32..48].try_into().unwrap();
+    // Crash before the header named the entry: the in-place write never happened.
+    f.write_all_at(&meta_old, 2 * MIB).unwrap();
+    assert_eq!(name(&child), "base.vhdx");
+    VhdxImage::open(&child, false).unwrap();
+    // Crash after the header named it: replay gives the new locator.
+    set_log_guid(&f, &l, &guid);
+    assert_eq!(name(&child), "copy.vhdx");
+    let v = VhdxImage::open(&child, false).unwrap();
+    let mut b = [0u8; 4];
+    v.read_at(&mut b, 0).unwrap();
+    assert_eq!(b, [3; 4]);
+}
