@@ -675,15 +675,15 @@ fn invoke(
             .typed(Some(def))
             .map_err(|e| CimError::invalid_parameter(e.to_string()))?
         {
-            if let Value::Reference(p) = &v {
-                if let Some(ns) = &p.namespace {
-                    check_namespace(ns).map_err(|_| {
-                        CimError::invalid_parameter(format!(
-                            "{}: reference into namespace {ns:?}",
-                            def.name
-                        ))
-                    })?;
-                }
+            if let Value::Reference(p) = &v
+                && let Some(ns) = &p.namespace
+            {
+                check_namespace(ns).map_err(|_| {
+                    CimError::invalid_parameter(format!(
+                        "{}: reference into namespace {ns:?}",
+                        def.name
+                    ))
+                })?;
             }
             typed.push((def.name.clone(), v));
         }

@@ -227,13 +227,13 @@ impl CimHeaders {
             }
             _ => {}
         }
-        if let Some(enc) = &self.content_encoding {
-            if !enc.eq_ignore_ascii_case("identity") {
-                return Err(err(
-                    ContentNotAcceptable,
-                    format!("Content-Encoding {enc:?}: only identity is supported"),
-                ));
-            }
+        if let Some(enc) = &self.content_encoding
+            && !enc.eq_ignore_ascii_case("identity")
+        {
+            return Err(err(
+                ContentNotAcceptable,
+                format!("Content-Encoding {enc:?}: only identity is supported"),
+            ));
         }
         match &self.cim_operation {
             None => return Err(err(HeaderMismatch, "CIMOperation header is required")),
@@ -251,13 +251,13 @@ impl CimHeaders {
         if self.cim_object.as_deref().is_none_or(str::is_empty) {
             return Err(err(HeaderMismatch, "CIMObject header is required"));
         }
-        if let Some(v) = &self.cim_protocol_version {
-            if !v.starts_with("1.") {
-                return Err(err(
-                    UnsupportedProtocolVersion,
-                    format!("CIMProtocolVersion {v:?}: only 1.x is supported"),
-                ));
-            }
+        if let Some(v) = &self.cim_protocol_version
+            && !v.starts_with("1.")
+        {
+            return Err(err(
+                UnsupportedProtocolVersion,
+                format!("CIMProtocolVersion {v:?}: only 1.x is supported"),
+            ));
         }
         Ok(())
     }
@@ -270,12 +270,12 @@ fn content_type_ok(ct: &str) -> bool {
         return false;
     }
     for p in parts {
-        if let Some((k, v)) = p.split_once('=') {
-            if k.trim().eq_ignore_ascii_case("charset") {
-                let v = v.trim().trim_matches('"');
-                if !v.eq_ignore_ascii_case("utf-8") && !v.eq_ignore_ascii_case("utf8") {
-                    return false;
-                }
+        if let Some((k, v)) = p.split_once('=')
+            && k.trim().eq_ignore_ascii_case("charset")
+        {
+            let v = v.trim().trim_matches('"');
+            if !v.eq_ignore_ascii_case("utf-8") && !v.eq_ignore_ascii_case("utf8") {
+                return false;
             }
         }
     }

@@ -123,10 +123,11 @@ impl Server {
         if config.http_listen.is_none() && config.https_listen.is_none() {
             return Err(ServeError::NoListener);
         }
-        if let Some(addr) = config.http_listen {
-            if !addr.ip().is_loopback() && !config.insecure_allow_plain_http {
-                return Err(ServeError::PlainHttpNotLoopback(addr));
-            }
+        if let Some(addr) = config.http_listen
+            && !addr.ip().is_loopback()
+            && !config.insecure_allow_plain_http
+        {
+            return Err(ServeError::PlainHttpNotLoopback(addr));
         }
         let auth = Authenticator::new(&config.data_dir)?;
         if auth.user_count() == 0 {
