@@ -224,15 +224,13 @@ fn rebase_onto_a_moved_copy_and_standalone() {
     std::fs::create_dir(&sub).unwrap();
     let moved = sub.join("parent.vhdx");
     std::fs::rename(&base, &moved).unwrap();
-    let err = VhdxImage::open(&child, false)
-        .err()
-        .expect("parent is gone");
+    let err = VhdxImage::open(&child, false).expect_err("parent is gone");
     assert!(matches!(err, DiskError::Chain { .. }), "{err}");
     assert!(err.to_string().contains("missing parent"), "{err}");
     vhdx::rebase(&child, Some(&moved)).unwrap();
     assert_reads(&child, &m);
     // Standalone is refused while blocks are inherited ...
-    let err = vhdx::rebase(&child, None).err().expect("inherited blocks");
+    let err = vhdx::rebase(&child, None).expect_err("inherited blocks");
     assert!(matches!(err, DiskError::Invalid { .. }), "{err}");
     // ... and works once every block is held by the child.
     {
@@ -271,7 +269,7 @@ fn linkage_mismatch_and_loops_are_refused() {
         let mut p = VhdxImage::open(&c1, true).unwrap();
         p.write_at(&[1, 2, 3], 0).unwrap();
     }
-    let err = VhdxImage::open(&c2, false).err().expect("linkage mismatch");
+    let err = VhdxImage::open(&c2, false).expect_err("linkage mismatch");
     assert!(matches!(err, DiskError::Chain { .. }), "{err}");
     assert!(
         err.to_string().contains("linkage mismatch") && err.to_string().contains("c2.avhdx"),
@@ -280,7 +278,7 @@ fn linkage_mismatch_and_loops_are_refused() {
     // Loop: base replaced by a copy of c2 (whose parent is c1, whose parent is "base").
     std::fs::copy(&copy, &c1).unwrap();
     std::fs::copy(&c2, &base).unwrap();
-    let err = VhdxImage::open(&c2, false).err().expect("loop");
+    let err = VhdxImage::open(&c2, false).expect_err("loop");
     assert!(err.to_string().contains("loop"), "{err}");
 }
 

@@ -258,7 +258,7 @@ fn truncated_file_with_log_is_refused() {
     let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
     let len = f.metadata().unwrap().len();
     f.set_len(len - MIB).unwrap();
-    let err = VhdxImage::open(&p, false).err().expect("truncated");
+    let err = VhdxImage::open(&p, false).expect_err("truncated");
     assert!(matches!(err, DiskError::Corrupt { .. }), "{err}");
     assert!(
         err.to_string().contains("truncated") && err.to_string().contains("dirty.vhdx"),
@@ -278,9 +278,7 @@ fn log_guid_without_valid_entries_is_corrupt() {
         .unwrap();
     let l = layout(&f);
     set_log_guid(&f, &l, uuid::Uuid::new_v4().as_bytes());
-    let err = VhdxImage::open(&p, false)
-        .err()
-        .expect("no valid log sequence");
+    let err = VhdxImage::open(&p, false).expect_err("no valid log sequence");
     assert!(err.to_string().contains("no valid entry sequence"), "{err}");
 }
 

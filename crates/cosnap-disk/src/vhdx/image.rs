@@ -81,6 +81,19 @@ pub struct VhdxImage {
     data_written: bool,
 }
 
+impl std::fmt::Debug for VhdxImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VhdxImage")
+            .field("path", &self.path)
+            .field("writable", &self.writable)
+            .field("virtual_size", &self.geo.virtual_size)
+            .field("block_size", &self.geo.block_size)
+            .field("differencing", &self.meta.has_parent)
+            .field("parent", &self.parent)
+            .finish()
+    }
+}
+
 fn io(path: &Path) -> impl Fn(std::io::Error) -> DiskError + '_ {
     move |e| DiskError::io(path, e)
 }
