@@ -397,3 +397,55 @@ fn rebase_is_atomic_through_the_log() {
     v.read_at(&mut b, 0).unwrap();
     assert_eq!(b, [3; 4]);
 }
+
+/// Metadata items cosnap does not know (here a user item) survive a locator rewrite.
+#[test]
+fn rebase_keeps_unknown_metadata_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.vhdx");
+    let copy = dir.path().join("copy.vhdx");
+    let child = dir.path().join("child.avhdx");
+    vhdx::create(&base, &CreateOptions::dynamic(8 * MIB)).unwrap();
+    std::fs::copy(&base, &copy).unwrap();
+    vhdx::create_child(&base, &child).unwrap();
+    let user_id = uuid::Uuid::new_v4();
+    let value = b"kept by cosnap!!".to_vec();
+    let meta = 2 * MIB; // cosnap's metadata region
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&child)
+        .unwrap();
+    let mut t = vec![0u8; 65536];
+    f.read_exact_at(&mut t, meta).unwrap();
+    let n = u16::from_le_bytes([t[10], t[11]]) as usize;
+    let o = 32 + 32 * n;
+    t[o..o + 16].copy_from_slice(&user_id.to_bytes_le());
+    t[o + 16..o + 20].copy_from_slice(&(512u32 << 10).to_le_bytes());
+    t[o + 20..o + 24].copy_from_slice(&(value.len() as u32).to_le_bytes());
+    t[o + 24..o + 28].copy_from_slice(&1u32.to_le_bytes()); // IsUser
+    t[10..12].copy_from_slice(&((n + 1) as u16).to_le_bytes());
+    f.write_all_at(&t, meta).unwrap();
+    f.write_all_at(&value, meta + (512 << 10)).unwrap();
+    drop(f);
+    vhdx::rebase(&child, Some(&copy)).unwrap();
+    let f = std::fs::File::open(&child).unwrap();
+    f.read_exact_at(&mut t, meta).unwrap();
+    let n = u16::from_le_bytes([t[10], t[11]]) as usize;
+    let i = (0..n)
+        .find(|i| t[32 + 32 * i..48 + 32 * i] == user_id.to_bytes_le())
+        .expect("user item still listed");
+    let (off, len) = (le32(&t, 48 + 32 * i) as u64, le32(&t, 52 + 32 * i) as usize);
+    assert_eq!(le32(&t, 56 + 32 * i) & 1, 1, "still a user item");
+    let mut got = vec![0u8; len];
+    f.read_exact_at(&mut got, meta + off).unwrap();
+    assert_eq!(got, value);
+    assert_eq!(
+        vhdx::parent_path(&child)
+            .unwrap()
+            .unwrap()
+            .file_name()
+            .unwrap(),
+        "copy.vhdx"
+    );
+}
