@@ -50,10 +50,16 @@ class Raw:
     def __init__(self, port):
         self.port = port
 
-    def send(self, body, headers, method="POST", path="/cimom", declared_length=None, timeout=30):
+    def send(self, body, headers, method="POST", path="/cimom", declared_length=None, timeout=30, chunked=False):
         body = body.encode() if isinstance(body, str) else body
         length = len(body) if declared_length is None else declared_length
-        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {length}\r\nConnection: close\r\n"
+        if chunked:
+            size = 64 * 1024
+            body = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + size]), body[i:i + size]) for i in range(0, len(body), size)) + b"0\r\n\r\n"
+            framing = "Transfer-Encoding: chunked"
+        else:
+            framing = f"Content-Length: {length}"
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{framing}\r\nConnection: close\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
         with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
             try:
@@ -167,6 +173,8 @@ def test_hostile_requests(server, conn, tmp_path):
         big = good.replace("</CIM>", "<!--" + "x" * (5 * 1024 * 1024) + "--></CIM>")
         for _ in range(5):
             expect({413}, big, h_good)
+            expect({413}, big, h_good, chunked=True)
+        expect({200}, good, h_good, chunked=True)
         # 9. Bad or missing credentials (each costs one slow hash; kept to a few dozen).
         for auth in [None, "Basic", "Basic !!!", "Bearer x", "Basic " + base64.b64encode(b"nocolon").decode(),
                      "Basic " + base64.b64encode(f"{USER}:wrong".encode()).decode(),

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cosnap_cim::CimProvider;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request as HttpRequest, Response, StatusCode};
@@ -340,6 +340,23 @@ fn request_error(e: &RequestError) -> Resp {
     r
 }
 
+/// Most bytes read and thrown away after deciding on 413, and how long to wait for each
+/// piece: closing a socket with unread input makes the kernel send a reset, which can
+/// destroy the 413 before the client reads it; a client that keeps sending past this is
+/// cut off anyway.
+const DRAIN_MAX: usize = 16 * 1024 * 1024;
+const DRAIN_WAIT: Duration = Duration::from_millis(200);
+
+async fn drain(body: &mut Incoming) {
+    let mut seen = 0usize;
+    while seen < DRAIN_MAX {
+        match tokio::time::timeout(DRAIN_WAIT, body.frame()).await {
+            Ok(Some(Ok(frame))) => seen += frame.data_ref().map_or(0, |d| d.len()),
+            _ => break,
+        }
+    }
+}
+
 fn too_large(limit: usize) -> Resp {
     let e = RequestError {
         kind: RequestErrorKind::TooLarge,
@@ -384,27 +401,31 @@ async fn handle_http(shared: Arc<Shared>, req: HttpRequest<Incoming>) -> Resp {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
+    let (parts, mut body) = req.into_parts();
     if declared.is_some_and(|n| n > max as u64) {
+        drain(&mut body).await;
         return too_large(max);
     }
-    let (parts, body) = req.into_parts();
-    let body = match tokio::time::timeout(
-        shared.limits.body_timeout,
-        Limited::new(body, max).collect(),
-    )
-    .await
-    {
+    let collected = tokio::time::timeout(shared.limits.body_timeout, async {
+        let mut buf: Vec<u8> = Vec::with_capacity(declared.map_or(8192, |n| n as usize));
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| e.to_string())?;
+            if let Some(data) = frame.data_ref() {
+                if buf.len() + data.len() > max {
+                    return Ok(None);
+                }
+                buf.extend_from_slice(data);
+            }
+        }
+        Ok::<_, String>(Some(Bytes::from(buf)))
+    })
+    .await;
+    let body = match collected {
         Err(_) => {
             return plain(
                 StatusCode::REQUEST_TIMEOUT,
                 "the request body did not arrive in time",
             );
-        }
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return too_large(max);
         }
         Ok(Err(e)) => {
             return plain(
@@ -412,7 +433,11 @@ async fn handle_http(shared: Arc<Shared>, req: HttpRequest<Incoming>) -> Resp {
                 &format!("cannot read the request body: {e}"),
             );
         }
-        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Ok(None)) => {
+            drain(&mut body).await;
+            return too_large(max);
+        }
+        Ok(Ok(Some(b))) => b,
     };
     let Ok(_permit) = shared.in_flight.acquire().await else {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
