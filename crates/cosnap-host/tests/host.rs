@@ -780,3 +780,289 @@ fn rusqlite_free_update(data: &Path, job: &str) -> bool {
     .unwrap()
         == 1
 }
+
+/// Every service method's success path through the provider.
+#[test]
+fn every_method_succeeds_through_the_provider() {
+    let f = fixture();
+    let h = &f.host;
+    let call = |class: &str, m: &str, p: Vec<(&str, Value)>| {
+        h.invoke_method(
+            &h.service_path(class),
+            m,
+            p.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        )
+        .unwrap()
+    };
+    let wait_created = |out: &cosnap_cim::MethodOutcome, class: &str| -> Option<String> {
+        assert_eq!(out.return_value, 4096, "{out:?}");
+        let jp = out
+            .out_params
+            .iter()
+            .find(|(n, _)| n == "Job")
+            .unwrap()
+            .1
+            .as_reference()
+            .unwrap()
+            .clone();
+        let j = h.wait_job(jp.key_str("InstanceID").unwrap()).unwrap();
+        assert!(j.succeeded(), "{j:?}");
+        j.created(class).map(str::to_string)
+    };
+    let cm = "Msvm_CollectionManagementService";
+    let out = call(
+        cm,
+        "DefineCollection",
+        vec![
+            ("Name", Value::String("second".into())),
+            ("Id", Value::String("".into())),
+            ("Type", Value::Uint16(0)),
+        ],
+    );
+    assert_eq!(out.return_value, 0);
+    let c2 = out.out_params[0].1.as_reference().unwrap().clone();
+    assert_eq!(
+        call(
+            cm,
+            "RenameCollection",
+            vec![
+                ("Collection", Value::Reference(c2.clone())),
+                ("NewName", Value::String("renamed".into()))
+            ]
+        )
+        .return_value,
+        0
+    );
+    assert_eq!(
+        h.get_instance(&c2)
+            .unwrap()
+            .get("ElementName")
+            .and_then(Value::as_str),
+        Some("renamed")
+    );
+    let vm0 = Value::Reference(vm_path(&f.vms[0]));
+    assert_eq!(
+        call(
+            cm,
+            "AddMember",
+            vec![
+                ("Member", vm0.clone()),
+                ("Collection", Value::Reference(c2.clone()))
+            ]
+        )
+        .return_value,
+        0
+    );
+    assert_eq!(
+        h.associators(&c2, &cosnap_cim::AssocFilter::default())
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        call(
+            cm,
+            "RemoveMember",
+            vec![
+                ("Member", vm0.clone()),
+                ("Collection", Value::Reference(c2.clone()))
+            ]
+        )
+        .return_value,
+        0
+    );
+    assert_eq!(
+        call(
+            cm,
+            "AddMember",
+            vec![
+                ("Member", vm0.clone()),
+                ("Collection", Value::Reference(c2.clone()))
+            ]
+        )
+        .return_value,
+        0
+    );
+    let c2_id = c2.key_str("CollectionID").unwrap().to_string();
+    assert_eq!(
+        call(
+            cm,
+            "RemoveMemberById",
+            vec![
+                ("Member", vm0.clone()),
+                ("CollectionId", Value::String(c2_id.clone()))
+            ]
+        )
+        .return_value,
+        0
+    );
+    assert!(h.collection(&c2_id).unwrap().members.is_empty());
+    let mgmt = call(
+        cm,
+        "DefineCollection",
+        vec![
+            ("Name", Value::String("mgmt".into())),
+            ("Type", Value::Uint16(1)),
+        ],
+    );
+    let mgmt = mgmt.out_params[0].1.as_reference().unwrap().clone();
+    assert_eq!(mgmt.class_name, "Msvm_ManagementCollection");
+    assert_eq!(
+        call(
+            cm,
+            "AddMember",
+            vec![
+                ("Member", Value::Reference(c2.clone())),
+                ("Collection", Value::Reference(mgmt.clone()))
+            ]
+        )
+        .return_value,
+        0
+    );
+    assert_eq!(
+        h.enumerate_instances("Msvm_CollectedCollections")
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        call(
+            cm,
+            "DestroyCollection",
+            vec![("Collection", Value::Reference(mgmt))]
+        )
+        .return_value,
+        0
+    );
+    assert_eq!(
+        call(
+            cm,
+            "DestroyCollection",
+            vec![("Collection", Value::Reference(c2))]
+        )
+        .return_value,
+        0
+    );
+
+    let cs = "Msvm_CollectionSnapshotService";
+    let group = Value::Reference(collection_path(&f.coll, 0));
+    let settings = Instance::new("Msvm_VirtualSystemSnapshotSettingData").with(
+        "ConsistencyLevel",
+        cosnap_cim::CimType::Uint8,
+        Some(Value::Uint8(2)),
+    );
+    let out = call(
+        cs,
+        "CreateSnapshot",
+        vec![
+            ("Collection", group.clone()),
+            (
+                "SnapshotSettings",
+                Value::String(cosnap_cim::embedded::encode(&settings)),
+            ),
+            ("SnapshotType", Value::Uint16(1)),
+        ],
+    );
+    let s1 = wait_created(&out, "Msvm_SnapshotCollection").unwrap();
+    let out = call(
+        cs,
+        "CreateSnapshot",
+        vec![
+            ("Collection", group.clone()),
+            ("SnapshotType", Value::Uint16(2)),
+        ],
+    );
+    let s2 = wait_created(&out, "Msvm_SnapshotCollection").unwrap();
+    // Parent of snapshot 2's VSSDs = snapshot 1's VSSDs, as WMI path text.
+    let snap2 = h.snapshot(&s2).unwrap();
+    let snap1 = h.snapshot(&s1).unwrap();
+    assert_eq!(
+        snap2.vms[0].parent_vssd.as_deref(),
+        Some(snap1.vms[0].vssd_id.as_str())
+    );
+    let (vssd, _) = h.snapshot_vm_instances(&snap2, &snap2.vms[0]);
+    let parent = vssd.get("Parent").and_then(Value::as_str).unwrap();
+    assert!(
+        parent.starts_with("\\\\")
+            && parent.contains(":Msvm_VirtualSystemSettingData.InstanceID=\"Microsoft:"),
+        "{parent}"
+    );
+    wait_created(
+        &call(
+            cs,
+            "ApplySnapshot",
+            vec![(
+                "SnapshotCollection",
+                Value::Reference(snapshot_collection_path(&s1)),
+            )],
+        ),
+        "x",
+    );
+    wait_created(
+        &call(
+            cs,
+            "DestroySnapshot",
+            vec![(
+                "AffectedSnapshotCollection",
+                Value::Reference(snapshot_collection_path(&s1)),
+            )],
+        ),
+        "x",
+    );
+    let rp = wait_created(
+        &call(
+            cs,
+            "ConvertToReferencePoint",
+            vec![(
+                "AffectedSnapshotCollection",
+                Value::Reference(snapshot_collection_path(&s2)),
+            )],
+        ),
+        "Msvm_ReferencePointCollection",
+    )
+    .unwrap();
+    let rps = "Msvm_CollectionReferencePointService";
+    let rp2 = wait_created(
+        &call(
+            rps,
+            "CreateReferencePoint",
+            vec![
+                ("Collection", group.clone()),
+                ("ReferencePointType", Value::Uint16(2)),
+            ],
+        ),
+        "Msvm_ReferencePointCollection",
+    )
+    .unwrap();
+    assert_eq!(h.refpoints(None).unwrap().len(), 2);
+    assert_eq!(
+        call(
+            rps,
+            "CreateReferencePoint",
+            vec![
+                ("Collection", group.clone()),
+                ("ReferencePointType", Value::Uint16(1))
+            ]
+        )
+        .return_value,
+        1
+    );
+    for id in [rp, rp2] {
+        let r = h.refpoint(&id).unwrap();
+        let p = cosnap_host::cim::refpoint_collection_path(&r.id, &r.collection_id);
+        wait_created(
+            &call(
+                rps,
+                "DestroyReferencePoint",
+                vec![("AffectedReferencePointCollection", Value::Reference(p))],
+            ),
+            "x",
+        );
+    }
+    assert!(h.refpoints(None).unwrap().is_empty());
+    assert!(h.snapshots(None).unwrap().is_empty());
+    assert!(h.verify().unwrap().is_empty(), "{:?}", h.verify());
+    for (i, vm) in f.vms.iter().enumerate() {
+        assert_eq!(byte_at(&active(h, vm), 0), 0x11 * (i as u8 + 1));
+    }
+}
