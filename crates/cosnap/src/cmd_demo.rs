@@ -19,7 +19,16 @@ const MIB: u64 = 1 << 20;
 
 /// The demo's VMs: name, disk file, format, virtual size, and the data written before the
 /// first snapshot (offset, length, byte).
-const VMS: &[(&str, &str, Format, u64, &[(u64, u64, u8)])] = &[
+/// (VM name, disk file, format, virtual size, writes as (offset, length, byte)).
+type DemoVm = (
+    &'static str,
+    &'static str,
+    Format,
+    u64,
+    &'static [(u64, u64, u8)],
+);
+
+const VMS: &[DemoVm] = &[
     (
         "demo-web",
         "web.vhdx",
@@ -39,7 +48,7 @@ const VMS: &[(&str, &str, Format, u64, &[(u64, u64, u8)])] = &[
         "cache.raw",
         Format::Raw,
         256 * MIB,
-        &[(0, 2 * MIB, 0xC1), (200 * MIB, 1 * MIB, 0xC2)],
+        &[(0, 2 * MIB, 0xC1), (200 * MIB, MIB, 0xC2)],
     ),
 ];
 
@@ -174,14 +183,14 @@ pub fn run_demo(ctx: &Context, _args: DemoArgs) -> CmdResult {
         }
     }
     let s1 = host.snapshot(&snap1).map_err(fail)?;
-    if let (Some(v), Some(vm)) = (s1.vms.get(1), host.vm(&vm_ids[1]).ok()) {
-        if let (Some(frozen), Some(active)) = (v.disks.first(), vm.disks.first()) {
-            println!(
-                "  qemu-img compare {} {}   # differs at 32 MiB: the write after snapshot 1",
-                frozen.path.display(),
-                active.path.display()
-            );
-        }
+    if let (Some(v), Ok(vm)) = (s1.vms.get(1), host.vm(&vm_ids[1]))
+        && let (Some(frozen), Some(active)) = (v.disks.first(), vm.disks.first())
+    {
+        println!(
+            "  qemu-img compare {} {}   # differs at 32 MiB: the write after snapshot 1",
+            frozen.path.display(),
+            active.path.display()
+        );
     }
     Ok(0)
 }
