@@ -218,6 +218,19 @@ fn build(work: &Path, op: &str) -> Vec<String> {
             // s2's frozen layer has one child (snapshot 3's frozen layer): a real merge.
             vec!["snapshot".into(), "destroy".into(), s2]
         }
+        "destroy-pull" => {
+            snap(1);
+            write(MIB, 0x29);
+            let s1 = snap(1);
+            write(2 * MIB, 0x2a);
+            snap(1);
+            write(3 * MIB, 0x2b);
+            // Applying s1 gives its frozen layer a second child: destroying s1 pulls.
+            let j = host.start_apply_snapshot(&s1).unwrap();
+            assert!(host.wait_job(&j).unwrap().succeeded());
+            write(4 * MIB, 0x2c);
+            vec!["snapshot".into(), "destroy".into(), s1]
+        }
         "apply" => {
             let s1 = snap(1);
             write(MIB, 0x25);
@@ -333,6 +346,11 @@ fn crash_during_create_snapshot() {
 #[test]
 fn crash_during_destroy_snapshot() {
     harness("destroy");
+}
+
+#[test]
+fn crash_during_destroy_snapshot_with_several_children() {
+    harness("destroy-pull");
 }
 
 #[test]

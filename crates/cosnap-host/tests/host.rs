@@ -193,7 +193,9 @@ fn snapshot_lifecycle_keeps_guest_bytes() {
 fn destroy_with_several_children_pulls() {
     let f = fixture();
     let h = &f.host;
+    let _s0 = snapshot(h, &f.coll, 1);
     let s1 = snapshot(h, &f.coll, 1);
+    let s1_frozen = h.snapshot(&s1).unwrap().vms[1].disks[0].path.clone();
     h.write_guest(&f.vms[1], 0, 2 * MIB, MIB, 0xAA).unwrap();
     let s2 = snapshot(h, &f.coll, 1);
     h.write_guest(&f.vms[1], 0, 3 * MIB, MIB, 0xBB).unwrap();
@@ -203,6 +205,10 @@ fn destroy_with_several_children_pulls() {
     h.write_guest(&f.vms[1], 0, 5 * MIB, MIB, 0xCC).unwrap();
     // s1's frozen layer now has two children: s2's frozen layer and the new active layer.
     run(h, h.start_destroy_snapshot(&s1));
+    assert!(
+        !s1_frozen.exists(),
+        "an owned layer with two children is pulled into them and deleted"
+    );
     assert!(h.verify().unwrap().is_empty(), "{:?}", h.verify());
     let a = active(h, &f.vms[1]);
     assert_eq!(byte_at(&a, 0), 0x22);
