@@ -1,12 +1,16 @@
 //! `cosnap demo`: builds a small but real collection in a fresh data directory — three VMs
 //! with real disks (one VHDX, one qcow2, one raw) holding recognisable data, a collection,
-//! a recovery snapshot, more guest writes, a second snapshot — and prints what it did and
-//! the qemu-img commands to inspect the result.
+//! a recovery snapshot, more guest writes, a second snapshot, a full export of the first,
+//! its conversion to a reference point, a differential export of the second against it and
+//! the verification of both packages — and prints what it did and the commands to inspect
+//! the result.
 
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 use cosnap_disk::Format;
+use cosnap_export::BackupIntent;
+use cosnap_host::export::{ExportRequest, Roots};
 use cosnap_host::{DiskSpec, Host, Nic, VmSpec};
 
 use crate::cmd_host::{fail, wait};
@@ -161,6 +165,71 @@ pub fn run_demo(ctx: &Context, _args: DemoArgs) -> CmdResult {
         t.elapsed().as_millis()
     );
 
+    // The qcow2 VM's frozen layer of snapshot 1 against its active layer, for the hint below
+    // (taken now: snapshot 1 becomes a reference point next).
+    let s1 = host.snapshot(&snap1).map_err(fail)?;
+    let compare_hint = match (s1.vms.get(1), host.vm(&vm_ids[1])) {
+        (Some(v), Ok(vm)) => match (v.disks.first(), vm.disks.first()) {
+            (Some(frozen), Some(active)) => Some(format!(
+                "  qemu-img compare {} {}   # differs at 32 MiB: the write after snapshot 1",
+                frozen.path.display(),
+                active.path.display()
+            )),
+            _ => None,
+        },
+        _ => None,
+    };
+
+    // The backup workflow: full export of snapshot 1, snapshot 1 becomes a reference point,
+    // differential export of snapshot 2 against it, both packages verified.
+    let exports = dir.join("exports");
+    std::fs::create_dir_all(&exports).map_err(Failure::from)?;
+    let mut packages = Vec::new();
+    let mut full = ExportRequest::full(&snap1, &exports);
+    full.create_subdirectory = true;
+    packages.push(run_export(
+        &host,
+        &full,
+        &snap1,
+        "full export of snapshot 1",
+    )?);
+
+    let job = host.start_convert_to_refpoint(&snap1).map_err(fail)?;
+    let job = wait(&host, &job, "convert to reference point")?;
+    let refpoint = job
+        .created("Msvm_ReferencePointCollection")
+        .unwrap_or_default()
+        .to_string();
+    println!("  snapshot 1 converted to reference point {refpoint}");
+
+    let mut diff = ExportRequest::full(&snap2, &exports);
+    diff.create_subdirectory = true;
+    diff.base = Some(refpoint);
+    diff.intent = BackupIntent::PreserveChain;
+    packages.push(run_export(
+        &host,
+        &diff,
+        &snap2,
+        "differential export of snapshot 2 (base: the reference point)",
+    )?);
+    for package in &packages {
+        let report = cosnap_export::verify_package(package)
+            .map_err(|e| Failure::from(anyhow::anyhow!(e)))?;
+        if !report.ok() {
+            return Err(Failure::from(anyhow::anyhow!(
+                "export verify found problems in {}: {}",
+                package.display(),
+                report.problems.join("; ")
+            )));
+        }
+        println!(
+            "  verified {} ({} files, {} images)",
+            package.display(),
+            report.files_checked,
+            report.images_checked
+        );
+    }
+
     println!("\nInspect the result:");
     println!("  cosnap --data-dir {} snapshot list", dir.display());
     println!("  cosnap --data-dir {} vm list", dir.display());
@@ -182,15 +251,38 @@ pub fn run_demo(ctx: &Context, _args: DemoArgs) -> CmdResult {
             }
         }
     }
-    let s1 = host.snapshot(&snap1).map_err(fail)?;
-    if let (Some(v), Ok(vm)) = (s1.vms.get(1), host.vm(&vm_ids[1]))
-        && let (Some(frozen), Some(active)) = (v.disks.first(), vm.disks.first())
-    {
+    if let Some(hint) = &compare_hint {
+        println!("{hint}");
+    }
+    for package in &packages {
+        println!("  cosnap export verify '{}'", package.display());
+    }
+    if let Some(diff) = packages.get(1) {
         println!(
-            "  qemu-img compare {} {}   # differs at 32 MiB: the write after snapshot 1",
-            frozen.path.display(),
-            active.path.display()
+            "  qemu-img info --backing-chain '{}'/demo-db_*/'Virtual Hard Disks'/disk0.qcow2   # differential chained onto the full export",
+            diff.display()
         );
     }
     Ok(0)
+}
+
+/// Runs one export job to its end and returns the package directory.
+fn run_export(
+    host: &Host,
+    req: &ExportRequest,
+    snapshot: &str,
+    what: &str,
+) -> Result<PathBuf, Failure> {
+    let t = std::time::Instant::now();
+    let job = cosnap_host::export::start_export(host, req, Roots::Caller)
+        .map_err(|r| Failure::from(anyhow::anyhow!("{what}: {r}")))?;
+    wait(host, &job, what)?;
+    let path = cosnap_host::export::exported_path(host, snapshot, &job)
+        .ok_or_else(|| Failure::from(anyhow::anyhow!("{what}: the job recorded no package")))?;
+    println!(
+        "  {what}: {} ({} ms)",
+        path.display(),
+        t.elapsed().as_millis()
+    );
+    Ok(path)
 }
