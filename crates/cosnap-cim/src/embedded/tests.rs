@@ -233,3 +233,23 @@ fn encode_round_trip_and_nesting() {
     let typed = decode_with_schema(&text).unwrap().unwrap();
     assert_eq!(typed.property("CIMStatusCode").unwrap().ty, CimType::Uint32);
 }
+
+proptest::proptest! {
+    #[test]
+    fn decoder_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+        let _ = decode_bytes(&bytes, Some(class()));
+    }
+
+    #[test]
+    fn decoder_never_panics_on_near_valid_text(
+        cut in 0usize..PLAIN.len(),
+        junk in "[<>&\"'=/A-Z\\[\\]!-]{0,8}",
+    ) {
+        let mut s = PLAIN.to_string();
+        if s.is_char_boundary(cut) {
+            s.insert_str(cut, &junk);
+        }
+        let _ = decode_str(&s, Some(class()));
+        let _ = decode_with_schema(&s[..cut.min(s.len())]);
+    }
+}
