@@ -25,6 +25,10 @@ pub struct Host {
 pub(crate) struct Inner {
     pub(crate) data_dir: PathBuf,
     pub(crate) conn: Mutex<Connection>,
+    /// A read-only connection for the hot read path (job polling): in WAL mode it never
+    /// waits for the writer, whose commits fsync (FULL) and can take long while an export
+    /// loads the disk.
+    pub(crate) reader: Mutex<Connection>,
     pub(crate) host_name: String,
     /// Cancel tokens of jobs running in this process.
     pub(crate) running: Mutex<HashMap<String, CancelToken>>,
@@ -67,10 +71,12 @@ impl Host {
         std::fs::create_dir_all(data_dir)?;
         let data_dir = data_dir.canonicalize()?;
         let conn = repo::open_db(&data_dir)?;
+        let reader = repo::open_reader(&data_dir)?;
         let host = Host {
             inner: Arc::new(Inner {
                 data_dir,
                 conn: Mutex::new(conn),
+                reader: Mutex::new(reader),
                 host_name: crate::util::host_name(),
                 running: Mutex::new(HashMap::new()),
             }),
@@ -91,6 +97,12 @@ impl Host {
 
     pub(crate) fn db(&self) -> MutexGuard<'_, Connection> {
         self.inner.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The read-only connection (see [`Inner::reader`]); for reads that need no lock
+    /// shared with a write.
+    pub(crate) fn db_read(&self) -> MutexGuard<'_, Connection> {
+        self.inner.reader.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Takes the repository write lock (see [`repo::RepoLock`]).

@@ -237,7 +237,7 @@ impl Host {
     }
 
     pub fn job(&self, id: &str) -> Result<Job> {
-        let conn = self.db();
+        let conn = self.db_read();
         load_job(&conn, &crate::util::norm_id(id))
     }
 

@@ -179,6 +179,17 @@ CREATE TABLE journal (
 "#];
 
 /// Opens (creating if needed) the repository database and brings its schema up to date.
+/// A read-only connection to the repository (after [`open_db`] created and migrated it).
+/// In WAL mode its reads see the last committed state and never wait for the writer.
+pub fn open_reader(data_dir: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        data_dir.join("cosnap.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(60))?;
+    Ok(conn)
+}
+
 pub fn open_db(data_dir: &Path) -> Result<Connection> {
     std::fs::create_dir_all(data_dir)?;
     let conn = Connection::open(data_dir.join("cosnap.db"))?;
