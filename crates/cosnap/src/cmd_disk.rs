@@ -252,7 +252,7 @@ pub fn run(ctx: &Context, cmd: DiskCmd) -> CmdResult {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("{:<20}{:<20}{:<10}{}", "Offset", "Length", "State", "File");
+                println!("Offset              Length              State     File");
                 for e in &map {
                     let state = match e.state {
                         ExtentState::Data { .. } => "data",
