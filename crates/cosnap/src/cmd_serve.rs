@@ -125,6 +125,13 @@ pub fn run_user(ctx: &Context, cmd: UserCmd) -> CmdResult {
 }
 
 pub fn run_serve(ctx: &Context, args: ServeArgs) -> CmdResult {
+    // Refuse a bad listen address before touching the data directory.
+    if !args.no_http && !args.listen.ip().is_loopback() && !args.insecure_allow_plain_http {
+        return Err(Failure::new(
+            USAGE,
+            cosnap_wbem::ServeError::PlainHttpNotLoopback(args.listen),
+        ));
+    }
     // Export roots first, while the process has a single thread (set_var is only sound then).
     let mut roots: Vec<String> = Vec::new();
     for r in &args.export_roots {
