@@ -8,7 +8,10 @@ pub type Result<T, E = DiskError> = std::result::Result<T, E>;
 #[derive(Debug, Error)]
 pub enum DiskError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The file's structure is invalid; `defect` says what is wrong, in words.
     #[error("{path}: corrupt image: {defect}")]
     Corrupt { path: PathBuf, defect: String },
@@ -27,18 +30,33 @@ pub enum DiskError {
 
 impl DiskError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DiskError::Io { path: path.into(), source }
+        DiskError::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub fn corrupt(path: impl Into<PathBuf>, defect: impl Into<String>) -> Self {
-        DiskError::Corrupt { path: path.into(), defect: defect.into() }
+        DiskError::Corrupt {
+            path: path.into(),
+            defect: defect.into(),
+        }
     }
     pub fn unsupported(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
-        DiskError::Unsupported { path: path.into(), what: what.into() }
+        DiskError::Unsupported {
+            path: path.into(),
+            what: what.into(),
+        }
     }
     pub fn chain(path: impl Into<PathBuf>, defect: impl Into<String>) -> Self {
-        DiskError::Chain { path: path.into(), defect: defect.into() }
+        DiskError::Chain {
+            path: path.into(),
+            defect: defect.into(),
+        }
     }
     pub fn invalid(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
-        DiskError::Invalid { path: path.into(), what: what.into() }
+        DiskError::Invalid {
+            path: path.into(),
+            what: what.into(),
+        }
     }
 }

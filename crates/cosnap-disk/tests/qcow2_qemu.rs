@@ -337,7 +337,10 @@ fn compressed_clusters_are_read() {
     );
     // cosnap's refcount check counts compressed clusters like qemu: clean.
     let rep = ops::check(&comp).unwrap();
-    assert!(rep.corruptions.is_empty() && rep.leaks.is_empty(), "{rep:?}");
+    assert!(
+        rep.corruptions.is_empty() && rep.leaks.is_empty(),
+        "{rep:?}"
+    );
 }
 
 #[test]

@@ -27,13 +27,19 @@ pub const INVALID_STATE: u8 = 4;
 
 impl Failure {
     pub fn new(code: u8, error: impl Into<anyhow::Error>) -> Self {
-        Self { code, error: error.into() }
+        Self {
+            code,
+            error: error.into(),
+        }
     }
 }
 
 impl<E: Into<anyhow::Error>> From<E> for Failure {
     fn from(error: E) -> Self {
-        Failure { code: FAILED, error: error.into() }
+        Failure {
+            code: FAILED,
+            error: error.into(),
+        }
     }
 }
 

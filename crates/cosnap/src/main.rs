@@ -17,7 +17,12 @@ use clap::{Parser, Subcommand};
 #[command(name = "cosnap", version, about)]
 pub struct Cli {
     /// Data directory of the repository.
-    #[arg(long, global = true, env = "COSNAP_DATA_DIR", default_value = "./cosnap-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "COSNAP_DATA_DIR",
+        default_value = "./cosnap-data"
+    )]
     pub data_dir: PathBuf,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
@@ -68,7 +73,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let ctx = exit::Context { data_dir: cli.data_dir.clone(), json: cli.json };
+    let ctx = exit::Context {
+        data_dir: cli.data_dir.clone(),
+        json: cli.json,
+    };
     let result = match cli.command {
         Command::Disk(cmd) => cmd_disk::run(&ctx, cmd),
         Command::Vm(cmd) => cmd_host::run_vm(&ctx, cmd),
