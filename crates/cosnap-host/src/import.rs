@@ -145,10 +145,15 @@ pub fn import_package(
                 .unwrap_or(512);
             let nics = by_type(&v.resources, 10)
                 .filter_map(|r| {
-                    first_str(r, "Address").map(|mac| Nic {
-                        mac,
-                        switch_name: first_str(r, "Connection"),
-                    })
+                    // The switch is on the NIC (`Connection`) or on the Ethernet connection
+                    // setting (ResourceType 33) whose `Parent` is the NIC.
+                    let iid = first_str(r, "InstanceID");
+                    let switch_name = first_str(r, "Connection").or_else(|| {
+                        by_type(&v.resources, 33)
+                            .find(|c| iid.is_some() && first_str(c, "Parent") == iid)
+                            .and_then(|c| first_str(c, "SwitchName"))
+                    });
+                    first_str(r, "Address").map(|mac| Nic { mac, switch_name })
                 })
                 .collect();
             let name = if v.record.name.is_empty() {
