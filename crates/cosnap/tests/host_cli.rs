@@ -322,7 +322,11 @@ fn demo_runs_in_a_fresh_directory() {
     let refpoints = ok_json(&data, &["refpoint", "list", "--json"]);
     assert_eq!(refpoints.as_array().unwrap().len(), 1);
     assert_eq!(o.stdout.matches("  verified ").count(), 2, "{}", o.stdout);
-    assert!(o.stdout.contains("differential export of snapshot 2"), "{}", o.stdout);
+    assert!(
+        o.stdout.contains("differential export of snapshot 2"),
+        "{}",
+        o.stdout
+    );
     // A second run does not reuse the repository.
     let o = cosnap(&data, &["demo"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
