@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Export benchmark (not a test): a 3-VM collection (qcow2, 4 GiB virtual each, 25 % data)
+#   1. full export with cosnap vs `qemu-img convert` of the same three snapshot disks, same run;
+#   2. differential export after 1 % of the blocks changed vs the full export.
+# Prints times, ratios and cosnap's peak RSS. Usage: benches/export/export.sh COSNAP_BIN [WORKDIR]
+set -euo pipefail
+BIN=$(realpath "${1:?usage: export.sh COSNAP_BIN [WORKDIR]}")
+WORK=$(realpath -m "${2:-$(mktemp -d /var/tmp/cosnap-export-bench.XXXX)}")
+mkdir -p "$WORK"; cd "$WORK"; rm -rf data out qemu; mkdir -p images out qemu
+GIB=$((1 << 30)); MIB=$((1 << 20))
+D="--data-dir $WORK/data"
+now() { date +%s.%N; }
+rss_of() { grep 'Maximum resident' "$1" | awk '{print $6}'; }
+
+vms=()
+for i in 1 2 3; do
+  img=images/vm$i.qcow2
+  [ -f "$img" ] || {
+    qemu-img create -q -f qcow2 "$img" 4G
+    # 25 % data: 4 MiB of random-ish bytes every 16 MiB (64 writes per GiB).
+    cmds=(); for ((off = 0; off < 4 * GIB; off += 16 * MIB)); do cmds+=(-c "write -P $(( (off / MIB + i) % 250 + 1 )) $off 4M"); done
+    qemu-io -f qcow2 "${cmds[@]}" "$img" >/dev/null
+  }
+  vms+=("$($BIN $D --json vm define --name vm$i --cpus 2 --memory-mb 1024 --disk "$WORK/$img" | python3 -c 'import json,sys;print(json.load(sys.stdin)["id"])')")
+done
+coll=$($BIN $D --json collection define bench | python3 -c 'import json,sys;print(json.load(sys.stdin)["id"])')
+for v in "${vms[@]}"; do $BIN $D collection add-member "$coll" "$v" >/dev/null; done
+s1=$($BIN $D --json snapshot create "$coll" --type recovery | python3 -c 'import json,sys;print(json.load(sys.stdin)["id"])')
+sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+
+t0=$(now)
+/usr/bin/time -v -o full.time $BIN $D --json export "$s1" "$WORK/out" --wait --subdirectory > full.json
+sync; t1=$(now)
+full=$(echo "$t1 - $t0" | bc)
+
+# qemu-img convert of the same snapshot disks (the frozen layers = the base images here), same run, with sync.
+sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+t0=$(now)
+for i in 1 2 3; do qemu-img convert -f qcow2 -O qcow2 images/vm$i.qcow2 qemu/vm$i.qcow2 & done; wait
+sync; t1=$(now)
+qemu=$(echo "$t1 - $t0" | bc)
+
+# 1 % of the disk changed: 1 MiB at 41 places spread over each 4 GiB disk.
+for v in "${vms[@]}"; do
+  for ((k = 0; k < 41; k++)); do $BIN $D vm write "$v" --disk 0 --offset $(( k * 99 * MIB + 5 * MIB )) --length $MIB --pattern 0xEE; done
+done
+s2=$($BIN $D --json snapshot create "$coll" --type recovery | python3 -c 'import json,sys;print(json.load(sys.stdin)["id"])')
+t0=$(now)
+/usr/bin/time -v -o diff.time $BIN $D --json export "$s2" "$WORK/out" --wait --subdirectory --base "$s1" > diff.json
+sync; t1=$(now)
+diff=$(echo "$t1 - $t0" | bc)
+
+printf 'full export (3 × 4 GiB, 25 %% data): cosnap %.2f s, qemu-img convert %.2f s, ratio %.2f (target <= 0.80), peak RSS %s KiB\n' \
+  "$full" "$qemu" "$(echo "$full / $qemu" | bc -l)" "$(rss_of full.time)"
+printf 'differential export (1 %% changed): %.2f s, ratio to the full export %.3f (target <= 0.05), peak RSS %s KiB\n' \
+  "$diff" "$(echo "$diff / $full" | bc -l)" "$(rss_of diff.time)"
