@@ -16,9 +16,12 @@ use cosnap_wbem::{ServeConfig, Server, ServerLimits};
 
 const NS_XML: &str = r#"<LOCALNAMESPACEPATH><NAMESPACE NAME="root"/><NAMESPACE NAME="virtualization"/><NAMESPACE NAME="v2"/></LOCALNAMESPACEPATH>"#;
 
+/// One recorded method call: target, method name, typed parameters.
+type RecordedCall = (ObjectPath, String, Vec<(String, Value)>);
+
 #[derive(Default)]
 struct TestProvider {
-    calls: Mutex<Vec<(ObjectPath, String, Vec<(String, Value)>)>>,
+    calls: Mutex<Vec<RecordedCall>>,
 }
 
 fn job(id: &str, state: u16) -> Instance {
