@@ -63,6 +63,25 @@ pub struct Extent {
     pub state: ExtentState,
 }
 
+impl Extent {
+    /// Whether `next` starts where this extent ends in the same state (and, for data, at the
+    /// next host byte), so the two can be reported as one run.
+    pub fn continues_into(&self, next: &Extent) -> bool {
+        self.offset + self.len == next.offset
+            && match (self.state, next.state) {
+                (
+                    ExtentState::Data {
+                        host_offset: Some(a),
+                    },
+                    ExtentState::Data {
+                        host_offset: Some(b),
+                    },
+                ) => a + self.len == b,
+                (a, b) => a == b,
+            }
+    }
+}
+
 /// An open image: one layer, with its parent chain opened read-only beneath it.
 ///
 /// Reads go through the chain; writes go to this layer only. Parents are never opened

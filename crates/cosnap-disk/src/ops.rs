@@ -505,6 +505,16 @@ pub struct ChainExtent {
     pub depth: usize,
 }
 
+impl ChainExtent {
+    fn extent(&self) -> Extent {
+        Extent {
+            offset: self.offset,
+            len: self.len,
+            state: self.state,
+        }
+    }
+}
+
 /// Whole-chain map of `[offset, offset + len)`: for each range, the topmost layer that
 /// holds it (data or zeros); `Inherited` where no layer does (reads as zeros).
 pub fn chain_map(img: &dyn Image, offset: u64, len: u64) -> Result<Vec<ChainExtent>> {
@@ -525,24 +535,11 @@ fn chain_map_into(
             return;
         }
         if let Some(last) = out.last_mut()
-            && last.offset + last.len == e.offset
             && last.depth == e.depth
+            && last.extent().continues_into(&e.extent())
         {
-            let merged = match (last.state, e.state) {
-                (
-                    ExtentState::Data {
-                        host_offset: Some(a),
-                    },
-                    ExtentState::Data {
-                        host_offset: Some(b),
-                    },
-                ) => a + last.len == b,
-                (a, b) => a == b,
-            };
-            if merged {
-                last.len += e.len;
-                return;
-            }
+            last.len += e.len;
+            return;
         }
         out.push(e);
     };

@@ -1208,23 +1208,10 @@ pub fn push_extent(out: &mut Vec<Extent>, e: Extent) {
         return;
     }
     if let Some(last) = out.last_mut()
-        && last.offset + last.len == e.offset
+        && last.continues_into(&e)
     {
-        let merged = match (last.state, e.state) {
-            (
-                ExtentState::Data {
-                    host_offset: Some(a),
-                },
-                ExtentState::Data {
-                    host_offset: Some(b),
-                },
-            ) => a + last.len == b,
-            (a, b) => a == b,
-        };
-        if merged {
-            last.len += e.len;
-            return;
-        }
+        last.len += e.len;
+        return;
     }
     out.push(e);
 }
