@@ -91,6 +91,9 @@ pub struct FlattenReport {
     pub data_bytes: u64,
     /// The ranges written (data or zero), merged and sorted.
     pub ranges: Vec<Range<u64>>,
+    /// SHA-256 (lower-case hex) of the output file's bytes, from [`flatten_all_digested`].
+    #[serde(default)]
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -275,8 +278,33 @@ pub fn flatten_all(
     progress: Progress<'_>,
     cancel: &CancelToken,
 ) -> Result<Vec<FlattenReport>> {
+    flatten(jobs, threads, progress, cancel, false)
+}
+
+/// [`flatten_all`], and each output's SHA-256 ([`FlattenReport::sha256`]) computed by the
+/// same worker right after the output is complete: the bytes are read back from the page
+/// cache while other disks are still copying, instead of in a second pass over every
+/// output. Progress counts the hashing as much work as the copy.
+pub fn flatten_all_digested(
+    jobs: &[FlattenJob],
+    threads: usize,
+    progress: Progress<'_>,
+    cancel: &CancelToken,
+) -> Result<Vec<FlattenReport>> {
+    flatten(jobs, threads, progress, cancel, true)
+}
+
+fn flatten(
+    jobs: &[FlattenJob],
+    threads: usize,
+    progress: Progress<'_>,
+    cancel: &CancelToken,
+    digest: bool,
+) -> Result<Vec<FlattenReport>> {
     let plans = jobs.iter().map(plan).collect::<Result<Vec<_>>>()?;
-    let total = plans.iter().map(|p| p.work).sum();
+    let work: u64 = plans.iter().map(|p| p.work).sum();
+    // Hashing reads about what the copy wrote (holes are skipped): count it once more.
+    let total = if digest { work.saturating_mul(2) } else { work };
     let run = Run {
         progress,
         cancel,
@@ -299,7 +327,7 @@ pub fn flatten_all(
                     if i >= jobs.len() {
                         break;
                     }
-                    let r = flatten_one(&jobs[i], &plans[i], &run, &created);
+                    let r = flatten_one(&jobs[i], &plans[i], &run, &created, digest);
                     if r.is_err() {
                         run.abort.store(true, Ordering::SeqCst);
                     }
@@ -344,6 +372,7 @@ fn flatten_one(
     plan: &Plan,
     run: &Run<'_>,
     created: &Mutex<Vec<PathBuf>>,
+    digest: bool,
 ) -> Result<FlattenReport> {
     run.check()?;
     create_dest(job, plan.source.as_ref())?;
@@ -387,16 +416,179 @@ fn flatten_one(
         }
     }
     drop(buf);
-    run_directs(&directs, dest.as_ref(), run)?;
-    run.check()?;
-    dest.flush()?;
+    let virtual_size = dest.virtual_size();
+    let sha256 = if digest {
+        // Metadata first (every allocation is already made), the image closed, then the
+        // data in file order so that one pass both writes and hashes it.
+        dest.flush()?;
+        drop(dest);
+        Some(copy_in_file_order(&mut directs, &job.dest, plan.work, run)?)
+    } else {
+        run_directs(&directs, dest.as_ref(), run)?;
+        run.check()?;
+        dest.flush()?;
+        None
+    };
     Ok(FlattenReport {
         dest: job.dest.clone(),
         format: job.dest_format,
-        virtual_size: dest.virtual_size(),
+        virtual_size,
         data_bytes,
         ranges: plan.ranges.clone(),
+        sha256,
     })
+}
+
+/// One chunk on its way from the reader (which hashed it) to the writer.
+struct Chunk {
+    buf: Vec<u8>,
+    len: usize,
+    dst_off: u64,
+}
+
+/// Chunks in flight per output (bounded memory: `IN_FLIGHT` × [`BUF`]).
+const IN_FLIGHT: usize = 3;
+
+/// Writes the host-to-host copies of a closed output in ascending file order and returns
+/// the SHA-256 of the whole output file.
+///
+/// Why not `copy_file_range` here: a digest needs the bytes in file order anyway, so they
+/// pass through user space once — read from the source and hashed by this thread, written
+/// by a writer thread (at most [`IN_FLIGHT`] buffers in between) — instead of an in-kernel
+/// copy followed by a second read of every output (measured: 3 × 1 GiB of qcow2 data,
+/// 6.5 s instead of 7.9 s). What lies between the copies (metadata, ranges written while
+/// planning, holes) is read back from the file, holes skipped. `O_DIRECT` writes were
+/// tried and were slower on this kind of virtual disk at the buffer sizes bounded memory
+/// allows. Progress: each copied byte counts twice (copy + hash), read-back bytes up to
+/// the job's remaining share.
+fn copy_in_file_order(
+    directs: &mut [Direct<'_>],
+    path: &Path,
+    work: u64,
+    run: &Run<'_>,
+) -> Result<String> {
+    use crate::digest::{Digest, Sha256, hash_range};
+    use std::sync::mpsc::sync_channel;
+
+    directs.sort_by_key(|d| d.dst_off);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| DiskError::io(path, e))?;
+    let size = file.metadata().map_err(|e| DiskError::io(path, e))?.len();
+    let copied: u64 = directs.iter().map(|d| d.len).sum();
+    // Read-back bytes may advance progress by what the job has left after the copies.
+    let readback_budget = AtomicU64::new(work.saturating_mul(2).saturating_sub(copied * 2));
+    let readback_advance = |n: u64| -> Result<()> {
+        run.check()?;
+        let take = readback_budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| {
+                Some(l.saturating_sub(n))
+            })
+            .map_or(0, |l| l.min(n));
+        if take > 0 {
+            run.advance(take);
+        }
+        Ok(())
+    };
+
+    let (to_writer, from_reader) = sync_channel::<Chunk>(IN_FLIGHT);
+    let (to_reader, free_bufs) = sync_channel::<Vec<u8>>(IN_FLIGHT);
+    for _ in 0..IN_FLIGHT {
+        to_reader
+            .send(vec![0u8; BUF])
+            .expect("the receiver is alive");
+    }
+    let write_error: Mutex<Option<DiskError>> = Mutex::new(None);
+
+    let hashed = std::thread::scope(|s| -> Result<Sha256> {
+        let (file, write_error) = (&file, &write_error);
+        s.spawn(move || {
+            for chunk in from_reader {
+                if let Err(e) = file.write_all_at(&chunk.buf[..chunk.len], chunk.dst_off) {
+                    run.abort.store(true, Ordering::SeqCst);
+                    write_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(DiskError::io(path, e));
+                    break;
+                }
+                wrote(file, chunk.len as u64);
+                run.advance(chunk.len as u64);
+                if to_reader.send(chunk.buf).is_err() {
+                    break;
+                }
+            }
+        });
+        // Reader + hasher: this thread.
+        let mut hasher = Sha256::new();
+        let mut scratch = vec![0u8; 1 << 20];
+        let mut pos = 0u64;
+        for d in directs.iter() {
+            hash_range(
+                file,
+                path,
+                pos..d.dst_off,
+                &mut hasher,
+                &mut scratch,
+                &readback_advance,
+            )?;
+            let mut done = 0u64;
+            while done < d.len {
+                run.check()?;
+                let mut buf = free_bufs.recv().map_err(|_| DiskError::Cancelled)?;
+                let n = (d.len - done).min(BUF as u64) as usize;
+                let piece = &mut buf[..n];
+                let mut got = 0;
+                while got < n {
+                    match d
+                        .layer
+                        .file()
+                        .read_at(&mut piece[got..], d.src_off + done + got as u64)
+                    {
+                        Ok(0) => {
+                            // Data cluster past the source's EOF: reads as zeros.
+                            piece[got..].fill(0);
+                            break;
+                        }
+                        Ok(k) => got += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(DiskError::io(d.layer.path(), e)),
+                    }
+                }
+                hasher.update(&*piece);
+                run.advance(n as u64);
+                to_writer
+                    .send(Chunk {
+                        buf,
+                        len: n,
+                        dst_off: d.dst_off + done,
+                    })
+                    .map_err(|_| DiskError::Cancelled)?;
+                done += n as u64;
+            }
+            pos = d.dst_off + d.len;
+        }
+        drop(to_writer);
+        hash_range(
+            file,
+            path,
+            pos.min(size)..size,
+            &mut hasher,
+            &mut scratch,
+            &readback_advance,
+        )?;
+        Ok(hasher)
+    });
+    // The writer's own failure explains a reader that stopped because of it.
+    if let Some(e) = write_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    let hasher = hashed?;
+    run.check()?;
+    file.sync_all().map_err(|e| DiskError::io(path, e))?;
+    Ok(crate::digest::hex(hasher))
 }
 
 /// Copies guest `[off, off + len)` (data held by `layer`, at `host` in its file if

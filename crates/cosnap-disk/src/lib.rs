@@ -7,6 +7,7 @@
 //! with bounds checks and reports typed [`DiskError`]s that name the file and the defect.
 
 pub mod copy;
+pub mod digest;
 pub mod error;
 pub mod image;
 pub mod ops;

@@ -603,7 +603,7 @@ fn chain_map_into(
     Ok(())
 }
 
-pub use crate::copy::{FlattenJob, FlattenReport, flatten_all};
+pub use crate::copy::{FlattenJob, FlattenReport, flatten_all, flatten_all_digested};
 
 /// Facts about one image and its chain.
 #[derive(Debug, Clone, Serialize, Deserialize)]

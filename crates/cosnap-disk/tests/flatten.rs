@@ -257,3 +257,130 @@ fn cancellation_and_failure_remove_outputs() {
     assert!(!fresh.exists());
     assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
 }
+
+/// `sha256sum` of a file (coreutils: an oracle independent of the `sha2` crate).
+fn sha256sum(path: &Path) -> String {
+    ok("sha256sum", &[p(path)])
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn digested_flatten_reports_the_outputs_sha256() {
+    let d = tempfile::tempdir().unwrap();
+    let (base, _mid, top) = chain(d.path());
+    let expect = d.path().join("expect.raw");
+    ok("qemu-img", &["convert", "-O", "raw", p(&top), p(&expect)]);
+    // A VHDX chain as a second source: large blocks take the scanning path.
+    let vbase = d.path().join("v.vhdx");
+    let vtop = d.path().join("v.avhdx");
+    ops::create(&vbase, Format::Vhdx, 128 * MIB).unwrap();
+    ops::write_pattern(&vbase, 5 * MIB, 3 * MIB, 0x31).unwrap();
+    ops::create_child(&vbase, &vtop).unwrap();
+    ops::write_pattern(&vtop, 6 * MIB, 100 * 1024, 0x32).unwrap();
+    let vexpect = d.path().join("vexpect.raw");
+    let model = RawModel::new(&vexpect, 128 * MIB);
+    model.write(5 * MIB, 3 * MIB, 0x31);
+    model.write(6 * MIB, 100 * 1024, 0x32);
+    let base_copy = d.path().join("base-copy.qcow2");
+    ok(
+        "qemu-img",
+        &["convert", "-O", "qcow2", p(&base), p(&base_copy)],
+    );
+    let mut jobs = Vec::new();
+    for fmt in [Format::Raw, Format::Qcow2, Format::Vhdx] {
+        jobs.push(FlattenJob {
+            source: top.clone(),
+            base: None,
+            dest: d.path().join(format!("full.{fmt}")),
+            dest_format: fmt,
+            dest_parent: None,
+        });
+        jobs.push(FlattenJob {
+            source: vtop.clone(),
+            base: None,
+            dest: d.path().join(format!("vfull.{fmt}")),
+            dest_format: fmt,
+            dest_parent: None,
+        });
+    }
+    jobs.push(FlattenJob {
+        source: top.clone(),
+        base: Some(base.clone()),
+        dest: d.path().join("diff.qcow2"),
+        dest_format: Format::Qcow2,
+        dest_parent: Some(base_copy.clone()),
+    });
+    let done = AtomicU64::new(0);
+    let total = AtomicU64::new(0);
+    let reports = ops::flatten_all_digested(
+        &jobs,
+        3,
+        &|dn, t| {
+            done.fetch_max(dn, Ordering::SeqCst);
+            total.store(t, Ordering::SeqCst);
+        },
+        &CancelToken::new(),
+    )
+    .unwrap();
+    assert_eq!(done.load(Ordering::SeqCst), total.load(Ordering::SeqCst));
+    for (job, rep) in jobs.iter().zip(&reports) {
+        let name = job.dest.display();
+        assert_eq!(
+            rep.sha256.as_deref(),
+            Some(sha256sum(&job.dest).as_str()),
+            "{name}"
+        );
+        if job.dest_format == Format::Qcow2 {
+            qemu_check_clean(&job.dest);
+        }
+        let want = if job.source == vtop {
+            &vexpect
+        } else {
+            &expect
+        };
+        qemu_same(&job.dest, job.dest_format.name(), want);
+        // The digest covers the file as it stays: reopening and closing changes nothing.
+        drop(ops::open(&job.dest, false).unwrap());
+        assert_eq!(
+            rep.sha256.as_deref(),
+            Some(sha256sum(&job.dest).as_str()),
+            "{name}"
+        );
+    }
+    // Sparse as before: the 256 MiB chain holds about 23 MiB of data.
+    let alloc = std::fs::metadata(d.path().join("full.qcow2"))
+        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+        .unwrap();
+    assert!(alloc < 40 * MIB, "{alloc} bytes allocated");
+}
+
+#[test]
+fn digested_flatten_cancelled_midway_removes_the_output() {
+    let d = tempfile::tempdir().unwrap();
+    let (_base, _mid, top) = chain(d.path());
+    let dest = d.path().join("late-cancel.qcow2");
+    let cancel = CancelToken::new();
+    let c2 = cancel.clone();
+    let r = ops::flatten_all_digested(
+        &[FlattenJob {
+            source: top.clone(),
+            base: None,
+            dest: dest.clone(),
+            dest_format: Format::Qcow2,
+            dest_parent: None,
+        }],
+        1,
+        &move |done, total| {
+            // Past half of the copy-and-hash pass.
+            if done * 2 > total {
+                c2.cancel();
+            }
+        },
+        &cancel,
+    );
+    assert!(matches!(r, Err(DiskError::Cancelled)), "{r:?}");
+    assert!(!dest.exists());
+}

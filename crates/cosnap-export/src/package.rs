@@ -572,6 +572,8 @@ impl WriteCtx<'_> {
         let mut vm_records = Vec::new();
         let mut jobs: Vec<FlattenJob> = Vec::new();
         let mut job_slots: Vec<(usize, usize)> = Vec::new();
+        // Package-relative path → SHA-256, for the disks (digested as they are written).
+        let mut digests: std::collections::BTreeMap<String, String> = Default::default();
         for (vi, vm) in plan.vms.iter().enumerate() {
             let dir = &self.vm_dirs[vi];
             let vm_id = id_of(&vm.system, &["Name", "InstanceID"]);
@@ -672,7 +674,7 @@ impl WriteCtx<'_> {
                 };
                 (self.progress)(frac, PROGRESS_TOTAL);
             };
-            let reports = cosnap_disk::flatten_all(
+            let reports = cosnap_disk::flatten_all_digested(
                 &jobs,
                 opts.threads.max(1),
                 &flatten_progress,
@@ -680,6 +682,9 @@ impl WriteCtx<'_> {
             )?;
             for ((vi, di), (job, rep)) in job_slots.iter().zip(jobs.iter().zip(reports)) {
                 let rec = &mut vm_records[*vi].disks[*di];
+                if let (Some(rel), Some(sha)) = (&rec.file, rep.sha256.clone()) {
+                    digests.insert(rel.clone(), sha);
+                }
                 rec.virtual_size = rep.virtual_size;
                 rec.data_bytes = rep.data_bytes;
                 rec.format = rep.format;
@@ -788,7 +793,7 @@ impl WriteCtx<'_> {
             None => fsync_path(&st.export_dir)?,
         }
         self.check_cancel()?;
-        let entries = self.hash_all(&rels)?;
+        let entries = self.hash_all(&rels, digests)?;
         let bytes_written: u64 = rels
             .iter()
             .filter_map(|r| fs::metadata(st.loc(r)).ok())
@@ -804,9 +809,15 @@ impl WriteCtx<'_> {
         Ok((meta, bytes_written))
     }
 
-    /// SHA-256 of every file, two at a time, sorted by path.
-    fn hash_all(&self, rels: &[String]) -> Result<Vec<(String, String)>> {
+    /// SHA-256 of every file in `rels` not already in `known`, a few at a time; all of
+    /// them sorted by path.
+    fn hash_all(
+        &self,
+        rels: &[String],
+        known: std::collections::BTreeMap<String, String>,
+    ) -> Result<Vec<(String, String)>> {
         let st = self.staging;
+        let rels: Vec<&String> = rels.iter().filter(|r| !known.contains_key(*r)).collect();
         let total: u64 = rels
             .iter()
             .filter_map(|r| fs::metadata(st.loc(r)).ok())
@@ -841,7 +852,7 @@ impl WriteCtx<'_> {
                                 .get_or_insert(ExportError::Cancelled);
                             break;
                         }
-                        match manifest::sha256_file(&st.loc(&rels[i]), &tick) {
+                        match manifest::sha256_file(&st.loc(rels[i]), &tick) {
                             Ok(d) => results.lock().unwrap().push((rels[i].clone(), d)),
                             Err(e) => {
                                 first_err.lock().unwrap().get_or_insert(e);
@@ -855,6 +866,7 @@ impl WriteCtx<'_> {
             return Err(e);
         }
         let mut v = results.into_inner().unwrap();
+        v.extend(known);
         v.sort();
         Ok(v)
     }

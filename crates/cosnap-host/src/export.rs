@@ -509,7 +509,14 @@ pub fn start_export(host: &Host, req: &ExportRequest, roots: Roots) -> Result<St
         copy_storage: req.copy_storage,
         create_subdirectory: req.create_subdirectory,
         intent: req.intent,
-        threads: 2,
+        // Every disk at once, up to 4: copies are disk-bound, not CPU-bound, and each
+        // output gets its own writeback (2 at a time made the third disk a second wave).
+        threads: plan
+            .vms
+            .iter()
+            .map(|v| v.disks.len())
+            .sum::<usize>()
+            .clamp(1, 4),
     };
     // Differential: ids, ordering, and (for PreserveChain) the base export's files.
     let mut pending_diff: Option<PendingDiff> = None;

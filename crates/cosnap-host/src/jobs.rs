@@ -25,6 +25,21 @@ use crate::util::{new_guid, now_ms};
 /// Finished jobs are kept this long (TimeBeforeRemoval).
 pub const KEEP_FINISHED_MS: i64 = 5 * 60 * 1000;
 
+/// How often a running job's PercentComplete reaches the repository.
+pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Writes a job's PercentComplete without waiting for the disk: progress is advisory, and
+/// `synchronous = NORMAL` in WAL mode still keeps the database consistent after a crash
+/// (the next FULL commit makes the row durable).
+fn persist_progress(conn: &Connection, job_id: &str, percent: u16) {
+    let _ = conn.pragma_update(None, "synchronous", "NORMAL");
+    let _ = conn.execute(
+        "UPDATE jobs SET percent = ?2 WHERE id = ?1 AND percent < ?2",
+        params![job_id, percent],
+    );
+    let _ = conn.pragma_update(None, "synchronous", "FULL");
+}
+
 /// What the work of a job sees.
 pub struct JobCtx {
     host: Host,
@@ -32,6 +47,8 @@ pub struct JobCtx {
     cancel: CancelToken,
     requested: Arc<AtomicU16>,
     cancellable: AtomicBool,
+    /// PercentComplete as the work last reported it; the watcher thread persists it.
+    percent: Arc<AtomicU16>,
 }
 
 impl JobCtx {
@@ -52,12 +69,13 @@ impl JobCtx {
         }
         Ok(())
     }
-    /// Sets PercentComplete (0..=100).
+    /// Sets PercentComplete (0..=100; it never goes down).
+    ///
+    /// Only an atomic store: copy threads call this per extent, and a database commit
+    /// there would stall them (an fsync on ext4 flushes the export's dirty data with it).
+    /// The job's watcher thread persists the value every [`PROGRESS_EVERY`].
     pub fn progress(&self, percent: u16) {
-        let _ = self.host.db().execute(
-            "UPDATE jobs SET percent = ?2 WHERE id = ?1 AND percent < ?2",
-            params![self.job_id, percent.min(100)],
-        );
+        self.percent.fetch_max(percent.min(100), Ordering::Relaxed);
     }
     /// After a point of no return (e.g. a merge started), the job stops being cancellable.
     pub fn set_cancellable(&self, cancellable: bool) {
@@ -121,6 +139,7 @@ impl Host {
             cancel: cancel.clone(),
             requested: Arc::new(AtomicU16::new(0)),
             cancellable: AtomicBool::new(cancellable),
+            percent: Arc::new(AtomicU16::new(0)),
         };
         // Watcher: turns a cancel request recorded by another process into the token.
         let done = Arc::new(AtomicBool::new(false));
@@ -129,9 +148,19 @@ impl Host {
             let id = id.clone();
             let done = done.clone();
             let requested = ctx.requested.clone();
+            let percent = ctx.percent.clone();
             std::thread::spawn(move || {
+                let mut persisted = 0u16;
+                let mut last_persist = Instant::now();
                 while !done.load(Ordering::SeqCst) {
                     std::thread::sleep(std::time::Duration::from_millis(100));
+                    let now_percent = percent.load(Ordering::Relaxed);
+                    if now_percent > persisted && last_persist.elapsed() >= PROGRESS_EVERY {
+                        // The job may have ended meanwhile; `percent < ?` keeps 100 at 100.
+                        persist_progress(&host.db(), &id, now_percent);
+                        persisted = now_percent;
+                        last_persist = Instant::now();
+                    }
                     let req: Option<u16> = host
                         .db()
                         .query_row(
