@@ -650,3 +650,116 @@ fn recovery_removes_interrupted_exports() {
     );
     assert!(verify_package(&done.path).unwrap().ok());
 }
+
+/// A raw file of `SIZE` with `(offset, len, byte)` writes: the expected guest bytes.
+fn raw_model(path: &Path, writes: &[(u64, u64, u8)]) -> PathBuf {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(SIZE).unwrap();
+    for &(off, len, byte) in writes {
+        f.write_all_at(&vec![byte; len as usize], off).unwrap();
+    }
+    path.to_path_buf()
+}
+
+#[test]
+fn vhdx_full_preserve_chain_and_merge() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let out = t.path().join("exports");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    let v = chain(&src, "v", Format::Vhdx);
+    let before_l0 = std::fs::read(&v.l0).unwrap();
+    let before_l1 = std::fs::read(&v.l1).unwrap();
+    let snap1 = raw_model(
+        &t.path().join("snap1.raw"),
+        &[(0, 4 * MIB, 0x11), (20 * MIB, 3 * MIB, 0x22)],
+    );
+    let snap2 = raw_model(
+        &t.path().join("snap2.raw"),
+        &[
+            (0, 4 * MIB, 0x11),
+            (20 * MIB, 3 * MIB, 0x22),
+            (2 * MIB, MIB, 0x33),
+            (40 * MIB, MIB, 0x44),
+        ],
+    );
+
+    let p1 = plan(
+        vec![vm(
+            "vm-v",
+            "hyperv",
+            "Microsoft:snap1-v",
+            vec![disk("disk0", &v.l0, Format::Vhdx)],
+        )],
+        "snap1",
+    );
+    let full = write_package(&p1, &out, &opts(true), &no_progress, &CancelToken::new()).unwrap();
+    let rep = verify_package(&full.path).unwrap();
+    assert!(rep.ok(), "{:?}", rep.problems);
+    let full_disk = disk_file(&full, 0, 0);
+    assert!(full_disk.to_string_lossy().ends_with(".vhdx"));
+    // qemu reads a standalone VHDX: the guest bytes of snapshot 1.
+    qemu_compare(&full_disk, &snap1);
+
+    // PreserveChain: an .avhdx whose parent is the full export's .vhdx.
+    let mut p2 = plan(
+        vec![vm(
+            "vm-v",
+            "hyperv",
+            "Microsoft:snap2-v",
+            vec![disk("disk0", &v.l1, Format::Vhdx)],
+        )],
+        "snap2",
+    );
+    p2.differential = Some(Differential {
+        base_id: "snap1-id".into(),
+        base_kind: BaseKind::Snapshot,
+        base_export_id: Some(full.meta.export_id.clone()),
+    });
+    p2.vms[0].disks[0].base_layer = Some(v.l0.clone());
+    p2.vms[0].disks[0].base_export_file = Some(full_disk.clone());
+    let diff = write_package(&p2, &out, &opts(true), &no_progress, &CancelToken::new()).unwrap();
+    let rep = verify_package(&diff.path).unwrap();
+    assert!(rep.ok(), "{:?}", rep.problems);
+    let diff_disk = disk_file(&diff, 0, 0);
+    assert!(diff_disk.to_string_lossy().ends_with(".avhdx"));
+    let changed = [[2 * MIB, 3 * MIB], [40 * MIB, 41 * MIB]];
+    assert_eq!(layer_data(&diff_disk), changed);
+    let chain_files = cosnap_disk::info(&diff_disk).unwrap().chain;
+    assert_eq!(chain_files.len(), 2, "{chain_files:?}");
+    // qemu cannot open .avhdx: flatten base + differential with cosnap and let qemu compare
+    // the result with the expected bytes of snapshot 2.
+    let flat = t.path().join("diff-flat.raw");
+    cosnap_disk::flatten_all(
+        &[cosnap_disk::FlattenJob {
+            source: diff_disk.clone(),
+            base: None,
+            dest: flat.clone(),
+            dest_format: Format::Raw,
+            dest_parent: None,
+        }],
+        1,
+        &no_progress,
+        &CancelToken::new(),
+    )
+    .unwrap();
+    qemu_compare(&flat, &snap2);
+
+    // Merge: a standalone VHDX with snapshot 2's bytes.
+    let mut merge_opts = opts(true);
+    merge_opts.intent = BackupIntent::Merge;
+    let mut p3 = p2.clone();
+    p3.vms[0].disks[0].base_export_file = None;
+    let merged = write_package(&p3, &out, &merge_opts, &no_progress, &CancelToken::new()).unwrap();
+    let rep = verify_package(&merged.path).unwrap();
+    assert!(rep.ok(), "{:?}", rep.problems);
+    let merged_disk = disk_file(&merged, 0, 0);
+    assert_eq!(cosnap_disk::info(&merged_disk).unwrap().chain.len(), 1);
+    qemu_compare(&merged_disk, &snap2);
+
+    // Sources only read.
+    assert_eq!(std::fs::read(&v.l0).unwrap(), before_l0);
+    assert_eq!(std::fs::read(&v.l1).unwrap(), before_l1);
+}
