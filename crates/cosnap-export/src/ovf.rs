@@ -5,7 +5,8 @@
 //! memory (4), NICs (10) and disks (17, `HostResource` = `ovf:/disk/<diskId>`).
 //!
 //! Element order follows the DSP8023 2.x sequences and the CIM RASD/VSSD schemas (whose
-//! elements are alphabetical). A differencing disk's parent lives in another package, so
+//! elements are alphabetical); the tests validate descriptors with `xmllint --schema`
+//! against the DMTF's DSP8023 2.0.1 XSD pinned in `tests/data/ovf-2.0.1/`. A differencing disk's parent lives in another package, so
 //! `ovf:parentRef` (which names a disk of the same descriptor) is not used; the chain is
 //! recorded in `cosnap-package.json` instead.
 

@@ -763,3 +763,114 @@ fn vhdx_full_preserve_chain_and_merge() {
     assert_eq!(std::fs::read(&v.l0).unwrap(), before_l0);
     assert_eq!(std::fs::read(&v.l1).unwrap(), before_l1);
 }
+
+/// `xmllint --nonet --schema` against the pinned DMTF OVF 2.0.1 XSDs: (valid, messages).
+fn ovf_schema_check(ovf: &Path) -> (bool, String) {
+    let xsd = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ovf-2.0.1/dsp8023_2.0.1.xsd");
+    let out = Command::new("xmllint")
+        .args(["--nonet", "--noout", "--schema"])
+        .arg(&xsd)
+        .arg(ovf)
+        .output()
+        .expect("xmllint runs (libxml2-utils)");
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.success() && text.contains(" validates"), text)
+}
+
+#[test]
+fn ovf_descriptor_validates_against_dmtf_ovf_2_0_1() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let out = t.path().join("exports");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    let q = chain(&src, "a", Format::Qcow2);
+    let v = chain(&src, "v", Format::Vhdx);
+    // Two VMs (CPU, memory, a NIC with markup in its name, disks of two formats).
+    let p1 = plan(
+        vec![
+            vm(
+                "vm-a",
+                "alpha <&> \"one\"",
+                "Microsoft:snap1-a",
+                vec![disk("disk0", &q.l0, Format::Qcow2)],
+            ),
+            vm(
+                "vm-v",
+                "vee",
+                "Microsoft:snap1-v",
+                vec![
+                    disk("disk0", &v.l0, Format::Vhdx),
+                    disk("disk1", &q.l0, Format::Qcow2),
+                ],
+            ),
+        ],
+        "snap1",
+    );
+    let full = write_package(&p1, &out, &opts(true), &no_progress, &CancelToken::new()).unwrap();
+    let ovf = full.path.join(&full.meta.descriptor);
+    let (ok, msg) = ovf_schema_check(&ovf);
+    assert!(ok, "{}: {msg}", ovf.display());
+
+    // Without storage: disks without files.
+    let mut no_storage = opts(true);
+    no_storage.copy_storage = false;
+    let bare = write_package(&p1, &out, &no_storage, &no_progress, &CancelToken::new()).unwrap();
+    let (ok, msg) = ovf_schema_check(&bare.path.join(&bare.meta.descriptor));
+    assert!(ok, "no-storage descriptor: {msg}");
+
+    // A differential's descriptor (PreserveChain: .qcow2 / .avhdx children).
+    let mut p2 = plan(
+        vec![
+            vm(
+                "vm-a",
+                "alpha <&> \"one\"",
+                "Microsoft:snap2-a",
+                vec![disk("disk0", &q.l1, Format::Qcow2)],
+            ),
+            vm(
+                "vm-v",
+                "vee",
+                "Microsoft:snap2-v",
+                vec![
+                    disk("disk0", &v.l1, Format::Vhdx),
+                    disk("disk1", &q.l1, Format::Qcow2),
+                ],
+            ),
+        ],
+        "snap2",
+    );
+    p2.differential = Some(Differential {
+        base_id: "snap1-id".into(),
+        base_kind: BaseKind::Snapshot,
+        base_export_id: Some(full.meta.export_id.clone()),
+    });
+    for (vi, di, base) in [(0, 0, &q.l0), (1, 0, &v.l0), (1, 1, &q.l0)] {
+        p2.vms[vi].disks[di].base_layer = Some(base.clone());
+        p2.vms[vi].disks[di].base_export_file = Some(disk_file(&full, vi, di));
+    }
+    let diff = write_package(&p2, &out, &opts(true), &no_progress, &CancelToken::new()).unwrap();
+    let (ok, msg) = ovf_schema_check(&diff.path.join(&diff.meta.descriptor));
+    assert!(ok, "differential descriptor: {msg}");
+
+    // The check can fail: a VirtualSystem without its required ovf:id, and sections out of
+    // the order the schema fixes, are both rejected.
+    let text = std::fs::read_to_string(&ovf).unwrap();
+    let broken = [
+        text.replacen("<VirtualSystem ovf:id=", "<VirtualSystem ovf:idx=", 1),
+        {
+            let refs_start = text.find("<References>").unwrap();
+            let refs_end = text.find("</References>").unwrap() + "</References>".len();
+            let refs = &text[refs_start..refs_end];
+            let rest = text.replacen(refs, "", 1);
+            rest.replacen("</DiskSection>", &format!("</DiskSection>{refs}"), 1)
+        },
+    ];
+    for (i, b) in broken.iter().enumerate() {
+        assert_ne!(b, &text);
+        let p = t.path().join(format!("broken-{i}.ovf"));
+        std::fs::write(&p, b).unwrap();
+        let (ok, msg) = ovf_schema_check(&p);
+        assert!(!ok, "broken descriptor {i} passed: {msg}");
+    }
+}

@@ -237,9 +237,22 @@ fn full_export_import_round_trip() {
     for vm in &vms {
         qemu_same(&vm_disk_file(&path, &meta, vm), &env.frozen(&snap, vm));
     }
+    // The descriptor of a real collection (CPUs, memory, NICs, three disk formats) is valid
+    // OVF 2.0.1 by the DMTF schema (pinned in cosnap-export's test data).
+    let ovf = path.join(format!("{}.ovf", meta["name"].as_str().unwrap()));
+    let xsd = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../cosnap-export/tests/data/ovf-2.0.1/dsp8023_2.0.1.xsd");
+    let lint = Command::new("xmllint")
+        .args(["--nonet", "--noout", "--schema"])
+        .arg(&xsd)
+        .arg(&ovf)
+        .output()
+        .expect("xmllint runs");
     assert!(
-        path.join(format!("{}.ovf", meta["name"].as_str().unwrap()))
-            .is_file()
+        lint.status.success(),
+        "{}: {}",
+        ovf.display(),
+        String::from_utf8_lossy(&lint.stderr)
     );
 
     // Import into a new data directory.
