@@ -478,8 +478,10 @@ fn copy_in_file_order(
         .map_err(|e| DiskError::io(path, e))?;
     let size = file.metadata().map_err(|e| DiskError::io(path, e))?.len();
     let copied: u64 = directs.iter().map(|d| d.len).sum();
-    // Read-back bytes may advance progress by what the job has left after the copies.
-    let readback_budget = AtomicU64::new(work.saturating_mul(2).saturating_sub(copied * 2));
+    // Progress budget of a job: 2 × work. The walk advanced the bytes it wrote itself
+    // (work − copied); this pass advances 2 × copied for the copies, so the bytes read back
+    // for the hash may add the walk's second half, work − copied, and no more.
+    let readback_budget = AtomicU64::new(work.saturating_sub(copied));
     let readback_advance = |n: u64| -> Result<()> {
         run.check()?;
         let take = readback_budget
