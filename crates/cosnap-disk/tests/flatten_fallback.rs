@@ -1,5 +1,6 @@
 //! The copy engine's pread/pwrite path (what runs when copy_file_range is refused, e.g.
-//! EXDEV across file systems): forced with COSNAP_NO_COPY_FILE_RANGE, same bytes.
+//! EXDEV across file systems, or O_DIRECT reads are): forced with COSNAP_NO_COPY_FILE_RANGE,
+//! same bytes.
 //! One test per binary: it sets a process-wide environment variable.
 
 mod common;
@@ -59,24 +60,36 @@ fn read_write_fallback_gives_the_same_bytes() {
     );
     let expect = d.path().join("expect.raw");
     ok("qemu-img", &["convert", "-O", "raw", p(&top), p(&expect)]);
-    for fmt in [Format::Raw, Format::Qcow2] {
-        let dest = d.path().join(format!("out.{fmt}"));
-        ops::flatten_all(
-            &[FlattenJob {
+    // Plain and digesting copies (the latter without O_DIRECT source reads either).
+    for digested in [false, true] {
+        for fmt in [Format::Raw, Format::Qcow2] {
+            let dest = d.path().join(format!("out-{digested}.{fmt}"));
+            let job = [FlattenJob {
                 source: top.clone(),
                 base: None,
                 dest: dest.clone(),
                 dest_format: fmt,
                 dest_parent: None,
-            }],
-            1,
-            &|_, _| {},
-            &CancelToken::new(),
-        )
-        .unwrap();
-        qemu_same(&dest, fmt.name(), &expect);
-        if fmt == Format::Qcow2 {
-            qemu_check_clean(&dest);
+            }];
+            let flatten = if digested {
+                ops::flatten_all_digested
+            } else {
+                ops::flatten_all
+            };
+            let reports = flatten(&job, 1, &|_, _| {}, &CancelToken::new()).unwrap();
+            qemu_same(&dest, fmt.name(), &expect);
+            if fmt == Format::Qcow2 {
+                qemu_check_clean(&dest);
+            }
+            if digested {
+                let sum = ok("sha256sum", &[p(&dest)]);
+                assert_eq!(
+                    reports[0].sha256.as_deref(),
+                    sum.split_whitespace().next(),
+                    "{}",
+                    dest.display()
+                );
+            }
         }
     }
 }

@@ -200,6 +200,20 @@ fn disk_file(report: &PackageReport, vm: usize, d: usize) -> PathBuf {
         .join(report.meta.vms[vm].disks[d].file.as_ref().unwrap())
 }
 
+/// Makes `p` a differential against snapshot 1 exported as `full`: for each
+/// `(vm, disk, base layer)`, the base layer and the full export's copy of that disk.
+fn against_full(p: &mut ExportPlan, full: &PackageReport, bases: &[(usize, usize, &Path)]) {
+    p.differential = Some(Differential {
+        base_id: "snap1-id".into(),
+        base_kind: BaseKind::Snapshot,
+        base_export_id: Some(full.meta.export_id.clone()),
+    });
+    for &(vi, di, base) in bases {
+        p.vms[vi].disks[di].base_layer = Some(base.to_path_buf());
+        p.vms[vi].disks[di].base_export_file = Some(disk_file(full, vi, di));
+    }
+}
+
 /// Data extents of one layer (not its parents).
 fn layer_data(path: &Path) -> Vec<[u64; 2]> {
     let img = cosnap_disk::open(path, false).unwrap();
@@ -300,15 +314,7 @@ fn full_then_preserve_chain_and_merge_differentials() {
         ],
         "snap2",
     );
-    p2.differential = Some(Differential {
-        base_id: "snap1-id".into(),
-        base_kind: BaseKind::Snapshot,
-        base_export_id: Some(full.meta.export_id.clone()),
-    });
-    p2.vms[0].disks[0].base_layer = Some(q.l0.clone());
-    p2.vms[0].disks[0].base_export_file = Some(disk_file(&full, 0, 0));
-    p2.vms[1].disks[0].base_layer = Some(r.l0.clone());
-    p2.vms[1].disks[0].base_export_file = Some(disk_file(&full, 1, 0));
+    against_full(&mut p2, &full, &[(0, 0, &q.l0), (1, 0, &r.l0)]);
     let diff = write_package(&p2, &out, &opts(true), &no_progress, &CancelToken::new()).unwrap();
     assert_ne!(diff.path, full.path);
     let v = verify_package(&diff.path).unwrap();
@@ -713,13 +719,7 @@ fn vhdx_full_preserve_chain_and_merge() {
         )],
         "snap2",
     );
-    p2.differential = Some(Differential {
-        base_id: "snap1-id".into(),
-        base_kind: BaseKind::Snapshot,
-        base_export_id: Some(full.meta.export_id.clone()),
-    });
-    p2.vms[0].disks[0].base_layer = Some(v.l0.clone());
-    p2.vms[0].disks[0].base_export_file = Some(full_disk.clone());
+    against_full(&mut p2, &full, &[(0, 0, &v.l0)]);
     let diff = write_package(&p2, &out, &opts(true), &no_progress, &CancelToken::new()).unwrap();
     let rep = verify_package(&diff.path).unwrap();
     assert!(rep.ok(), "{:?}", rep.problems);
@@ -840,15 +840,11 @@ fn ovf_descriptor_validates_against_dmtf_ovf_2_0_1() {
         ],
         "snap2",
     );
-    p2.differential = Some(Differential {
-        base_id: "snap1-id".into(),
-        base_kind: BaseKind::Snapshot,
-        base_export_id: Some(full.meta.export_id.clone()),
-    });
-    for (vi, di, base) in [(0, 0, &q.l0), (1, 0, &v.l0), (1, 1, &q.l0)] {
-        p2.vms[vi].disks[di].base_layer = Some(base.clone());
-        p2.vms[vi].disks[di].base_export_file = Some(disk_file(&full, vi, di));
-    }
+    against_full(
+        &mut p2,
+        &full,
+        &[(0, 0, &q.l0), (1, 0, &v.l0), (1, 1, &q.l0)],
+    );
     let diff = write_package(&p2, &out, &opts(true), &no_progress, &CancelToken::new()).unwrap();
     let (ok, msg) = ovf_schema_check(&diff.path.join(&diff.meta.descriptor));
     assert!(ok, "differential descriptor: {msg}");
