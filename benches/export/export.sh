@@ -27,10 +27,11 @@ done
 coll=$($BIN $D --json collection define bench | python3 -c 'import json,sys;print(json.load(sys.stdin)["id"])')
 for v in "${vms[@]}"; do $BIN $D collection add-member "$coll" "$v" >/dev/null; done
 s1=$($BIN $D --json snapshot create "$coll" --type recovery | python3 -c 'import json,sys;print(json.load(sys.stdin)["id"])')
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 cold() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 secs() { echo "$2 - $1" | bc; }
 min() { printf '%s\n' "$@" | sort -g | head -1; }
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 # MiB written to the device holding WORK (what bounds both tools on a disk-bound machine).
 DEV=$(basename "$(df --output=source "$WORK" | tail -1)")
 written() { if [ -r "/sys/class/block/$DEV/stat" ]; then awk '{print $7}' "/sys/class/block/$DEV/stat"; else echo 0; fi; }
@@ -39,7 +40,7 @@ written() { if [ -r "/sys/class/block/$DEV/stat" ]; then awk '{print $7}' "/sys/
 #   cosnap export (manifest with a SHA-256 of every file);
 #   qemu-img convert of the same three snapshot disks, in parallel (the peer);
 #   the same convert followed by sha256sum of the outputs (the peer with a manifest).
-fulls=(); qemus=(); qemu_shas=()
+fulls=(); qemus=(); qemu_shas=(); pair_ratios=()
 for ((r = 1; r <= ROUNDS; r++)); do
   rm -rf qemu; mkdir qemu; cold
   t0=$(now)
@@ -52,6 +53,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   /usr/bin/time -v -o full.time $BIN $D --json export "$s1" "$WORK/out" --wait --subdirectory > full-$r.json
   sync; t1=$(now); full_mib=$(( ($(written) - w0) / 2048 ))
   fulls+=("$(secs "$t0" "$t1")")
+  pair_ratios+=("$(echo "${fulls[-1]} / ${qemus[-1]}" | bc -l)")
   printf 'round %d: cosnap %.2f s, qemu-img convert %.2f s (+ sha256sum %.2f s)\n' "$r" "${fulls[-1]}" "${qemus[-1]}" "${qemu_shas[-1]}"
 done
 full=$(min "${fulls[@]}"); qemu=$(min "${qemus[@]}"); qemu_sha=$(min "${qemu_shas[@]}")
@@ -73,11 +75,13 @@ done
 diff=$(min "${diffs[@]}")
 $BIN export verify "$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["path"])' diff-1.json)" >/dev/null
 
-echo "best of $ROUNDS rounds each:"
-printf 'full export (3 × 4 GiB, 25 %% data): cosnap %.2f s, qemu-img convert %.2f s, ratio %.2f (target <= 0.80); against convert + sha256sum (%.2f s) %.2f; peak RSS %s KiB\n' \
-  "$full" "$qemu" "$(echo "$full / $qemu" | bc -l)" "$qemu_sha" "$(echo "$full / $qemu_sha" | bc -l)" "$(rss_of full.time)"
-printf 'differential export (1 %% changed): %.2f s, ratio to the full export %.3f (target <= 0.05), peak RSS %s KiB\n' \
-  "$diff" "$(echo "$diff / $full" | bc -l)" "$(rss_of diff.time)"
+echo "$ROUNDS alternating rounds, page cache dropped before each run:"
+printf 'full export (3 × 4 GiB, 25 %% data): cosnap best %.2f s (median %.2f), qemu-img convert best %.2f s (median %.2f); ratio: median of the per-round ratios %.2f, best to best %.2f (target <= 0.80); against convert + sha256sum (best %.2f s) %.2f; peak RSS %s KiB\n' \
+  "$full" "$(median "${fulls[@]}")" "$qemu" "$(median "${qemus[@]}")" "$(median "${pair_ratios[@]}")" \
+  "$(echo "$full / $qemu" | bc -l)" "$qemu_sha" "$(echo "$full / $qemu_sha" | bc -l)" "$(rss_of full.time)"
+printf 'differential export (1 %% changed): best %.2f s (median %.2f); ratio to the full export: median to median %.3f, best to best %.3f (target <= 0.05); peak RSS %s KiB\n' \
+  "$diff" "$(median "${diffs[@]}")" "$(echo "$(median "${diffs[@]}") / $(median "${fulls[@]}")" | bc -l)" \
+  "$(echo "$diff / $full" | bc -l)" "$(rss_of diff.time)"
 if [ "$full_mib" -gt 0 ]; then
   printf 'device writes (%s): full export %d MiB, differential %d MiB (ratio %.3f: the floor of the time ratio when disk-bound)\n' \
     "$DEV" "$full_mib" "$diff_mib" "$(echo "$diff_mib / $full_mib" | bc -l)"
