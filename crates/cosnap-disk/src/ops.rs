@@ -299,6 +299,23 @@ pub fn repair_leaks(path: &Path) -> Result<u64> {
     }
 }
 
+/// Replays a pending VHDX log into the file itself (what a writable open does) and returns
+/// whether there was one. A crash between a log write and its in-place apply leaves a valid
+/// file whose last update lives only in the log; cosnap reads it through the log, but qemu
+/// refuses such a file read-only, so recovery settles every layer it skips over. A no-op for
+/// qcow2, raw and clean VHDX files (they are not even opened writable).
+pub fn settle(path: &Path) -> Result<bool> {
+    if detect_format(path)? != Format::Vhdx {
+        return Ok(false);
+    }
+    if !vhdx::VhdxImage::open_layer(path, false)?.has_log_overlay() {
+        return Ok(false);
+    }
+    let mut img = vhdx::VhdxImage::open(path, true)?;
+    img.flush()?;
+    Ok(true)
+}
+
 /// Copies into `child` every range it inherits from its direct parent, then makes the
 /// parent's parent the child's parent (or makes the child standalone). Crash-safe: the
 /// child's guest bytes never change. What deleting a layer with several children needs.

@@ -449,3 +449,31 @@ fn rebase_keeps_unknown_metadata_items() {
         "copy.vhdx"
     );
 }
+
+#[test]
+fn settle_replays_a_pending_log_and_leaves_clean_files_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("dirty.vhdx");
+    let m = dirty_image(&p);
+    assert!(
+        cosnap_disk::settle(&p).unwrap(),
+        "there was a log to replay"
+    );
+    let v = VhdxImage::open(&p, false).unwrap();
+    assert!(!v.has_log_overlay());
+    assert_model(&v, &m);
+    drop(v);
+    assert!(vhdx::check(&p).unwrap().corruptions.is_empty());
+    // Clean now: a second settle changes nothing, not even the header.
+    let before = std::fs::read(&p).unwrap();
+    assert!(!cosnap_disk::settle(&p).unwrap());
+    assert!(
+        before == std::fs::read(&p).unwrap(),
+        "settle touched a clean file"
+    );
+    // Other formats are never opened writable.
+    let raw = dir.path().join("x.raw");
+    std::fs::write(&raw, b"raw bytes").unwrap();
+    assert!(!cosnap_disk::settle(&raw).unwrap());
+    assert_eq!(std::fs::read(&raw).unwrap(), b"raw bytes");
+}

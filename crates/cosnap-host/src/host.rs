@@ -888,23 +888,27 @@ impl Host {
         )?;
         tx.execute("DELETE FROM snapshots WHERE id = ?1", [&snap.id])?;
         tx.execute("DELETE FROM exports WHERE source_id = ?1", [&snap.id])?;
-        let steps = release_layers(&tx, &layers)?;
-        let plan = Plan::Release { steps };
-        let jid = journal::insert(
-            &tx,
-            "destroy-snapshot",
-            "committed",
-            &plan,
-            ctx.map(|c| c.job_id()),
-        )?;
+        let (jid, plan) = journal_release(&tx, &layers, "destroy-snapshot", ctx)?;
         tx.commit()?;
         drop(conn);
+        self.run_release(jid, &plan, ctx, "destroy.committed")
+    }
+
+    /// After the commit of a destroy: no more cancelling (a half-merged layer cannot be
+    /// un-merged), then the journaled release steps, then the journal entry goes.
+    fn run_release(
+        &self,
+        jid: i64,
+        plan: &Plan,
+        ctx: Option<&crate::JobCtx>,
+        crash_label: &str,
+    ) -> Result<()> {
         if let Some(ctx) = ctx {
             ctx.set_cancellable(false);
             ctx.progress(10);
         }
-        crash_point("destroy.committed");
-        if let Plan::Release { steps } = &plan {
+        crash_point(crash_label);
+        if let Plan::Release { steps } = plan {
             journal::run_steps(steps)?;
         }
         journal::remove(&self.db(), jid)?;
@@ -1238,26 +1242,10 @@ impl Host {
         )?;
         tx.execute("DELETE FROM refpoint_vms WHERE refpoint_id = ?1", [&rp.id])?;
         tx.execute("DELETE FROM refpoints WHERE id = ?1", [&rp.id])?;
-        let steps = release_layers(&tx, &layers)?;
-        let plan = Plan::Release { steps };
-        let jid = journal::insert(
-            &tx,
-            "destroy-refpoint",
-            "committed",
-            &plan,
-            ctx.map(|c| c.job_id()),
-        )?;
+        let (jid, plan) = journal_release(&tx, &layers, "destroy-refpoint", ctx)?;
         tx.commit()?;
         drop(conn);
-        if let Some(ctx) = ctx {
-            ctx.set_cancellable(false);
-        }
-        crash_point("destroy-rp.committed");
-        if let Plan::Release { steps } = &plan {
-            journal::run_steps(steps)?;
-        }
-        journal::remove(&self.db(), jid)?;
-        Ok(())
+        self.run_release(jid, &plan, ctx, "destroy-rp.committed")
     }
 
     // ------------------------------------------------------------------ for export / import
@@ -1403,6 +1391,22 @@ impl Drop for InUseGuard {
             params![self.object_id, self.job_id],
         );
     }
+}
+
+/// Inside a destroy's transaction: the release plan of `layers` ([`release_layers`]),
+/// journaled as committed under `kind`. Returns the journal id and the plan to run once
+/// the transaction commits ([`Host::run_release`]).
+fn journal_release(
+    tx: &Connection,
+    layers: &[PathBuf],
+    kind: &str,
+    ctx: Option<&crate::JobCtx>,
+) -> Result<(i64, Plan)> {
+    let plan = Plan::Release {
+        steps: release_layers(tx, layers)?,
+    };
+    let jid = journal::insert(tx, kind, "committed", &plan, ctx.map(|c| c.job_id()))?;
+    Ok((jid, plan))
 }
 
 /// Releases frozen layers no longer referenced by the destroyed object, inside the

@@ -148,11 +148,16 @@ pub fn run_steps(steps: &[Step]) -> Result<()> {
             Step::Pull { parent, children } => {
                 if parent.exists() {
                     for child in children {
-                        if child.exists()
-                            && file_parent(child)?.is_some_and(|p| same_file(&p, parent))
-                        {
+                        if !child.exists() {
+                            continue;
+                        }
+                        if file_parent(child)?.is_some_and(|p| same_file(&p, parent)) {
                             cosnap_disk::pull(child)?;
                             crash_point("release.pulled");
+                        } else {
+                            // Pulled before a crash that may have hit the pull's final
+                            // flush: its last update can still sit in a VHDX log.
+                            cosnap_disk::settle(child)?;
                         }
                     }
                     delete_file(parent)?;
