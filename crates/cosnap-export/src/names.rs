@@ -5,29 +5,38 @@
 /// Longest component we produce (bytes); well under every Linux file system's 255.
 pub const MAX_COMPONENT: usize = 80;
 
-/// Keeps ASCII letters, digits, `-`, `_`, `.` and spaces; every other character becomes
-/// `_`. Leading dots and spaces are dropped (no hidden files), runs of `_` and `.` are
-/// collapsed (no `..` anywhere), and an empty result becomes `unnamed`.
+/// Keeps ASCII letters, digits, `-`, `_` and `.`; every other character (spaces included)
+/// becomes `_`. A run of `_` and `-` that holds a `_` shrinks to one `_` (so
+/// `"web tier - (prod)"` gives `web_tier_prod`), runs of `.` shrink to one (no `..`
+/// anywhere), and leading `.`, `_`, `-` (no hidden files, nothing that reads as a command
+/// option) and trailing `_`, `.`, `-` are dropped. An empty result becomes `unnamed`.
+/// Names stay readable and need no quoting in a shell.
 pub fn sanitize(name: &str) -> String {
     let mut out = String::with_capacity(name.len().min(MAX_COMPONENT));
     for c in name.chars() {
-        let c = if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ' ') {
+        let c = if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
             c
         } else {
             '_'
         };
-        // Collapsed runs: no `..` anywhere, even inside a component.
-        if (c == '_' || c == '.') && out.ends_with(c) {
-            continue;
+        match c {
+            '.' if out.ends_with('.') => continue,
+            '_' => {
+                // Fold the separators before it into this one `_`.
+                let kept = out.trim_end_matches(['_', '-']).len();
+                out.truncate(kept);
+                out.push('_');
+            }
+            '-' if out.ends_with('_') => continue,
+            _ => out.push(c),
         }
-        out.push(c);
         if out.len() >= MAX_COMPONENT {
             break;
         }
     }
     let trimmed = out
-        .trim_start_matches(['.', ' '])
-        .trim_end_matches([' ', '.']);
+        .trim_start_matches(['.', '_', '-'])
+        .trim_end_matches(['_', '.', '-']);
     if trimmed.is_empty() {
         "unnamed".to_string()
     } else {
@@ -93,9 +102,16 @@ mod tests {
             assert!(!s.starts_with('.'), "{evil:?} -> {s:?}");
             assert!(!s.contains(".."), "{evil:?} -> {s:?}");
         }
-        assert_eq!(sanitize("web tier (prod)"), "web tier _prod_");
+        assert_eq!(sanitize("web tier (prod)"), "web_tier_prod");
+        assert_eq!(
+            sanitize("demo-group - (2026-11-25T10:26:12.955Z)"),
+            "demo-group_2026-11-25T10_26_12.955Z"
+        );
+        assert_eq!(sanitize("-rf --all"), "rf_all");
+        assert_eq!(sanitize("a-_-b__c"), "a_b_c");
+        assert_eq!(sanitize("vm-1"), "vm-1");
         assert_eq!(sanitize(&"x".repeat(500)).len(), MAX_COMPONENT);
-        assert_eq!(sanitize("Ünïcödé"), "_n_c_d_");
+        assert_eq!(sanitize("Ünïcödé"), "n_c_d");
     }
 
     #[test]

@@ -299,7 +299,15 @@ fn names(plan: &ExportPlan) -> Names {
     let snapshot_id = id_of(&plan.snapshot, &["CollectionID", "InstanceID"]);
     let collection_name = name_of(&plan.collection, &collection_id);
     let snapshot_name = name_of(&plan.snapshot, &snapshot_id);
-    let base_name = sanitize(&format!("{collection_name}_{snapshot_name}"));
+    // Snapshots are named "<collection> - (<time>)" by default: no need to say it twice.
+    let default_named = snapshot_name
+        .strip_prefix(collection_name.as_str())
+        .is_some_and(|rest| rest.starts_with(" - "));
+    let base_name = if default_named {
+        sanitize(&snapshot_name)
+    } else {
+        sanitize(&format!("{collection_name}_{snapshot_name}"))
+    };
     let mut vm_dirs: Vec<String> = Vec::new();
     for vm in &plan.vms {
         let vm_id = id_of(&vm.system, &["Name", "InstanceID"]);
