@@ -122,13 +122,17 @@ class CosnapServer:
         return pywbem.WBEMConnection(url or self.url, creds, default_namespace=NS, **kw)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    s = CosnapServer(tmp_path_factory.mktemp("cosnap"))
+def serving(s):
+    """Body of a server fixture: starts `s`, yields it, and checks that it exits 0 on SIGTERM."""
     s.start()
     yield s
     rc = s.stop()
     assert rc == 0, f"cosnap serve exited {rc} on SIGTERM: {s.log.read_text()}"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    yield from serving(CosnapServer(tmp_path_factory.mktemp("cosnap")))
 
 
 @pytest.fixture(scope="module")

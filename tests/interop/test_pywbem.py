@@ -16,18 +16,14 @@ import pywbem_mock
 from pywbem._tupleparse import TupleParser
 from pywbem._tupletree import xml_to_tupletree_sax
 
-from conftest import NS, PASSWORD, ROOT, SERVICES, USER, CosnapServer, service
+from conftest import NS, PASSWORD, ROOT, SERVICES, USER, CosnapServer, service, serving
 
 MIB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    s = CosnapServer(tmp_path_factory.mktemp("cosnap"), https=True)
-    s.start()
-    yield s
-    rc = s.stop()
-    assert rc == 0, f"cosnap serve exited {rc} on SIGTERM: {s.log.read_text()}"
+    yield from serving(CosnapServer(tmp_path_factory.mktemp("cosnap"), https=True))
 
 
 @pytest.fixture(scope="module")

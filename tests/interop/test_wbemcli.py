@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import CosnapServer, NS
+from conftest import CosnapServer, NS, serving
 
 WUSER, WPASS = "wbem", "wbem-pw-1"
 
@@ -20,10 +20,7 @@ def server(tmp_path_factory):
         pytest.fail("wbemcli is not installed (apt-get install sblim-wbemcli; ./scripts/test does it)")
     s = CosnapServer(tmp_path_factory.mktemp("cosnap"))
     s.cli("user", "add", WUSER, "--password-stdin", input=WPASS)
-    s.start()
-    yield s
-    rc = s.stop()
-    assert rc == 0, f"cosnap serve exited {rc} on SIGTERM: {s.log.read_text()}"
+    yield from serving(s)
 
 
 @pytest.fixture(scope="module")

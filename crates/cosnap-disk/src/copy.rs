@@ -281,10 +281,9 @@ pub fn flatten_all(
     flatten(jobs, threads, progress, cancel, false)
 }
 
-/// [`flatten_all`], and each output's SHA-256 ([`FlattenReport::sha256`]) computed by the
-/// same worker right after the output is complete: the bytes are read back from the page
-/// cache while other disks are still copying, instead of in a second pass over every
-/// output. Progress counts the hashing as much work as the copy.
+/// [`flatten_all`], and each output's SHA-256 ([`FlattenReport::sha256`]) from the same
+/// pass that copies its data ([`copy_in_file_order`]), so nobody reads the outputs again
+/// to hash them. Progress counts the hashing as much work as the copy.
 pub fn flatten_all_digested(
     jobs: &[FlattenJob],
     threads: usize,
@@ -549,8 +548,8 @@ fn read_full(file: &File, off: u64, piece: &mut [u8]) -> std::io::Result<()> {
 /// direct reads halve the system CPU, 4.6 s → 2.4 s, and leave the host's page cache to
 /// its VMs). What lies between the copies (metadata, ranges written while planning, holes)
 /// is read back from the file, holes skipped. `O_DIRECT` writes were tried and were slower
-/// on this kind of virtual disk at the buffer sizes bounded memory allows. Progress: each copied byte counts twice (copy + hash), read-back bytes up to
-/// the job's remaining share.
+/// on this kind of virtual disk at the buffer sizes bounded memory allows. Progress: each
+/// copied byte counts twice (copy + hash), read-back bytes up to the job's remaining share.
 fn copy_in_file_order(
     directs: &mut [Direct<'_>],
     path: &Path,
@@ -569,8 +568,8 @@ fn copy_in_file_order(
     let size = file.metadata().map_err(|e| DiskError::io(path, e))?.len();
     let copied: u64 = directs.iter().map(|d| d.len).sum();
     // Progress budget of a job: 2 × work. The walk advanced the bytes it wrote itself
-    // (work − copied); this pass advances 2 × copied for the copies, so the bytes read back
-    // for the hash may add the walk's second half, work − copied, and no more.
+    // (work − copied); this pass advances 2 × copied for the copies, and the read-back
+    // the walk's second half, work − copied: as it reads, then the rest at the end.
     let readback_budget = AtomicU64::new(work.saturating_sub(copied));
     let readback_advance = |n: u64| -> Result<()> {
         run.check()?;
@@ -656,6 +655,8 @@ fn copy_in_file_order(
             &mut scratch,
             &readback_advance,
         )?;
+        // What the read-back did not use up (zero ranges of the walk take no file space).
+        run.advance(readback_budget.swap(0, Ordering::Relaxed));
         Ok(hasher)
     });
     // The writer's own failure explains a reader that stopped because of it.
@@ -933,18 +934,7 @@ fn copy_host(
     while done < len {
         let n = (len - done).min(buf.len() as u64) as usize;
         let chunk = &mut buf[..n];
-        let mut got = 0;
-        while got < n {
-            match src.read_at(&mut chunk[got..], src_off + done + got as u64) {
-                Ok(0) => {
-                    chunk[got..].fill(0);
-                    break;
-                }
-                Ok(k) => got += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(DiskError::io(src_path, e)),
-            }
-        }
+        read_full(src, src_off + done, chunk).map_err(|e| DiskError::io(src_path, e))?;
         dst.write_all_at(chunk, dst_off + done)
             .map_err(|e| DiskError::io(dest.path(), e))?;
         wrote(dst, n as u64);

@@ -3,7 +3,6 @@
 mod common;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::{RawModel, ok, p, qemu_check_clean, qemu_same};
 use cosnap_disk::ops::{self, CancelToken, FlattenJob};
@@ -45,6 +44,37 @@ fn chain(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::Path
     (base, mid, top)
 }
 
+/// Every `(done, total)` a flatten reported.
+#[derive(Default)]
+struct ProgressLog(std::sync::Mutex<Vec<(u64, u64)>>);
+
+impl ProgressLog {
+    fn record(&self, done: u64, total: u64) {
+        self.0.lock().unwrap().push((done, total));
+    }
+    /// The work itself (not only the closing `(total, total)` every flatten ends with)
+    /// reached the total, went through values in between, and never passed it.
+    fn assert_complete(&self) {
+        let calls = self.0.lock().unwrap();
+        let (&last, work) = calls.split_last().expect("progress was reported");
+        let total = last.1;
+        assert!(total > 0 && last.0 == total, "{last:?}");
+        assert!(
+            work.iter().all(|&(d, t)| t == total && d <= total),
+            "{work:?}"
+        );
+        assert_eq!(
+            work.iter().map(|c| c.0).max(),
+            Some(total),
+            "the work fell short"
+        );
+        assert!(
+            work.iter().any(|&(d, _)| d > 0 && d < total),
+            "no intermediate progress"
+        );
+    }
+}
+
 #[test]
 fn changed_ranges_are_exact() {
     let d = tempfile::tempdir().unwrap();
@@ -80,8 +110,7 @@ fn flatten_chain_to_every_format() {
     ok("qemu-img", &["convert", "-O", "raw", p(&top), p(&expect)]);
     for fmt in [Format::Raw, Format::Qcow2] {
         let dest = d.path().join(format!("flat.{fmt}"));
-        let done = AtomicU64::new(0);
-        let total = AtomicU64::new(0);
+        let log = ProgressLog::default();
         let reports = ops::flatten_all(
             &[FlattenJob {
                 source: top.clone(),
@@ -91,15 +120,11 @@ fn flatten_chain_to_every_format() {
                 dest_parent: None,
             }],
             2,
-            &|d, t| {
-                done.fetch_max(d, Ordering::SeqCst);
-                total.store(t, Ordering::SeqCst);
-            },
+            &|d, t| log.record(d, t),
             &CancelToken::new(),
         )
         .unwrap();
-        assert_eq!(done.load(Ordering::SeqCst), total.load(Ordering::SeqCst));
-        assert!(total.load(Ordering::SeqCst) > 0);
+        log.assert_complete();
         qemu_same(&dest, fmt.name(), &expect);
         if fmt == Format::Qcow2 {
             qemu_check_clean(&dest);
@@ -321,19 +346,10 @@ fn digested_flatten_reports_the_outputs_sha256() {
         dest_format: Format::Qcow2,
         dest_parent: Some(base_copy.clone()),
     });
-    let done = AtomicU64::new(0);
-    let total = AtomicU64::new(0);
-    let reports = ops::flatten_all_digested(
-        &jobs,
-        3,
-        &|dn, t| {
-            done.fetch_max(dn, Ordering::SeqCst);
-            total.store(t, Ordering::SeqCst);
-        },
-        &CancelToken::new(),
-    )
-    .unwrap();
-    assert_eq!(done.load(Ordering::SeqCst), total.load(Ordering::SeqCst));
+    let log = ProgressLog::default();
+    let reports =
+        ops::flatten_all_digested(&jobs, 3, &|d, t| log.record(d, t), &CancelToken::new()).unwrap();
+    log.assert_complete();
     for (job, rep) in jobs.iter().zip(&reports) {
         let name = job.dest.display();
         assert_eq!(
