@@ -31,6 +31,7 @@ ROUNDS=${ROUNDS:-5}
 cold() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 secs() { echo "$2 - $1" | bc; }
 min() { printf '%s\n' "$@" | sort -g | head -1; }
+package_of() { python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["path"])' "$1"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 # MiB written to the device holding WORK (what bounds both tools on a disk-bound machine).
 DEV=$(basename "$(df --output=source "$WORK" | tail -1)")
@@ -54,10 +55,12 @@ for ((r = 1; r <= ROUNDS; r++)); do
   sync; t1=$(now); full_mib=$(( ($(written) - w0) / 2048 ))
   fulls+=("$(secs "$t0" "$t1")")
   pair_ratios+=("$(echo "${fulls[-1]} / ${qemus[-1]}" | bc -l)")
+  # Keep only round 1's package (the differentials' base): 3 GiB a round fills a disk.
+  if [ "$r" -gt 1 ]; then rm -rf "$(package_of full-$r.json)"; fi
   printf 'round %d: cosnap %.2f s, qemu-img convert %.2f s (+ sha256sum %.2f s)\n' "$r" "${fulls[-1]}" "${qemus[-1]}" "${qemu_shas[-1]}"
 done
 full=$(min "${fulls[@]}"); qemu=$(min "${qemus[@]}"); qemu_sha=$(min "${qemu_shas[@]}")
-$BIN export verify "$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["path"])' full-1.json)" >/dev/null
+$BIN export verify "$(package_of full-1.json)" >/dev/null
 
 # 1 % of the disk changed: 1 MiB at 41 places spread over each 4 GiB disk.
 for v in "${vms[@]}"; do
@@ -71,9 +74,10 @@ for ((r = 1; r <= ROUNDS; r++)); do
   /usr/bin/time -v -o diff.time $BIN $D --json export "$s2" "$WORK/out" --wait --subdirectory --base "$s1" > diff-$r.json
   sync; t1=$(now); diff_mib=$(( ($(written) - w0) / 2048 ))
   diffs+=("$(secs "$t0" "$t1")")
+  if [ "$r" -gt 1 ]; then rm -rf "$(package_of diff-$r.json)"; fi
 done
 diff=$(min "${diffs[@]}")
-$BIN export verify "$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["path"])' diff-1.json)" >/dev/null
+$BIN export verify "$(package_of diff-1.json)" >/dev/null
 
 echo "$ROUNDS alternating rounds, page cache dropped before each run:"
 printf 'full export (3 × 4 GiB, 25 %% data): cosnap best %.2f s (median %.2f), qemu-img convert best %.2f s (median %.2f); ratio: median of the per-round ratios %.2f, best to best %.2f (target <= 0.80); against convert + sha256sum (best %.2f s) %.2f; peak RSS %s KiB\n' \
