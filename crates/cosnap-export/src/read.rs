@@ -99,6 +99,12 @@ fn read_meta(dir: &DirHandle) -> Result<PackageMeta> {
     Ok(meta)
 }
 
+/// The `export_id` of the package at `root`, if a readable package is there.
+pub fn package_export_id(root: &Path) -> Option<String> {
+    let (_, dir) = open_package(root).ok()?;
+    read_meta(&dir).ok().map(|m| m.export_id)
+}
+
 fn check_counts(meta: &PackageMeta) -> std::result::Result<(), String> {
     if meta.vms.len() > MAX_VMS {
         return Err(format!(
