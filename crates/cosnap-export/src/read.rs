@@ -221,7 +221,9 @@ fn present_files(
 /// (`check`), size, and — for differencing images — that the parent is present and the
 /// chain opens through it.
 pub fn verify_package(root: &Path) -> Result<VerifyReport> {
-    let (_, dir) = open_package(root)?;
+    let (canon, dir) = open_package(root)?;
+    // Parent images (PreserveChain) may live beside the package, never elsewhere.
+    let outer = canon.parent().and_then(|p| DirHandle::open(p).ok());
     let meta = read_meta(&dir)?;
     let mut rep = VerifyReport::default();
     let entries = read_manifest(&dir, &meta).unwrap_or_else(|e| {
@@ -241,7 +243,13 @@ pub fn verify_package(root: &Path) -> Result<VerifyReport> {
                 rep.problems.push(format!("{rel}: {e}"));
                 continue;
             }
-            verify_image(&dir.proc_path(rel), rel, d, &mut rep.problems);
+            verify_image(
+                &dir.proc_path(rel),
+                rel,
+                d,
+                outer.as_ref(),
+                &mut rep.problems,
+            );
         }
     }
     Ok(rep)
@@ -314,7 +322,43 @@ fn check_configurations(dir: &DirHandle, meta: &PackageMeta, problems: &mut Vec<
     }
 }
 
-fn verify_image(path: &Path, rel: &str, d: &DiskRecord, problems: &mut Vec<String>) {
+/// Every layer below the package's image must be a regular file reached without a
+/// symbolic link inside the directory that holds the package (where the base export of a
+/// PreserveChain differential is): a package cannot make a reader follow a parent link to
+/// an arbitrary host file.
+fn check_layers_beside(chain: &[PathBuf], outer: Option<&DirHandle>, rel: &str) -> Option<String> {
+    let below = chain.get(1..).unwrap_or_default();
+    if below.is_empty() {
+        return None;
+    }
+    let Some(outer) = outer else {
+        return Some(format!(
+            "{rel}: has parent images and no directory around the package"
+        ));
+    };
+    for layer in below {
+        let inside = fs::canonicalize(layer)
+            .ok()
+            .and_then(|c| c.strip_prefix(outer.shown()).ok().map(Path::to_path_buf))
+            .filter(|r| outer.open_file(r).is_ok());
+        if inside.is_none() {
+            return Some(format!(
+                "{rel}: parent image {} lies outside {} (or is reached through a symbolic link)",
+                layer.display(),
+                outer.shown().display()
+            ));
+        }
+    }
+    None
+}
+
+fn verify_image(
+    path: &Path,
+    rel: &str,
+    d: &DiskRecord,
+    outer: Option<&DirHandle>,
+    problems: &mut Vec<String>,
+) {
     match cosnap_disk::check(path) {
         Ok(c) if c.corruptions.is_empty() => {}
         Ok(c) => problems.push(format!("{rel}: image check: {}", c.corruptions.join("; "))),
@@ -325,6 +369,10 @@ fn verify_image(path: &Path, rel: &str, d: &DiskRecord, problems: &mut Vec<Strin
     }
     match cosnap_disk::info(path) {
         Ok(info) => {
+            if let Some(p) = check_layers_beside(&info.chain, outer, rel) {
+                problems.push(p);
+                return;
+            }
             if info.virtual_size != d.virtual_size {
                 problems.push(format!(
                     "{rel}: virtual size {} but the package says {}",

@@ -928,6 +928,31 @@ fn an_export_directory_swapped_for_a_symlink_cannot_redirect_the_export() {
 }
 
 #[test]
+fn a_parent_link_out_of_the_export_directory_fails_verify() {
+    let t = tempfile::tempdir().unwrap();
+    let (p, out) = one_vm_plan(t.path());
+    let r = write_package(&p, &out, &opts(true), &no_progress, &CancelToken::new()).unwrap();
+    let secret = t.path().join("secret.raw");
+    std::fs::write(&secret, vec![0x5a; 1 << 20]).unwrap();
+    // The package's disk becomes an overlay of a host file outside the export directory.
+    let img = r.path.join(r.meta.vms[0].disks[0].file.as_ref().unwrap());
+    std::fs::remove_file(&img).unwrap();
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&secret)
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let v = verify_package(&r.path).unwrap();
+    assert!(
+        v.problems.iter().any(|p| p.contains("lies outside")),
+        "{:?}",
+        v.problems
+    );
+}
+
+#[test]
 fn a_deeply_nested_configuration_is_a_clear_error() {
     let t = tempfile::tempdir().unwrap();
     let (p, out) = one_vm_plan(t.path());
