@@ -79,7 +79,7 @@ pub struct PackageMeta {
     pub vms: Vec<VmRecord>,
 }
 
-/// What [`write_package`] produced.
+/// What [`crate::write_package`] produced.
 #[derive(Debug, Clone)]
 pub struct PackageReport {
     /// The directory that holds the package (where `cosnap-package.json` is).
@@ -89,7 +89,7 @@ pub struct PackageReport {
     pub bytes_written: u64,
 }
 
-/// Outcome of [`verify_package`]; the package is good when `problems` is empty.
+/// Outcome of [`crate::verify_package`]; the package is good when `problems` is empty.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct VerifyReport {
     pub files_checked: usize,
