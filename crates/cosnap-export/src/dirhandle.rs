@@ -106,13 +106,15 @@ impl DirHandle {
         self.shown.join(rel)
     }
 
-    /// A path that reaches `rel` through this handle (`/proc/self/fd/<n>/rel`).
+    /// A path that reaches `rel` through this handle (`/proc/self/fd/<n>/rel`; for an
+    /// empty `rel`, `/proc/self/fd/<n>/.`, the directory itself rather than the magic link,
+    /// so that `symlink_metadata` sees a directory).
     pub fn proc_path(&self, rel: impl AsRef<Path>) -> PathBuf {
         use std::os::fd::AsRawFd;
         let base = PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
         let rel = rel.as_ref();
         if rel.as_os_str().is_empty() {
-            base
+            base.join(".")
         } else {
             base.join(rel)
         }
@@ -293,6 +295,12 @@ mod tests {
         );
         assert!(root.open_file("/etc/passwd").is_err());
         assert_eq!(root.read_bounded("real/f", 1).unwrap(), b"x");
+        // The handle's own path is the directory, not a link to it.
+        assert!(
+            std::fs::symlink_metadata(root.proc_path(""))
+                .unwrap()
+                .is_dir()
+        );
         assert!(root.read_bounded("real/f", 0).is_err());
         // Removing a tree never follows a link inside it.
         let d = root.mkdir("d", 0o700).unwrap();

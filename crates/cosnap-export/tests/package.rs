@@ -887,6 +887,19 @@ fn package_files_are_owner_only_by_default_and_follow_the_mode_option() {
     let r = write_package(&p, &out, &o, &no_progress, &CancelToken::new()).unwrap();
     check(&r.path, 0o640, 0o750);
     assert!(verify_package(&r.path).unwrap().ok());
+    // Without a sub-directory: every entry the package put into the directory.
+    let flat = t.path().join("flat");
+    std::fs::create_dir(&flat).unwrap();
+    let r = write_package(&p, &flat, &opts(false), &no_progress, &CancelToken::new()).unwrap();
+    for e in std::fs::read_dir(&r.path).unwrap() {
+        let e = e.unwrap().path();
+        if e.is_dir() {
+            check(&e, 0o600, 0o700);
+        } else {
+            let m = std::fs::metadata(&e).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(m, 0o600, "{}", e.display());
+        }
+    }
 }
 
 #[test]

@@ -288,10 +288,18 @@ fn full_export_import_round_trip() {
         for k in ["name", "cpus", "memory_mb", "nics"] {
             assert_eq!(a[k], b[k], "setting {k} of {orig}");
         }
-        qemu_same(
-            Path::new(b["disks"][0]["path"].as_str().unwrap()),
-            &env.frozen(&snap, orig),
-        );
+        let imported = Path::new(b["disks"][0]["path"].as_str().unwrap());
+        qemu_same(imported, &env.frozen(&snap, orig));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(imported).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "imported image {}", imported.display());
+    }
+    // Package files are owner-only by default.
+    for p in listing(&path) {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(&p).unwrap();
+        let want = if m.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(m.permissions().mode() & 0o777, want, "{}", p.display());
     }
     // The package is untouched by the import.
     assert!(verify(&path));
