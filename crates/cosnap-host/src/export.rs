@@ -7,8 +7,8 @@
 //! | code | when |
 //! |---|---|
 //! | 4096 | parameters checked, job started (the package path is recorded with the export) |
-//! | 4 Invalid Parameter | ExportDirectory empty, relative, missing or not a directory; SnapshotCollection missing, malformed or not a snapshot collection; ExportSettingData malformed, of another class, BackupIntent not 1/2; DifferentialBackupBase malformed, unknown, of another VM collection, the snapshot itself, or newer than it |
-//! | 5 Invalid State | without CreateVmExportSubdirectory, an entry the package would create exists already (nothing is touched); PreserveChain differential with storage but no recorded export of the base that holds its disks (and no fallback allowed) |
+//! | 4 Invalid Parameter | ExportDirectory empty, relative, missing or not a directory, or swapped for a symbolic link between the check and its opening; SnapshotCollection missing, malformed or not a snapshot collection; ExportSettingData malformed, of another class, BackupIntent not 1/2; DifferentialBackupBase malformed, unknown, of another VM collection, the snapshot itself, or newer than it |
+//! | 5 Invalid State | without CreateVmExportSubdirectory, an entry the package would create exists already, or another export without a sub-directory is writing into the directory (nothing is touched); PreserveChain differential with storage but no recorded export of the base that holds its disks (and no fallback allowed) |
 //! | 6 Invalid Type | a setting-data property of the wrong type (e.g. `CopyVmStorage` = "maybe") |
 //! | 32769 Access Denied | ExportDirectory outside the allowed export roots (after resolving symlinks), or not writable |
 //! | 32774 In Use | the snapshot is being destroyed/applied meanwhile (from the host) |
@@ -29,11 +29,16 @@
 //! runs as the local user with that user's own file permissions and passes
 //! [`Roots::Caller`]: any directory the user can write.
 //!
-//! # Crashes
-//! While a job writes, `<data-dir>/export-jobs/<job>.json` names its export directory and
-//! owner process. [`recover_interrupted`] (run by [`Host::open`]) removes the staging of
-//! exports whose process died (through `cosnap_export::recover_export_dir`); the host's own
-//! recovery marks such jobs Exception.
+//! # Directory and crashes
+//! The export directory is opened once, when the request is checked, and the job writes
+//! through that handle (see `cosnap_export::write_package_in`). While a job writes,
+//! `<data-dir>/export-jobs/<job>.json` names its export directory, export id and owner
+//! process; right before the package's commit point it also holds the export record to
+//! write. [`recover_interrupted`] (run by [`Host::open`]) settles exports whose process
+//! died through `cosnap_export::recover_export`: before the commit point their staging,
+//! journal and name reservation go (the host's own recovery marks the job Exception,
+//! "interrupted"); after it the package is completed, recorded, and its job marked
+//! Completed.
 
 use std::path::{Path, PathBuf};
 
