@@ -186,14 +186,20 @@ fn check_exports(host: &Host, exports: &Path, what: &str) {
         );
         return;
     }
-    // A flat export: the directory is the package.
-    let rep = cosnap_export::verify_package(exports).unwrap();
-    assert!(rep.ok(), "{what}: {:?}", rep.problems);
+    // A flat export makes the directory the package; otherwise each entry is one.
     let canon = std::fs::canonicalize(exports).unwrap();
+    let packages: Vec<std::path::PathBuf> = if canon.join("cosnap-package.json").exists() {
+        vec![canon]
+    } else {
+        names.iter().map(|n| canon.join(n)).collect()
+    };
+    for p in &packages {
+        let rep = cosnap_export::verify_package(p).unwrap();
+        assert!(rep.ok(), "{what}: {}: {:?}", p.display(), rep.problems);
+    }
     assert_eq!(
-        recorded,
-        vec![canon],
-        "{what}: package on disk but not recorded"
+        recorded, packages,
+        "{what}: packages on disk and records differ"
     );
 }
 
@@ -293,11 +299,15 @@ fn build(work: &Path, op: &str) -> Vec<String> {
             write(4 * MIB, 0x26);
             vec!["snapshot".into(), "apply".into(), s1]
         }
-        "export" => {
+        "export" | "export-subdir" => {
             let s = snap(2);
             std::fs::create_dir_all(work.join("exports")).unwrap();
             let dir = work.join("exports").to_string_lossy().into_owned();
-            vec!["export".into(), s, dir, "--wait".into()]
+            let mut args = vec!["export".into(), s, dir, "--wait".into()];
+            if op == "export-subdir" {
+                args.push("--subdirectory".into());
+            }
+            args
         }
         "convert" => {
             snap(2);
@@ -427,4 +437,9 @@ fn crash_during_convert_to_reference_point() {
 #[test]
 fn crash_during_export_and_its_commit() {
     harness("export");
+}
+
+#[test]
+fn crash_during_export_into_a_subdirectory() {
+    harness("export-subdir");
 }
