@@ -645,6 +645,8 @@ impl WriteCtx<'_> {
                         } else {
                             None
                         },
+                        source_layers: Vec::new(),
+                        dest_parent_format: None,
                     });
                     job_slots.push((vi, di));
                     rec.file = Some(rel);

@@ -739,6 +739,8 @@ fn vhdx_full_preserve_chain_and_merge() {
             dest: flat.clone(),
             dest_format: Format::Raw,
             dest_parent: None,
+            source_layers: Vec::new(),
+            dest_parent_format: None,
         }],
         1,
         &no_progress,

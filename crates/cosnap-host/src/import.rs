@@ -118,6 +118,8 @@ pub fn import_package(
                 dest: dest.clone(),
                 dest_format: format,
                 dest_parent: None,
+                source_layers: Vec::new(),
+                dest_parent_format: None,
             });
             disks.push(DiskSpec {
                 path: dest,

@@ -194,6 +194,8 @@ pub fn run(ctx: &Context, cmd: DiskCmd) -> CmdResult {
                 dest: dst,
                 dest_format: format.into(),
                 dest_parent: parent,
+                source_layers: Vec::new(),
+                dest_parent_format: None,
             };
             let reports = ops::flatten_all(&[job], 1, &|_, _| {}, &CancelToken::new())?;
             let report = &reports[0];
