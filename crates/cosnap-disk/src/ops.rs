@@ -239,7 +239,13 @@ pub fn create_child_of(parent_chain: &[LayerSpec], child: &Path) -> Result<Forma
 
 /// The direct parent file of `image`, or `None` for a base image.
 pub fn parent_path(image: &Path) -> Result<Option<PathBuf>> {
-    match detect_format(image)? {
+    parent_path_as(&LayerSpec::new(image, detect_format(image)?))
+}
+
+/// The parent file a layer of recorded format names (what it names, unchecked), or `None`.
+pub fn parent_path_as(layer: &LayerSpec) -> Result<Option<PathBuf>> {
+    let image = layer.path.as_path();
+    match layer.format {
         Format::Raw => Ok(None),
         Format::Vhdx => vhdx::parent_path(image),
         Format::Qcow2 => {

@@ -110,6 +110,8 @@ fn disk(id: &str, source: &Path, format: Format) -> DiskPlan {
         format,
         base_layer: None,
         base_export_file: None,
+        base_export_format: None,
+        layers: Vec::new(),
         resource_instance_id: Some(format!("Microsoft:{id}")),
     }
 }

@@ -38,6 +38,7 @@
 use std::path::{Path, PathBuf};
 
 use cosnap_cim::{CimError, Instance, MethodOutcome, ObjectPath, Value};
+use cosnap_disk::Format;
 use cosnap_export::{
     BackupIntent, BaseKind, Differential, DiskPlan, ExportError, ExportOptions, ExportPlan, VmPlan,
 };
@@ -405,15 +406,31 @@ fn vm_system(host: &Host, vm_id: &str, fallback_name: &str) -> Instance {
     }
 }
 
-fn disk_plan(l: &LayerRef) -> DiskPlan {
-    DiskPlan {
+fn disk_plan(host: &Host, l: &LayerRef) -> Result<DiskPlan, Refusal> {
+    let layers = host.disk_chain(&l.path).map_err(|e| {
+        refuse(
+            dmtf::INVALID_STATE,
+            format!("the snapshot's disk chain is not on record: {e}"),
+        )
+    })?;
+    Ok(DiskPlan {
         id: format!("disk{}", l.index),
         source: l.path.clone(),
         format: l.format,
+        layers,
         base_layer: None,
         base_export_file: None,
+        base_export_format: None,
         resource_instance_id: Some(l.disk_instance_id.clone()),
-    }
+    })
+}
+
+/// The format of a disk file in an earlier package: its name is cosnap's record of it
+/// (`file_ext` in cosnap-export), never its content, which is guest bytes for a raw disk.
+fn exported_format(file: &Path) -> Option<Format> {
+    file.extension()
+        .and_then(|e| e.to_str())
+        .and_then(Format::from_name)
 }
 
 /// Builds the full export plan of a snapshot (differential parts are added by the job).
@@ -431,7 +448,11 @@ fn full_plan(host: &Host, snap: &Snapshot) -> Result<ExportPlan, Refusal> {
             system: vm_system(host, &v.vm_id, &v.settings.name),
             settings,
             resources,
-            disks: v.disks.iter().map(disk_plan).collect(),
+            disks: v
+                .disks
+                .iter()
+                .map(|l| disk_plan(host, l))
+                .collect::<Result<_, _>>()?,
         });
     }
     Ok(ExportPlan {
@@ -641,6 +662,8 @@ pub fn start_export(host: &Host, req: &ExportRequest, roots: Roots) -> Result<St
                                 let dp = &mut plan.vms[vi].disks[di];
                                 dp.base_layer = Some(layer);
                                 dp.base_export_file = files[vi][di].clone();
+                                dp.base_export_format =
+                                    dp.base_export_file.as_deref().and_then(exported_format);
                             }
                             Err(HostError::ChangeInfoGone(m)) => {
                                 gone = Some(m);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use cosnap_disk::{CancelToken, Format};
+use cosnap_disk::{CancelToken, Format, LayerSpec};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{HostError, Result};
@@ -50,18 +50,6 @@ fn child_ext(parent_format: Format) -> (&'static str, Format) {
     }
 }
 
-/// Detects an image's format from its name, then from its content.
-fn detect_format(path: &Path) -> Result<Format> {
-    let by_ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .and_then(Format::from_name);
-    match by_ext {
-        Some(f) => Ok(f),
-        None => Ok(cosnap_disk::detect_format(path)?),
-    }
-}
-
 impl Host {
     /// Opens (creating if needed) the repository in `data_dir`, applies migrations, and
     /// recovers from any interrupted operation (journal replay / roll-back, interrupted
@@ -88,6 +76,12 @@ impl Host {
 
     pub fn data_dir(&self) -> &Path {
         &self.inner.data_dir
+    }
+
+    /// The chain of layer `top` as the repository records it (top first): what every
+    /// open of a repository layer uses (see [`crate::chains`]).
+    pub fn disk_chain(&self, top: &Path) -> Result<Vec<LayerSpec>> {
+        crate::chains::recorded_chain(&self.db(), top)
     }
 
     /// The host name used in object paths and service keys.
@@ -199,10 +193,7 @@ impl Host {
                     path.display()
                 )));
             }
-            let format = match d.format {
-                Some(f) => f,
-                None => detect_format(&path)?,
-            };
+            let format = crate::chains::base_disk_format(&path, d.format)?;
             disks.push((path, format));
         }
         let mut conn = self.db();
@@ -342,7 +333,7 @@ impl Host {
                 vm.disks.len()
             ))
         })?;
-        cosnap_disk::write_pattern(&disk.path, offset, len, pattern)?;
+        cosnap_disk::write_pattern_to(&self.disk_chain(&disk.path)?, offset, len, pattern)?;
         Ok(())
     }
 
@@ -692,7 +683,7 @@ impl Host {
                     ctx.check_cancel()?;
                 }
                 std::fs::create_dir_all(child.parent().unwrap_or(Path::new(".")))?;
-                cosnap_disk::create_child(parent, child)?;
+                cosnap_disk::create_child_of(&self.disk_chain(parent)?, child)?;
                 if let Ok(f) = std::fs::File::open(child) {
                     f.sync_all()?;
                 }
@@ -987,7 +978,7 @@ impl Host {
                     ctx.check_cancel()?;
                 }
                 std::fs::create_dir_all(child.parent().unwrap_or(Path::new(".")))?;
-                cosnap_disk::create_child(frozen, child)?;
+                cosnap_disk::create_child_of(&self.disk_chain(frozen)?, child)?;
                 std::fs::File::open(child)?.sync_all()?;
                 Ok(())
             })();
@@ -1465,6 +1456,12 @@ pub(crate) fn release_layers(tx: &Connection, layers: &[PathBuf]) -> Result<Vec<
                     stmt.query_map([c], |r| r.get(0))?
                         .collect::<Result<_, _>>()?
                 };
+                // The chains as recorded before this release rewrites them.
+                let chain = crate::chains::recorded_chain(tx, Path::new(c))?;
+                let rebase_formats = grandchildren
+                    .iter()
+                    .map(|g| Ok(crate::chains::recorded_chain(tx, Path::new(g))?[0].format))
+                    .collect::<Result<Vec<_>>>()?;
                 tx.execute(
                     "UPDATE vm_disks SET active_layer = ?2 WHERE active_layer = ?1",
                     [c, &fs],
@@ -1484,6 +1481,8 @@ pub(crate) fn release_layers(tx: &Connection, layers: &[PathBuf]) -> Result<Vec<
                     child: PathBuf::from(c),
                     into: f.clone(),
                     rebase: grandchildren.into_iter().map(PathBuf::from).collect(),
+                    chain,
+                    rebase_formats,
                 });
             }
             [] => {
@@ -1504,6 +1503,10 @@ pub(crate) fn release_layers(tx: &Connection, layers: &[PathBuf]) -> Result<Vec<
                             "layer {fs} is read by a running export"
                         )));
                     }
+                    let chains = many
+                        .iter()
+                        .map(|c| crate::chains::recorded_chain(tx, Path::new(c)))
+                        .collect::<Result<Vec<_>>>()?;
                     tx.execute(
                         "UPDATE layers SET parent = ?2 WHERE parent = ?1",
                         params![fs, parent],
@@ -1512,6 +1515,7 @@ pub(crate) fn release_layers(tx: &Connection, layers: &[PathBuf]) -> Result<Vec<
                     steps.push(Step::Pull {
                         parent: f.clone(),
                         children: many.iter().map(PathBuf::from).collect(),
+                        chains,
                     });
                 }
             }
@@ -1833,16 +1837,12 @@ impl Host {
                 problems.push(format!("layer {path} is recorded but missing"));
                 continue;
             }
-            if let Some(parent) = parent {
-                match cosnap_disk::chain(p) {
-                    Ok(chain) => {
-                        let file_parent = chain.get(1).and_then(|f| f.canonicalize().ok());
-                        let want = Path::new(parent).canonicalize().ok();
-                        if file_parent.is_none() || file_parent != want {
-                            problems.push(format!("layer {path}: file names parent {file_parent:?}, repository says {parent}"));
-                        }
-                    }
-                    Err(e) => problems.push(format!("layer {path}: chain unreadable: {e}")),
+            if parent.is_some() {
+                // Opening the recorded chain checks that each file names its recorded parent.
+                let opened = crate::chains::recorded_chain(&conn, p)
+                    .and_then(|chain| Ok(cosnap_disk::open_chain(&chain, false)?));
+                if let Err(e) = opened {
+                    problems.push(format!("layer {path}: chain does not match the record: {e}"));
                 }
             }
         }

@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use cosnap_cim::{Instance, Value};
-use cosnap_disk::{CancelToken, FlattenJob, Format};
+use cosnap_disk::{CancelToken, FlattenJob, Format, LayerSpec};
 use serde::Serialize;
 
 use crate::model::{COLLECTION_OF_VMS, DiskSpec, Nic, VmSpec};
@@ -100,6 +100,13 @@ pub fn import_package(
                 )));
             };
             let format = d.format;
+            if d.parent.is_some() {
+                // Its parent lives in another package this one cannot vouch for.
+                return Err(HostError::invalid(format!(
+                    "disk {} of VM {} is a differencing image of an earlier package; import a full or Merge export instead",
+                    d.id, v.record.id
+                )));
+            }
             let ext = match format {
                 Format::Vhdx => "vhdx",
                 Format::Qcow2 => "qcow2",
@@ -118,7 +125,8 @@ pub fn import_package(
                 dest: dest.clone(),
                 dest_format: format,
                 dest_parent: None,
-                source_layers: Vec::new(),
+                // The package records each file's format; its bytes may say otherwise.
+                source_layers: vec![LayerSpec::new(src.clone(), format)],
                 dest_parent_format: None,
             });
             disks.push(DiskSpec {

@@ -54,6 +54,7 @@
 //!   cosnap-disk); [`Host::job`], [`Host::jobs`], [`Host::wait_job`],
 //!   [`Host::request_job_state`].
 
+pub mod chains;
 pub mod cim;
 pub mod error;
 pub mod export;
