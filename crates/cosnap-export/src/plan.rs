@@ -104,6 +104,9 @@ pub struct ExportPlan {
     pub fallback_to_full: Option<String>,
 }
 
+/// Package files are readable by their owner only unless asked otherwise.
+pub const DEFAULT_FILE_MODE: u32 = 0o600;
+
 /// How to write the package.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
@@ -114,6 +117,11 @@ pub struct ExportOptions {
     pub intent: BackupIntent,
     /// Disks copied at once.
     pub threads: usize,
+    /// Mode of every file the package holds (disk images included); directories get the
+    /// matching search bits (0600 → 0700). Owner-only by default.
+    // Passed through by the host (`--export-mode`); applied by the package writer (the
+    // trust-export branch).
+    pub file_mode: u32,
 }
 
 impl Default for ExportOptions {
@@ -123,6 +131,7 @@ impl Default for ExportOptions {
             create_subdirectory: false,
             intent: BackupIntent::PreserveChain,
             threads: 2,
+            file_mode: DEFAULT_FILE_MODE,
         }
     }
 }

@@ -142,6 +142,7 @@ fn opts(subdir: bool) -> ExportOptions {
         create_subdirectory: subdir,
         intent: BackupIntent::PreserveChain,
         threads: 2,
+        ..Default::default()
     }
 }
 

@@ -24,8 +24,9 @@
 //!
 //! # Export roots
 //! Method calls may only export under an allowed root: `<data-dir>/exports` (created on
-//! demand), every line of `<data-dir>/export-roots`, and every entry of the
-//! `COSNAP_EXPORT_ROOTS` environment variable (`:`-separated). The `cosnap export` command
+//! demand), every line of `<data-dir>/export-roots`, and every export root the process
+//! opened the host with ([`crate::HostOptions::export_roots`], `cosnap serve
+//! --export-root`). The `cosnap export` command
 //! runs as the local user with that user's own file permissions and passes
 //! [`Roots::Caller`]: any directory the user can write.
 //!
@@ -84,6 +85,8 @@ pub struct ExportRequest {
     pub base: Option<String>,
     pub intent: BackupIntent,
     pub allow_fallback_full: bool,
+    /// Mode of the package's files; `None` = the host's (`HostOptions::export_file_mode`).
+    pub file_mode: Option<u32>,
 }
 
 impl ExportRequest {
@@ -96,6 +99,7 @@ impl ExportRequest {
             base: None,
             intent: BackupIntent::PreserveChain,
             allow_fallback_full: false,
+            file_mode: None,
         }
     }
 }
@@ -112,7 +116,7 @@ pub enum Roots {
 /// The configured export roots (see the module doc).
 pub fn configured_roots(host: &Host) -> Vec<PathBuf> {
     let mut roots = vec![host.data_dir().join("exports")];
-    let _ = std::fs::create_dir_all(&roots[0]);
+    let _ = crate::modes::create_private_dir(&roots[0]);
     if let Ok(text) = std::fs::read_to_string(host.data_dir().join("export-roots")) {
         roots.extend(
             text.lines()
@@ -121,9 +125,7 @@ pub fn configured_roots(host: &Host) -> Vec<PathBuf> {
                 .map(PathBuf::from),
         );
     }
-    if let Ok(env) = std::env::var("COSNAP_EXPORT_ROOTS") {
-        roots.extend(env.split(':').filter(|s| !s.is_empty()).map(PathBuf::from));
-    }
+    roots.extend(host.options().export_roots.iter().cloned());
     roots
         .into_iter()
         .filter(|r| r.is_absolute())
@@ -538,6 +540,7 @@ pub fn start_export(host: &Host, req: &ExportRequest, roots: Roots) -> Result<St
             .map(|v| v.disks.len())
             .sum::<usize>()
             .clamp(1, 4),
+        file_mode: req.file_mode.unwrap_or(host.options().export_file_mode),
     };
     // Differential: ids, ordering, and (for PreserveChain) the base export's files.
     let mut pending_diff: Option<PendingDiff> = None;
@@ -697,7 +700,7 @@ pub fn start_export(host: &Host, req: &ExportRequest, roots: Roots) -> Result<St
                 }
             }
         }
-        std::fs::create_dir_all(&record_dir)?;
+        crate::modes::create_private_dir(&record_dir)?;
         let record = record_dir.join(format!("{}.json", ctx.job_id()));
         let (pid, start) = crate::repo::own_identity();
         let inflight = InFlight {

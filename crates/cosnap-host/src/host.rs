@@ -12,6 +12,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use crate::error::{HostError, Result};
 use crate::journal::{self, Plan, Step};
 use crate::model::*;
+use crate::options::HostOptions;
 use crate::repo::{self, RepoLock};
 use crate::util::{crash_point, new_guid, norm_id, now_ms, rfc3339};
 
@@ -24,6 +25,8 @@ pub struct Host {
 
 pub(crate) struct Inner {
     pub(crate) data_dir: PathBuf,
+    /// Trust configuration, roots canonical.
+    pub(crate) options: HostOptions,
     pub(crate) conn: Mutex<Connection>,
     /// A read-only connection for the hot read path (job polling): in WAL mode it never
     /// waits for the writer, whose commits fsync (FULL) and can take long while an export
@@ -55,14 +58,24 @@ impl Host {
     /// recovers from any interrupted operation (journal replay / roll-back, interrupted
     /// jobs marked Exception, stale in-use marks cleared, expired jobs purged).
     pub fn open(data_dir: impl AsRef<Path>) -> Result<Host> {
-        let data_dir = data_dir.as_ref();
-        std::fs::create_dir_all(data_dir)?;
-        let data_dir = data_dir.canonicalize()?;
+        Self::open_with(data_dir, HostOptions::default())
+    }
+
+    /// [`Host::open`] with the process's trust configuration (storage and export roots,
+    /// export mode; see [`HostOptions`]).
+    pub fn open_with(data_dir: impl AsRef<Path>, options: HostOptions) -> Result<Host> {
+        let data_dir = crate::modes::create_private_dir(data_dir.as_ref())?;
+        let options = HostOptions {
+            storage_roots: crate::options::canonical_roots(&options.storage_roots, "storage"),
+            export_roots: crate::options::canonical_roots(&options.export_roots, "export"),
+            ..options
+        };
         let conn = repo::open_db(&data_dir)?;
         let reader = repo::open_reader(&data_dir)?;
         let host = Host {
             inner: Arc::new(Inner {
                 data_dir,
+                options,
                 conn: Mutex::new(conn),
                 reader: Mutex::new(reader),
                 host_name: crate::util::host_name(),
@@ -76,6 +89,32 @@ impl Host {
 
     pub fn data_dir(&self) -> &Path {
         &self.inner.data_dir
+    }
+
+    /// The trust configuration the host was opened with (roots canonical).
+    pub fn options(&self) -> &HostOptions {
+        &self.inner.options
+    }
+
+    /// Checks the disk images of a VM defined over the API (see
+    /// [`crate::options::HostOptions::storage_roots`]); Access Denied when one lies
+    /// outside the storage roots.
+    pub fn check_api_disks(&self, spec: &VmSpec) -> Result<()> {
+        for d in &spec.disks {
+            crate::options::check_api_disk_path(
+                &d.path,
+                &self.inner.options.storage_roots,
+                &self.inner.data_dir,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Creates `<data-dir>/disks/<vm>/`, the directory of a new layer `child`, owner-only.
+    fn create_layer_dir(&self, child: &Path) -> Result<()> {
+        crate::modes::create_private_dir(&self.inner.data_dir.join("disks"))?;
+        crate::modes::create_private_dir(child.parent().unwrap_or(Path::new(".")))?;
+        Ok(())
     }
 
     /// The chain of layer `top` as the repository records it (top first): what every
@@ -682,8 +721,9 @@ impl Host {
                 if let Some(ctx) = ctx {
                     ctx.check_cancel()?;
                 }
-                std::fs::create_dir_all(child.parent().unwrap_or(Path::new(".")))?;
+                self.create_layer_dir(child)?;
                 cosnap_disk::create_child_of(&self.disk_chain(parent)?, child)?;
+                crate::modes::make_private_file(child)?;
                 if let Ok(f) = std::fs::File::open(child) {
                     f.sync_all()?;
                 }
@@ -977,8 +1017,9 @@ impl Host {
                 if let Some(ctx) = ctx {
                     ctx.check_cancel()?;
                 }
-                std::fs::create_dir_all(child.parent().unwrap_or(Path::new(".")))?;
+                self.create_layer_dir(child)?;
                 cosnap_disk::create_child_of(&self.disk_chain(frozen)?, child)?;
+                crate::modes::make_private_file(child)?;
                 std::fs::File::open(child)?.sync_all()?;
                 Ok(())
             })();

@@ -90,7 +90,8 @@ pub fn import_package(
     let mut specs: Vec<Vec<DiskSpec>> = Vec::new();
     for (v, vm_id) in pkg.vms.iter().zip(&vm_ids) {
         let dest_dir = host.data_dir().join("imported").join(vm_id);
-        std::fs::create_dir_all(&dest_dir)?;
+        crate::modes::create_private_dir(&host.data_dir().join("imported"))?;
+        crate::modes::create_private_dir(&dest_dir)?;
         let mut disks = Vec::new();
         for (d, file) in v.record.disks.iter().zip(&v.disk_files) {
             let Some(src) = file else {
@@ -138,6 +139,9 @@ pub fn import_package(
     }
     let copied: Vec<PathBuf> = jobs.iter().map(|j| j.dest.clone()).collect();
     cosnap_disk::flatten_all(&jobs, 2, progress, &CancelToken::new())?;
+    for p in &copied {
+        crate::modes::make_private_file(p)?;
+    }
     let cleanup = || {
         for p in &copied {
             let _ = std::fs::remove_file(p);
