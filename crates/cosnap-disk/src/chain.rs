@@ -148,16 +148,6 @@ pub fn check_qcow2_backing(img: &Qcow2Image, parent: Option<&LayerSpec>) -> Resu
                     ),
                 ));
             };
-            if Format::from_name(fmt) != Some(p.format) {
-                return Err(DiskError::chain(
-                    path,
-                    format!(
-                        "records backing format {fmt:?}, but its recorded parent {} is {}",
-                        p.path.display(),
-                        p.format
-                    ),
-                ));
-            }
             let named = resolve_backing(path, name);
             if canonical(&named) != canonical(&p.path) {
                 return Err(DiskError::chain(
@@ -166,6 +156,16 @@ pub fn check_qcow2_backing(img: &Qcow2Image, parent: Option<&LayerSpec>) -> Resu
                         "names backing file {}, but its recorded parent is {}; refusing to follow it",
                         named.display(),
                         p.path.display()
+                    ),
+                ));
+            }
+            if Format::from_name(fmt) != Some(p.format) {
+                return Err(DiskError::chain(
+                    path,
+                    format!(
+                        "records backing format {fmt:?}, but its recorded parent {} is {}",
+                        p.path.display(),
+                        p.format
                     ),
                 ));
             }
