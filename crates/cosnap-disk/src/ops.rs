@@ -457,9 +457,7 @@ fn pull_open(child: &Path, img: &mut dyn Image, has_grandparent: bool) -> Result
             }
             let state = match p.state {
                 ExtentState::Data { .. } => ExtentState::Data { host_offset: None },
-                ExtentState::Zero if has_grandparent || zeros_everywhere => {
-                    ExtentState::Zero
-                }
+                ExtentState::Zero if has_grandparent || zeros_everywhere => ExtentState::Zero,
                 ExtentState::Inherited if zeros_everywhere => ExtentState::Zero,
                 _ => continue,
             };

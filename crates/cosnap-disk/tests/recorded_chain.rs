@@ -11,7 +11,11 @@ const MIB: u64 = 1 << 20;
 
 fn qemu_img(args: &[&str]) {
     let out = Command::new("qemu-img").args(args).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn spec(p: &Path, f: Format) -> LayerSpec {
@@ -31,7 +35,18 @@ fn a_raw_layer_is_raw_whatever_its_bytes_say() {
     let secret = tmp.path().join("secret");
     std::fs::write(&secret, vec![0x5a; MIB as usize]).unwrap();
     let lure = tmp.path().join("lure.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", "-b", secret.to_str().unwrap(), "-F", "raw", lure.to_str().unwrap(), "4M"]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        secret.to_str().unwrap(),
+        "-F",
+        "raw",
+        lure.to_str().unwrap(),
+        "4M",
+    ]);
     let raw = tmp.path().join("disk.raw");
     let f = std::fs::File::create(&raw).unwrap();
     f.set_len(4 * MIB).unwrap();
@@ -63,7 +78,10 @@ fn qcow2_backing_references_must_match_the_record() {
     let top = dir.join("top.qcow2");
     cosnap_disk::create_child_of(&[spec(&base, Format::Qcow2)], &top).unwrap();
     let chain = [spec(&top, Format::Qcow2), spec(&base, Format::Qcow2)];
-    assert_eq!(cosnap_disk::layers(open_chain(&chain, false).unwrap().as_ref()).len(), 2);
+    assert_eq!(
+        cosnap_disk::layers(open_chain(&chain, false).unwrap().as_ref()).len(),
+        2
+    );
 
     // Recorded parent's format differs from the backing format the file records.
     let e = err(&[spec(&top, Format::Qcow2), spec(&base, Format::Raw)]);
@@ -75,17 +93,45 @@ fn qcow2_backing_references_must_match_the_record() {
     assert!(e.contains("not a recorded parent"), "{e}");
 
     // Rewritten to another file.
-    qemu_img(&["rebase", "-u", "-f", "qcow2", "-b", other.to_str().unwrap(), "-F", "raw", top.to_str().unwrap()]);
+    qemu_img(&[
+        "rebase",
+        "-u",
+        "-f",
+        "qcow2",
+        "-b",
+        other.to_str().unwrap(),
+        "-F",
+        "raw",
+        top.to_str().unwrap(),
+    ]);
     let e = err(&chain);
     assert!(e.contains("refusing to follow"), "{e}");
     // Rewritten without a backing format (its header extension renamed to an unknown
     // one, which readers skip): nothing is guessed.
-    qemu_img(&["rebase", "-u", "-f", "qcow2", "-b", base.to_str().unwrap(), "-F", "qcow2", top.to_str().unwrap()]);
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(&top).unwrap();
+    qemu_img(&[
+        "rebase",
+        "-u",
+        "-f",
+        "qcow2",
+        "-b",
+        base.to_str().unwrap(),
+        "-F",
+        "qcow2",
+        top.to_str().unwrap(),
+    ]);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&top)
+        .unwrap();
     let mut head = vec![0u8; 4096];
     f.read_exact_at(&mut head, 0).unwrap();
-    let at = head.windows(4).position(|w| w == [0xe2, 0x79, 0x2a, 0xca]).expect("backing format extension");
-    f.write_all_at(&[0x0c, 0x05, 0x4a, 0x70], at as u64).unwrap();
+    let at = head
+        .windows(4)
+        .position(|w| w == [0xe2, 0x79, 0x2a, 0xca])
+        .expect("backing format extension");
+    f.write_all_at(&[0x0c, 0x05, 0x4a, 0x70], at as u64)
+        .unwrap();
     let e = err(&chain);
     assert!(e.contains("without a backing format"), "{e}");
 

@@ -31,7 +31,10 @@ pub(crate) fn recorded_chain(conn: &Connection, top: &Path) -> Result<Vec<LayerS
             .ok_or_else(|| {
                 HostError::Failed(format!("layer {path} is not recorded in the repository"))
             })?;
-        out.push(LayerSpec::new(PathBuf::from(&path), recorded_format(&path, &format)?));
+        out.push(LayerSpec::new(
+            PathBuf::from(&path),
+            recorded_format(&path, &format)?,
+        ));
         cur = parent;
     }
     Ok(out)

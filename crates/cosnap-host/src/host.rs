@@ -1883,7 +1883,9 @@ impl Host {
                 let opened = crate::chains::recorded_chain(&conn, p)
                     .and_then(|chain| Ok(cosnap_disk::open_chain(&chain, false)?));
                 if let Err(e) = opened {
-                    problems.push(format!("layer {path}: chain does not match the record: {e}"));
+                    problems.push(format!(
+                        "layer {path}: chain does not match the record: {e}"
+                    ));
                 }
             }
         }

@@ -63,13 +63,17 @@ fn define(h: &Host, name: &str, disk: &Path, format: Option<Format>) -> String {
             nics: vec![],
         })
         .unwrap();
-    let coll = h.define_collection(&format!("{name}-group"), None, 0).unwrap();
+    let coll = h
+        .define_collection(&format!("{name}-group"), None, 0)
+        .unwrap();
     h.add_member(&coll.id, &vm.id).unwrap();
     coll.id
 }
 
 fn snapshot(h: &Host, coll: &str) -> String {
-    let job = h.wait_job(&h.start_create_snapshot(coll, 2).unwrap()).unwrap();
+    let job = h
+        .wait_job(&h.start_create_snapshot(coll, 2).unwrap())
+        .unwrap();
     assert!(job.succeeded(), "{job:?}");
     job.created("Msvm_SnapshotCollection").unwrap().to_string()
 }
@@ -131,8 +135,9 @@ fn a_raw_disk_that_looks_like_qcow2_is_snapshotted_and_exported_as_its_own_bytes
     // A full export writes the disk's own bytes.
     let out = tmp.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
-    let job = cosnap_host::export::start_export(&h, &ExportRequest::full(&snap, &out), Roots::Caller)
-        .unwrap();
+    let job =
+        cosnap_host::export::start_export(&h, &ExportRequest::full(&snap, &out), Roots::Caller)
+            .unwrap();
     let job = h.wait_job(&job).unwrap();
     assert!(job.succeeded(), "{job:?}");
     let exported = files_with_ext(&out, "raw");
@@ -164,7 +169,10 @@ fn a_qcow2_layer_whose_backing_file_was_rewritten_is_refused() {
     h.write_guest(&vm.id, 0, 2 * MIB, MIB, 0x22).unwrap();
     let snap = snapshot(&h, &coll);
     let frozen = h.snapshot(&snap).unwrap().vms[0].disks[0].path.clone();
-    assert_ne!(frozen, base, "the second snapshot freezes the first one's child");
+    assert_ne!(
+        frozen, base,
+        "the second snapshot freezes the first one's child"
+    );
 
     // Something that can write the layer points it at a host file.
     qemu_img(&[

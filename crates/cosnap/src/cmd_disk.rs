@@ -135,9 +135,9 @@ pub fn run(ctx: &Context, cmd: DiskCmd) -> CmdResult {
         DiskCmd::Create {
             parent: Some(p), ..
         } => say_probed(&[p]),
-        DiskCmd::Write { image, .. }
-        | DiskCmd::Map { image }
-        | DiskCmd::Check { image } => say_probed(&[image]),
+        DiskCmd::Write { image, .. } | DiskCmd::Map { image } | DiskCmd::Check { image } => {
+            say_probed(&[image])
+        }
         DiskCmd::Convert { src, .. } => say_probed(&[src]),
         DiskCmd::Compare { a, b } => say_probed(&[a, b]),
         DiskCmd::Info { .. } | DiskCmd::Create { .. } => {}

@@ -190,7 +190,9 @@ pub fn fail(e: HostError) -> Failure {
 fn parse_format(text: &str) -> Result<Format, String> {
     match Format::from_name(text) {
         Some(f) => Ok(f),
-        None => Err(format!("'{text}' is not a disk format (raw, qcow2 or vhdx)")),
+        None => Err(format!(
+            "'{text}' is not a disk format (raw, qcow2 or vhdx)"
+        )),
     }
 }
 

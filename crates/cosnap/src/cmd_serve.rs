@@ -139,8 +139,7 @@ pub fn run_user(ctx: &Context, cmd: UserCmd) -> CmdResult {
 fn existing_dirs(dirs: &[PathBuf], what: &str) -> Result<Vec<PathBuf>, Failure> {
     let mut out = Vec::new();
     for d in dirs {
-        let canon =
-            std::fs::canonicalize(d).with_context(|| format!("{what} {}", d.display()))?;
+        let canon = std::fs::canonicalize(d).with_context(|| format!("{what} {}", d.display()))?;
         if !canon.is_dir() {
             return Err(Failure::new(
                 USAGE,

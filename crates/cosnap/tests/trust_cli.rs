@@ -46,7 +46,11 @@ fn ok_json(data: &Path, args: &[&str]) -> Value {
 
 fn qemu_img(args: &[&str]) {
     let out = Command::new("qemu-img").args(args).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn mode(p: &Path) -> u32 {
@@ -86,31 +90,79 @@ fn define_refuses_a_format_the_file_disagrees_with_and_says_how_to_state_it() {
     let secret = tmp.path().join("secret.bin");
     std::fs::write(&secret, vec![0x5a; MIB as usize]).unwrap();
     let raw = tmp.path().join("plain.raw");
-    ok(&data, &["disk", "create", raw.to_str().unwrap(), "--format", "raw", "--size", "8M"]);
+    ok(
+        &data,
+        &[
+            "disk",
+            "create",
+            raw.to_str().unwrap(),
+            "--format",
+            "raw",
+            "--size",
+            "8M",
+        ],
+    );
 
     // Stated qcow2, but the file is raw.
     let out = cosnap(
         &data,
-        &["vm", "define", "--name", "a", "--disk", raw.to_str().unwrap(), "--disk-format", "qcow2"],
+        &[
+            "vm",
+            "define",
+            "--name",
+            "a",
+            "--disk",
+            raw.to_str().unwrap(),
+            "--disk-format",
+            "qcow2",
+        ],
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("is not qcow2"), "{err}");
-    assert!(err.contains("--disk-format raw|qcow2|vhdx"), "says how: {err}");
+    assert!(
+        err.contains("--disk-format raw|qcow2|vhdx"),
+        "says how: {err}"
+    );
 
     // Named .raw, looks like qcow2 (a guest wrote the header): not guessed.
     let lured = lured_raw(tmp.path(), &secret);
-    let out = cosnap(&data, &["vm", "define", "--name", "b", "--disk", lured.to_str().unwrap()]);
+    let out = cosnap(
+        &data,
+        &[
+            "vm",
+            "define",
+            "--name",
+            "b",
+            "--disk",
+            lured.to_str().unwrap(),
+        ],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("its name says raw but its content looks like qcow2"), "{err}");
+    assert!(
+        err.contains("its name says raw but its content looks like qcow2"),
+        "{err}"
+    );
     assert!(err.contains("--disk-format"), "says how: {err}");
-    assert_eq!(ok_json(&data, &["vm", "list"]).as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        ok_json(&data, &["vm", "list"]).as_array().map(Vec::len),
+        Some(0)
+    );
 
     // Stated raw: recorded as raw, and the VM's disk reads as its own bytes.
     let vm = ok_json(
         &data,
-        &["vm", "define", "--name", "c", "--disk", lured.to_str().unwrap(), "--disk-format", "raw"],
+        &[
+            "vm",
+            "define",
+            "--name",
+            "c",
+            "--disk",
+            lured.to_str().unwrap(),
+            "--disk-format",
+            "raw",
+        ],
     );
     assert_eq!(vm["disks"][0]["format"], "raw", "{vm}");
 
@@ -127,7 +179,17 @@ fn define_refuses_a_format_the_file_disagrees_with_and_says_how_to_state_it() {
         "raw",
         child.to_str().unwrap(),
     ]);
-    let out = cosnap(&data, &["vm", "define", "--name", "d", "--disk", child.to_str().unwrap()]);
+    let out = cosnap(
+        &data,
+        &[
+            "vm",
+            "define",
+            "--name",
+            "d",
+            "--disk",
+            child.to_str().unwrap(),
+        ],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("must stand alone"), "{err}");
@@ -145,8 +207,29 @@ fn everything_cosnap_keeps_is_owner_only_under_umask_022() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let img = tmp.path().join("a.qcow2");
-    ok(&data, &["disk", "create", img.to_str().unwrap(), "--format", "qcow2", "--size", "8M"]);
-    let vm = ok_json(&data, &["vm", "define", "--name", "m", "--disk", img.to_str().unwrap()]);
+    ok(
+        &data,
+        &[
+            "disk",
+            "create",
+            img.to_str().unwrap(),
+            "--format",
+            "qcow2",
+            "--size",
+            "8M",
+        ],
+    );
+    let vm = ok_json(
+        &data,
+        &[
+            "vm",
+            "define",
+            "--name",
+            "m",
+            "--disk",
+            img.to_str().unwrap(),
+        ],
+    );
     let vm_id = vm["id"].as_str().unwrap().to_string();
     let coll = ok_json(&data, &["collection", "define", "g"])["id"]
         .as_str()
@@ -166,7 +249,11 @@ fn everything_cosnap_keeps_is_owner_only_under_umask_022() {
         .unwrap();
     {
         use std::io::Write;
-        user.stdin.take().unwrap().write_all(b"a long password\n").unwrap();
+        user.stdin
+            .take()
+            .unwrap()
+            .write_all(b"a long password\n")
+            .unwrap();
     }
     assert!(user.wait().unwrap().success());
 
