@@ -81,7 +81,7 @@ pub struct FlattenJob {
     /// written are inherited from it.
     pub dest_parent: Option<PathBuf>,
     /// The source chain as the caller recorded it (top first, `source` on top): opened
-    /// with these formats and parents, nothing probed (see [`crate::chain`]). Empty = probe
+    /// with these formats and parents, nothing probed (see [`crate::chain`](mod@crate::chain)). Empty = probe
     /// `source` and follow the parents it names — only for images a person named.
     pub source_layers: Vec<LayerSpec>,
     /// The recorded format of `dest_parent`; `None` = probe it (a person named it).

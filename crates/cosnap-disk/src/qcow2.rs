@@ -347,7 +347,7 @@ impl Qcow2Image {
     /// Opens `path`; `seen` holds the layers above it (canonical paths) to detect loops.
     /// Follows the backing file the header names (probing its format when the header
     /// records none): only for images a person named, never for repository layers (see
-    /// [`crate::chain`]).
+    /// [`crate::chain`](mod@crate::chain)).
     pub fn open_in_chain(
         path: &Path,
         writable: bool,
