@@ -231,12 +231,14 @@ pub struct RepoLock {
 
 impl RepoLock {
     pub fn acquire(data_dir: &Path) -> Result<RepoLock> {
+        use std::os::unix::fs::OpenOptionsExt;
         let path = data_dir.join("lock");
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
+            .mode(crate::modes::PRIVATE_FILE)
             .open(&path)?;
         loop {
             // SAFETY: flock on a valid, owned descriptor.

@@ -258,9 +258,15 @@ fn everything_cosnap_keeps_is_owner_only_under_umask_022() {
     assert!(user.wait().unwrap().success());
 
     assert_eq!(mode(&data), 0o700, "the data directory");
-    for f in ["cosnap.db", "cosnap.db-wal", "cosnap.db-shm", "users.json"] {
+    for f in [
+        "cosnap.db",
+        "cosnap.db-wal",
+        "cosnap.db-shm",
+        "users.json",
+        "lock",
+    ] {
         let p = data.join(f);
-        if p.exists() || f == "cosnap.db" || f == "users.json" {
+        if p.exists() || f != "cosnap.db-wal" && f != "cosnap.db-shm" {
             assert_eq!(mode(&p), 0o600, "{f}");
         }
     }
