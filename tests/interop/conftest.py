@@ -52,6 +52,9 @@ class CosnapServer:
         self.data = base / "data"
         self.export_root = base / "exports"
         self.export_root.mkdir(parents=True, exist_ok=True)
+        # Where disk images named over the API (DefineSystem) may lie.
+        self.storage_root = base / "storage"
+        self.storage_root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.https_port = free_port() if https else None
         self.proc = None
@@ -71,7 +74,8 @@ class CosnapServer:
     def start(self):
         self.cli("user", "add", USER, "--password-stdin", input=PASSWORD + "\n")
         cmd = [cosnap_bin(), "--data-dir", str(self.data), "serve",
-               "--listen", f"127.0.0.1:{self.port}", "--export-root", str(self.export_root)]
+               "--listen", f"127.0.0.1:{self.port}", "--export-root", str(self.export_root),
+               "--storage-root", str(self.storage_root)]
         if self.https_port:
             cmd += ["--https-listen", f"127.0.0.1:{self.https_port}"]
         cmd += self.extra_args

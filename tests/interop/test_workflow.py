@@ -59,7 +59,7 @@ def disk_of(meta, vm_id):
 
 @pytest.fixture(scope="module")
 def disks(server):
-    d = server.base / "disks"
+    d = server.storage_root / "disks"
     d.mkdir()
     q = d / "vm1.qcow2"
     sh("qemu-img", "create", "-q", "-f", "qcow2", q, str(SIZE))

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::chain::{LayerSpec, open_chain};
 use crate::error::{DiskError, Result};
 use crate::image::{ExtentState, Format, Image};
 use crate::ops::{self, CancelToken, Progress, chain_map, layers, merge_ranges};
@@ -79,6 +80,34 @@ pub struct FlattenJob {
     /// qcow2 overlay otherwise), named by a path relative to `dest`'s directory. Ranges not
     /// written are inherited from it.
     pub dest_parent: Option<PathBuf>,
+    /// The source chain as the caller recorded it (top first, `source` on top): opened
+    /// with these formats and parents, nothing probed (see [`crate::chain`](mod@crate::chain)). Empty = probe
+    /// `source` and follow the parents it names — only for images a person named.
+    pub source_layers: Vec<LayerSpec>,
+    /// The recorded format of `dest_parent`; `None` = probe it (a person named it).
+    pub dest_parent_format: Option<Format>,
+}
+
+impl FlattenJob {
+    fn open_source(&self) -> Result<Box<dyn Image>> {
+        if self.source_layers.is_empty() {
+            return ops::open(&self.source, false);
+        }
+        if self.source_layers[0].path != self.source {
+            return Err(DiskError::invalid(
+                &self.source,
+                "the recorded chain does not start at the source",
+            ));
+        }
+        open_chain(&self.source_layers, false)
+    }
+
+    fn dest_parent_format(&self, parent: &Path) -> Result<Format> {
+        match self.dest_parent_format {
+            Some(f) => Ok(f),
+            None => ops::detect_format(parent),
+        }
+    }
 }
 
 /// What a flatten wrote.
@@ -123,7 +152,7 @@ struct Plan {
 }
 
 fn plan(job: &FlattenJob) -> Result<Plan> {
-    let source = ops::open(&job.source, false)?;
+    let source = job.open_source()?;
     let size = source.virtual_size();
     let with_parent = job.dest_parent.is_some();
     let scope: Vec<Range<u64>> = match &job.base {
@@ -188,7 +217,7 @@ fn create_dest(job: &FlattenJob, source: &dyn Image) -> Result<()> {
             let backing = match parent {
                 None => None,
                 Some(p) => {
-                    let fmt = ops::detect_format(p)?;
+                    let fmt = job.dest_parent_format(p)?;
                     let dir = dest
                         .parent()
                         .filter(|d| !d.as_os_str().is_empty())
@@ -217,7 +246,7 @@ fn create_dest(job: &FlattenJob, source: &dyn Image) -> Result<()> {
             vhdx::create(dest, &opts)
         }
         (Format::Vhdx, Some(p)) => {
-            if ops::detect_format(p)? != Format::Vhdx {
+            if job.dest_parent_format(p)? != Format::Vhdx {
                 return Err(DiskError::invalid(
                     dest,
                     "a VHDX differencing image needs a VHDX parent",

@@ -6,6 +6,7 @@
 //! Knows nothing of CIM or the repository. Every format module parses untrusted headers
 //! with bounds checks and reports typed [`DiskError`]s that name the file and the defect.
 
+pub mod chain;
 pub mod copy;
 pub mod digest;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod qcow2;
 pub mod raw;
 pub mod vhdx;
 
+pub use chain::{LayerSpec, open_chain};
 pub use error::{DiskError, Result};
 pub use image::{Extent, ExtentState, Format, Image};
 pub use ops::*;

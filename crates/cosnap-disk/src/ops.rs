@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::chain::{LayerSpec, open_chain};
 use crate::error::{DiskError, Result};
 use crate::image::{Extent, ExtentState, Format, Image};
 use crate::qcow2::{self, Qcow2Image, canonical, push_extent, relative_path};
@@ -212,9 +213,39 @@ pub fn create_child(parent: &Path, child: &Path) -> Result<Format> {
     }
 }
 
+/// [`create_child`] of the top of a recorded chain: the chain is opened (and so checked)
+/// as recorded, and the child records the parent's recorded format.
+pub fn create_child_of(parent_chain: &[LayerSpec], child: &Path) -> Result<Format> {
+    let size = open_chain(parent_chain, false)?.virtual_size();
+    let parent = &parent_chain[0];
+    match parent.format {
+        Format::Vhdx => {
+            vhdx::create_child(&parent.path, child)?;
+            Ok(Format::Vhdx)
+        }
+        Format::Qcow2 | Format::Raw => {
+            qcow2::create(
+                child,
+                &qcow2::CreateOptions {
+                    virtual_size: size.div_ceil(512) * 512,
+                    cluster_bits: qcow2::DEFAULT_CLUSTER_BITS,
+                    backing: Some((relative_name(child, &parent.path)?, parent.format)),
+                },
+            )?;
+            Ok(Format::Qcow2)
+        }
+    }
+}
+
 /// The direct parent file of `image`, or `None` for a base image.
 pub fn parent_path(image: &Path) -> Result<Option<PathBuf>> {
-    match detect_format(image)? {
+    parent_path_as(&LayerSpec::new(image, detect_format(image)?))
+}
+
+/// The parent file a layer of recorded format names (what it names, unchecked), or `None`.
+pub fn parent_path_as(layer: &LayerSpec) -> Result<Option<PathBuf>> {
+    let image = layer.path.as_path();
+    match layer.format {
         Format::Raw => Ok(None),
         Format::Vhdx => vhdx::parent_path(image),
         Format::Qcow2 => {
@@ -266,7 +297,40 @@ pub fn commit(child: &Path) -> Result<()> {
             "image has no parent to commit into",
         ));
     };
-    let mut dst = open(&parent, true)?;
+    let dst = open(&parent, true)?;
+    commit_open(child, src.as_ref(), dst)?;
+    // A run cut short by a crash left clusters allocated but never referenced.
+    repair_leaks(&parent).map(|_| ())
+}
+
+/// [`commit`] over a recorded chain (`chain[0]` the child, `chain[1]` its parent): every
+/// link is checked against the record first and every layer opened with its recorded
+/// format.
+pub fn commit_chain(chain: &[LayerSpec]) -> Result<()> {
+    let src = open_chain(chain, false)?;
+    let (child, parent) = child_and_parent(chain)?;
+    if child.format == Format::Vhdx {
+        drop(src);
+        return vhdx::commit(&child.path);
+    }
+    let dst = open_chain(&chain[1..], true)?;
+    commit_open(&child.path, src.as_ref(), dst)?;
+    repair_leaks_as(parent).map(|_| ())
+}
+
+fn child_and_parent(chain: &[LayerSpec]) -> Result<(&LayerSpec, &LayerSpec)> {
+    match chain {
+        [child, parent, ..] => Ok((child, parent)),
+        [child] => Err(DiskError::invalid(
+            &child.path,
+            "image has no recorded parent",
+        )),
+        [] => Err(DiskError::invalid("", "an empty chain was asked for")),
+    }
+}
+
+/// Copies what the open child `src` holds into its open parent `dst`.
+fn commit_open(child: &Path, src: &dyn Image, mut dst: Box<dyn Image>) -> Result<()> {
     let size = src.virtual_size().min(dst.virtual_size());
     if src.virtual_size() > dst.virtual_size() {
         // Data past the parent's end cannot be merged.
@@ -282,11 +346,8 @@ pub fn commit(child: &Path) -> Result<()> {
         }
     }
     let extents = src.layer_map(0, size)?;
-    copy_ranges_through(src.as_ref(), dst.as_mut(), &extents)?;
-    dst.flush()?;
-    drop(dst);
-    // A run cut short by a crash left clusters allocated but never referenced.
-    repair_leaks(&parent).map(|_| ())
+    copy_ranges_through(src, dst.as_mut(), &extents)?;
+    dst.flush()
 }
 
 /// Gives back host space that a crash left allocated but unreferenced (qcow2 leaked
@@ -299,13 +360,27 @@ pub fn repair_leaks(path: &Path) -> Result<u64> {
     }
 }
 
+/// [`repair_leaks`] of a layer whose format is recorded.
+pub fn repair_leaks_as(layer: &LayerSpec) -> Result<u64> {
+    match layer.format {
+        Format::Qcow2 => qcow2::repair_leaks(&layer.path),
+        Format::Vhdx | Format::Raw => Ok(0),
+    }
+}
+
 /// Replays a pending VHDX log into the file itself (what a writable open does) and returns
 /// whether there was one. A crash between a log write and its in-place apply leaves a valid
 /// file whose last update lives only in the log; cosnap reads it through the log, but qemu
 /// refuses such a file read-only, so recovery settles every layer it skips over. A no-op for
 /// qcow2, raw and clean VHDX files (they are not even opened writable).
 pub fn settle(path: &Path) -> Result<bool> {
-    if detect_format(path)? != Format::Vhdx {
+    settle_as(&LayerSpec::new(path, detect_format(path)?))
+}
+
+/// [`settle`] of a layer whose format is recorded.
+pub fn settle_as(layer: &LayerSpec) -> Result<bool> {
+    let path = layer.path.as_path();
+    if layer.format != Format::Vhdx {
         return Ok(false);
     }
     if !vhdx::VhdxImage::open_layer(path, false)?.has_log_overlay() {
@@ -329,71 +404,87 @@ pub fn pull(child: &Path) -> Result<()> {
     let grandparent = parent_path(&parent)?;
     {
         let mut img = open(child, true)?;
-        let size = img.virtual_size();
-        let child_map = img.layer_map(0, size)?;
-        let parent_img = img
-            .parent()
-            .ok_or_else(|| DiskError::chain(child, "parent did not open"))?;
-        let psize = parent_img.virtual_size().min(size);
-        let parent_map = parent_img.layer_map(0, psize)?;
-        // Ranges the child inherits and the parent holds. Without a grandparent, what the
-        // parent does not hold reads as zeros; a VHDX child only stands alone once it holds
-        // every block, so there those ranges become explicit zeros too.
-        let zeros_everywhere = grandparent.is_none() && img.format() == Format::Vhdx;
-        let mut todo = Vec::new();
-        for c in child_map
-            .iter()
-            .filter(|e| e.state == ExtentState::Inherited)
-        {
-            if zeros_everywhere && c.offset + c.len > psize {
-                let s = c.offset.max(psize);
-                todo.push(Extent {
-                    offset: s,
-                    len: c.offset + c.len - s,
-                    state: ExtentState::Zero,
-                });
-            }
-            for p in &parent_map {
-                let s = c.offset.max(p.offset);
-                let e = (c.offset + c.len).min(p.offset + p.len);
-                if s >= e {
-                    continue;
-                }
-                let state = match p.state {
-                    ExtentState::Data { .. } => ExtentState::Data { host_offset: None },
-                    ExtentState::Zero if grandparent.is_some() || zeros_everywhere => {
-                        ExtentState::Zero
-                    }
-                    ExtentState::Inherited if zeros_everywhere => ExtentState::Zero,
-                    _ => continue,
-                };
-                todo.push(Extent {
-                    offset: s,
-                    len: e - s,
-                    state,
-                });
-            }
-        }
-        let mut buf = vec![0u8; STEP as usize];
-        for e in &todo {
-            match e.state {
-                ExtentState::Inherited => {}
-                ExtentState::Zero => img.write_zeroes(e.offset, e.len)?,
-                ExtentState::Data { .. } => {
-                    let mut done = 0;
-                    while done < e.len {
-                        let n = (e.len - done).min(STEP) as usize;
-                        img.read_at(&mut buf[..n], e.offset + done)?;
-                        img.write_at(&buf[..n], e.offset + done)?;
-                        done += n as u64;
-                    }
-                }
-            }
-        }
-        img.flush()?;
+        pull_open(child, img.as_mut(), grandparent.is_some())?;
     }
     repair_leaks(child)?;
     rebase(child, grandparent.as_deref())
+}
+
+/// [`pull`] over a recorded chain (`chain[0]` the child, `chain[1]` the parent it drops,
+/// `chain[2]`, if any, its new parent), every link checked against the record.
+pub fn pull_chain(chain: &[LayerSpec]) -> Result<()> {
+    let (child, _) = child_and_parent(chain)?;
+    let grandparent = chain.get(2);
+    {
+        let mut img = open_chain(chain, true)?;
+        pull_open(&child.path, img.as_mut(), grandparent.is_some())?;
+    }
+    repair_leaks_as(child)?;
+    rebase_as(child, grandparent)
+}
+
+/// Copies into the open `img` every range it inherits from its parent.
+fn pull_open(child: &Path, img: &mut dyn Image, has_grandparent: bool) -> Result<()> {
+    let size = img.virtual_size();
+    let child_map = img.layer_map(0, size)?;
+    let parent_img = img
+        .parent()
+        .ok_or_else(|| DiskError::chain(child, "parent did not open"))?;
+    let psize = parent_img.virtual_size().min(size);
+    let parent_map = parent_img.layer_map(0, psize)?;
+    // Ranges the child inherits and the parent holds. Without a grandparent, what the
+    // parent does not hold reads as zeros; a VHDX child only stands alone once it holds
+    // every block, so there those ranges become explicit zeros too.
+    let zeros_everywhere = !has_grandparent && img.format() == Format::Vhdx;
+    let mut todo = Vec::new();
+    for c in child_map
+        .iter()
+        .filter(|e| e.state == ExtentState::Inherited)
+    {
+        if zeros_everywhere && c.offset + c.len > psize {
+            let s = c.offset.max(psize);
+            todo.push(Extent {
+                offset: s,
+                len: c.offset + c.len - s,
+                state: ExtentState::Zero,
+            });
+        }
+        for p in &parent_map {
+            let s = c.offset.max(p.offset);
+            let e = (c.offset + c.len).min(p.offset + p.len);
+            if s >= e {
+                continue;
+            }
+            let state = match p.state {
+                ExtentState::Data { .. } => ExtentState::Data { host_offset: None },
+                ExtentState::Zero if has_grandparent || zeros_everywhere => ExtentState::Zero,
+                ExtentState::Inherited if zeros_everywhere => ExtentState::Zero,
+                _ => continue,
+            };
+            todo.push(Extent {
+                offset: s,
+                len: e - s,
+                state,
+            });
+        }
+    }
+    let mut buf = vec![0u8; STEP as usize];
+    for e in &todo {
+        match e.state {
+            ExtentState::Inherited => {}
+            ExtentState::Zero => img.write_zeroes(e.offset, e.len)?,
+            ExtentState::Data { .. } => {
+                let mut done = 0;
+                while done < e.len {
+                    let n = (e.len - done).min(STEP) as usize;
+                    img.read_at(&mut buf[..n], e.offset + done)?;
+                    img.write_at(&buf[..n], e.offset + done)?;
+                    done += n as u64;
+                }
+            }
+        }
+    }
+    img.flush()
 }
 
 /// Points `image` at a new parent (or none) without touching data. The caller guarantees
@@ -401,35 +492,45 @@ pub fn pull(child: &Path) -> Result<()> {
 /// old or the new parent recorded. For VHDX, the linkage becomes the new parent's
 /// DataWriteGuid.
 pub fn rebase(image: &Path, new_parent: Option<&Path>) -> Result<()> {
-    match detect_format(image)? {
-        Format::Vhdx => vhdx::rebase(image, new_parent),
+    let new_parent = match new_parent {
+        Some(p) => Some(LayerSpec::new(p, detect_format(p)?)),
+        None => None,
+    };
+    rebase_as(
+        &LayerSpec::new(image, detect_format(image)?),
+        new_parent.as_ref(),
+    )
+}
+
+/// [`rebase`] with the image's and the new parent's formats as recorded.
+pub fn rebase_as(image: &LayerSpec, new_parent: Option<&LayerSpec>) -> Result<()> {
+    let path = image.path.as_path();
+    match image.format {
+        Format::Vhdx => vhdx::rebase(path, new_parent.map(|p| p.path.as_path())),
         Format::Raw => match new_parent {
             None => Ok(()),
-            Some(_) => Err(DiskError::invalid(
-                image,
-                "a raw image cannot have a parent",
-            )),
+            Some(_) => Err(DiskError::invalid(path, "a raw image cannot have a parent")),
         },
         Format::Qcow2 => {
             let backing = match new_parent {
                 None => None,
-                Some(p) => {
-                    let fmt = detect_format(p)?;
-                    let dir = image
-                        .parent()
-                        .filter(|d| !d.as_os_str().is_empty())
-                        .unwrap_or(Path::new("."));
-                    let rel = relative_path(dir, p);
-                    let name = rel
-                        .to_str()
-                        .ok_or_else(|| DiskError::invalid(p, "path is not UTF-8"))?
-                        .to_string();
-                    Some((name, fmt))
-                }
+                Some(p) => Some((relative_name(path, &p.path)?, p.format)),
             };
-            qcow2::set_backing(image, backing)
+            qcow2::set_backing(path, backing)
         }
     }
+}
+
+/// `target` as a qcow2 backing name: relative to `image`'s directory.
+fn relative_name(image: &Path, target: &Path) -> Result<String> {
+    let dir = image
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok(relative_path(dir, target)
+        .to_str()
+        .ok_or_else(|| DiskError::invalid(target, "path is not UTF-8"))?
+        .to_string())
 }
 
 /// Layers of the chain, top first.
@@ -509,6 +610,12 @@ pub fn changed_ranges_open(img: &dyn Image, stop: usize) -> Result<Vec<Range<u64
 pub fn changed_ranges(top: &Path, ancestor: &Path) -> Result<Vec<Range<u64>>> {
     let img = open(top, false)?;
     let depth = ancestor_depth(img.as_ref(), ancestor)?;
+    changed_ranges_open(img.as_ref(), depth)
+}
+
+/// [`changed_ranges`] over a recorded chain: what layers `chain[..depth]` hold.
+pub fn changed_ranges_of(chain: &[LayerSpec], depth: usize) -> Result<Vec<Range<u64>>> {
+    let img = open_chain(chain, false)?;
     changed_ranges_open(img.as_ref(), depth)
 }
 
@@ -637,7 +744,16 @@ pub struct ImageInfo {
 }
 
 pub fn info(path: &Path) -> Result<ImageInfo> {
-    let img = open(path, false)?;
+    info_open(path, open(path, false)?)
+}
+
+/// [`info`] of a recorded chain.
+pub fn info_of(chain: &[LayerSpec]) -> Result<ImageInfo> {
+    let img = open_chain(chain, false)?;
+    info_open(&chain[0].path, img)
+}
+
+fn info_open(path: &Path, img: Box<dyn Image>) -> Result<ImageInfo> {
     let meta = img.file().metadata().map_err(|e| DiskError::io(path, e))?;
     Ok(ImageInfo {
         path: path.to_path_buf(),
@@ -746,7 +862,15 @@ pub fn compare(a: &Path, b: &Path) -> Result<Option<u64>> {
 
 /// Writes `len` bytes of `pattern` at `offset` into the image's top layer, then flushes.
 pub fn write_pattern(path: &Path, offset: u64, len: u64, pattern: u8) -> Result<()> {
-    let mut img = open(path, true)?;
+    write_pattern_open(open(path, true)?, offset, len, pattern)
+}
+
+/// [`write_pattern`] into the top of a recorded chain.
+pub fn write_pattern_to(chain: &[LayerSpec], offset: u64, len: u64, pattern: u8) -> Result<()> {
+    write_pattern_open(open_chain(chain, true)?, offset, len, pattern)
+}
+
+fn write_pattern_open(mut img: Box<dyn Image>, offset: u64, len: u64, pattern: u8) -> Result<()> {
     let buf = vec![pattern; len.min(STEP) as usize];
     let mut done = 0;
     while done < len {

@@ -345,11 +345,34 @@ impl Qcow2Image {
     }
 
     /// Opens `path`; `seen` holds the layers above it (canonical paths) to detect loops.
+    /// Follows the backing file the header names (probing its format when the header
+    /// records none): only for images a person named, never for repository layers (see
+    /// [`crate::chain`](mod@crate::chain)).
     pub fn open_in_chain(
         path: &Path,
         writable: bool,
         seen: &mut Vec<PathBuf>,
     ) -> Result<Qcow2Image> {
+        let mut img = Self::open_layer(path, writable)?;
+        if let Some(name) = img.hdr.backing_file.clone() {
+            let backing_path = resolve_backing(path, &name);
+            let fmt = match img.hdr.backing_format.as_deref() {
+                None => None,
+                Some(f) => Some(Format::from_name(f).ok_or_else(|| {
+                    DiskError::unsupported(path, format!("backing file format {f:?}"))
+                })?),
+            };
+            seen.push(canonical(path));
+            let opened = crate::ops::open_backing(path, &backing_path, fmt, seen);
+            seen.pop();
+            img.backing = Some(opened?);
+        }
+        Ok(img)
+    }
+
+    /// Opens this one layer without its backing chain (unallocated clusters read as
+    /// zeros until [`Qcow2Image::attach_backing`] gives it one).
+    pub fn open_layer(path: &Path, writable: bool) -> Result<Qcow2Image> {
         let file = OpenOptions::new()
             .read(true)
             .write(writable)
@@ -372,22 +395,6 @@ impl Qcow2Image {
                 .map_err(|e| DiskError::io(path, e))?;
             reftable = rt.chunks_exact(8).map(|c| be64(c, 0)).collect();
         }
-        let backing = match &hdr.backing_file {
-            None => None,
-            Some(name) => {
-                let backing_path = resolve_backing(path, name);
-                let fmt = match hdr.backing_format.as_deref() {
-                    None => None,
-                    Some(f) => Some(Format::from_name(f).ok_or_else(|| {
-                        DiskError::unsupported(path, format!("backing file format {f:?}"))
-                    })?),
-                };
-                seen.push(canonical(path));
-                let opened = crate::ops::open_backing(path, &backing_path, fmt, seen);
-                seen.pop();
-                Some(opened?)
-            }
-        };
         let state = State {
             l1,
             l2_cache: Vec::new(),
@@ -405,11 +412,16 @@ impl Qcow2Image {
             hdr,
             writable,
             ordered: true,
-            backing,
+            backing: None,
             state: Mutex::new(state),
             l2_cache_cap: cap,
             refblock_cache_cap: cap,
         })
+    }
+
+    /// Gives a layer opened with [`Qcow2Image::open_layer`] the parent the caller checked.
+    pub fn attach_backing(&mut self, parent: Box<dyn Image>) {
+        self.backing = Some(parent);
     }
 
     pub fn header(&self) -> &Header {

@@ -118,6 +118,8 @@ fn flatten_chain_to_every_format() {
                 dest: dest.clone(),
                 dest_format: fmt,
                 dest_parent: None,
+                source_layers: Vec::new(),
+                dest_parent_format: None,
             }],
             2,
             &|d, t| log.record(d, t),
@@ -154,6 +156,8 @@ fn flatten_only_above_base() {
             dest: delta.clone(),
             dest_format: Format::Qcow2,
             dest_parent: None,
+            source_layers: Vec::new(),
+            dest_parent_format: None,
         }],
         1,
         &|_, _| {},
@@ -182,6 +186,8 @@ fn flatten_only_above_base() {
             dest: diff.clone(),
             dest_format: Format::Qcow2,
             dest_parent: Some(base_copy.clone()),
+            source_layers: Vec::new(),
+            dest_parent_format: None,
         }],
         1,
         &|_, _| {},
@@ -217,6 +223,8 @@ fn parallel_jobs_and_raw_sources() {
                 dest: d.path().join(format!("out{i}.{fmt}")),
                 dest_format: fmt,
                 dest_parent: None,
+                source_layers: Vec::new(),
+                dest_parent_format: None,
             });
         }
     }
@@ -242,6 +250,8 @@ fn cancellation_and_failure_remove_outputs() {
             dest: dest.clone(),
             dest_format: Format::Qcow2,
             dest_parent: None,
+            source_layers: Vec::new(),
+            dest_parent_format: None,
         }];
         // Plain copy: at the first progress; digesting copy: halfway through its
         // copy-and-hash pass.
@@ -273,6 +283,8 @@ fn cancellation_and_failure_remove_outputs() {
                 dest: fresh.clone(),
                 dest_format: Format::Raw,
                 dest_parent: None,
+                source_layers: Vec::new(),
+                dest_parent_format: None,
             },
             FlattenJob {
                 source: top.clone(),
@@ -280,6 +292,8 @@ fn cancellation_and_failure_remove_outputs() {
                 dest: existing.clone(),
                 dest_format: Format::Raw,
                 dest_parent: None,
+                source_layers: Vec::new(),
+                dest_parent_format: None,
             },
         ],
         1,
@@ -330,6 +344,8 @@ fn digested_flatten_reports_the_outputs_sha256() {
             dest: d.path().join(format!("full.{fmt}")),
             dest_format: fmt,
             dest_parent: None,
+            source_layers: Vec::new(),
+            dest_parent_format: None,
         });
         jobs.push(FlattenJob {
             source: vtop.clone(),
@@ -337,6 +353,8 @@ fn digested_flatten_reports_the_outputs_sha256() {
             dest: d.path().join(format!("vfull.{fmt}")),
             dest_format: fmt,
             dest_parent: None,
+            source_layers: Vec::new(),
+            dest_parent_format: None,
         });
     }
     jobs.push(FlattenJob {
@@ -345,6 +363,8 @@ fn digested_flatten_reports_the_outputs_sha256() {
         dest: d.path().join("diff.qcow2"),
         dest_format: Format::Qcow2,
         dest_parent: Some(base_copy.clone()),
+        source_layers: Vec::new(),
+        dest_parent_format: None,
     });
     let log = ProgressLog::default();
     let reports =

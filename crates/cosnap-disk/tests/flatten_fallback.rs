@@ -70,6 +70,8 @@ fn read_write_fallback_gives_the_same_bytes() {
                 dest: dest.clone(),
                 dest_format: fmt,
                 dest_parent: None,
+                source_layers: Vec::new(),
+                dest_parent_format: None,
             }];
             let flatten = if digested {
                 ops::flatten_all_digested

@@ -128,6 +128,8 @@ fn run_case(base_format: Format, cluster_bits: u32, ops_list: Vec<Op>) {
                 dest: flat.clone(),
                 dest_format: Format::Vhdx,
                 dest_parent: None,
+                source_layers: Vec::new(),
+                dest_parent_format: None,
             }],
             1,
             &|_, _| {},

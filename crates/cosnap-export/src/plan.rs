@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use cosnap_cim::Instance;
-use cosnap_disk::Format;
+use cosnap_disk::{Format, LayerSpec};
 use serde::{Deserialize, Serialize};
 
 /// `BackupIntent` of `Msvm_CollectionSnapshotExportSettingData` (collection numbering:
@@ -60,12 +60,18 @@ pub struct DiskPlan {
     /// Top layer of the disk's chain frozen at the snapshot (read only).
     pub source: PathBuf,
     pub format: Format,
+    /// The source's chain as the repository records it (top first, `source` on top), so
+    /// every layer is opened with its recorded format and parent and nothing is probed.
+    /// Empty = probe `source` (only for images a person named, e.g. in tests).
+    pub layers: Vec<LayerSpec>,
     /// Differential only: the layer that was on top when the base was taken; only the ranges
     /// changed above it are exported. `None` = full.
     pub base_layer: Option<PathBuf>,
     /// PreserveChain differential only: the base export's file of this disk (absolute), the
     /// parent of the differencing image written.
     pub base_export_file: Option<PathBuf>,
+    /// The recorded format of `base_export_file` (`None` = probe it).
+    pub base_export_format: Option<Format>,
     /// InstanceID of the resource setting that attaches this disk, if any.
     pub resource_instance_id: Option<String>,
 }

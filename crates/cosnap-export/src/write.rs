@@ -20,7 +20,7 @@ use crate::package::{
     DISK_DIR, DiskRecord, PACKAGE_FORMAT, PACKAGE_FORMAT_VERSION, PACKAGE_JSON, PackageMeta,
     PackageReport, SNAPSHOT_DIR, VM_CONFIG_DIR, VmRecord, id_of, name_of,
 };
-use crate::plan::{BackupIntent, ExportOptions, ExportPlan};
+use crate::plan::{BackupIntent, DiskPlan, ExportOptions, ExportPlan};
 use crate::{ExportError, Result, cimxml, manifest, ovf};
 
 /// What the caller does around the commit: `before_commit` runs once everything is
@@ -127,6 +127,33 @@ fn walk_files(base: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result
         }
     }
     Ok(())
+}
+
+/// Facts about a disk's source chain, opened as recorded when the plan records it.
+fn source_info(d: &DiskPlan) -> Result<cosnap_disk::ImageInfo> {
+    Ok(if d.layers.is_empty() {
+        cosnap_disk::info(&d.source)?
+    } else {
+        cosnap_disk::info_of(&d.layers)?
+    })
+}
+
+/// The ranges changed above `base` in a disk's source chain (opened as recorded).
+fn source_changed_ranges(d: &DiskPlan, base: &Path) -> Result<Vec<std::ops::Range<u64>>> {
+    if d.layers.is_empty() {
+        return Ok(cosnap_disk::changed_ranges(&d.source, base)?);
+    }
+    let depth = d
+        .layers
+        .iter()
+        .position(|l| l.path == base)
+        .ok_or_else(|| {
+            cosnap_disk::DiskError::invalid(
+                &d.source,
+                format!("{} is not in this disk's recorded chain", base.display()),
+            )
+        })?;
+    Ok(cosnap_disk::changed_ranges_of(&d.layers, depth)?)
 }
 
 fn file_ext(format: Format, differencing: bool) -> &'static str {
@@ -624,16 +651,18 @@ impl WriteCtx<'_> {
                         } else {
                             None
                         },
+                        source_layers: d.layers.clone(),
+                        dest_parent_format: if chained { d.base_export_format } else { None },
                     });
                     job_slots.push((vi, di));
                     rec.file = Some(rel);
                 } else {
-                    rec.virtual_size = cosnap_disk::info(&d.source)?.virtual_size;
+                    rec.virtual_size = source_info(d)?.virtual_size;
                 }
                 if differential && !chained {
                     // Merge (or no storage): record what changed; the file is a synthetic full.
                     if let Some(base) = &d.base_layer {
-                        let ranges = cosnap_disk::changed_ranges(&d.source, base)?;
+                        let ranges = source_changed_ranges(d, base)?;
                         rec.changed_ranges =
                             Some(ranges.iter().map(|r| [r.start, r.end]).collect());
                     }

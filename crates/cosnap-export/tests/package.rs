@@ -110,6 +110,8 @@ fn disk(id: &str, source: &Path, format: Format) -> DiskPlan {
         format,
         base_layer: None,
         base_export_file: None,
+        base_export_format: None,
+        layers: Vec::new(),
         resource_instance_id: Some(format!("Microsoft:{id}")),
     }
 }
@@ -1071,6 +1073,8 @@ fn vhdx_full_preserve_chain_and_merge() {
             dest: flat.clone(),
             dest_format: Format::Raw,
             dest_parent: None,
+            source_layers: Vec::new(),
+            dest_parent_format: None,
         }],
         1,
         &no_progress,

@@ -31,6 +31,10 @@ pub enum HostError {
     /// snapshot, the new branch does not descend from the base).
     #[error("change information gone: {0}")]
     ChangeInfoGone(String),
+    /// The caller may not name this object (a disk image outside the storage roots, an
+    /// export directory outside the export roots).
+    #[error("access denied: {0}")]
+    AccessDenied(String),
     #[error("operation cancelled")]
     Cancelled,
     #[error("disk operation failed: {0}")]
@@ -100,6 +104,7 @@ impl HostError {
             HostError::InvalidState(_) | HostError::ChangeInfoGone(_) => msvm::INVALID_STATE,
             HostError::InUse(_) => msvm::IN_USE,
             HostError::InvalidType(_) => msvm::INCORRECT_TYPE,
+            HostError::AccessDenied(_) => msvm::ACCESS_DENIED,
             _ => msvm::FAILED,
         }
     }
@@ -113,6 +118,7 @@ impl HostError {
                 CimStatus::InvalidParameter
             }
             HostError::AlreadyExists(_) => CimStatus::AlreadyExists,
+            HostError::AccessDenied(_) => CimStatus::AccessDenied,
             _ => CimStatus::Failed,
         }
     }

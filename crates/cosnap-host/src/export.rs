@@ -24,8 +24,9 @@
 //!
 //! # Export roots
 //! Method calls may only export under an allowed root: `<data-dir>/exports` (created on
-//! demand), every line of `<data-dir>/export-roots`, and every entry of the
-//! `COSNAP_EXPORT_ROOTS` environment variable (`:`-separated). The `cosnap export` command
+//! demand), every line of `<data-dir>/export-roots`, and every export root the process
+//! opened the host with ([`crate::HostOptions::export_roots`], `cosnap serve
+//! --export-root`). The `cosnap export` command
 //! runs as the local user with that user's own file permissions and passes
 //! [`Roots::Caller`]: any directory the user can write.
 //!
@@ -43,6 +44,7 @@
 use std::path::{Path, PathBuf};
 
 use cosnap_cim::{CimError, Instance, MethodOutcome, ObjectPath, Value};
+use cosnap_disk::Format;
 use cosnap_export::{
     BackupIntent, BaseKind, Differential, DiskPlan, ExportError, ExportOptions, ExportPlan, VmPlan,
 };
@@ -88,6 +90,8 @@ pub struct ExportRequest {
     pub base: Option<String>,
     pub intent: BackupIntent,
     pub allow_fallback_full: bool,
+    /// Mode of the package's files; `None` = the host's (`HostOptions::export_file_mode`).
+    pub file_mode: Option<u32>,
 }
 
 impl ExportRequest {
@@ -100,6 +104,7 @@ impl ExportRequest {
             base: None,
             intent: BackupIntent::PreserveChain,
             allow_fallback_full: false,
+            file_mode: None,
         }
     }
 }
@@ -116,7 +121,7 @@ pub enum Roots {
 /// The configured export roots (see the module doc).
 pub fn configured_roots(host: &Host) -> Vec<PathBuf> {
     let mut roots = vec![host.data_dir().join("exports")];
-    let _ = std::fs::create_dir_all(&roots[0]);
+    let _ = crate::modes::create_private_dir(&roots[0]);
     if let Ok(text) = std::fs::read_to_string(host.data_dir().join("export-roots")) {
         roots.extend(
             text.lines()
@@ -125,9 +130,7 @@ pub fn configured_roots(host: &Host) -> Vec<PathBuf> {
                 .map(PathBuf::from),
         );
     }
-    if let Ok(env) = std::env::var("COSNAP_EXPORT_ROOTS") {
-        roots.extend(env.split(':').filter(|s| !s.is_empty()).map(PathBuf::from));
-    }
+    roots.extend(host.options().export_roots.iter().cloned());
     roots
         .into_iter()
         .filter(|r| r.is_absolute())
@@ -410,15 +413,31 @@ fn vm_system(host: &Host, vm_id: &str, fallback_name: &str) -> Instance {
     }
 }
 
-fn disk_plan(l: &LayerRef) -> DiskPlan {
-    DiskPlan {
+fn disk_plan(host: &Host, l: &LayerRef) -> Result<DiskPlan, Refusal> {
+    let layers = host.disk_chain(&l.path).map_err(|e| {
+        refuse(
+            dmtf::INVALID_STATE,
+            format!("the snapshot's disk chain is not on record: {e}"),
+        )
+    })?;
+    Ok(DiskPlan {
         id: format!("disk{}", l.index),
         source: l.path.clone(),
         format: l.format,
+        layers,
         base_layer: None,
         base_export_file: None,
+        base_export_format: None,
         resource_instance_id: Some(l.disk_instance_id.clone()),
-    }
+    })
+}
+
+/// The format of a disk file in an earlier package: its name is cosnap's record of it
+/// (`file_ext` in cosnap-export), never its content, which is guest bytes for a raw disk.
+fn exported_format(file: &Path) -> Option<Format> {
+    file.extension()
+        .and_then(|e| e.to_str())
+        .and_then(Format::from_name)
 }
 
 /// Builds the full export plan of a snapshot (differential parts are added by the job).
@@ -436,7 +455,11 @@ fn full_plan(host: &Host, snap: &Snapshot) -> Result<ExportPlan, Refusal> {
             system: vm_system(host, &v.vm_id, &v.settings.name),
             settings,
             resources,
-            disks: v.disks.iter().map(disk_plan).collect(),
+            disks: v
+                .disks
+                .iter()
+                .map(|l| disk_plan(host, l))
+                .collect::<Result<_, _>>()?,
         });
     }
     Ok(ExportPlan {
@@ -524,7 +547,7 @@ pub fn start_export(host: &Host, req: &ExportRequest, roots: Roots) -> Result<St
             .map(|v| v.disks.len())
             .sum::<usize>()
             .clamp(1, 4),
-        file_mode: cosnap_export::DEFAULT_FILE_MODE,
+        file_mode: req.file_mode.unwrap_or(host.options().export_file_mode),
         export_id: Some(uuid::Uuid::new_v4().simple().to_string()),
     };
     // Differential: ids, ordering, and (for PreserveChain) the base export's files.
@@ -650,6 +673,8 @@ pub fn start_export(host: &Host, req: &ExportRequest, roots: Roots) -> Result<St
                                 let dp = &mut plan.vms[vi].disks[di];
                                 dp.base_layer = Some(layer);
                                 dp.base_export_file = files[vi][di].clone();
+                                dp.base_export_format =
+                                    dp.base_export_file.as_deref().and_then(exported_format);
                             }
                             Err(HostError::ChangeInfoGone(m)) => {
                                 gone = Some(m);
@@ -858,7 +883,7 @@ impl InFlight {
     fn save(&self, path: &Path) -> crate::Result<()> {
         use std::io::Write;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            crate::modes::create_private_dir(dir)?;
         }
         let bytes = serde_json::to_vec(self).map_err(|e| HostError::Failed(e.to_string()))?;
         let mut tmp = path.as_os_str().to_owned();

@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use cosnap_disk::{CancelToken, Format};
+use cosnap_disk::{CancelToken, Format, LayerSpec};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{HostError, Result};
 use crate::journal::{self, Plan, Step};
 use crate::model::*;
+use crate::options::HostOptions;
 use crate::repo::{self, RepoLock};
 use crate::util::{crash_point, new_guid, norm_id, now_ms, rfc3339};
 
@@ -24,6 +25,8 @@ pub struct Host {
 
 pub(crate) struct Inner {
     pub(crate) data_dir: PathBuf,
+    /// Trust configuration, roots canonical.
+    pub(crate) options: HostOptions,
     pub(crate) conn: Mutex<Connection>,
     /// A read-only connection for the hot read path (job polling): in WAL mode it never
     /// waits for the writer, whose commits fsync (FULL) and can take long while an export
@@ -50,31 +53,29 @@ fn child_ext(parent_format: Format) -> (&'static str, Format) {
     }
 }
 
-/// Detects an image's format from its name, then from its content.
-fn detect_format(path: &Path) -> Result<Format> {
-    let by_ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .and_then(Format::from_name);
-    match by_ext {
-        Some(f) => Ok(f),
-        None => Ok(cosnap_disk::detect_format(path)?),
-    }
-}
-
 impl Host {
     /// Opens (creating if needed) the repository in `data_dir`, applies migrations, and
     /// recovers from any interrupted operation (journal replay / roll-back, interrupted
     /// jobs marked Exception, stale in-use marks cleared, expired jobs purged).
     pub fn open(data_dir: impl AsRef<Path>) -> Result<Host> {
-        let data_dir = data_dir.as_ref();
-        std::fs::create_dir_all(data_dir)?;
-        let data_dir = data_dir.canonicalize()?;
+        Self::open_with(data_dir, HostOptions::default())
+    }
+
+    /// [`Host::open`] with the process's trust configuration (storage and export roots,
+    /// export mode; see [`HostOptions`]).
+    pub fn open_with(data_dir: impl AsRef<Path>, options: HostOptions) -> Result<Host> {
+        let data_dir = crate::modes::create_private_dir(data_dir.as_ref())?;
+        let options = HostOptions {
+            storage_roots: crate::options::canonical_roots(&options.storage_roots, "storage"),
+            export_roots: crate::options::canonical_roots(&options.export_roots, "export"),
+            ..options
+        };
         let conn = repo::open_db(&data_dir)?;
         let reader = repo::open_reader(&data_dir)?;
         let host = Host {
             inner: Arc::new(Inner {
                 data_dir,
+                options,
                 conn: Mutex::new(conn),
                 reader: Mutex::new(reader),
                 host_name: crate::util::host_name(),
@@ -88,6 +89,38 @@ impl Host {
 
     pub fn data_dir(&self) -> &Path {
         &self.inner.data_dir
+    }
+
+    /// The trust configuration the host was opened with (roots canonical).
+    pub fn options(&self) -> &HostOptions {
+        &self.inner.options
+    }
+
+    /// Checks the disk images of a VM defined over the API (see
+    /// [`crate::options::HostOptions::storage_roots`]); Access Denied when one lies
+    /// outside the storage roots.
+    pub fn check_api_disks(&self, spec: &VmSpec) -> Result<()> {
+        for d in &spec.disks {
+            crate::options::check_api_disk_path(
+                &d.path,
+                &self.inner.options.storage_roots,
+                &self.inner.data_dir,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Creates `<data-dir>/disks/<vm>/`, the directory of a new layer `child`, owner-only.
+    fn create_layer_dir(&self, child: &Path) -> Result<()> {
+        crate::modes::create_private_dir(&self.inner.data_dir.join("disks"))?;
+        crate::modes::create_private_dir(child.parent().unwrap_or(Path::new(".")))?;
+        Ok(())
+    }
+
+    /// The chain of layer `top` as the repository records it (top first): what every
+    /// open of a repository layer uses (see [`crate::chains`]).
+    pub fn disk_chain(&self, top: &Path) -> Result<Vec<LayerSpec>> {
+        crate::chains::recorded_chain(&self.db(), top)
     }
 
     /// The host name used in object paths and service keys.
@@ -199,10 +232,7 @@ impl Host {
                     path.display()
                 )));
             }
-            let format = match d.format {
-                Some(f) => f,
-                None => detect_format(&path)?,
-            };
+            let format = crate::chains::base_disk_format(&path, d.format)?;
             disks.push((path, format));
         }
         let mut conn = self.db();
@@ -342,7 +372,7 @@ impl Host {
                 vm.disks.len()
             ))
         })?;
-        cosnap_disk::write_pattern(&disk.path, offset, len, pattern)?;
+        cosnap_disk::write_pattern_to(&self.disk_chain(&disk.path)?, offset, len, pattern)?;
         Ok(())
     }
 
@@ -691,8 +721,9 @@ impl Host {
                 if let Some(ctx) = ctx {
                     ctx.check_cancel()?;
                 }
-                std::fs::create_dir_all(child.parent().unwrap_or(Path::new(".")))?;
-                cosnap_disk::create_child(parent, child)?;
+                self.create_layer_dir(child)?;
+                cosnap_disk::create_child_of(&self.disk_chain(parent)?, child)?;
+                crate::modes::make_private_file(child)?;
                 if let Ok(f) = std::fs::File::open(child) {
                     f.sync_all()?;
                 }
@@ -986,8 +1017,9 @@ impl Host {
                 if let Some(ctx) = ctx {
                     ctx.check_cancel()?;
                 }
-                std::fs::create_dir_all(child.parent().unwrap_or(Path::new(".")))?;
-                cosnap_disk::create_child(frozen, child)?;
+                self.create_layer_dir(child)?;
+                cosnap_disk::create_child_of(&self.disk_chain(frozen)?, child)?;
+                crate::modes::make_private_file(child)?;
                 std::fs::File::open(child)?.sync_all()?;
                 Ok(())
             })();
@@ -1465,6 +1497,12 @@ pub(crate) fn release_layers(tx: &Connection, layers: &[PathBuf]) -> Result<Vec<
                     stmt.query_map([c], |r| r.get(0))?
                         .collect::<Result<_, _>>()?
                 };
+                // The chains as recorded before this release rewrites them.
+                let chain = crate::chains::recorded_chain(tx, Path::new(c))?;
+                let rebase_formats = grandchildren
+                    .iter()
+                    .map(|g| Ok(crate::chains::recorded_chain(tx, Path::new(g))?[0].format))
+                    .collect::<Result<Vec<_>>>()?;
                 tx.execute(
                     "UPDATE vm_disks SET active_layer = ?2 WHERE active_layer = ?1",
                     [c, &fs],
@@ -1484,6 +1522,8 @@ pub(crate) fn release_layers(tx: &Connection, layers: &[PathBuf]) -> Result<Vec<
                     child: PathBuf::from(c),
                     into: f.clone(),
                     rebase: grandchildren.into_iter().map(PathBuf::from).collect(),
+                    chain,
+                    rebase_formats,
                 });
             }
             [] => {
@@ -1504,6 +1544,10 @@ pub(crate) fn release_layers(tx: &Connection, layers: &[PathBuf]) -> Result<Vec<
                             "layer {fs} is read by a running export"
                         )));
                     }
+                    let chains = many
+                        .iter()
+                        .map(|c| crate::chains::recorded_chain(tx, Path::new(c)))
+                        .collect::<Result<Vec<_>>>()?;
                     tx.execute(
                         "UPDATE layers SET parent = ?2 WHERE parent = ?1",
                         params![fs, parent],
@@ -1512,6 +1556,7 @@ pub(crate) fn release_layers(tx: &Connection, layers: &[PathBuf]) -> Result<Vec<
                     steps.push(Step::Pull {
                         parent: f.clone(),
                         children: many.iter().map(PathBuf::from).collect(),
+                        chains,
                     });
                 }
             }
@@ -1833,16 +1878,14 @@ impl Host {
                 problems.push(format!("layer {path} is recorded but missing"));
                 continue;
             }
-            if let Some(parent) = parent {
-                match cosnap_disk::chain(p) {
-                    Ok(chain) => {
-                        let file_parent = chain.get(1).and_then(|f| f.canonicalize().ok());
-                        let want = Path::new(parent).canonicalize().ok();
-                        if file_parent.is_none() || file_parent != want {
-                            problems.push(format!("layer {path}: file names parent {file_parent:?}, repository says {parent}"));
-                        }
-                    }
-                    Err(e) => problems.push(format!("layer {path}: chain unreadable: {e}")),
+            if parent.is_some() {
+                // Opening the recorded chain checks that each file names its recorded parent.
+                let opened = crate::chains::recorded_chain(&conn, p)
+                    .and_then(|chain| Ok(cosnap_disk::open_chain(&chain, false)?));
+                if let Err(e) = opened {
+                    problems.push(format!(
+                        "layer {path}: chain does not match the record: {e}"
+                    ));
                 }
             }
         }

@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use cosnap_cim::{Instance, Value};
-use cosnap_disk::{CancelToken, FlattenJob, Format};
+use cosnap_disk::{CancelToken, FlattenJob, Format, LayerSpec};
 use serde::Serialize;
 
 use crate::model::{COLLECTION_OF_VMS, DiskSpec, Nic, VmSpec};
@@ -90,7 +90,8 @@ pub fn import_package(
     let mut specs: Vec<Vec<DiskSpec>> = Vec::new();
     for (v, vm_id) in pkg.vms.iter().zip(&vm_ids) {
         let dest_dir = host.data_dir().join("imported").join(vm_id);
-        std::fs::create_dir_all(&dest_dir)?;
+        crate::modes::create_private_dir(&host.data_dir().join("imported"))?;
+        crate::modes::create_private_dir(&dest_dir)?;
         let mut disks = Vec::new();
         for (d, file) in v.record.disks.iter().zip(&v.disk_files) {
             let Some(src) = file else {
@@ -100,6 +101,13 @@ pub fn import_package(
                 )));
             };
             let format = d.format;
+            if d.parent.is_some() {
+                // Its parent lives in another package this one cannot vouch for.
+                return Err(HostError::invalid(format!(
+                    "disk {} of VM {} is a differencing image of an earlier package; import a full or Merge export instead",
+                    d.id, v.record.id
+                )));
+            }
             let ext = match format {
                 Format::Vhdx => "vhdx",
                 Format::Qcow2 => "qcow2",
@@ -118,6 +126,9 @@ pub fn import_package(
                 dest: dest.clone(),
                 dest_format: format,
                 dest_parent: None,
+                // The package records each file's format; its bytes may say otherwise.
+                source_layers: vec![LayerSpec::new(src.clone(), format)],
+                dest_parent_format: None,
             });
             disks.push(DiskSpec {
                 path: dest,
@@ -130,8 +141,7 @@ pub fn import_package(
     cosnap_disk::flatten_all(&jobs, 2, progress, &CancelToken::new())?;
     // Imported images hold VM data: owner only, whatever the umask.
     for p in &copied {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
+        crate::modes::make_private_file(p)?;
     }
     let cleanup = || {
         for p in &copied {

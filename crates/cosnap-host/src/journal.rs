@@ -17,6 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
+use cosnap_disk::{Format, LayerSpec};
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
@@ -48,12 +49,23 @@ pub enum Step {
         child: PathBuf,
         into: PathBuf,
         rebase: Vec<PathBuf>,
+        /// `child`'s recorded chain (`child`, `into`, `into`'s parents) and the recorded
+        /// formats of `rebase`, as the repository held them before the release. Empty in
+        /// rows written before formats were journaled: then the files are probed.
+        #[serde(default)]
+        chain: Vec<LayerSpec>,
+        #[serde(default)]
+        rebase_formats: Vec<Format>,
     },
     /// Copy `parent`'s data into each of `children` (making `parent`'s parent theirs),
     /// then delete `parent`.
     Pull {
         parent: PathBuf,
         children: Vec<PathBuf>,
+        /// Each child's recorded chain (child, `parent`, `parent`'s parents); empty in rows
+        /// written before formats were journaled (then the files are probed).
+        #[serde(default)]
+        chains: Vec<Vec<LayerSpec>>,
     },
     /// Delete a layer nothing references any more.
     Delete { path: PathBuf },
@@ -131,33 +143,24 @@ pub fn run_steps(steps: &[Step]) -> Result<()> {
                 child,
                 into,
                 rebase,
+                chain,
+                rebase_formats,
             } => {
                 if child.exists() {
-                    cosnap_disk::commit(child)?;
-                    crash_point("release.merged");
-                    for grandchild in rebase {
-                        if grandchild.exists() {
-                            cosnap_disk::rebase(grandchild, Some(into))?;
-                            crash_point("release.rebased");
-                        }
-                    }
+                    merge(child, into, rebase, chain, rebase_formats)?;
                     delete_file(child)?;
                     crash_point("release.deleted-child");
                 }
             }
-            Step::Pull { parent, children } => {
+            Step::Pull {
+                parent,
+                children,
+                chains,
+            } => {
                 if parent.exists() {
-                    for child in children {
-                        if !child.exists() {
-                            continue;
-                        }
-                        if file_parent(child)?.is_some_and(|p| same_file(&p, parent)) {
-                            cosnap_disk::pull(child)?;
-                            crash_point("release.pulled");
-                        } else {
-                            // Pulled before a crash that may have hit the pull's final
-                            // flush: its last update can still sit in a VHDX log.
-                            cosnap_disk::settle(child)?;
+                    for (i, child) in children.iter().enumerate() {
+                        if child.exists() {
+                            pull(child, parent, chains.get(i))?;
                         }
                     }
                     delete_file(parent)?;
@@ -169,6 +172,62 @@ pub fn run_steps(steps: &[Step]) -> Result<()> {
                 crash_point("release.deleted");
             }
         }
+    }
+    Ok(())
+}
+
+/// Merges `child` into `into` and points `rebase` at `into`, with the recorded formats
+/// when the journal holds them.
+fn merge(
+    child: &Path,
+    into: &Path,
+    rebase: &[PathBuf],
+    chain: &[LayerSpec],
+    rebase_formats: &[Format],
+) -> Result<()> {
+    let recorded = !chain.is_empty() && rebase_formats.len() == rebase.len();
+    if recorded {
+        cosnap_disk::commit_chain(chain)?;
+    } else {
+        cosnap_disk::commit(child)?;
+    }
+    crash_point("release.merged");
+    for (i, grandchild) in rebase.iter().enumerate() {
+        if !grandchild.exists() {
+            continue;
+        }
+        if recorded {
+            cosnap_disk::rebase_as(
+                &LayerSpec::new(grandchild, rebase_formats[i]),
+                Some(&chain[1]),
+            )?;
+        } else {
+            cosnap_disk::rebase(grandchild, Some(into))?;
+        }
+        crash_point("release.rebased");
+    }
+    Ok(())
+}
+
+/// Pulls `parent` into `child` unless a run before a crash already did.
+fn pull(child: &Path, parent: &Path, chain: Option<&Vec<LayerSpec>>) -> Result<()> {
+    let (named, spec) = match chain {
+        Some(chain) => (cosnap_disk::parent_path_as(&chain[0])?, Some(chain)),
+        None => (file_parent(child)?, None),
+    };
+    if named.is_some_and(|p| same_file(&p, parent)) {
+        match spec {
+            Some(chain) => cosnap_disk::pull_chain(chain)?,
+            None => cosnap_disk::pull(child)?,
+        }
+        crash_point("release.pulled");
+    } else {
+        // Pulled before a crash that may have hit the pull's final flush: its last
+        // update can still sit in a VHDX log.
+        match spec {
+            Some(chain) => cosnap_disk::settle_as(&chain[0])?,
+            None => cosnap_disk::settle(child)?,
+        };
     }
     Ok(())
 }

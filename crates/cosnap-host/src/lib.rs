@@ -54,6 +54,7 @@
 //!   cosnap-disk); [`Host::job`], [`Host::jobs`], [`Host::wait_job`],
 //!   [`Host::request_job_state`].
 
+pub mod chains;
 pub mod cim;
 pub mod error;
 pub mod export;
@@ -63,6 +64,8 @@ pub mod jobs;
 pub mod journal;
 pub mod libvirt;
 pub mod model;
+pub mod modes;
+pub mod options;
 pub mod provider;
 pub mod repo;
 pub mod util;
@@ -72,3 +75,4 @@ pub use error::{HostError, Result};
 pub use host::{Host, InUseGuard};
 pub use jobs::JobCtx;
 pub use model::*;
+pub use options::HostOptions;

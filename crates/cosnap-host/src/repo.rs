@@ -192,9 +192,16 @@ pub fn open_reader(data_dir: &Path) -> Result<Connection> {
 
 pub fn open_db(data_dir: &Path) -> Result<Connection> {
     std::fs::create_dir_all(data_dir)?;
-    let conn = Connection::open(data_dir.join("cosnap.db"))?;
+    let db = data_dir.join("cosnap.db");
+    // Created owner-only before SQLite sees it: SQLite gives the -wal and -shm files it
+    // creates later the database file's mode.
+    create_private(&db)?;
+    let conn = Connection::open(&db)?;
     conn.busy_timeout(Duration::from_secs(60))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
+    for side in ["cosnap.db-wal", "cosnap.db-shm"] {
+        crate::modes::make_private_if_present(&data_dir.join(side))?;
+    }
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -224,12 +231,14 @@ pub struct RepoLock {
 
 impl RepoLock {
     pub fn acquire(data_dir: &Path) -> Result<RepoLock> {
+        use std::os::unix::fs::OpenOptionsExt;
         let path = data_dir.join("lock");
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
+            .mode(crate::modes::PRIVATE_FILE)
             .open(&path)?;
         loop {
             // SAFETY: flock on a valid, owned descriptor.
@@ -267,6 +276,18 @@ pub fn owner_alive(pid: u32, start: u64) -> bool {
 }
 
 /// Directory holding the layers cosnap creates for one VM.
+/// Creates `path` owner-only (0600) if it does not exist, and makes it owner-only if it
+/// does (repositories created before modes were enforced).
+pub(crate) fn create_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(crate::modes::PRIVATE_FILE)
+        .open(path)?;
+    crate::modes::make_private_file(path)
+}
+
 pub fn vm_disk_dir(data_dir: &Path, vm_id: &str) -> PathBuf {
     data_dir.join("disks").join(vm_id)
 }

@@ -24,6 +24,8 @@ fn byte_at(path: &Path, offset: u64) -> u8 {
 struct Fixture {
     _dir: tempfile::TempDir,
     data: PathBuf,
+    /// The storage root (disk images named over the API lie here).
+    images: PathBuf,
     host: Host,
     vms: Vec<String>,
     coll: String,
@@ -35,7 +37,14 @@ fn fixture() -> Fixture {
     let data = dir.path().join("data");
     let images = dir.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
-    let host = Host::open(&data).unwrap();
+    let host = Host::open_with(
+        &data,
+        cosnap_host::HostOptions {
+            storage_roots: vec![images.clone()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut vms = Vec::new();
     for (i, (file, fmt)) in [
         ("a.vhdx", Format::Vhdx),
@@ -70,6 +79,7 @@ fn fixture() -> Fixture {
     Fixture {
         _dir: dir,
         data,
+        images,
         host,
         vms,
         coll,
@@ -634,7 +644,7 @@ fn provider_serves_the_model() {
     assert_eq!(rps.len(), 3);
     // DefineSystem through the provider.
     let vsms = h.service_path("Msvm_VirtualSystemManagementService");
-    let img = f.data.join("new.raw");
+    let img = f.images.join("new.raw");
     std::fs::write(&img, vec![0u8; 4096]).unwrap();
     let vssd = Instance::new("Msvm_VirtualSystemSettingData").with(
         "ElementName",

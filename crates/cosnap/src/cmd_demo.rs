@@ -78,7 +78,7 @@ fn pick_dir(dir: &Path) -> PathBuf {
 pub fn run_demo(ctx: &Context, _args: DemoArgs) -> CmdResult {
     let dir = pick_dir(&ctx.data_dir);
     let images = dir.join("images");
-    std::fs::create_dir_all(&images).map_err(Failure::from)?;
+    cosnap_host::modes::create_private_dir(&images).map_err(fail)?;
     let host = Host::open(&dir).map_err(fail)?;
     let dir = host.data_dir().to_path_buf();
     let images = dir.join("images");
@@ -183,7 +183,7 @@ pub fn run_demo(ctx: &Context, _args: DemoArgs) -> CmdResult {
     // The backup workflow: full export of snapshot 1, snapshot 1 becomes a reference point,
     // differential export of snapshot 2 against it, both packages verified.
     let exports = dir.join("exports");
-    std::fs::create_dir_all(&exports).map_err(Failure::from)?;
+    cosnap_host::modes::create_private_dir(&exports).map_err(fail)?;
     let mut packages = Vec::new();
     let mut full = ExportRequest::full(&snap1, &exports);
     full.create_subdirectory = true;

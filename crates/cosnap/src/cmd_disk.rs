@@ -108,7 +108,40 @@ pub fn parse_byte(s: &str) -> Result<u8, String> {
     v.map_err(|_| format!("{s:?} is not a byte (0..255 or 0x00..0xff)"))
 }
 
+/// Says on stderr what content probing found when the file's name does not already say
+/// it: these commands take paths a person typed and are the only place cosnap guesses a
+/// format from the bytes (the host never does). A name that agrees stays silent, so
+/// qemu-img-like outputs keep their shape.
+fn say_probed(paths: &[&std::path::Path]) {
+    for p in paths {
+        let by_name = p
+            .extension()
+            .and_then(|e| e.to_str())
+            .and_then(Format::from_name);
+        if let Ok(f) = ops::detect_format(p)
+            && by_name != Some(f)
+        {
+            let name = by_name.map_or("no format".to_string(), |n| n.to_string());
+            eprintln!(
+                "cosnap: note: {} reads as {f} (probed from its content; its name says {name})",
+                p.display()
+            );
+        }
+    }
+}
+
 pub fn run(ctx: &Context, cmd: DiskCmd) -> CmdResult {
+    match &cmd {
+        DiskCmd::Create {
+            parent: Some(p), ..
+        } => say_probed(&[p]),
+        DiskCmd::Write { image, .. } | DiskCmd::Map { image } | DiskCmd::Check { image } => {
+            say_probed(&[image])
+        }
+        DiskCmd::Convert { src, .. } => say_probed(&[src]),
+        DiskCmd::Compare { a, b } => say_probed(&[a, b]),
+        DiskCmd::Info { .. } | DiskCmd::Create { .. } => {}
+    }
     match cmd {
         DiskCmd::Info { image } => {
             let info = ops::info(&image)?;
@@ -194,6 +227,8 @@ pub fn run(ctx: &Context, cmd: DiskCmd) -> CmdResult {
                 dest: dst,
                 dest_format: format.into(),
                 dest_parent: parent,
+                source_layers: Vec::new(),
+                dest_parent_format: None,
             };
             let reports = ops::flatten_all(&[job], 1, &|_, _| {}, &CancelToken::new())?;
             let report = &reports[0];

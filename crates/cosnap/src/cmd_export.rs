@@ -57,6 +57,10 @@ pub struct ExportArgs {
     /// package) instead of failing.
     #[arg(long)]
     pub fallback_full: bool,
+    /// Mode of the package's files, octal (default 0600, owner only; directories get the
+    /// matching search bits).
+    #[arg(long = "export-mode", value_name = "MODE", value_parser = cosnap_host::options::parse_mode)]
+    pub export_mode: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -112,6 +116,7 @@ pub fn run_export(ctx: &Context, args: ExportArgs) -> CmdResult {
             _ => BackupIntent::PreserveChain,
         },
         allow_fallback_full: args.fallback_full,
+        file_mode: args.export_mode,
     };
     let job_id = cosnap_host::export::start_export(&host, &req, Roots::Caller).map_err(refusal)?;
     if !args.wait {

@@ -24,9 +24,14 @@ pub enum VmCmd {
         cpus: u32,
         #[arg(long = "memory-mb", default_value_t = 1024)]
         memory_mb: u64,
-        /// A disk image (repeat for several; order = slot order). Format from the file.
+        /// A disk image (repeat for several; order = slot order).
         #[arg(long = "disk")]
         disks: Vec<PathBuf>,
+        /// The format of a disk: raw, qcow2 or vhdx (repeatable; the n-th goes with the
+        /// n-th --disk). A disk without one is probed, and the probe must agree with its
+        /// file name (.raw/.img, .qcow2, .vhdx/.avhdx).
+        #[arg(long = "disk-format", value_parser = parse_format)]
+        disk_formats: Vec<Format>,
         /// A network adapter: MAC[,SWITCH] (repeatable).
         #[arg(long = "nic")]
         nics: Vec<String>,
@@ -182,6 +187,15 @@ pub fn fail(e: HostError) -> Failure {
     Failure::new(code, e)
 }
 
+fn parse_format(text: &str) -> Result<Format, String> {
+    match Format::from_name(text) {
+        Some(f) => Ok(f),
+        None => Err(format!(
+            "'{text}' is not a disk format (raw, qcow2 or vhdx)"
+        )),
+    }
+}
+
 pub fn open(ctx: &Context) -> Result<Host, Failure> {
     Host::open(&ctx.data_dir).map_err(fail)
 }
@@ -246,9 +260,20 @@ pub fn run_vm(ctx: &Context, cmd: VmCmd) -> CmdResult {
             cpus,
             memory_mb,
             disks,
+            disk_formats,
             nics,
             id,
         } => {
+            if disk_formats.len() > disks.len() {
+                return Err(Failure::new(
+                    USAGE,
+                    anyhow::anyhow!(
+                        "{} --disk-format given for {} --disk; the n-th --disk-format goes with the n-th --disk",
+                        disk_formats.len(),
+                        disks.len()
+                    ),
+                ));
+            }
             let nics = nics
                 .iter()
                 .map(|n| {
@@ -266,7 +291,11 @@ pub fn run_vm(ctx: &Context, cmd: VmCmd) -> CmdResult {
                 memory_mb,
                 disks: disks
                     .into_iter()
-                    .map(|path| DiskSpec { path, format: None })
+                    .enumerate()
+                    .map(|(i, path)| DiskSpec {
+                        path,
+                        format: disk_formats.get(i).copied(),
+                    })
                     .collect(),
                 nics,
             };

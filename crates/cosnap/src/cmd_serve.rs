@@ -8,9 +8,12 @@
 //! until every job has recorded its end. A job past its point of no return is not
 //! cancellable; the server waits for it rather than leave it half done.
 //!
-//! `--export-root DIR` (repeatable) adds allowed export roots for method calls, for this
-//! server process only (they reach the host through `COSNAP_EXPORT_ROOTS`, see
-//! `cosnap_host::export`); `<data-dir>/exports` and `<data-dir>/export-roots` always apply.
+//! Trust options reach the host as a typed [`HostOptions`] at open: `--storage-root DIR`
+//! (repeatable) = where disk images named over the API may lie (none = no disk may be
+//! named over the API); `--export-root DIR` (repeatable) adds allowed export roots for
+//! method calls (`<data-dir>/exports` and `<data-dir>/export-roots` always apply);
+//! `--export-mode MODE` = the mode of exported files (octal, default 0600; directories get
+//! the matching search bits, 0700).
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
 use clap::{Args, Subcommand};
-use cosnap_host::Host;
+use cosnap_host::{Host, HostOptions};
 use cosnap_wbem::auth;
 use cosnap_wbem::server::{ServeConfig, Server, ServerLimits};
 use cosnap_wbem::tls::TlsFiles;
@@ -50,6 +53,13 @@ pub struct ServeArgs {
     /// A directory ExportSnapshot may write under (repeatable).
     #[arg(long = "export-root", value_name = "DIR")]
     pub export_roots: Vec<PathBuf>,
+    /// A directory disk images named over the API (DefineSystem's HostResource) must lie
+    /// under, symlinks resolved (repeatable; none = no disk may be named over the API).
+    #[arg(long = "storage-root", value_name = "DIR")]
+    pub storage_roots: Vec<PathBuf>,
+    /// Mode of exported files, octal (directories get the matching search bits).
+    #[arg(long = "export-mode", value_name = "MODE", default_value = "0600", value_parser = cosnap_host::options::parse_mode)]
+    pub export_mode: u32,
     /// Host name written into returned object paths (default: the host's own).
     #[arg(long)]
     pub host_name: Option<String>,
@@ -124,6 +134,23 @@ pub fn run_user(ctx: &Context, cmd: UserCmd) -> CmdResult {
     }
 }
 
+/// Canonical forms of configured root directories; a root that does not resolve to a
+/// directory is a usage error (refused before anything is served).
+fn existing_dirs(dirs: &[PathBuf], what: &str) -> Result<Vec<PathBuf>, Failure> {
+    let mut out = Vec::new();
+    for d in dirs {
+        let canon = std::fs::canonicalize(d).with_context(|| format!("{what} {}", d.display()))?;
+        if !canon.is_dir() {
+            return Err(Failure::new(
+                USAGE,
+                anyhow!("{what} {} is not a directory", d.display()),
+            ));
+        }
+        out.push(canon);
+    }
+    Ok(out)
+}
+
 pub fn run_serve(ctx: &Context, args: ServeArgs) -> CmdResult {
     // Refuse a bad listen address before touching the data directory.
     if !args.no_http && !args.listen.ip().is_loopback() && !args.insecure_allow_plain_http {
@@ -132,32 +159,15 @@ pub fn run_serve(ctx: &Context, args: ServeArgs) -> CmdResult {
             cosnap_wbem::ServeError::PlainHttpNotLoopback(args.listen),
         ));
     }
-    // Export roots first, while the process has a single thread (set_var is only sound then).
-    let mut roots: Vec<String> = Vec::new();
-    for r in &args.export_roots {
-        let canon =
-            std::fs::canonicalize(r).with_context(|| format!("export root {}", r.display()))?;
-        if !canon.is_dir() {
-            return Err(anyhow!("export root {} is not a directory", r.display()).into());
-        }
-        roots.push(canon.to_string_lossy().into_owned());
-    }
-    if !roots.is_empty() {
-        if let Ok(existing) = std::env::var("COSNAP_EXPORT_ROOTS") {
-            roots.extend(
-                existing
-                    .split(':')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string),
-            );
-        }
-        // SAFETY: no other thread exists yet (the runtime and the host start below).
-        unsafe { std::env::set_var("COSNAP_EXPORT_ROOTS", roots.join(":")) };
-    }
+    let options = HostOptions {
+        storage_roots: existing_dirs(&args.storage_roots, "storage root")?,
+        export_roots: existing_dirs(&args.export_roots, "export root")?,
+        export_file_mode: args.export_mode,
+    };
 
     std::fs::create_dir_all(&ctx.data_dir)
         .with_context(|| format!("creating {}", ctx.data_dir.display()))?;
-    let host = Host::open(&ctx.data_dir)
+    let host = Host::open_with(&ctx.data_dir, options)
         .with_context(|| format!("opening the repository in {}", ctx.data_dir.display()))?;
     let host_name = args
         .host_name

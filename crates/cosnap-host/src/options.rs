@@ -1,0 +1,129 @@
+//! What the process opening the host decides about trust, handed over at
+//! [`crate::Host::open_with`] (never through the environment): which directories clients
+//! of the API may name disk images in (storage roots) and write packages into (export
+//! roots), and the mode exported files get.
+//!
+//! The CLI, run by root on the host itself, may name any path; these limits bind what
+//! arrives over the API (CIM-XML, WS-Management).
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{HostError, Result};
+
+/// Package files are readable by their owner only unless the operator says otherwise.
+pub const DEFAULT_EXPORT_FILE_MODE: u32 = 0o600;
+
+/// The host's trust configuration.
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    /// Disk images named over the API must resolve (symlinks included) under one of these.
+    /// None configured = no disk may be named over the API.
+    pub storage_roots: Vec<PathBuf>,
+    /// Extra directories API clients may export into (besides `<data-dir>/exports` and
+    /// the lines of `<data-dir>/export-roots`).
+    pub export_roots: Vec<PathBuf>,
+    /// Mode of every exported file (directories get the matching search bits).
+    pub export_file_mode: u32,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        Self {
+            storage_roots: Vec::new(),
+            export_roots: Vec::new(),
+            export_file_mode: DEFAULT_EXPORT_FILE_MODE,
+        }
+    }
+}
+
+/// Parses an octal file mode such as `0640` or `640`: permission bits only (no setuid,
+/// setgid or sticky bit), and the owner must be able to read it back.
+pub fn parse_mode(text: &str) -> std::result::Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    let mode = u32::from_str_radix(digits, 8)
+        .map_err(|_| format!("'{text}' is not an octal file mode (e.g. 0600 or 0640)"))?;
+    if mode > 0o777 {
+        return Err(format!(
+            "'{text}': only permission bits (at most 0777) may be given"
+        ));
+    }
+    if mode & 0o600 != 0o600 {
+        return Err(format!(
+            "'{text}': the owner must keep read and write access (0600 at least)"
+        ));
+    }
+    Ok(mode)
+}
+
+/// Canonical forms of `roots` (absolute, existing directories; others are dropped with a
+/// warning, since a root nobody can resolve admits nothing).
+pub(crate) fn canonical_roots(roots: &[PathBuf], what: &str) -> Vec<PathBuf> {
+    roots
+        .iter()
+        .filter_map(|r| match std::fs::canonicalize(r) {
+            Ok(c) if r.is_absolute() && c.is_dir() => Some(c),
+            _ => {
+                tracing::warn!(root = %r.display(), "{what} root is not an absolute, existing directory; ignored");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Checks a disk image path a client named over the API: absolute, no `..`, and resolving
+/// (symlinks included) under a storage root and outside the data directory, which holds
+/// the repository and the server's secrets. Returns the resolved path.
+pub(crate) fn check_api_disk_path(
+    path: &Path,
+    roots: &[PathBuf],
+    data_dir: &Path,
+) -> Result<PathBuf> {
+    let denied = |why: &str| {
+        HostError::AccessDenied(format!(
+            "disk image {}: {why}; disk images named over the API must lie under a storage root ({})",
+            path.display(),
+            describe_roots(roots)
+        ))
+    };
+    if !path.is_absolute() {
+        return Err(denied("not an absolute path"));
+    }
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(denied("'..' is not allowed"));
+    }
+    if !roots.iter().any(|r| path.starts_with(r)) && !under_root_lexically(path, roots) {
+        return Err(denied("outside every storage root"));
+    }
+    let resolved = std::fs::canonicalize(path)
+        .map_err(|e| HostError::not_found(format!("disk image {}: {e}", path.display())))?;
+    if !roots.iter().any(|r| resolved.starts_with(r)) {
+        return Err(denied(&format!(
+            "it resolves to {}, outside every storage root",
+            resolved.display()
+        )));
+    }
+    if resolved.starts_with(data_dir) {
+        return Err(denied("it lies in cosnap's data directory"));
+    }
+    Ok(resolved)
+}
+
+/// Whether `path` lies under a root named by a path that is itself a symlink (the roots
+/// are canonical; the client may use the root's configured spelling).
+fn under_root_lexically(path: &Path, roots: &[PathBuf]) -> bool {
+    path.parent()
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .is_some_and(|p| roots.iter().any(|r| p.starts_with(r)))
+}
+
+fn describe_roots(roots: &[PathBuf]) -> String {
+    if roots.is_empty() {
+        "none is configured: start the server with --storage-root DIR".into()
+    } else {
+        roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}

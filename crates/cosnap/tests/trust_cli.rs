@@ -1,0 +1,285 @@
+//! Trust boundaries through the binary (issue 9, findings 1 and 7): `vm define` records a
+//! disk's format only when the file agrees with what was stated or with its name, and
+//! everything cosnap keeps is owner-only whatever the umask.
+
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const MIB: u64 = 1 << 20;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cosnap")
+}
+
+/// Runs cosnap under umask 022 (what most services start with).
+fn cosnap(data: &Path, args: &[&str]) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg("umask 022; exec \"$0\" \"$@\"")
+        .arg(bin())
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("cosnap runs")
+}
+
+fn ok(data: &Path, args: &[&str]) -> String {
+    let out = cosnap(data, args);
+    assert!(
+        out.status.success(),
+        "cosnap {args:?} failed ({:?}): {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn ok_json(data: &Path, args: &[&str]) -> Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    serde_json::from_str(&ok(data, &a)).unwrap()
+}
+
+fn qemu_img(args: &[&str]) {
+    let out = Command::new("qemu-img").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// A raw disk whose first bytes are a qcow2 header naming `backing`.
+fn lured_raw(dir: &Path, backing: &Path) -> PathBuf {
+    let lure = dir.join("lure.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        backing.to_str().unwrap(),
+        "-F",
+        "raw",
+        lure.to_str().unwrap(),
+        "16M",
+    ]);
+    let disk = dir.join("guest.raw");
+    let f = std::fs::File::create(&disk).unwrap();
+    f.set_len(16 * MIB).unwrap();
+    f.write_all_at(&std::fs::read(&lure).unwrap(), 0).unwrap();
+    disk
+}
+
+#[test]
+fn define_refuses_a_format_the_file_disagrees_with_and_says_how_to_state_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let secret = tmp.path().join("secret.bin");
+    std::fs::write(&secret, vec![0x5a; MIB as usize]).unwrap();
+    let raw = tmp.path().join("plain.raw");
+    ok(
+        &data,
+        &[
+            "disk",
+            "create",
+            raw.to_str().unwrap(),
+            "--format",
+            "raw",
+            "--size",
+            "8M",
+        ],
+    );
+
+    // Stated qcow2, but the file is raw.
+    let out = cosnap(
+        &data,
+        &[
+            "vm",
+            "define",
+            "--name",
+            "a",
+            "--disk",
+            raw.to_str().unwrap(),
+            "--disk-format",
+            "qcow2",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is not qcow2"), "{err}");
+    assert!(
+        err.contains("--disk-format raw|qcow2|vhdx"),
+        "says how: {err}"
+    );
+
+    // Named .raw, looks like qcow2 (a guest wrote the header): not guessed.
+    let lured = lured_raw(tmp.path(), &secret);
+    let out = cosnap(
+        &data,
+        &[
+            "vm",
+            "define",
+            "--name",
+            "b",
+            "--disk",
+            lured.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("its name says raw but its content looks like qcow2"),
+        "{err}"
+    );
+    assert!(err.contains("--disk-format"), "says how: {err}");
+    assert_eq!(
+        ok_json(&data, &["vm", "list"]).as_array().map(Vec::len),
+        Some(0)
+    );
+
+    // Stated raw: recorded as raw, and the VM's disk reads as its own bytes.
+    let vm = ok_json(
+        &data,
+        &[
+            "vm",
+            "define",
+            "--name",
+            "c",
+            "--disk",
+            lured.to_str().unwrap(),
+            "--disk-format",
+            "raw",
+        ],
+    );
+    assert_eq!(vm["disks"][0]["format"], "raw", "{vm}");
+
+    // A qcow2 base with a backing file is refused: its parent is a path the file chose.
+    let child = tmp.path().join("child.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        secret.to_str().unwrap(),
+        "-F",
+        "raw",
+        child.to_str().unwrap(),
+    ]);
+    let out = cosnap(
+        &data,
+        &[
+            "vm",
+            "define",
+            "--name",
+            "d",
+            "--disk",
+            child.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("must stand alone"), "{err}");
+
+    // More formats than disks is a usage error.
+    let out = cosnap(
+        &data,
+        &["vm", "define", "--name", "e", "--disk-format", "raw"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn everything_cosnap_keeps_is_owner_only_under_umask_022() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let img = tmp.path().join("a.qcow2");
+    ok(
+        &data,
+        &[
+            "disk",
+            "create",
+            img.to_str().unwrap(),
+            "--format",
+            "qcow2",
+            "--size",
+            "8M",
+        ],
+    );
+    let vm = ok_json(
+        &data,
+        &[
+            "vm",
+            "define",
+            "--name",
+            "m",
+            "--disk",
+            img.to_str().unwrap(),
+        ],
+    );
+    let vm_id = vm["id"].as_str().unwrap().to_string();
+    let coll = ok_json(&data, &["collection", "define", "g"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(&data, &["collection", "add-member", &coll, &vm_id]);
+    ok(&data, &["snapshot", "create", &coll, "--type", "recovery"]);
+    let mut user = Command::new("sh")
+        .arg("-c")
+        .arg("umask 022; exec \"$0\" \"$@\"")
+        .arg(bin())
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["user", "add", "admin", "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        user.stdin
+            .take()
+            .unwrap()
+            .write_all(b"a long password\n")
+            .unwrap();
+    }
+    assert!(user.wait().unwrap().success());
+
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    for f in [
+        "cosnap.db",
+        "cosnap.db-wal",
+        "cosnap.db-shm",
+        "users.json",
+        "lock",
+    ] {
+        let p = data.join(f);
+        if p.exists() || f != "cosnap.db-wal" && f != "cosnap.db-shm" {
+            assert_eq!(mode(&p), 0o600, "{f}");
+        }
+    }
+    let disks = data.join("disks");
+    assert_eq!(mode(&disks), 0o700, "disks/");
+    let vm_dir = disks.join(&vm_id);
+    assert_eq!(mode(&vm_dir), 0o700, "disks/<vm>/");
+    let layers: Vec<PathBuf> = std::fs::read_dir(&vm_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!layers.is_empty());
+    for l in &layers {
+        assert_eq!(mode(l), 0o600, "layer {}", l.display());
+    }
+}
