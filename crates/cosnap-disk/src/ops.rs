@@ -810,6 +810,15 @@ pub fn check(path: &Path) -> Result<CheckReport> {
     }
 }
 
+/// [`check`] of one layer read as its recorded format (nothing probed).
+pub fn check_as(layer: &LayerSpec) -> Result<CheckReport> {
+    match layer.format {
+        Format::Qcow2 => qcow2::check(&layer.path),
+        Format::Vhdx => vhdx::check(&layer.path),
+        Format::Raw => Ok(CheckReport::default()),
+    }
+}
+
 /// Compares the guest bytes of two images (any formats). `None` = identical (the larger
 /// one's tail must be zeros); `Some(offset)` = first differing byte.
 pub fn compare(a: &Path, b: &Path) -> Result<Option<u64>> {

@@ -12,6 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use cosnap_cim::Instance;
+use cosnap_disk::{Format, LayerSpec};
 
 use crate::dirhandle::DirHandle;
 use crate::package::{
@@ -322,34 +323,100 @@ fn check_configurations(dir: &DirHandle, meta: &PackageMeta, problems: &mut Vec<
     }
 }
 
-/// Every layer below the package's image must be a regular file reached without a
-/// symbolic link inside the directory that holds the package (where the base export of a
-/// PreserveChain differential is): a package cannot make a reader follow a parent link to
-/// an arbitrary host file.
-fn check_layers_beside(chain: &[PathBuf], outer: Option<&DirHandle>, rel: &str) -> Option<String> {
-    let below = chain.get(1..).unwrap_or_default();
-    if below.is_empty() {
-        return None;
-    }
-    let Some(outer) = outer else {
-        return Some(format!(
-            "{rel}: has parent images and no directory around the package"
-        ));
-    };
-    for layer in below {
-        let inside = fs::canonicalize(layer)
-            .ok()
-            .and_then(|c| c.strip_prefix(outer.shown()).ok().map(Path::to_path_buf))
-            .filter(|r| outer.open_file(r).is_ok());
-        if inside.is_none() {
-            return Some(format!(
-                "{rel}: parent image {} lies outside {} (or is reached through a symbolic link)",
-                layer.display(),
-                outer.shown().display()
+/// The chain of a package image as cosnap recorded it, nothing probed: the top layer has
+/// the format the package records, and each layer below is a file of an earlier package,
+/// whose format is the one its name records (cosnap names every exported image by its
+/// format). Every layer below must be a regular file reached without a symbolic link
+/// inside the directory that holds the package (where the base export of a PreserveChain
+/// differential is): a package cannot make a reader follow a parent link to an
+/// arbitrary host file. The top's parent must be the one the package records.
+fn recorded_chain(
+    path: &Path,
+    d: &DiskRecord,
+    outer: Option<&DirHandle>,
+) -> std::result::Result<Vec<LayerSpec>, String> {
+    let mut layers = vec![LayerSpec::new(path, d.format)];
+    let named = cosnap_disk::parent_path_as(&layers[0]).map_err(|e| e.to_string())?;
+    check_recorded_parent(path, d, named.as_deref(), outer)?;
+    let mut next = named;
+    while let Some(parent) = next {
+        if layers.len() >= cosnap_disk::MAX_CHAIN_DEPTH {
+            return Err(format!(
+                "chain deeper than {} layers",
+                cosnap_disk::MAX_CHAIN_DEPTH
             ));
         }
+        let layer = parent_layer(&parent, outer)?;
+        next = cosnap_disk::parent_path_as(&layer).map_err(|e| e.to_string())?;
+        layers.push(layer);
     }
-    None
+    Ok(layers)
+}
+
+/// The parent the top layer names must lie beside the package and be the recorded one.
+fn check_recorded_parent(
+    path: &Path,
+    d: &DiskRecord,
+    named: Option<&Path>,
+    outer: Option<&DirHandle>,
+) -> std::result::Result<(), String> {
+    if let Some(p) = named {
+        check_beside(p, outer)?;
+    }
+    match (&d.parent, named) {
+        (None, None) => Ok(()),
+        (None, Some(p)) => Err(format!(
+            "has parent {} the package does not record",
+            p.display()
+        )),
+        (Some(want), None) => Err(format!("the chain does not reach its parent {want}")),
+        (Some(want), Some(got)) => {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let want_abs = fs::canonicalize(dir.join(want))
+                .map_err(|e| format!("parent {want} is missing: {e}"))?;
+            match fs::canonicalize(got) {
+                Ok(g) if g == want_abs => Ok(()),
+                _ => Err(format!(
+                    "chain goes to {} instead of {want}",
+                    got.display()
+                )),
+            }
+        }
+    }
+}
+
+/// A layer below the package image: beside the package, its format from its name.
+fn parent_layer(parent: &Path, outer: Option<&DirHandle>) -> std::result::Result<LayerSpec, String> {
+    check_beside(parent, outer)?;
+    let format = parent
+        .extension()
+        .and_then(|e| e.to_str())
+        .and_then(Format::from_name)
+        .ok_or_else(|| {
+            format!(
+                "parent image {} has no image format in its name (.vhdx, .avhdx, .qcow2, .raw)",
+                parent.display()
+            )
+        })?;
+    Ok(LayerSpec::new(parent, format))
+}
+
+fn check_beside(layer: &Path, outer: Option<&DirHandle>) -> std::result::Result<(), String> {
+    let Some(outer) = outer else {
+        return Err("has parent images and no directory around the package".into());
+    };
+    let inside = fs::canonicalize(layer)
+        .ok()
+        .and_then(|c| c.strip_prefix(outer.shown()).ok().map(Path::to_path_buf))
+        .filter(|r| outer.open_file(r).is_ok());
+    match inside {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "parent image {} lies outside {} (or is reached through a symbolic link)",
+            layer.display(),
+            outer.shown().display()
+        )),
+    }
 }
 
 fn verify_image(
@@ -359,7 +426,14 @@ fn verify_image(
     outer: Option<&DirHandle>,
     problems: &mut Vec<String>,
 ) {
-    match cosnap_disk::check(path) {
+    let layers = match recorded_chain(path, d, outer) {
+        Ok(layers) => layers,
+        Err(p) => {
+            problems.push(format!("{rel}: {p}"));
+            return;
+        }
+    };
+    match cosnap_disk::check_as(&layers[0]) {
         Ok(c) if c.corruptions.is_empty() => {}
         Ok(c) => problems.push(format!("{rel}: image check: {}", c.corruptions.join("; "))),
         Err(e) => {
@@ -367,42 +441,12 @@ fn verify_image(
             return;
         }
     }
-    match cosnap_disk::info(path) {
-        Ok(info) => {
-            if let Some(p) = check_layers_beside(&info.chain, outer, rel) {
-                problems.push(p);
-                return;
-            }
-            if info.virtual_size != d.virtual_size {
-                problems.push(format!(
-                    "{rel}: virtual size {} but the package says {}",
-                    info.virtual_size, d.virtual_size
-                ));
-            }
-            match (&d.parent, info.chain.get(1)) {
-                (None, None) => {}
-                (None, Some(p)) => problems.push(format!(
-                    "{rel}: has parent {} the package does not record",
-                    p.display()
-                )),
-                (Some(want), got) => {
-                    let dir = path.parent().unwrap_or(Path::new("."));
-                    let want_abs = dir.join(want);
-                    match (fs::canonicalize(&want_abs), got.map(fs::canonicalize)) {
-                        (Err(e), _) => {
-                            problems.push(format!("{rel}: parent {want} is missing: {e}"))
-                        }
-                        (Ok(w), Some(Ok(g))) if w == g => {}
-                        (Ok(_), Some(Ok(g))) => problems.push(format!(
-                            "{rel}: chain goes to {} instead of {want}",
-                            g.display()
-                        )),
-                        (Ok(_), _) => problems
-                            .push(format!("{rel}: the chain does not reach its parent {want}")),
-                    }
-                }
-            }
-        }
+    match cosnap_disk::info_of(&layers) {
+        Ok(info) if info.virtual_size != d.virtual_size => problems.push(format!(
+            "{rel}: virtual size {} but the package says {}",
+            info.virtual_size, d.virtual_size
+        )),
+        Ok(_) => {}
         Err(e) => problems.push(format!("{rel}: {e}")),
     }
 }

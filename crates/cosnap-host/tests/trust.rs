@@ -150,6 +150,23 @@ fn a_raw_disk_that_looks_like_qcow2_is_snapshotted_and_exported_as_its_own_bytes
         bytes[..4 * MIB as usize].iter().all(|b| *b == SECRET_BYTE)
     );
     assert!(h.verify().unwrap().is_empty());
+
+    // The package records the disk as raw: verify and import read it as raw, not as the
+    // qcow2 its bytes look like (which names a host file outside the export directory).
+    let package = files_with_ext(&out, "json")
+        .into_iter()
+        .find(|p| p.ends_with("cosnap-package.json"))
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap();
+    let report = cosnap_export::verify_package(&package).unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    let h2 = Host::open(tmp.path().join("data2")).unwrap();
+    let imported = cosnap_host::import::import_package(&h2, &package, &|_, _| {}).unwrap();
+    assert_eq!(imported.disks.len(), 1);
+    assert!(
+        std::fs::read(&imported.disks[0]).unwrap() == own,
+        "the imported disk holds other bytes than the exported one"
+    );
 }
 
 #[test]
