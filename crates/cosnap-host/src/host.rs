@@ -97,11 +97,12 @@ impl Host {
     }
 
     /// Checks the disk images of a VM defined over the API (see
-    /// [`crate::options::HostOptions::storage_roots`]); Access Denied when one lies
-    /// outside the storage roots.
-    pub fn check_api_disks(&self, spec: &VmSpec) -> Result<()> {
-        for d in &spec.disks {
-            crate::options::check_api_disk_path(
+    /// [`crate::options::HostOptions::storage_roots`]) and replaces each path by what it
+    /// resolved to, so the definition records the file that was checked. Access Denied when
+    /// one lies outside the storage roots.
+    pub fn check_api_disks(&self, spec: &mut VmSpec) -> Result<()> {
+        for d in &mut spec.disks {
+            d.path = crate::options::check_api_disk_path(
                 &d.path,
                 &self.inner.options.storage_roots,
                 &self.inner.data_dir,
