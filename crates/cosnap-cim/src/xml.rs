@@ -21,8 +21,8 @@ use crate::schema::QualifiedMember;
 use crate::value::{CimType, Instance, Property, Value};
 
 pub use reader::{
-    MAX_ATTRIBUTES, MAX_DOCUMENT_BYTES, MAX_DOCUMENT_NAMESPACES, MAX_ELEMENT_NAMESPACES,
-    MAX_NODES, MAX_XML_DEPTH, XmlLimits, nesting_exceeds, parse_document_with,
+    MAX_ATTRIBUTES, MAX_DOCUMENT_BYTES, MAX_DOCUMENT_NAMESPACES, MAX_ELEMENT_NAMESPACES, MAX_NODES,
+    MAX_XML_DEPTH, XmlLimits, nesting_exceeds, parse_document_with,
 };
 pub use roxmltree::{Document, Node};
 

@@ -69,8 +69,8 @@ fn method_response(xml: String) -> HttpResponse {
 }
 
 fn request_error(e: &RequestError) -> HttpResponse {
-    let status = hyper::StatusCode::from_u16(e.kind.http_status())
-        .unwrap_or(hyper::StatusCode::BAD_REQUEST);
+    let status =
+        hyper::StatusCode::from_u16(e.kind.http_status()).unwrap_or(hyper::StatusCode::BAD_REQUEST);
     let mut r = plain(status, &e.detail);
     r.headers_mut().insert(
         "CIMError",

@@ -200,15 +200,31 @@ pub async fn handle_http(
         .await
     {
         AuthResult::Allowed(user) => user,
-        AuthResult::Denied => return refuse(&parts, body, unauthorized(), DISCARD_UNAUTHENTICATED).await,
-        AuthResult::Throttled(wait) => return refuse(&parts, body, throttled(wait), DISCARD_UNAUTHENTICATED).await,
+        AuthResult::Denied => {
+            return refuse(&parts, body, unauthorized(), DISCARD_UNAUTHENTICATED).await;
+        }
+        AuthResult::Throttled(wait) => {
+            return refuse(&parts, body, throttled(wait), DISCARD_UNAUTHENTICATED).await;
+        }
     };
 
     let Some(protocol) = route(&transport.routes, parts.uri.path()) else {
-        return refuse(&parts, body, not_found(&transport.routes), DISCARD_AUTHENTICATED).await;
+        return refuse(
+            &parts,
+            body,
+            not_found(&transport.routes),
+            DISCARD_AUTHENTICATED,
+        )
+        .await;
     };
     if !protocol.methods().contains(&parts.method.as_str()) {
-        return refuse(&parts, body, method_not_allowed(protocol.methods()), DISCARD_AUTHENTICATED).await;
+        return refuse(
+            &parts,
+            body,
+            method_not_allowed(protocol.methods()),
+            DISCARD_AUTHENTICATED,
+        )
+        .await;
     }
     let max = protocol.max_body();
     if declared_length(&parts).is_some_and(|n| n > max as u64) {
@@ -220,7 +236,13 @@ pub async fn handle_http(
         tokio::time::timeout(limits.queue_timeout, transport.in_flight.acquire()).await
     else {
         let busy = plain(StatusCode::SERVICE_UNAVAILABLE, "the server is busy");
-        return refuse(&parts, body, retry_after(busy, Duration::from_secs(1)), DISCARD_AUTHENTICATED).await;
+        return refuse(
+            &parts,
+            body,
+            retry_after(busy, Duration::from_secs(1)),
+            DISCARD_AUTHENTICATED,
+        )
+        .await;
     };
 
     let body = match read_body(&parts, body, max, limits.body_timeout).await {
@@ -257,8 +279,10 @@ fn not_found(routes: &Routes) -> HttpResponse {
 
 fn method_not_allowed(methods: &[&str]) -> HttpResponse {
     let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "use POST");
-    r.headers_mut()
-        .insert(header::ALLOW, header_text(methods.first().unwrap_or(&"POST")));
+    r.headers_mut().insert(
+        header::ALLOW,
+        header_text(methods.first().unwrap_or(&"POST")),
+    );
     r
 }
 

@@ -237,7 +237,10 @@ fn tls_acceptor(config: &ServeConfig) -> Result<tokio_rustls::TlsAcceptor, Serve
         None => {
             let f = TlsFiles::in_data_dir(&config.data_dir);
             if tls::ensure_self_signed(&f, std::slice::from_ref(&config.host_name))? {
-                tracing::info!("generated a self-signed certificate at {}", f.cert.display());
+                tracing::info!(
+                    "generated a self-signed certificate at {}",
+                    f.cert.display()
+                );
             }
             f
         }

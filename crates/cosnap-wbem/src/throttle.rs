@@ -82,7 +82,11 @@ impl Throttle {
         let lane = {
             let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
             make_room(&mut sources, Instant::now());
-            sources.entry(source).or_insert_with(Entry::new).lane.clone()
+            sources
+                .entry(source)
+                .or_insert_with(Entry::new)
+                .lane
+                .clone()
         };
         lane.acquire_owned()
             .await
