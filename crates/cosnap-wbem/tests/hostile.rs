@@ -420,3 +420,65 @@ fn quadratic_xml_shapes_are_answered_fast_with_an_error() {
         );
     }
 }
+
+#[test]
+fn a_client_that_never_reads_is_cut_off() {
+    let server = start(ServerLimits {
+        write_timeout: Duration::from_secs(1),
+        ..ServerLimits::default()
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(server.addr).await.unwrap()
+    });
+    let mut reader = stream.into_std().unwrap();
+    reader.set_nonblocking(false).unwrap();
+    // Pipelined requests whose answers (~20 MB) overflow every socket buffer on the way.
+    let body = ENUM_NAMES.replace(
+        "EnumerateInstanceNames\"><LOCALNAMESPACEPATH>",
+        "EnumerateClassNames\"><LOCALNAMESPACEPATH>",
+    );
+    let body = body.replace(
+        r#"<IPARAMVALUE NAME="ClassName"><CLASSNAME NAME="@CLASS@"/></IPARAMVALUE>"#,
+        r#"<IPARAMVALUE NAME="DeepInheritance"><VALUE>TRUE</VALUE></IPARAMVALUE>"#,
+    );
+    let one = head(Some(&basic(USER, PASSWORD)), body.len(), "")
+        .replace("EnumerateInstanceNames", "EnumerateClassNames")
+        + &body;
+    let mut writer = reader.try_clone().unwrap();
+    let requests = 4000;
+    std::thread::spawn(move || {
+        for _ in 0..requests {
+            if writer.write_all(one.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    reader
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut answers = 0;
+    let end = loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break "closed",
+            Ok(n) => answers += buf[..n].windows(8).filter(|w| w == b"HTTP/1.1").count(),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break "closed",
+            Err(e) => {
+                break if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut {
+                    "still open"
+                } else {
+                    "error"
+                };
+            }
+        }
+    };
+    assert_eq!(end, "closed", "after {answers} answers");
+    assert!(answers < requests, "{answers} answers");
+}
