@@ -119,9 +119,10 @@ pub struct ExportOptions {
     pub threads: usize,
     /// Mode of every file the package holds (disk images included); directories get the
     /// matching search bits (0600 → 0700). Owner-only by default.
-    // Passed through by the host (`--export-mode`); applied by the package writer (the
-    // trust-export branch).
     pub file_mode: u32,
+    /// The export's id (journal and staging names); a fresh one when `None`. The host
+    /// chooses it so that its recovery can find this export's leftovers.
+    pub export_id: Option<String>,
 }
 
 impl Default for ExportOptions {
@@ -132,6 +133,7 @@ impl Default for ExportOptions {
             intent: BackupIntent::PreserveChain,
             threads: 2,
             file_mode: DEFAULT_FILE_MODE,
+            export_id: None,
         }
     }
 }

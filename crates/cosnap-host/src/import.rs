@@ -139,6 +139,7 @@ pub fn import_package(
     }
     let copied: Vec<PathBuf> = jobs.iter().map(|j| j.dest.clone()).collect();
     cosnap_disk::flatten_all(&jobs, 2, progress, &CancelToken::new())?;
+    // Imported images hold VM data: owner only, whatever the umask.
     for p in &copied {
         crate::modes::make_private_file(p)?;
     }
