@@ -97,11 +97,12 @@ impl Host {
     }
 
     /// Checks the disk images of a VM defined over the API (see
-    /// [`crate::options::HostOptions::storage_roots`]); Access Denied when one lies
-    /// outside the storage roots.
-    pub fn check_api_disks(&self, spec: &VmSpec) -> Result<()> {
-        for d in &spec.disks {
-            crate::options::check_api_disk_path(
+    /// [`crate::options::HostOptions::storage_roots`]) and replaces each path by what it
+    /// resolved to, so the definition records the file that was checked. Access Denied when
+    /// one lies outside the storage roots.
+    pub fn check_api_disks(&self, spec: &mut VmSpec) -> Result<()> {
+        for d in &mut spec.disks {
+            d.path = crate::options::check_api_disk_path(
                 &d.path,
                 &self.inner.options.storage_roots,
                 &self.inner.data_dir,
@@ -1497,12 +1498,7 @@ pub(crate) fn release_layers(tx: &Connection, layers: &[PathBuf]) -> Result<Vec<
                     stmt.query_map([c], |r| r.get(0))?
                         .collect::<Result<_, _>>()?
                 };
-                // The chains as recorded before this release rewrites them.
-                let chain = crate::chains::recorded_chain(tx, Path::new(c))?;
-                let rebase_formats = grandchildren
-                    .iter()
-                    .map(|g| Ok(crate::chains::recorded_chain(tx, Path::new(g))?[0].format))
-                    .collect::<Result<Vec<_>>>()?;
+                let (chain, rebase_formats) = recorded_for_merge(tx, c, &grandchildren)?;
                 tx.execute(
                     "UPDATE vm_disks SET active_layer = ?2 WHERE active_layer = ?1",
                     [c, &fs],
@@ -1544,10 +1540,7 @@ pub(crate) fn release_layers(tx: &Connection, layers: &[PathBuf]) -> Result<Vec<
                             "layer {fs} is read by a running export"
                         )));
                     }
-                    let chains = many
-                        .iter()
-                        .map(|c| crate::chains::recorded_chain(tx, Path::new(c)))
-                        .collect::<Result<Vec<_>>>()?;
+                    let chains = recorded_chains(tx, many)?;
                     tx.execute(
                         "UPDATE layers SET parent = ?2 WHERE parent = ?1",
                         params![fs, parent],
@@ -1563,6 +1556,29 @@ pub(crate) fn release_layers(tx: &Connection, layers: &[PathBuf]) -> Result<Vec<
         }
     }
     Ok(steps)
+}
+
+/// The chain of `child` and the formats of `grandchildren` as recorded before a release
+/// rewrites them: what its merge step needs after a crash (see [`journal::Step::Merge`]).
+fn recorded_for_merge(
+    tx: &Connection,
+    child: &str,
+    grandchildren: &[String],
+) -> Result<(Vec<LayerSpec>, Vec<Format>)> {
+    let chain = crate::chains::recorded_chain(tx, Path::new(child))?;
+    let formats = recorded_chains(tx, grandchildren)?
+        .into_iter()
+        .map(|c| c[0].format)
+        .collect();
+    Ok((chain, formats))
+}
+
+/// The recorded chains of `layers`.
+fn recorded_chains(tx: &Connection, layers: &[String]) -> Result<Vec<Vec<LayerSpec>>> {
+    layers
+        .iter()
+        .map(|l| crate::chains::recorded_chain(tx, Path::new(l)))
+        .collect()
 }
 
 fn valid_mac(mac: &str) -> bool {

@@ -127,3 +127,60 @@ fn describe_roots(roots: &[PathBuf]) -> String {
             .join(", ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_are_octal_permission_bits_the_owner_keeps() {
+        assert_eq!(parse_mode("0600"), Ok(0o600));
+        assert_eq!(parse_mode("640"), Ok(0o640));
+        assert_eq!(parse_mode("0o644"), Ok(0o644));
+        for bad in ["", "0x600", "0888", "4755", "0400", "0200", "rw-------"] {
+            assert!(parse_mode(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn api_disk_paths_resolve_under_a_root_and_outside_the_data_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().canonicalize().unwrap();
+        let root = base.join("root");
+        let data = root.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let inside = root.join("a.raw");
+        let outside = base.join("secret.raw");
+        std::fs::write(&inside, b"x").unwrap();
+        std::fs::write(&outside, b"x").unwrap();
+        std::fs::write(data.join("cosnap.db"), b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link.raw")).unwrap();
+        std::os::unix::fs::symlink(&base, root.join("up")).unwrap();
+        let roots = [root.clone()];
+        let check = |p: &Path| check_api_disk_path(p, &roots, &data);
+
+        assert_eq!(check(&inside).unwrap(), inside);
+        for p in [
+            outside.clone(),
+            root.join("..").join("secret.raw"),
+            root.join("link.raw"),
+            root.join("up").join("secret.raw"),
+            data.join("cosnap.db"),
+            PathBuf::from("a.raw"),
+        ] {
+            match check(&p) {
+                Err(HostError::AccessDenied(_)) => {}
+                other => panic!("{}: {other:?}", p.display()),
+            }
+        }
+        assert!(matches!(
+            check(&root.join("missing.raw")),
+            Err(HostError::NotFound(_))
+        ));
+        // No storage root configured: nothing may be named.
+        assert!(matches!(
+            check_api_disk_path(&inside, &[], &data),
+            Err(HostError::AccessDenied(_))
+        ));
+    }
+}

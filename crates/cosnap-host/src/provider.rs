@@ -753,7 +753,7 @@ impl Host {
                         }
                     }
                 }
-                self.check_api_disks(&spec)?;
+                self.check_api_disks(&mut spec)?;
                 let vm = self.define_vm(&spec)?;
                 Ok(MethodOutcome {
                     return_value: 0,

@@ -130,18 +130,23 @@ fn say_probed(paths: &[&std::path::Path]) {
     }
 }
 
-pub fn run(ctx: &Context, cmd: DiskCmd) -> CmdResult {
-    match &cmd {
+/// The existing images a command reads by probing (`info` prints the format it found).
+fn probed_inputs(cmd: &DiskCmd) -> Vec<&std::path::Path> {
+    match cmd {
         DiskCmd::Create {
             parent: Some(p), ..
-        } => say_probed(&[p]),
+        } => vec![p],
         DiskCmd::Write { image, .. } | DiskCmd::Map { image } | DiskCmd::Check { image } => {
-            say_probed(&[image])
+            vec![image]
         }
-        DiskCmd::Convert { src, .. } => say_probed(&[src]),
-        DiskCmd::Compare { a, b } => say_probed(&[a, b]),
-        DiskCmd::Info { .. } | DiskCmd::Create { .. } => {}
+        DiskCmd::Convert { src, .. } => vec![src],
+        DiskCmd::Compare { a, b } => vec![a, b],
+        DiskCmd::Info { .. } | DiskCmd::Create { .. } => vec![],
     }
+}
+
+pub fn run(ctx: &Context, cmd: DiskCmd) -> CmdResult {
+    say_probed(&probed_inputs(&cmd));
     match cmd {
         DiskCmd::Info { image } => {
             let info = ops::info(&image)?;

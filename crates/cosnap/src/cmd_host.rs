@@ -187,6 +187,28 @@ pub fn fail(e: HostError) -> Failure {
     Failure::new(code, e)
 }
 
+/// `--disk` paths with their `--disk-format`s, the n-th with the n-th (the rest probed).
+fn disk_specs(disks: Vec<PathBuf>, formats: &[Format]) -> Result<Vec<DiskSpec>, Failure> {
+    if formats.len() > disks.len() {
+        return Err(Failure::new(
+            USAGE,
+            anyhow::anyhow!(
+                "{} --disk-format given for {} --disk; the n-th --disk-format goes with the n-th --disk",
+                formats.len(),
+                disks.len()
+            ),
+        ));
+    }
+    Ok(disks
+        .into_iter()
+        .enumerate()
+        .map(|(i, path)| DiskSpec {
+            path,
+            format: formats.get(i).copied(),
+        })
+        .collect())
+}
+
 fn parse_format(text: &str) -> Result<Format, String> {
     match Format::from_name(text) {
         Some(f) => Ok(f),
@@ -264,16 +286,6 @@ pub fn run_vm(ctx: &Context, cmd: VmCmd) -> CmdResult {
             nics,
             id,
         } => {
-            if disk_formats.len() > disks.len() {
-                return Err(Failure::new(
-                    USAGE,
-                    anyhow::anyhow!(
-                        "{} --disk-format given for {} --disk; the n-th --disk-format goes with the n-th --disk",
-                        disk_formats.len(),
-                        disks.len()
-                    ),
-                ));
-            }
             let nics = nics
                 .iter()
                 .map(|n| {
@@ -289,14 +301,7 @@ pub fn run_vm(ctx: &Context, cmd: VmCmd) -> CmdResult {
                 name,
                 cpus,
                 memory_mb,
-                disks: disks
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, path)| DiskSpec {
-                        path,
-                        format: disk_formats.get(i).copied(),
-                    })
-                    .collect(),
+                disks: disk_specs(disks, &disk_formats)?,
                 nics,
             };
             let vm = host.define_vm(&spec).map_err(fail)?;
