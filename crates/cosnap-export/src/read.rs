@@ -376,17 +376,17 @@ fn check_recorded_parent(
                 .map_err(|e| format!("parent {want} is missing: {e}"))?;
             match fs::canonicalize(got) {
                 Ok(g) if g == want_abs => Ok(()),
-                _ => Err(format!(
-                    "chain goes to {} instead of {want}",
-                    got.display()
-                )),
+                _ => Err(format!("chain goes to {} instead of {want}", got.display())),
             }
         }
     }
 }
 
 /// A layer below the package image: beside the package, its format from its name.
-fn parent_layer(parent: &Path, outer: Option<&DirHandle>) -> std::result::Result<LayerSpec, String> {
+fn parent_layer(
+    parent: &Path,
+    outer: Option<&DirHandle>,
+) -> std::result::Result<LayerSpec, String> {
     check_beside(parent, outer)?;
     let format = parent
         .extension()

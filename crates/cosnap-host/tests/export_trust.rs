@@ -1,20 +1,24 @@
 //! Export trust boundaries through the host API: a directory swapped for a symlink while a
-//! job runs, two exports of one snapshot into one directory.
+//! job runs, two exports of one snapshot into one directory, the export file mode.
 
 use std::path::{Path, PathBuf};
 
 use cosnap_disk::Format;
 use cosnap_host::export::{ExportRequest, Roots, exported_path, start_export};
-use cosnap_host::{DiskSpec, Host, VmSpec};
+use cosnap_host::{DiskSpec, Host, HostOptions, VmSpec};
 
 const MIB: u64 = 1 << 20;
 
 /// A host with one collection of two VMs (qcow2, raw; 32 MiB, data written) and one
 /// snapshot of it.
 fn snapshot_fixture(root: &Path) -> (Host, String) {
+    snapshot_fixture_with(root, HostOptions::default())
+}
+
+fn snapshot_fixture_with(root: &Path, options: HostOptions) -> (Host, String) {
     let images = root.join("images");
     std::fs::create_dir_all(&images).unwrap();
-    let host = Host::open(root.join("data")).unwrap();
+    let host = Host::open_with(root.join("data"), options).unwrap();
     let coll = host.define_collection("group", None, 0).unwrap().id;
     for (i, (file, fmt)) in [("a.qcow2", Format::Qcow2), ("b.raw", Format::Raw)]
         .iter()
@@ -130,4 +134,52 @@ fn two_exports_of_one_snapshot_into_one_directory_never_lose_the_first() {
         "{:?}",
         names(&flat)
     );
+}
+
+/// Every mode under `root` (itself included) that is not `file_mode` for a file or
+/// `dir_mode` for a directory.
+fn other_modes(root: &Path, file_mode: u32, dir_mode: u32) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(root).unwrap();
+    let mode = meta.permissions().mode() & 0o7777;
+    let want = if meta.is_dir() { dir_mode } else { file_mode };
+    let mut out = Vec::new();
+    if mode != want {
+        out.push((root.to_path_buf(), mode));
+    }
+    if meta.is_dir() {
+        for e in std::fs::read_dir(root).unwrap() {
+            out.extend(other_modes(&e.unwrap().path(), file_mode, dir_mode));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_export_mode_of_the_host_or_the_request_reaches_every_file_of_the_package() {
+    let t = tempfile::tempdir().unwrap();
+    let options = HostOptions {
+        export_file_mode: 0o640,
+        ..HostOptions::default()
+    };
+    let (host, snap) = snapshot_fixture_with(t.path(), options);
+    let cases = [(None, 0o640, 0o750), (Some(0o600), 0o600, 0o700)];
+    for (i, (asked, file_mode, dir_mode)) in cases.into_iter().enumerate() {
+        let out = t.path().join(format!("out{i}"));
+        std::fs::create_dir(&out).unwrap();
+        let req = ExportRequest {
+            file_mode: asked,
+            ..request(&snap, &out, true)
+        };
+        let job = start_export(&host, &req, Roots::Caller).unwrap();
+        let j = host.wait_job(&job).unwrap();
+        assert!(j.succeeded(), "{j:?}");
+        let package = exported_path(&host, &snap, &job).unwrap();
+        assert!(verifies(&package));
+        let wrong = other_modes(&package, file_mode, dir_mode);
+        assert!(
+            wrong.is_empty(),
+            "want {file_mode:o}/{dir_mode:o}: {wrong:?}"
+        );
+    }
 }
