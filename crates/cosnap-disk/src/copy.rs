@@ -311,7 +311,7 @@ pub fn flatten_all(
 }
 
 /// [`flatten_all`], and each output's SHA-256 ([`FlattenReport::sha256`]) from the same
-/// pass that copies its data ([`copy_in_file_order`]), so nobody reads the outputs again
+/// pass that copies its data (`copy_in_file_order`), so nobody reads the outputs again
 /// to hash them. Progress counts the hashing as much work as the copy.
 pub fn flatten_all_digested(
     jobs: &[FlattenJob],

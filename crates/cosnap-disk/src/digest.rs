@@ -1,5 +1,5 @@
 //! SHA-256 of whole files, sparse-aware: holes (`SEEK_DATA`/`SEEK_HOLE`) are hashed as
-//! zeros without being read. The copy engine feeds [`hash_range`] the metadata between the
+//! zeros without being read. The copy engine feeds `hash_range` the metadata between the
 //! data it copies and hashes the data itself on its way through, so an export needs no
 //! second pass over its disks.
 //!

@@ -884,7 +884,7 @@ impl Host {
 
     /// DestroySnapshot, synchronously. Dependants: child snapshots are re-parented to the
     /// destroyed snapshot's parent (Hyper-V's behaviour); nothing cascades. Each frozen layer
-    /// is released per [`Host::release_layers`]. Cancellable until the single commit point;
+    /// is released per `release_layers`. Cancellable until the single commit point;
     /// after it the merge always runs to the end (a half-merged layer cannot be un-merged).
     pub fn destroy_snapshot_now(&self, id: &str, ctx: Option<&crate::JobCtx>) -> Result<()> {
         let _lock = self.lock()?;

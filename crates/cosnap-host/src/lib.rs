@@ -18,7 +18,7 @@
 //! * **Snapshots**: CreateSnapshot adds one differencing child per disk of every member VM
 //!   under the lock and switches every active layer in ONE transaction (group crash
 //!   consistent; cost independent of disk size). DestroySnapshot merges
-//!   ([`host::release_layers`]). ApplySnapshot branches from the frozen layers.
+//!   (`host::release_layers`). ApplySnapshot branches from the frozen layers.
 //!   ConvertToReferencePoint keeps the frozen layers as change boundaries
 //!   ([`Host::change_base`]).
 //! * **Return codes**: DMTF style for collection snapshot / RP methods, Msvm style for
