@@ -2,7 +2,9 @@
 //! verifying and reading report. Writing is in [`crate::write`], the commit and recovery
 //! in [`crate::commit`], verifying and reading in [`crate::read`].
 
+use std::fs::File;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use cosnap_cim::{Instance, Value};
 use cosnap_disk::Format;
@@ -112,6 +114,19 @@ pub struct PackageVm {
     pub resources: Vec<Instance>,
     /// Absolute paths of the exported disk files, in `record.disks` order (`None` without storage).
     pub disk_files: Vec<Option<PathBuf>>,
+    /// The same files as they were opened through the package's directory handle (no
+    /// symbolic link followed), held open: read them through [`PackageVm::disk_source`].
+    pub disk_handles: Vec<Option<Arc<File>>>,
+}
+
+impl PackageVm {
+    /// A path that reaches the `i`-th disk file as it was opened (`/proc/self/fd/<n>`),
+    /// whatever has been renamed or linked in its place since.
+    pub fn disk_source(&self, i: usize) -> Option<PathBuf> {
+        use std::os::fd::AsRawFd;
+        let file = self.disk_handles.get(i)?.as_ref()?;
+        Some(PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())))
+    }
 }
 
 /// A package read back for import.

@@ -485,16 +485,19 @@ pub fn read_package(root: &Path) -> Result<Package> {
         };
         let resources: Vec<Instance> = insts.collect();
         let mut disk_files = Vec::new();
+        let mut disk_handles = Vec::new();
         for d in &rec.disks {
-            let file = match &d.file {
+            let (file, handle) = match &d.file {
                 Some(f) => {
-                    dir.open_file(f)
+                    let opened = dir
+                        .open_file(f)
                         .map_err(|e| ExportError::bad_package(dir.show(f), e.to_string()))?;
-                    Some(root.join(f))
+                    (Some(root.join(f)), Some(std::sync::Arc::new(opened)))
                 }
-                None => None,
+                None => (None, None),
             };
             disk_files.push(file);
+            disk_handles.push(handle);
         }
         vms.push(PackageVm {
             record: rec.clone(),
@@ -502,6 +505,7 @@ pub fn read_package(root: &Path) -> Result<Package> {
             settings,
             resources,
             disk_files,
+            disk_handles,
         });
     }
     Ok(Package {

@@ -1206,3 +1206,24 @@ fn ovf_descriptor_validates_against_dmtf_ovf_2_0_1() {
         assert!(!ok, "broken descriptor {i} passed: {msg}");
     }
 }
+
+#[test]
+fn a_package_disk_swapped_for_a_symlink_after_reading_is_still_read_as_opened() {
+    let t = tempfile::tempdir().unwrap();
+    let (p, out) = one_vm_plan(t.path());
+    let r = write_package(&p, &out, &opts(true), &no_progress, &CancelToken::new()).unwrap();
+    let pkg = read_package(&r.path).unwrap();
+    let img = pkg.vms[0].disk_files[0].clone().unwrap();
+    let exported = std::fs::read(&img).unwrap();
+    // After the package was read, its disk becomes a link to a host file.
+    let secret = t.path().join("secret.qcow2");
+    std::fs::write(&secret, vec![0x5a; 1 << 16]).unwrap();
+    std::fs::rename(&img, t.path().join("moved")).unwrap();
+    std::os::unix::fs::symlink(&secret, &img).unwrap();
+    let source = pkg.vms[0].disk_source(0).unwrap();
+    assert!(
+        std::fs::read(&source).unwrap() == exported,
+        "{} reads the link's target, not the file the package reader opened",
+        source.display()
+    );
+}

@@ -93,8 +93,9 @@ pub fn import_package(
         crate::modes::create_private_dir(&host.data_dir().join("imported"))?;
         crate::modes::create_private_dir(&dest_dir)?;
         let mut disks = Vec::new();
-        for (d, file) in v.record.disks.iter().zip(&v.disk_files) {
-            let Some(src) = file else {
+        for (i, d) in v.record.disks.iter().enumerate() {
+            // The file as the package reader opened it (no symlink), not its path again.
+            let Some(src) = v.disk_source(i) else {
                 return Err(HostError::invalid(format!(
                     "disk {} of VM {} has no file in the package",
                     d.id, v.record.id
