@@ -78,4 +78,5 @@ fuzz_target!(|data: &[u8]| {
     write(&root, &format!("vm/Virtual Hard Disks/d.{format}"), disk);
     let _ = cosnap_export::verify_package(&root);
     let _ = cosnap_export::read_package(&root);
+    let _ = cosnap_export::verify_and_read_package(&root);
 });

@@ -33,7 +33,7 @@ pub use plan::{
     BackupIntent, BaseKind, DEFAULT_FILE_MODE, Differential, DiskPlan, ExportOptions, ExportPlan,
     VmPlan,
 };
-pub use read::{read_package, verify_package};
+pub use read::{read_package, verify_and_read_package, verify_package};
 pub use write::{
     CommitHooks, open_export_dir, preflight, preflight_in, write_package, write_package_in,
 };

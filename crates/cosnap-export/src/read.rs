@@ -223,19 +223,35 @@ fn present_files(
 /// chain opens through it.
 pub fn verify_package(root: &Path) -> Result<VerifyReport> {
     let (canon, dir) = open_package(root)?;
+    verify_in(&canon, &dir)
+}
+
+/// [`verify_package`] then, if it found no problem, [`read_package`], both through one
+/// handle on the package directory: what is read is what was verified, even if the
+/// directory is renamed or replaced meanwhile. `Ok(Err(report))` = the problems found.
+pub fn verify_and_read_package(root: &Path) -> Result<std::result::Result<Package, VerifyReport>> {
+    let (canon, dir) = open_package(root)?;
+    let report = verify_in(&canon, &dir)?;
+    if !report.ok() {
+        return Ok(Err(report));
+    }
+    read_in(canon, &dir).map(Ok)
+}
+
+fn verify_in(canon: &Path, dir: &DirHandle) -> Result<VerifyReport> {
     // Parent images (PreserveChain) may live beside the package, never elsewhere.
     let outer = canon.parent().and_then(|p| DirHandle::open(p).ok());
-    let meta = read_meta(&dir)?;
+    let meta = read_meta(dir)?;
     let mut rep = VerifyReport::default();
-    let entries = read_manifest(&dir, &meta).unwrap_or_else(|e| {
+    let entries = read_manifest(dir, &meta).unwrap_or_else(|e| {
         rep.problems.push(e);
         Vec::new()
     });
-    let present = present_files(&dir, &meta, &mut rep.problems);
+    let present = present_files(dir, &meta, &mut rep.problems);
     check_listing(&meta, &entries, &present, &mut rep.problems);
-    check_digests(&dir, &entries, &mut rep);
-    check_descriptor(&dir, &meta, &mut rep.problems);
-    check_configurations(&dir, &meta, &mut rep.problems);
+    check_digests(dir, &entries, &mut rep);
+    check_descriptor(dir, &meta, &mut rep.problems);
+    check_configurations(dir, &meta, &mut rep.problems);
     for vm in &meta.vms {
         for d in &vm.disks {
             let Some(rel) = &d.file else { continue };
@@ -460,8 +476,12 @@ fn read_instances(dir: &DirHandle, rel: &str) -> Result<Vec<Instance>> {
 /// Reads a package for import (after [`verify_package`], if the caller wants the digests checked).
 pub fn read_package(root: &Path) -> Result<Package> {
     let (root, dir) = open_package(root)?;
-    let meta = read_meta(&dir)?;
-    let mut coll = read_instances(&dir, &meta.collection_file)?.into_iter();
+    read_in(root, &dir)
+}
+
+fn read_in(root: PathBuf, dir: &DirHandle) -> Result<Package> {
+    let meta = read_meta(dir)?;
+    let mut coll = read_instances(dir, &meta.collection_file)?.into_iter();
     let (collection, snapshot) = match (coll.next(), coll.next()) {
         (Some(c), Some(s)) => (c, s),
         _ => {
@@ -473,7 +493,7 @@ pub fn read_package(root: &Path) -> Result<Package> {
     };
     let mut vms = Vec::new();
     for rec in &meta.vms {
-        let mut insts = read_instances(&dir, &rec.config)?.into_iter();
+        let mut insts = read_instances(dir, &rec.config)?.into_iter();
         let (system, settings) = match (insts.next(), insts.next()) {
             (Some(a), Some(b)) => (a, b),
             _ => {

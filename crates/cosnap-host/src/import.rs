@@ -57,16 +57,16 @@ pub fn import_package(
     dir: &Path,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<ImportResult> {
-    let verify =
-        cosnap_export::verify_package(dir).map_err(|e| HostError::invalid(e.to_string()))?;
-    if !verify.ok() {
-        return Err(HostError::invalid(format!(
-            "{} fails verification: {}",
-            dir.display(),
-            verify.problems.join("; ")
-        )));
-    }
-    let pkg = cosnap_export::read_package(dir).map_err(|e| HostError::invalid(e.to_string()))?;
+    // Verified and read through one handle: what is imported is what was verified.
+    let pkg = cosnap_export::verify_and_read_package(dir)
+        .map_err(|e| HostError::invalid(e.to_string()))?
+        .map_err(|verify| {
+            HostError::invalid(format!(
+                "{} fails verification: {}",
+                dir.display(),
+                verify.problems.join("; ")
+            ))
+        })?;
     if !pkg.meta.copy_storage {
         return Err(HostError::invalid(format!(
             "{} was exported without storage: it holds no disks to import",
