@@ -236,7 +236,10 @@ fn everything_cosnap_keeps_is_owner_only_under_umask_022() {
         .unwrap()
         .to_string();
     ok(&data, &["collection", "add-member", &coll, &vm_id]);
-    ok(&data, &["snapshot", "create", &coll, "--type", "recovery"]);
+    let snap = ok_json(&data, &["snapshot", "create", &coll, "--type", "recovery"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut user = Command::new("sh")
         .arg("-c")
         .arg("umask 022; exec \"$0\" \"$@\"")
@@ -281,5 +284,38 @@ fn everything_cosnap_keeps_is_owner_only_under_umask_022() {
     assert!(!layers.is_empty());
     for l in &layers {
         assert_eq!(mode(l), 0o600, "layer {}", l.display());
+    }
+
+    // Exported packages: owner-only by default, what --export-mode says otherwise.
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    for (extra, file_mode) in [(None, 0o600), (Some("0640"), 0o640)] {
+        let mut args = vec![
+            "export",
+            &snap,
+            out.to_str().unwrap(),
+            "--wait",
+            "--subdirectory",
+        ];
+        if let Some(m) = extra {
+            args.extend(["--export-mode", m]);
+        }
+        let path = PathBuf::from(ok_json(&data, &args)["path"].as_str().unwrap());
+        assert_eq!(
+            mode(&path),
+            file_mode | (file_mode & 0o444) >> 2,
+            "package directory"
+        );
+        let disk_dir = std::fs::read_dir(&path)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.is_dir())
+            .unwrap()
+            .join("Virtual Hard Disks");
+        for f in std::fs::read_dir(&disk_dir).unwrap() {
+            let f = f.unwrap().path();
+            assert_eq!(mode(&f), file_mode, "{}", f.display());
+        }
+        assert_eq!(mode(&path.join("cosnap-package.json")), file_mode);
     }
 }
