@@ -21,7 +21,7 @@ from conftest import PASSWORD, USER, CosnapServer, Raw, serving
 from wsman_clients import Psrp, Winrm, Wsl, context_of
 from wsman_wire import (ACTION_NOT_SUPPORTED, CANNOT_PROCESS_FILTER, DESTINATION_UNREACHABLE, ENCODING_LIMIT,
                         ENUM_ACTION, INVALID_ENUMERATION_CONTEXT, INVALID_SELECTORS, S, TRANSFER,
-                        UNSUPPORTED_FEATURE, WQL, WSMAN, Epr, Fault, enumerate_body, envelope, pull_body, q,
+                        UNSUPPORTED_FEATURE, WSMAN, Epr, Fault, enumerate_body, envelope, pull_body, q,
                         release_body, response_root, uri, wql_filter)
 
 OTHER_USER, OTHER_PASSWORD = "other", "other-pass-2"
@@ -163,7 +163,7 @@ def test_encoding_limit(wire, css):
 
 def test_filter_faults(wire):
     cases = [
-        (uri("*"), f'<wsman:Filter Dialect="http://example.invalid/dialect">x</wsman:Filter>'),
+        (uri("*"), '<wsman:Filter Dialect="http://example.invalid/dialect">x</wsman:Filter>'),
         (uri(CSS), wql_filter(f"SELECT * FROM {CSS}")),  # WQL belongs on the `*` URI
         (uri("*"), wql_filter("SELECT FROM WHERE ((")),
         (uri("*"), wql_filter("DELETE FROM Msvm_ConcreteJob")),

@@ -20,7 +20,7 @@ import pytest
 from conftest import PASSWORD, USER, CosnapServer, Raw, serving
 from wsman_clients import Psrp
 from wsman_wire import (ACTION_NOT_SUPPORTED, DESTINATION_UNREACHABLE, ENUM_ACTION, INVALID_ENUMERATION_CONTEXT,
-                        INVALID_SELECTORS, SCHEMA_VALIDATION_ERROR, TRANSFER, Epr, Fault, enumerate_body, envelope,
+                        INVALID_SELECTORS, SCHEMA_VALIDATION_ERROR, TRANSFER, Epr, Fault, envelope,
                         pull_body, uri)
 
 AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
@@ -88,7 +88,7 @@ def test_hostile_requests(server):
             deep = "<a>" * depth + "</a>" * depth
             expect_fault(envelope(GET, css.resource_uri, deep, selectors=css.selectors), UNREADABLE)
             expect_fault(deep, UNREADABLE)
-            nested_epr = (f'<wsman:Selector Name="Name">' + "<wsa:EndpointReference>" * min(depth, 5000)
+            nested_epr = ('<wsman:Selector Name="Name">' + "<wsa:EndpointReference>" * min(depth, 5000)
                           + "</wsa:EndpointReference>" * min(depth, 5000) + "</wsman:Selector>")
             expect_fault(good.replace("</wsman:SelectorSet>", nested_epr + "</wsman:SelectorSet>"),
                          UNREADABLE | {INVALID_SELECTORS})

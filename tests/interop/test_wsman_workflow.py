@@ -28,13 +28,15 @@ from pypsrp.exceptions import AuthenticationError, WSManFaultError
 from pywbem import Uint16, Uint64
 
 from conftest import CosnapServer, serving
-from test_workflow import MIB, SIZE, disk_of, disks, packages_under, sh, write_pattern  # noqa: F401 (fixture)
+from test_workflow import MIB, SIZE, disk_of, packages_under, sh, write_pattern
+from test_workflow import disks  # noqa: F401,F811 (the fixture, shared with the CIM-XML workflow)
 from wsman_clients import Psrp, Winrm, Wsl, items_of
 from wsman_wire import S, embedded, parse_epr, props, q, uri
 
 from conftest import PASSWORD, USER
 
 WSL_USER, WSL_PASSWORD = "wsl", "wsl-pass-1"
+QUOT = {'"': "&quot;"}
 SERVICES = ["Msvm_CollectionManagementService", "Msvm_CollectionSnapshotService",
             "Msvm_CollectionReferencePointService", "Msvm_VirtualSystemManagementService"]
 
@@ -154,7 +156,7 @@ def test_backup_workflow(server, clients, disks):
     esd = embedded("Msvm_CollectionSnapshotExportSettingData", [
         ("CopyVmStorage", True), ("CreateVmExportSubdirectory", True), ("BackupIntent", Uint16(1))])
     rv, outs = wsl.invoke(css.resource_uri, "ExportSnapshot", f"SnapshotCollection=FILE:{wsl.epr_file(snap1, 'snap1')}",
-                          f"ExportDirectory={full_dir}", f"ExportSettingData={escape(esd, {'"': "&quot;"})}")
+                          f"ExportDirectory={full_dir}", "ExportSettingData=" + escape(esd, QUOT))
     assert rv == 4096, rv
     job = parse_epr(outs["Job"])
     done = psrp.wait_job(job)

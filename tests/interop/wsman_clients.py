@@ -14,7 +14,7 @@ import subprocess
 import xml.etree.ElementTree as ET
 
 import xmltodict
-from pypsrp.wsman import OptionSet, SelectorSet, WSMan
+from pypsrp.wsman import SelectorSet, WSMan
 from winrm.protocol import Protocol
 
 from wsman_wire import ANON, S, TERMINAL, WSA, WSEN, WSMAN, Epr, parse_epr, props, q, uri, wait_until
@@ -123,7 +123,7 @@ class Psrp:
 
 
 def parse_output(body, method):
-    out_el = body.find(f"./*")
+    out_el = body.find("./*")
     assert out_el is not None and out_el.tag.endswith(f"}}{method}_OUTPUT"), ET.tostring(body)[:600]
     outs = {}
     for child in out_el:
@@ -150,7 +150,7 @@ class Winrm:
         return ET.fromstring(raw)
 
     def get(self, epr):
-        root = self._send(f"http://schemas.xmlsoap.org/ws/2004/09/transfer/Get", epr.resource_uri, epr.selectors, {})
+        root = self._send("http://schemas.xmlsoap.org/ws/2004/09/transfer/Get", epr.resource_uri, epr.selectors, {})
         return props(root.find(q(S, "Body"))[0])
 
     def invoke(self, epr, method, params):
@@ -186,6 +186,7 @@ class Wsl:
         self.env = dict(os.environ, WSENDPOINT=f"127.0.0.1:{port}", WSUSER=user, WSPASS=password, WSNOSSL="1",
                         WSDONTASK="y", KEEPHISTORY="0", OUTLEVEL="1")
         self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.calls = 0
 
     def run(self, tool, *args, check=True):
