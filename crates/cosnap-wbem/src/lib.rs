@@ -19,6 +19,7 @@ pub mod response;
 pub mod server;
 pub mod tls;
 pub mod wql;
+pub mod wsman;
 
 pub use request::{Call, DecodeLimits, Request, RequestError, RequestErrorKind, decode_request};
 pub use server::{ServeConfig, ServeError, Server, ServerLimits};

@@ -361,27 +361,14 @@ fn max_depth(doc: &xml::Document) -> usize {
     max as usize
 }
 
-/// Decodes one request from its headers (`(name, raw value)` pairs in any case) and body.
-pub fn decode_request<'a>(
-    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
-    body: &[u8],
+/// Parses request XML under the limits shared by every protocol front end: nesting checked
+/// before parsing, no DTD, bounded node count, then depth and attribute counts checked on
+/// the tree. Failures are [`RequestErrorKind::NotWellFormed`].
+pub fn parse_bounded<'t>(
+    text: &'t str,
     limits: &DecodeLimits,
-) -> Result<Request, RequestError> {
+) -> Result<xml::Document<'t>, RequestError> {
     use RequestErrorKind::*;
-    let h = CimHeaders::from_pairs(headers)?;
-    h.check()?;
-    if body.len() > limits.max_body {
-        return Err(err(
-            TooLarge,
-            format!(
-                "body is {} bytes; at most {} are accepted",
-                body.len(),
-                limits.max_body
-            ),
-        ));
-    }
-    let text = std::str::from_utf8(body)
-        .map_err(|e| err(NotWellFormed, format!("body is not UTF-8: {e}")))?;
     if nesting_exceeds(text, limits.max_depth) {
         return Err(err(
             NotWellFormed,
@@ -417,6 +404,31 @@ pub fn decode_request<'a>(
             ),
         ));
     }
+    Ok(doc)
+}
+
+/// Decodes one request from its headers (`(name, raw value)` pairs in any case) and body.
+pub fn decode_request<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    body: &[u8],
+    limits: &DecodeLimits,
+) -> Result<Request, RequestError> {
+    use RequestErrorKind::*;
+    let h = CimHeaders::from_pairs(headers)?;
+    h.check()?;
+    if body.len() > limits.max_body {
+        return Err(err(
+            TooLarge,
+            format!(
+                "body is {} bytes; at most {} are accepted",
+                body.len(),
+                limits.max_body
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|e| err(NotWellFormed, format!("body is not UTF-8: {e}")))?;
+    let doc = parse_bounded(text, limits)?;
     let cim = doc.root_element();
     if tag(&cim) != "CIM" {
         return Err(err(

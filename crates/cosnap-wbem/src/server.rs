@@ -104,6 +104,7 @@ struct Shared {
     host_name: String,
     limits: ServerLimits,
     in_flight: Semaphore,
+    wsman: crate::wsman::Service,
 }
 
 /// A bound, not yet running server.
@@ -166,9 +167,16 @@ impl Server {
             ),
             None => None,
         };
+        let wsman = crate::wsman::Service::new(
+            provider.clone(),
+            config.host_name.clone(),
+            config.limits.decode,
+            crate::wsman::enumeration::ContextLimits::default(),
+        );
         let shared = Arc::new(Shared {
             provider,
             auth,
+            wsman,
             host_name: config.host_name,
             limits: config.limits,
             in_flight: Semaphore::new(config.limits.max_in_flight.max(1)),
@@ -370,7 +378,7 @@ fn too_large(limit: usize) -> Resp {
 }
 
 async fn handle_http(shared: Arc<Shared>, req: HttpRequest<Incoming>) -> Resp {
-    if let AuthResult::Denied = shared
+    let user = match shared
         .auth
         .check(
             req.headers()
@@ -379,69 +387,51 @@ async fn handle_http(shared: Arc<Shared>, req: HttpRequest<Incoming>) -> Resp {
         )
         .await
     {
-        let mut r = plain(StatusCode::UNAUTHORIZED, "authentication required");
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"cosnap\""),
+        AuthResult::Allowed(user) => user,
+        AuthResult::Denied => {
+            let mut r = plain(StatusCode::UNAUTHORIZED, "authentication required");
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"cosnap\""),
+            );
+            return r;
+        }
+    };
+    let path = req.uri().path();
+    if path != "/cimom" && path != "/wsman" {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "CIM-XML is served at /cimom, WS-Management at /wsman",
         );
-        return r;
     }
-    if req.uri().path() != "/cimom" {
-        return plain(StatusCode::NOT_FOUND, "CIM-XML is served at /cimom");
-    }
-    if req.method() != Method::POST && req.method().as_str() != "M-POST" {
+    let wsman = path == "/wsman";
+    if req.method() != Method::POST && (wsman || req.method().as_str() != "M-POST") {
         let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "use POST");
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return r;
     }
-    let max = shared.limits.decode.max_body;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let (parts, mut body) = req.into_parts();
-    if declared.is_some_and(|n| n > max as u64) {
-        drain(&mut body).await;
-        return too_large(max);
+    if wsman && let Some(r) = crate::wsman::http::check_content_type(req.headers()) {
+        return r;
     }
-    let collected = tokio::time::timeout(shared.limits.body_timeout, async {
-        let mut buf: Vec<u8> = Vec::with_capacity(declared.map_or(8192, |n| n as usize));
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| e.to_string())?;
-            if let Some(data) = frame.data_ref() {
-                if buf.len() + data.len() > max {
-                    return Ok(None);
-                }
-                buf.extend_from_slice(data);
-            }
-        }
-        Ok::<_, String>(Some(Bytes::from(buf)))
-    })
-    .await;
-    let body = match collected {
-        Err(_) => {
-            return plain(
-                StatusCode::REQUEST_TIMEOUT,
-                "the request body did not arrive in time",
-            );
-        }
-        Ok(Err(e)) => {
-            return plain(
-                StatusCode::BAD_REQUEST,
-                &format!("cannot read the request body: {e}"),
-            );
-        }
-        Ok(Ok(None)) => {
-            drain(&mut body).await;
-            return too_large(max);
-        }
-        Ok(Ok(Some(b))) => b,
+    let (parts, body) = match read_body(&shared, req).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let Ok(_permit) = shared.in_flight.acquire().await else {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     };
+    if wsman {
+        let work = shared.clone();
+        let reply = tokio::task::spawn_blocking(move || work.wsman.handle(&user, &body)).await;
+        return match reply {
+            Ok(reply) => crate::wsman::http::response(reply),
+            Err(e) => {
+                tracing::error!("request task failed: {e}");
+                plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            }
+        };
+    }
     let work = shared.clone();
     let result = tokio::task::spawn_blocking(move || {
         let headers = parts
@@ -468,5 +458,53 @@ async fn handle_http(shared: Arc<Shared>, req: HttpRequest<Incoming>) -> Resp {
             tracing::error!("request task failed: {e}");
             plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
         }
+    }
+}
+
+/// Reads the whole body under the size limit (413, from the declared length or as it
+/// grows) and the body timeout (408).
+async fn read_body(
+    shared: &Shared,
+    req: HttpRequest<Incoming>,
+) -> Result<(hyper::http::request::Parts, Bytes), Resp> {
+    let max = shared.limits.decode.max_body;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let (parts, mut body) = req.into_parts();
+    if declared.is_some_and(|n| n > max as u64) {
+        drain(&mut body).await;
+        return Err(too_large(max));
+    }
+    let collected = tokio::time::timeout(shared.limits.body_timeout, async {
+        let mut buf: Vec<u8> = Vec::with_capacity(declared.map_or(8192, |n| n as usize));
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| e.to_string())?;
+            if let Some(data) = frame.data_ref() {
+                if buf.len() + data.len() > max {
+                    return Ok(None);
+                }
+                buf.extend_from_slice(data);
+            }
+        }
+        Ok::<_, String>(Some(Bytes::from(buf)))
+    })
+    .await;
+    match collected {
+        Err(_) => Err(plain(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time",
+        )),
+        Ok(Err(e)) => Err(plain(
+            StatusCode::BAD_REQUEST,
+            &format!("cannot read the request body: {e}"),
+        )),
+        Ok(Ok(None)) => {
+            drain(&mut body).await;
+            Err(too_large(max))
+        }
+        Ok(Ok(Some(b))) => Ok((parts, b)),
     }
 }
