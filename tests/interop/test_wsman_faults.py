@@ -131,10 +131,15 @@ def test_selector_names_are_case_insensitive(wire, css):
 
 
 def test_resource_uri_faults(wire):
-    for bad in [uri("Msvm_NoSuchClass"), "http://example.invalid/wsman/Thing",
+    # A URI cosnap does not serve: WinRM's "resource URI is not valid".
+    for bad in ["http://example.invalid/wsman/Thing",
                 "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/Win32_Service"]:
         m = mid()
         wire.fault(envelope(GET, bad, selectors={"Name": "x"}, message_id=m), DESTINATION_UNREACHABLE, 2150858811, m)
+    # A class the namespace lacks: WMI's "invalid class" HRESULT, as WinRM passes it on.
+    m = mid()
+    wire.fault(envelope(GET, uri("Msvm_NoSuchClass"), selectors={"Name": "x"}, message_id=m),
+               DESTINATION_UNREACHABLE, 0x80041010, m)
 
 
 def test_action_faults(wire, css):
@@ -279,7 +284,7 @@ def test_pypsrp_sees_faults(server, css):
     assert e.value.code == 2150858843 and e.value.reason
     with pytest.raises(WSManFaultError) as e:
         psrp.get(Epr(uri("Msvm_NoSuchClass"), {"Name": "x"}))
-    assert e.value.code == 2150858811
+    assert e.value.code == 0x80041010  # WMI: invalid class
     with pytest.raises(AuthenticationError):
         Psrp(server.port, USER, "wrong").get(css)
 
