@@ -21,6 +21,13 @@
 //! changes (a removed user or a new password takes effect at once). Failed verifications
 //! are not cached; slow hashes run at most [`MAX_PARALLEL_HASHES`] at a time, so a flood
 //! of bad passwords costs bounded CPU and memory.
+//!
+//! **Throttling** ([`Authenticator::check_from`]): the cache is consulted first, so a
+//! user already verified passes whatever others do; then the source's
+//! [`crate::throttle`] state: a blocked source is answered [`AuthResult::Throttled`]
+//! without hashing, and each source hashes one password at a time, so a flood from one
+//! place holds at most one of the hashing slots and a newcomer elsewhere waits for at most
+//! one hash.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -36,6 +43,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
+
+use crate::admission::Source;
+use crate::throttle::Throttle;
 
 /// PBKDF2 iterations for new passwords.
 pub const PBKDF2_ITERATIONS: u32 = 310_000;
@@ -241,6 +251,8 @@ pub enum AuthResult {
     /// The user's name.
     Allowed(String),
     Denied,
+    /// Too many wrong passwords from this source: try again after this long.
+    Throttled(Duration),
 }
 
 #[derive(Default)]
@@ -259,6 +271,7 @@ pub struct Authenticator {
     secret: [u8; 32],
     state: Mutex<State>,
     hashing: tokio::sync::Semaphore,
+    throttle: Throttle,
     /// A record used for unknown names, so that they cost what a known name costs.
     dummy: UserRecord,
 }
@@ -289,6 +302,7 @@ impl Authenticator {
             secret,
             state: Mutex::new(State::default()),
             hashing: tokio::sync::Semaphore::new(MAX_PARALLEL_HASHES),
+            throttle: Throttle::default(),
             dummy,
         };
         a.refresh(true)?;
@@ -337,8 +351,19 @@ impl Authenticator {
         key
     }
 
-    /// Checks an `Authorization` header value (`Basic base64(name:password)`).
+    /// Checks an `Authorization` header value (`Basic base64(name:password)`) without
+    /// throttling (for callers that know no source).
     pub async fn check(&self, header: Option<&[u8]>) -> AuthResult {
+        self.check_inner(None, header).await
+    }
+
+    /// Checks an `Authorization` header value sent from `source`, throttling guesses as
+    /// the module doc says.
+    pub async fn check_from(&self, source: Source, header: Option<&[u8]>) -> AuthResult {
+        self.check_inner(Some(source), header).await
+    }
+
+    async fn check_inner(&self, source: Option<Source>, header: Option<&[u8]>) -> AuthResult {
         let Some((name, password)) = header.and_then(parse_basic) else {
             return AuthResult::Denied;
         };
@@ -346,31 +371,67 @@ impl Authenticator {
             tracing::warn!("cannot reload users: {e}");
         }
         let key = self.cache_key(&name, &password);
+        if let Some(user) = self.cached(&key) {
+            return AuthResult::Allowed(user);
+        }
+
+        let _lane = match source {
+            Some(source) => {
+                if let Some(wait) = self.throttle.blocked(source, Instant::now()) {
+                    return AuthResult::Throttled(wait);
+                }
+                let lane = self.throttle.lane(source).await;
+                // Others from this source may have failed while this one waited.
+                if let Some(wait) = self.throttle.blocked(source, Instant::now()) {
+                    return AuthResult::Throttled(wait);
+                }
+                Some(lane)
+            }
+            None => None,
+        };
+
+        if self.verify_slowly(&name, password).await {
+            if let Some(source) = source {
+                self.throttle.succeeded(source);
+            }
+            self.remember(key, &name);
+            AuthResult::Allowed(name)
+        } else {
+            if let Some(source) = source {
+                self.throttle.failed(source, Instant::now());
+            }
+            AuthResult::Denied
+        }
+    }
+
+    fn cached(&self, key: &[u8; 32]) -> Option<String> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.cache.get(key).cloned()
+    }
+
+    fn remember(&self, key: [u8; 32], name: &str) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.cache.len() >= CACHE_CAPACITY {
+            st.cache.clear();
+        }
+        st.cache.insert(key, name.to_string());
+    }
+
+    /// The slow hash, one of [`MAX_PARALLEL_HASHES`]; unknown names cost the same as known.
+    async fn verify_slowly(&self, name: &str, password: String) -> bool {
         let record = {
             let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(user) = st.cache.get(&key) {
-                return AuthResult::Allowed(user.clone());
-            }
             st.users.iter().find(|u| u.name == name).cloned()
         };
         let known = record.is_some();
         let record = record.unwrap_or_else(|| self.dummy.clone());
         let Ok(_permit) = self.hashing.acquire().await else {
-            return AuthResult::Denied;
+            return false;
         };
         let ok = tokio::task::spawn_blocking(move || verify(&record, &password))
             .await
             .unwrap_or(false);
-        if ok && known {
-            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if st.cache.len() >= CACHE_CAPACITY {
-                st.cache.clear();
-            }
-            st.cache.insert(key, name.clone());
-            AuthResult::Allowed(name)
-        } else {
-            AuthResult::Denied
-        }
+        ok && known
     }
 }
 

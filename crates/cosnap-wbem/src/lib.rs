@@ -10,13 +10,25 @@
 //! * [`wql`] — the WQL subset ExecQuery accepts;
 //! * [`auth`] — users in `<data-dir>/users.json` (PBKDF2-HMAC-SHA256) and Basic checks;
 //! * [`tls`] — rustls configuration and the self-signed certificate;
-//! * [`server`] — hyper on tokio: `POST /cimom`, limits, graceful shutdown.
+//! * [`server`] — hyper on tokio: listeners, connection caps and timeouts, graceful
+//!   shutdown;
+//! * [`admission`] — per-source and total connection caps;
+//! * [`http`] — the protocol-neutral request gates (authentication, throttling, limits,
+//!   bounded body) and dispatch by path to a [`http::Protocol`];
+//! * [`cimxml`] — CIM-XML at `/cimom` as one such protocol;
+//! * [`throttle`] — per-source delays after failed logins;
+//! * [`timed_io`] — the write timeout for clients that do not read.
 
+pub mod admission;
 pub mod auth;
+pub mod cimxml;
+pub mod http;
 pub mod ops;
 pub mod request;
 pub mod response;
 pub mod server;
+pub mod throttle;
+pub mod timed_io;
 pub mod tls;
 pub mod wql;
 pub mod wsman;

@@ -1,12 +1,14 @@
-//! The HTTP(S) server: hyper 1 on tokio, `POST /cimom`, Basic authentication, limits and
-//! graceful shutdown.
+//! The HTTP(S) server: listeners, connection admission and timeouts, and graceful
+//! shutdown. hyper 1 on tokio.
 //!
-//! Order of checks per request: authentication (401 + `WWW-Authenticate: Basic
-//! realm="cosnap"`), path (`/cimom`, else 404), method (`POST` or `M-POST`, else 405),
-//! declared length (413), body read under the request timeout (413 when it grows past the
-//! limit, 408 when too slow), then the CIM decoding in [`crate::request`] and the
-//! operation in [`crate::ops`] on the blocking pool, at most
-//! [`ServerLimits::max_in_flight`] at a time.
+//! Per connection: the [`ConnectionGate`] admits it or refuses it at once (over
+//! [`ServerLimits::max_connections_per_source`] or [`ServerLimits::max_connections`]);
+//! TLS must finish within [`ServerLimits::handshake_timeout`]; each request head (the first
+//! and every keep-alive one) within [`ServerLimits::header_timeout`], at most
+//! [`crate::http::MAX_HEADER_BYTES`]; writes that make no progress for
+//! [`ServerLimits::write_timeout`] end the connection. Requests then go through
+//! [`crate::http::handle_http`], which admits them and dispatches by path to the
+//! protocols in [`routes`].
 //!
 //! Shutdown: when the shutdown future resolves, the listeners close, every connection is
 //! told to finish its current request and close, and [`Server::run`] returns once they
@@ -20,32 +22,40 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cosnap_cim::CimProvider;
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request as HttpRequest, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use crate::auth::{AuthResult, Authenticator, UserError};
-use crate::request::{DecodeLimits, RequestError, RequestErrorKind, decode_request};
+use crate::admission::{ConnectionGate, Refusal};
+use crate::auth::{Authenticator, UserError};
+use crate::cimxml::CimXml;
+use crate::http::{MAX_HEADER_BYTES, MAX_HEADER_COUNT, Routes, Transport, handle_http};
+use crate::request::DecodeLimits;
+use crate::timed_io::WriteTimeout;
 use crate::tls::{self, TlsError, TlsFiles};
 
 /// Resource limits of the server.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerLimits {
     pub decode: DecodeLimits,
-    /// Time to receive a request's headers.
+    /// Time to receive a request's headers; also how long an idle keep-alive connection
+    /// stays open.
     pub header_timeout: Duration,
     /// Time to receive a request's body.
     pub body_timeout: Duration,
     /// Time to complete a TLS handshake.
     pub handshake_timeout: Duration,
-    /// Open connections at once; further clients wait in the listen backlog.
+    /// How long a write may make no progress (a client that does not read its answer).
+    pub write_timeout: Duration,
+    /// Open connections at once; more are refused at once (503 on plain HTTP).
     pub max_connections: usize,
-    /// Requests being decoded or run at once.
+    /// Open connections from one source (IPv4 address or IPv6 /64); more are refused.
+    pub max_connections_per_source: usize,
+    /// Requests reading their body or running at once.
     pub max_in_flight: usize,
+    /// How long an admitted request waits for one of those places before `503`.
+    pub queue_timeout: Duration,
     /// How long shutdown waits for running requests.
     pub drain_timeout: Duration,
 }
@@ -54,11 +64,14 @@ impl Default for ServerLimits {
     fn default() -> Self {
         Self {
             decode: DecodeLimits::default(),
-            header_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(15),
             body_timeout: Duration::from_secs(60),
-            handshake_timeout: Duration::from_secs(15),
+            handshake_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
             max_connections: 512,
-            max_in_flight: 32,
+            max_connections_per_source: 64,
+            max_in_flight: 16,
+            queue_timeout: Duration::from_secs(20),
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -98,18 +111,32 @@ pub enum ServeError {
     Users(#[from] UserError),
 }
 
-struct Shared {
-    provider: Arc<dyn CimProvider>,
-    auth: Authenticator,
-    host_name: String,
-    limits: ServerLimits,
-    in_flight: Semaphore,
-    wsman: crate::wsman::Service,
+/// The protocols this server speaks, by path. A new front end is one more line here.
+pub fn routes(config: &ServeConfig, provider: &Arc<dyn CimProvider>) -> Routes {
+    vec![
+        (
+            crate::cimxml::PATH,
+            Arc::new(CimXml::new(
+                provider.clone(),
+                config.host_name.clone(),
+                config.limits.decode,
+            )),
+        ),
+        (
+            crate::wsman::PATH,
+            Arc::new(crate::wsman::Service::new(
+                provider.clone(),
+                config.host_name.clone(),
+                config.limits.decode,
+                crate::wsman::enumeration::ContextLimits::default(),
+            )),
+        ),
+    ]
 }
 
 /// A bound, not yet running server.
 pub struct Server {
-    shared: Arc<Shared>,
+    transport: Arc<Transport>,
     http: Option<TcpListener>,
     https: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
 }
@@ -121,15 +148,7 @@ impl Server {
         config: ServeConfig,
         provider: Arc<dyn CimProvider>,
     ) -> Result<Server, ServeError> {
-        if config.http_listen.is_none() && config.https_listen.is_none() {
-            return Err(ServeError::NoListener);
-        }
-        if let Some(addr) = config.http_listen
-            && !addr.ip().is_loopback()
-            && !config.insecure_allow_plain_http
-        {
-            return Err(ServeError::PlainHttpNotLoopback(addr));
-        }
+        check_listeners(&config)?;
         let auth = Authenticator::new(&config.data_dir)?;
         if auth.user_count() == 0 {
             tracing::warn!(
@@ -137,52 +156,21 @@ impl Server {
             );
         }
         let https = match config.https_listen {
-            Some(addr) => {
-                let files = match &config.tls_files {
-                    Some(f) => f.clone(),
-                    None => {
-                        let f = TlsFiles::in_data_dir(&config.data_dir);
-                        if tls::ensure_self_signed(&f, std::slice::from_ref(&config.host_name))? {
-                            tracing::info!(
-                                "generated a self-signed certificate at {}",
-                                f.cert.display()
-                            );
-                        }
-                        f
-                    }
-                };
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&files)?);
-                let l = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| ServeError::Bind { addr, source })?;
-                Some((l, acceptor))
-            }
+            Some(addr) => Some((bind(addr).await?, tls_acceptor(&config)?)),
             None => None,
         };
         let http = match config.http_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| ServeError::Bind { addr, source })?,
-            ),
+            Some(addr) => Some(bind(addr).await?),
             None => None,
         };
-        let wsman = crate::wsman::Service::new(
-            provider.clone(),
-            config.host_name.clone(),
-            config.limits.decode,
-            crate::wsman::enumeration::ContextLimits::default(),
-        );
-        let shared = Arc::new(Shared {
-            provider,
+        let transport = Arc::new(Transport {
+            routes: routes(&config, &provider),
             auth,
-            wsman,
-            host_name: config.host_name,
             limits: config.limits,
             in_flight: Semaphore::new(config.limits.max_in_flight.max(1)),
         });
         Ok(Server {
-            shared,
+            transport,
             http,
             https,
         })
@@ -200,25 +188,21 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then drains open connections.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let limits = self.shared.limits;
-        let conns = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+        let limits = self.transport.limits;
+        let gate = ConnectionGate::new(limits.max_connections, limits.max_connections_per_source);
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
-        if let Some(l) = self.http {
+        let listeners = self
+            .http
+            .map(|l| (l, None))
+            .into_iter()
+            .chain(self.https.map(|(l, a)| (l, Some(a))));
+        for (listener, tls) in listeners {
             tasks.spawn(accept_loop(
-                l,
-                None,
-                self.shared.clone(),
-                conns.clone(),
-                stop_rx.clone(),
-            ));
-        }
-        if let Some((l, acceptor)) = self.https {
-            tasks.spawn(accept_loop(
-                l,
-                Some(acceptor),
-                self.shared.clone(),
-                conns.clone(),
+                listener,
+                tls,
+                self.transport.clone(),
+                gate.clone(),
                 stop_rx.clone(),
             ));
         }
@@ -226,12 +210,11 @@ impl Server {
         tracing::info!("shutting down: no new connections; finishing running requests");
         let _ = stop_tx.send(true);
         while tasks.join_next().await.is_some() {}
-        // Every connection holds one permit; having them all back means all are closed.
-        let all = u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX);
-        if tokio::time::timeout(limits.drain_timeout, conns.acquire_many(all))
-            .await
-            .is_err()
-        {
+        let deadline = tokio::time::Instant::now() + limits.drain_timeout;
+        while gate.open() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if gate.open() > 0 {
             tracing::warn!(
                 "some connections were still open after {:?}; closing them",
                 limits.drain_timeout
@@ -240,18 +223,53 @@ impl Server {
     }
 }
 
+fn check_listeners(config: &ServeConfig) -> Result<(), ServeError> {
+    if config.http_listen.is_none() && config.https_listen.is_none() {
+        return Err(ServeError::NoListener);
+    }
+    if let Some(addr) = config.http_listen
+        && !addr.ip().is_loopback()
+        && !config.insecure_allow_plain_http
+    {
+        return Err(ServeError::PlainHttpNotLoopback(addr));
+    }
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+fn tls_acceptor(config: &ServeConfig) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
+    let files = match &config.tls_files {
+        Some(f) => f.clone(),
+        None => {
+            let f = TlsFiles::in_data_dir(&config.data_dir);
+            if tls::ensure_self_signed(&f, std::slice::from_ref(&config.host_name))? {
+                tracing::info!(
+                    "generated a self-signed certificate at {}",
+                    f.cert.display()
+                );
+            }
+            f
+        }
+    };
+    Ok(tokio_rustls::TlsAcceptor::from(tls::server_config(&files)?))
+}
+
+/// What a plain-HTTP client refused at the door reads.
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 26\r\n\r\ntoo many open connections\n";
+
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    shared: Arc<Shared>,
-    conns: Arc<Semaphore>,
+    transport: Arc<Transport>,
+    gate: Arc<ConnectionGate>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let permit = tokio::select! {
-            _ = stop.changed() => return,
-            p = conns.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-        };
         let (stream, peer) = tokio::select! {
             _ = stop.changed() => return,
             r = listener.accept() => match r {
@@ -264,18 +282,25 @@ async fn accept_loop(
                 }
             },
         };
+        let ticket = match gate.admit(peer.ip()) {
+            Ok(t) => t,
+            Err(why) => {
+                refuse_connection(stream, tls.is_none(), peer, why);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
+        let transport = transport.clone();
         let tls = tls.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _ticket = ticket;
             match tls {
-                None => serve_connection(stream, shared, stop).await,
+                None => serve_connection(stream, peer, transport, stop).await,
                 Some(acceptor) => {
-                    let limit = shared.limits.handshake_timeout;
+                    let limit = transport.limits.handshake_timeout;
                     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => serve_connection(s, shared, stop).await,
+                        Ok(Ok(s)) => serve_connection(s, peer, transport, stop).await,
                         Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -285,226 +310,52 @@ async fn accept_loop(
     }
 }
 
-async fn serve_connection<S>(stream: S, shared: Arc<Shared>, mut stop: watch::Receiver<bool>)
-where
+/// Closes a connection over a cap at once. A plain-HTTP client gets a 503 if the socket
+/// takes it without waiting (it always does on a fresh connection); TLS is just closed.
+fn refuse_connection(stream: TcpStream, plain_http: bool, peer: SocketAddr, why: Refusal) {
+    tracing::debug!(%peer, "connection refused: {why:?}");
+    if plain_http {
+        let _ = stream.try_write(REFUSED);
+    }
+    // A FIN after the answer, rather than a bare close, lets the client read the 503.
+    tokio::spawn(async move {
+        let mut stream = stream;
+        let _ = stream.shutdown().await;
+    });
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    transport: Arc<Transport>,
+    mut stop: watch::Receiver<bool>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc_shared = shared.clone();
+    let limits = transport.limits;
     let service = hyper::service::service_fn(move |req| {
-        let shared = svc_shared.clone();
-        async move { Ok::<_, Infallible>(handle_http(shared, req).await) }
+        let transport = transport.clone();
+        async move { Ok::<_, Infallible>(handle_http(transport, peer, req).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(shared.limits.header_timeout)
+        .header_read_timeout(limits.header_timeout)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADER_COUNT)
         .max_buf_size(64 * 1024);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let io = TokioIo::new(WriteTimeout::new(stream, limits.write_timeout));
+    let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
-                tracing::debug!("connection ended: {e}");
+                tracing::debug!(%peer, "connection ended: {e}");
             }
         }
         _ = stop.changed() => {
             conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(shared.limits.drain_timeout, conn.as_mut()).await;
+            let _ = tokio::time::timeout(limits.drain_timeout, conn.as_mut()).await;
         }
-    }
-}
-
-type Resp = Response<Full<Bytes>>;
-
-fn plain(status: StatusCode, text: &str) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-/// A header value that is always valid: visible ASCII only, shortened.
-fn header_text(s: &str) -> HeaderValue {
-    let clean: String = s
-        .chars()
-        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
-        .take(300)
-        .collect();
-    HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("error"))
-}
-
-fn request_error(e: &RequestError) -> Resp {
-    let status = StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-    let mut r = plain(status, &e.detail);
-    r.headers_mut().insert(
-        "CIMError",
-        HeaderValue::from_static(e.kind.cim_error_header()),
-    );
-    r.headers_mut()
-        .insert("CIMErrorDetails", header_text(&e.detail));
-    r
-}
-
-/// Most bytes read and thrown away after deciding on 413, and how long to wait for each
-/// piece: closing a socket with unread input makes the kernel send a reset, which can
-/// destroy the 413 before the client reads it; a client that keeps sending past this is
-/// cut off anyway.
-const DRAIN_MAX: usize = 16 * 1024 * 1024;
-const DRAIN_WAIT: Duration = Duration::from_millis(200);
-
-async fn drain(body: &mut Incoming) {
-    let mut seen = 0usize;
-    while seen < DRAIN_MAX {
-        match tokio::time::timeout(DRAIN_WAIT, body.frame()).await {
-            Ok(Some(Ok(frame))) => seen += frame.data_ref().map_or(0, |d| d.len()),
-            _ => break,
-        }
-    }
-}
-
-fn too_large(limit: usize) -> Resp {
-    let e = RequestError {
-        kind: RequestErrorKind::TooLarge,
-        detail: format!("the body is larger than {limit} bytes"),
-    };
-    let mut r = request_error(&e);
-    // The rest of the body is not read, so the connection cannot be reused.
-    r.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    r
-}
-
-async fn handle_http(shared: Arc<Shared>, req: HttpRequest<Incoming>) -> Resp {
-    let user = match shared
-        .auth
-        .check(
-            req.headers()
-                .get(header::AUTHORIZATION)
-                .map(HeaderValue::as_bytes),
-        )
-        .await
-    {
-        AuthResult::Allowed(user) => user,
-        AuthResult::Denied => {
-            let mut r = plain(StatusCode::UNAUTHORIZED, "authentication required");
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"cosnap\""),
-            );
-            return r;
-        }
-    };
-    let path = req.uri().path();
-    if path != "/cimom" && path != "/wsman" {
-        return plain(
-            StatusCode::NOT_FOUND,
-            "CIM-XML is served at /cimom, WS-Management at /wsman",
-        );
-    }
-    let wsman = path == "/wsman";
-    if req.method() != Method::POST && (wsman || req.method().as_str() != "M-POST") {
-        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "use POST");
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return r;
-    }
-    if wsman && let Some(r) = crate::wsman::http::check_content_type(req.headers()) {
-        return r;
-    }
-    let (parts, body) = match read_body(&shared, req).await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let Ok(_permit) = shared.in_flight.acquire().await else {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-    };
-    if wsman {
-        let work = shared.clone();
-        let reply = tokio::task::spawn_blocking(move || work.wsman.handle(&user, &body)).await;
-        return match reply {
-            Ok(reply) => crate::wsman::http::response(reply),
-            Err(e) => {
-                tracing::error!("request task failed: {e}");
-                plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-            }
-        };
-    }
-    let work = shared.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let headers = parts
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_bytes()));
-        let req = decode_request(headers, &body, &work.limits.decode)?;
-        Ok::<_, RequestError>(crate::ops::handle(&*work.provider, &work.host_name, req))
-    })
-    .await;
-    match result {
-        Ok(Ok(xml)) => {
-            let mut r = Response::new(Full::new(Bytes::from(xml)));
-            let h = r.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/xml; charset=\"utf-8\""),
-            );
-            h.insert("CIMOperation", HeaderValue::from_static("MethodResponse"));
-            r
-        }
-        Ok(Err(e)) => request_error(&e),
-        Err(e) => {
-            tracing::error!("request task failed: {e}");
-            plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-        }
-    }
-}
-
-/// Reads the whole body under the size limit (413, from the declared length or as it
-/// grows) and the body timeout (408).
-async fn read_body(
-    shared: &Shared,
-    req: HttpRequest<Incoming>,
-) -> Result<(hyper::http::request::Parts, Bytes), Resp> {
-    let max = shared.limits.decode.max_body;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let (parts, mut body) = req.into_parts();
-    if declared.is_some_and(|n| n > max as u64) {
-        drain(&mut body).await;
-        return Err(too_large(max));
-    }
-    let collected = tokio::time::timeout(shared.limits.body_timeout, async {
-        let mut buf: Vec<u8> = Vec::with_capacity(declared.map_or(8192, |n| n as usize));
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| e.to_string())?;
-            if let Some(data) = frame.data_ref() {
-                if buf.len() + data.len() > max {
-                    return Ok(None);
-                }
-                buf.extend_from_slice(data);
-            }
-        }
-        Ok::<_, String>(Some(Bytes::from(buf)))
-    })
-    .await;
-    match collected {
-        Err(_) => Err(plain(
-            StatusCode::REQUEST_TIMEOUT,
-            "the request body did not arrive in time",
-        )),
-        Ok(Err(e)) => Err(plain(
-            StatusCode::BAD_REQUEST,
-            &format!("cannot read the request body: {e}"),
-        )),
-        Ok(Ok(None)) => {
-            drain(&mut body).await;
-            Err(too_large(max))
-        }
-        Ok(Ok(Some(b))) => Ok((parts, b)),
     }
 }

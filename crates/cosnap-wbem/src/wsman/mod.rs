@@ -10,16 +10,16 @@
 //! * [`enumeration`] — open enumeration contexts, bounded per user and expiring;
 //! * [`fault`] — SOAP faults with WS-Man subcodes, WinRM codes and WMI error detail.
 //!
-//! [`Service::handle`] is transport-free: the HTTP server authenticates, reads the body
+//! [`Service::handle_body`] is transport-free: the HTTP transport authenticates, reads the body
 //! under its limits and passes the user's name and the body bytes.
 
 pub mod encode;
 pub mod enumeration;
 pub mod envelope;
 pub mod fault;
-pub mod http;
 pub mod names;
 pub mod ops;
+pub mod protocol;
 pub mod resource;
 pub mod values;
 
@@ -36,6 +36,9 @@ use self::fault::Fault;
 use self::names::{ANONYMOUS, StandardAction};
 use self::resource::Resource;
 use crate::request::DecodeLimits;
+
+/// The path WS-Management is served at.
+pub const PATH: &str = "/wsman";
 
 /// WinRM's MaxTimeoutms: the longest OperationTimeout honoured, and the default.
 pub const MAX_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -100,7 +103,7 @@ impl Service {
     }
 
     /// Answers one request body from an authenticated `user`.
-    pub fn handle(&self, user: &str, body: &[u8]) -> Reply {
+    pub fn handle_body(&self, user: &str, body: &[u8]) -> Reply {
         let req = match envelope::decode(body, &self.limits) {
             Ok(r) => r,
             Err((f, id)) => return self.fault(&f, id.as_deref()),
