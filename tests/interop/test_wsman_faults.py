@@ -7,7 +7,7 @@ clients: what pypsrp, pywinrm, python-dracclient and wsl make of the same faults
 credentials (401).
 """
 
-import base64
+import re
 import time
 import uuid
 
@@ -19,20 +19,15 @@ from pypsrp.exceptions import AuthenticationError, WSManFaultError
 
 from conftest import PASSWORD, USER, CosnapServer, Raw, serving
 from wsman_clients import Psrp, Winrm, Wsl, context_of
-from wsman_wire import (ACTION_NOT_SUPPORTED, CANNOT_PROCESS_FILTER, DESTINATION_UNREACHABLE, ENCODING_LIMIT,
-                        ENUM_ACTION, INVALID_ENUMERATION_CONTEXT, INVALID_SELECTORS, S, TRANSFER,
-                        UNSUPPORTED_FEATURE, WSMAN, Epr, Fault, enumerate_body, envelope, pull_body, q,
+from wsman_wire import (ACTION_NOT_SUPPORTED, ANON, CANNOT_PROCESS_FILTER, DESTINATION_UNREACHABLE, ENCODING_LIMIT,
+                        ENUM_ACTION, FAULT_ACTIONS, INVALID_ENUMERATION_CONTEXT, INVALID_PARAMETER, INVALID_SELECTORS,
+                        MESSAGE_INFO_HEADER_REQUIRED, S, SOAP_CT, TIMED_OUT, TRANSFER, UNSUPPORTED_FEATURE, WSMAN, Epr, basic, Fault, enumerate_body, envelope, pull_body, q,
                         release_body, response_root, uri, wql_filter)
 
 OTHER_USER, OTHER_PASSWORD = "other", "other-pass-2"
 WSL_USER, WSL_PASSWORD = "wsl", "wsl-pass-1"
-SOAP_CT = "application/soap+xml;charset=UTF-8"
 CSS = "Msvm_CollectionSnapshotService"
 GET = f"{TRANSFER}/Get"
-
-
-def basic(user, password):
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +75,7 @@ class Wire:
         assert status == 500, (status, payload[:800])
         assert hdrs.get("content-type", "").lower().startswith("application/soap+xml"), hdrs
         f = Fault(status, payload)
+        assert f.action in FAULT_ACTIONS, f.action
         assert f.subcode == subcode, (f, payload[:1200])
         if code is not None:
             assert f.wsman_code == code, (f, payload[:1200])
@@ -122,7 +118,7 @@ def test_selector_faults(wire, css):
     # Well-formed keys of nothing that exists.
     m = mid()
     wire.fault(envelope(GET, uri("Msvm_ConcreteJob"), selectors={"InstanceID": "no-such-job"}, message_id=m),
-               DESTINATION_UNREACHABLE, message_id=m)
+               DESTINATION_UNREACHABLE, 0x80041002, m)
 
 
 def test_selector_names_are_case_insensitive(wire, css):
@@ -149,10 +145,10 @@ def test_action_faults(wire, css):
     m = mid()
     wire.fault(envelope(f"{css.resource_uri}/NoSuchMethod", css.resource_uri,
                         f'<p:NoSuchMethod_INPUT xmlns:p="{css.resource_uri}"/>', selectors=css.selectors, message_id=m),
-               ACTION_NOT_SUPPORTED, message_id=m)
+               ACTION_NOT_SUPPORTED, 0x80041030, m)  # WMI's "method not found", as WinRM passes it on
     # WS-Transfer Put / Create / Delete: cosnap's model is changed through methods only.
     inst = f'<p:{CSS} xmlns:p="{css.resource_uri}"><p:ElementName>x</p:ElementName></p:{CSS}>'
-    for verb, body in [("Put", inst), ("Create", inst), ("Delete", "")]:
+    for verb, body in [("Put", inst), ("Create", inst), ("Delete", ""), ("../enumeration/Renew", "")]:
         m = mid()
         wire.fault(envelope(f"{TRANSFER}/{verb}", css.resource_uri, body, selectors=css.selectors, message_id=m),
                    ACTION_NOT_SUPPORTED, 2150858771, m)
@@ -168,21 +164,54 @@ def test_encoding_limit(wire, css):
 
 def test_filter_faults(wire):
     cases = [
-        (uri("*"), '<wsman:Filter Dialect="http://example.invalid/dialect">x</wsman:Filter>'),
-        (uri(CSS), wql_filter(f"SELECT * FROM {CSS}")),  # WQL belongs on the `*` URI
-        (uri("*"), wql_filter("SELECT FROM WHERE ((")),
-        (uri("*"), wql_filter("DELETE FROM Msvm_ConcreteJob")),
+        (uri("*"), '<wsman:Filter Dialect="http://example.invalid/dialect">x</wsman:Filter>', 2150858778),
+        (uri(CSS), wql_filter(f"SELECT * FROM {CSS}"), 2150859003),  # WQL belongs on the `*` URI
+        (uri("*"), wql_filter("SELECT FROM WHERE (("), 2150858778),
+        (uri("*"), wql_filter("DELETE FROM Msvm_ConcreteJob"), 2150858778),
     ]
-    for resource, flt in cases:
+    for resource, flt, code in cases:
         m = mid()
         wire.fault(envelope(f"{ENUM_ACTION}/Enumerate", resource, enumerate_body(filter_xml=flt), message_id=m),
-                   CANNOT_PROCESS_FILTER, message_id=m)
+                   CANNOT_PROCESS_FILTER, code, m)
+    # The all-classes URI needs a filter.
+    m = mid()
+    wire.fault(envelope(f"{ENUM_ACTION}/Enumerate", uri("*"), enumerate_body(), message_id=m),
+               DESTINATION_UNREACHABLE, 2150858811, m)
 
 
 def test_enumeration_mode_fault(wire):
     m = mid()
-    wire.fault(envelope(f"{ENUM_ACTION}/Enumerate", uri(CSS), enumerate_body(mode="EnumerateEverything"), message_id=m),
-               UNSUPPORTED_FEATURE, message_id=m)
+    f = wire.fault(envelope(f"{ENUM_ACTION}/Enumerate", uri(CSS), enumerate_body(mode="EnumerateEverything"), message_id=m),
+                   UNSUPPORTED_FEATURE, 2150858886, m)
+    assert fault_detail(f) == "http://schemas.dmtf.org/wbem/wsman/1/wsman/faultDetail/EnumerationMode"
+
+
+def test_timed_out(wire, server, css):
+    """OperationTimeout PT0S: the deadline passes before the operation's work is done; an
+    Invoke is refused before the method runs (no side effect)."""
+    m = mid()
+    wire.fault(envelope(f"{ENUM_ACTION}/Enumerate", uri(CSS), enumerate_body(), message_id=m, operation_timeout="PT0S"),
+               TIMED_OUT, 2150858793, m)
+    cms = Psrp(server.port, USER, PASSWORD).enumerate(uri("Msvm_CollectionManagementService"), mode="EnumerateEPR")[0][1]
+    body = (f'<p:DefineCollection_INPUT xmlns:p="{cms.resource_uri}"><p:Name>timed-out</p:Name><p:Type>0</p:Type>'
+            f'</p:DefineCollection_INPUT>')
+    m = mid()
+    wire.fault(envelope(f"{cms.resource_uri}/DefineCollection", cms.resource_uri, body, selectors=cms.selectors,
+                        message_id=m, operation_timeout="PT0S"), TIMED_OUT, 2150858793, m)
+    found = Psrp(server.port, USER, PASSWORD).enumerate(
+        uri("*"), filter_el=_wql_el("SELECT * FROM Msvm_VirtualSystemCollection WHERE ElementName = 'timed-out'"))
+    assert found == [], found
+
+
+def _wql_el(query):
+    import xml.etree.ElementTree as ET
+    f = ET.Element(q(WSMAN, "Filter"), Dialect="http://schemas.microsoft.com/wbem/wsman/1/WQL")
+    f.text = query
+    return f
+
+
+def fault_detail(f):
+    return (f.detail.findtext(q(WSMAN, "FaultDetail")) or "").strip()
 
 
 def test_enumeration_contexts(wire):
@@ -217,7 +246,7 @@ def test_enumeration_contexts(wire):
                                        auth=basic(OTHER_USER, OTHER_PASSWORD))
         if status != 200:
             f = Fault(status, payload)
-            assert f.subcode == q(WSMAN, "QuotaLimit"), f
+            assert f.subcode == q(WSMAN, "QuotaLimit") and f.wsman_code == 2150859175, f
             break
         held.append(context_of(response_root(payload).find(q(S, "Body"))))
     else:
@@ -233,11 +262,35 @@ def test_header_faults(wire, css):
     m = mid()
     unknown = '<x:Frob xmlns:x="urn:example:frob" s:mustUnderstand="true">1</x:Frob>'
     wire.fault(envelope(GET, css.resource_uri, selectors=css.selectors, message_id=m, extra_headers=unknown),
-               UNSUPPORTED_FEATURE, message_id=m)
+               UNSUPPORTED_FEATURE, 2150858817, m)
     # The same header without mustUnderstand is ignored, as is pywinrm's unqualified attribute.
     wire.ok(envelope(GET, css.resource_uri, selectors=css.selectors, extra_headers=unknown.replace(' s:mustUnderstand="true"', "")))
     wire.ok(envelope(GET, css.resource_uri, selectors=css.selectors,
                      extra_headers=unknown.replace("s:mustUnderstand", "mustUnderstand")))
+    # Replies go back on the same connection only.
+    m = mid()
+    text = envelope(GET, css.resource_uri, selectors=css.selectors, message_id=m).replace(
+        f"<wsa:Address s:mustUnderstand=\"true\">{ANON}</wsa:Address>", "<wsa:Address>http://attacker.invalid/</wsa:Address>")
+    f = wire.fault(text, UNSUPPORTED_FEATURE, 2150858817, m)
+    assert fault_detail(f) == "http://schemas.dmtf.org/wbem/wsman/1/wsman/faultDetail/AddressingMode"
+    # No ReplyTo at all is accepted (WinRM clients always send it; nothing to reply elsewhere).
+    wire.ok(envelope(GET, css.resource_uri, selectors=css.selectors, reply_to=False))
+    # Action and MessageID are required (everywhere but Identify).
+    m = mid()
+    no_action = re.sub(r"<wsa:Action[^>]*>[^<]*</wsa:Action>", "", envelope(GET, css.resource_uri, selectors=css.selectors, message_id=m))
+    wire.fault(no_action, MESSAGE_INFO_HEADER_REQUIRED, 2150858817, m)
+    no_id = re.sub(r"<wsa:MessageID>[^<]*</wsa:MessageID>", "", envelope(GET, css.resource_uri, selectors=css.selectors))
+    f = wire.fault(no_id, MESSAGE_INFO_HEADER_REQUIRED, 2150858817)
+    assert f.relates_to == ""
+
+
+def test_content_types(wire, css):
+    text = envelope(GET, css.resource_uri, selectors=css.selectors)
+    for ct in [None, "application/soap+xml;charset=utf-8", "application/soap+xml", 'application/soap+xml; charset="UTF-8"']:
+        wire.ok(text, content_type=ct)
+    for ct in ["application/json", "application/soap+xml;charset=latin-1", "text/plain"]:
+        status, _, _ = wire.post(text, content_type=ct)
+        assert status == 415, (ct, status)
 
 
 def test_invoke_parameter_faults(wire, css):
@@ -252,7 +305,7 @@ def test_invoke_parameter_faults(wire, css):
                                                 selectors=css.selectors, message_id=m))
         if status == 500:
             f = Fault(status, payload)
-            assert f.subcode in {q(WSMAN, "InvalidParameter"), q(WSMAN, "SchemaValidationError")}, f
+            assert f.subcode == INVALID_PARAMETER and f.wsman_code == 0x80041008, f
             assert f.relates_to == m
         else:
             assert status == 200, (status, payload[:500])

@@ -6,6 +6,7 @@ references, faults and instances out of responses by namespace URI (never by pre
 CIM-XML text for embedded instances (made by pywbem, the real CIM-XML encoder).
 """
 
+import base64
 import re
 import time
 import uuid
@@ -22,13 +23,18 @@ WSMAN = "http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd"
 WSEN = "http://schemas.xmlsoap.org/ws/2004/09/enumeration"
 WSMANFAULT = "http://schemas.microsoft.com/wbem/wsman/1/wsmanfault"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
-CIM_COMMON = "http://schemas.dmtf.org/wbem/wscim/1/common"
 TRANSFER = "http://schemas.xmlsoap.org/ws/2004/09/transfer"
 ENUM_ACTION = WSEN
 FAULT_ACTIONS = {"http://schemas.dmtf.org/wbem/wsman/1/wsman/fault",
                  "http://schemas.xmlsoap.org/ws/2004/08/addressing/fault"}
+SOAP_CT = "application/soap+xml;charset=UTF-8"
 # Terminal JobStates (7 Completed, 32768 CompletedWithWarnings, 8 Terminated, 9 Killed, 10 Exception).
 TERMINAL = {7, 8, 9, 10, 32768}
+
+
+def basic(user, password):
+    """An HTTP Basic Authorization header value."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def uri(cls):
@@ -176,7 +182,6 @@ UNSUPPORTED_FEATURE = q(WSMAN, "UnsupportedFeature")
 SCHEMA_VALIDATION_ERROR = q(WSMAN, "SchemaValidationError")
 INVALID_PARAMETER = q(WSMAN, "InvalidParameter")
 MESSAGE_INFO_HEADER_REQUIRED = q(WSA, "MessageInformationHeaderRequired")
-MUST_UNDERSTAND = q(S, "MustUnderstand")
 
 
 # -- raw envelopes --------------------------------------------------------------------------
@@ -202,15 +207,6 @@ def envelope(action, resource_uri, body="", selectors=None, message_id=None, ext
             f'</s:Header><s:Body>{body}</s:Body></s:Envelope>')
 
 
-def message_id_of(text):
-    m = re.search(r"<wsa:MessageID>([^<]*)</wsa:MessageID>", text)
-    return m.group(1) if m else None
-
-
-def get_body():
-    return ""
-
-
 def enumerate_body(mode=None, optimize=None, filter_xml=""):
     opt = f"<wsman:OptimizeEnumeration/><wsman:MaxElements>{optimize}</wsman:MaxElements>" if optimize else ""
     m = f"<wsman:EnumerationMode>{mode}</wsman:EnumerationMode>" if mode else ""
@@ -232,14 +228,6 @@ def release_body(context):
 
 def response_root(payload):
     return ET.fromstring(payload)
-
-
-def body_of(root):
-    return root.find(q(S, "Body"))
-
-
-def header_text(root, ns, local):
-    return (root.findtext(f"{q(S, 'Header')}/{q(ns, local)}") or "").strip()
 
 
 def wait_until(fn, timeout, what):
