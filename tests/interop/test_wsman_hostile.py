@@ -145,15 +145,19 @@ def test_hostile_requests(server):
             expect_status(big, {413})
             expect_status(big, {413}, chunked=True)
         assert send(good, chunked=True)[0] == 200
-        # 9. Bad or missing credentials (each costs one slow hash; kept to a few dozen).
+        # 9. Bad or missing credentials (each costs one slow hash; kept to a few dozen). After
+        # ten wrong passwords the source is throttled: 429 + Retry-After, no hash.
         for auth in [None, "Basic", "Basic !!!", "Bearer x", "Basic " + base64.b64encode(b"nocolon").decode(),
                      "Basic " + base64.b64encode(f"{USER}:wrong".encode()).decode(),
                      "Basic " + base64.b64encode(b"nobody:x").decode(), "Basic " + "A" * 10000]:
             for _ in range(4):
                 headers = {"Content-Type": CT, **({"Authorization": auth} if auth else {})}
-                status, hdrs = expect_status(good, {401, 400, 431}, headers=headers)
+                status, hdrs = expect_status(good, {401, 400, 429, 431}, headers=headers)
                 if status == 401:
                     assert hdrs.get("www-authenticate") == 'Basic realm="cosnap"'
+                if status == 429:
+                    assert int(hdrs["retry-after"]) >= 1, hdrs
+        assert send(good)[0] == 200  # the right password still passes, and clears the source's record
         # 10. Wrong method.
         for _ in range(10):
             expect_status(good, {405}, method="GET")
