@@ -27,13 +27,11 @@ from dracclient import wsman as drac
 from pypsrp.exceptions import AuthenticationError, WSManFaultError
 from pywbem import Uint16, Uint64
 
-from conftest import CosnapServer, serving
+from conftest import PASSWORD, USER, CosnapServer, serving
 from test_workflow import MIB, SIZE, disk_of, packages_under, sh, write_pattern
 from test_workflow import disks  # noqa: F401,F811 (the fixture, shared with the CIM-XML workflow)
 from wsman_clients import Psrp, Winrm, Wsl, items_of
 from wsman_wire import S, embedded, parse_epr, props, q, uri
-
-from conftest import PASSWORD, USER
 
 WSL_USER, WSL_PASSWORD = "wsl", "wsl-pass-1"
 QUOT = {'"': "&quot;"}
@@ -69,7 +67,7 @@ def job_result(psrp, rv, outs, result, result_class, wait):
         done = wait(job)
         assert int(done["JobState"]) in (7, 32768), done
         assert int(done["PercentComplete"]) == 100, done
-        if produced is None:
+        if produced is None and result_class:
             found = psrp.associators(job, "Msvm_AffectedJobElement", result_class)
             assert len(found) == 1, found
             produced = found[0]
@@ -174,6 +172,7 @@ def test_backup_workflow(server, clients, disks):
 
     # -- ConvertToReferencePoint (pywinrm) -------------------------------------------------
     rv, outs = winrm.invoke(css, "ConvertToReferencePoint", [("AffectedSnapshotCollection", snap1)])
+    assert rv == 4096, rv
     rp = job_result(psrp, rv, outs, "ResultingReferencePointCollection", "Msvm_ReferencePointCollection", winrm.wait_job)
     assert rp.cls == "Msvm_ReferencePointCollection", rp
     assert psrp.get(rp)
