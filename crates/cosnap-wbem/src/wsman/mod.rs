@@ -243,6 +243,15 @@ impl Service {
                     "the action {action:?} is neither a WS-Transfer/WS-Enumeration action nor <ResourceURI>/<Method>"
                 ))
             })?;
+        if let Resource::Class(c) = &resource {
+            let class = crate::ops::class_for(&*self.provider, c)?;
+            if class.method(method).is_none() {
+                return Err(Fault::from_cim(&cosnap_cim::CimError::new(
+                    cosnap_cim::CimStatus::MethodNotFound,
+                    format!("class {} has no method {method}", class.name),
+                )));
+            }
+        }
         let params = match body {
             Body::Empty => &[][..],
             Body::Element {
@@ -262,3 +271,6 @@ impl Service {
         ops::invoke(cx, &resource, method, &req.selectors, params)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -377,7 +377,7 @@ pub fn invoke(
 }
 
 /// Parameters as CIM-XML front end's untyped values: repeated names become arrays.
-fn group_params(params: &[Param]) -> Result<Vec<CimParam>> {
+pub(super) fn group_params(params: &[Param]) -> Result<Vec<CimParam>> {
     let mut names: Vec<&str> = Vec::new();
     for p in params {
         if !names.iter().any(|n| n.eq_ignore_ascii_case(&p.name)) {
@@ -442,7 +442,7 @@ fn raw_value(name: &str, values: &[&ParamValue]) -> Result<RawValue> {
 
 /// The DSP0230 element form of an embedded instance, typed against cosnap's schema when
 /// the class is one of its classes.
-fn element_instance(class_name: Option<&str>, properties: &[Param]) -> Result<Instance> {
+pub(super) fn element_instance(class_name: Option<&str>, properties: &[Param]) -> Result<Instance> {
     let class_name = class_name.ok_or_else(|| {
         Fault::schema_validation("an embedded instance element needs xsi:type=\"…:<Class>_Type\"")
     })?;
