@@ -1,6 +1,6 @@
 """Hostile input on /wsman: well over 1,000 malformed or hostile requests against one
-`cosnap serve` — truncated envelopes, entity bombs and external entities, deep nesting, garbage
-bytes, wrong actions, bad selectors, oversized envelopes and bad credentials.
+`cosnap serve` — truncated envelopes, entity bombs and external entities, deep nesting, attribute and
+namespace floods, garbage bytes, wrong actions, bad selectors, oversized envelopes and bad credentials.
 
 Each gets the documented answer: a SOAP fault with HTTP 500 and the subcode for its kind,
 413 for a body over the server's limit, 401 for bad credentials — never a hang, a reset or a
@@ -92,6 +92,13 @@ def test_hostile_requests(server):
                           + "</wsa:EndpointReference>" * min(depth, 5000) + "</wsman:Selector>")
             expect_fault(good.replace("</wsman:SelectorSet>", nested_epr + "</wsman:SelectorSet>"),
                          UNREADABLE | {INVALID_SELECTORS})
+        # 3b. Attribute and namespace-declaration floods on one element (quadratic checks in
+        # naive parsers): refused by the bounded reader, fast.
+        for n in [5_000, 50_000, 200_000]:
+            attrs = " ".join(f'a{i}="x"' for i in range(n))
+            decls = " ".join(f'xmlns:n{i}="urn:x:{i}"' for i in range(n))
+            expect_fault(good.replace("<s:Body>", f"<s:Body {attrs}>"), UNREADABLE)
+            expect_fault(good.replace("<s:Body>", f"<s:Body {decls}>"), UNREADABLE)
         # 4. Garbage bytes, non-UTF-8, empty body, not SOAP.
         for _ in range(100):
             blob = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 2000)))
