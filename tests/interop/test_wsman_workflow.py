@@ -249,9 +249,9 @@ def check_failed_job_errors(server, psrp, dracc, css, snap):
         moved.rename(frozen)
 
 
-def test_https_pypsrp_and_dracclient(server):
-    """pypsrp over HTTPS, validating the server's generated certificate; dracclient over
-    HTTPS (it never validates); bad credentials over HTTPS are refused."""
+def test_https_pypsrp_dracclient_wsl(server):
+    """pypsrp over HTTPS, validating the server's generated certificate; dracclient and wsl over
+    HTTPS (neither validates); bad credentials over HTTPS are refused."""
     cert = server.data / "tls" / "cert.pem"
     psrp = Psrp(server.https_port, USER, PASSWORD, https=True, ca=str(cert))
     found = psrp.enumerate(uri("Msvm_CollectionSnapshotService"), mode="EnumerateObjectAndEPR", max_elements=10)
@@ -262,5 +262,8 @@ def test_https_pypsrp_and_dracclient(server):
     dracc = drac.Client("127.0.0.1", USER, PASSWORD, port=server.https_port, protocol="https")
     root = dracc.enumerate(uri("*"), filter_dialect="wql", filter_query="SELECT * FROM Msvm_VirtualSystemManagementService")
     assert len(items_of(root.find(q(S, "Body")))) == 1
+    wsl = Wsl(server.https_port, WSL_USER, WSL_PASSWORD, server.base / "wsl-https", https=True)
+    eprs, _ = wsl.enumerate_eprs(uri("Msvm_CollectionSnapshotService"))
+    assert [e.selectors for e in eprs] == [epr.selectors]
     with pytest.raises(AuthenticationError):
         Psrp(server.https_port, USER, "wrong", https=True, ca=str(cert)).get(epr)

@@ -181,10 +181,14 @@ class Wsl:
     into $HOME on first use). wsl passes the password through an unquoted shell word, so its
     user must have one without spaces."""
 
-    def __init__(self, port, user, password, workdir: pathlib.Path):
+    def __init__(self, port, user, password, workdir: pathlib.Path, https=False):
         assert " " not in password
-        self.env = dict(os.environ, WSENDPOINT=f"127.0.0.1:{port}", WSUSER=user, WSPASS=password, WSNOSSL="1",
+        self.env = dict(os.environ, WSENDPOINT=f"127.0.0.1:{port}", WSUSER=user, WSPASS=password,
                         WSDONTASK="y", KEEPHISTORY="0", OUTLEVEL="1")
+        if not https:
+            self.env["WSNOSSL"] = "1"  # else wsl speaks HTTPS (curl --insecure)
+        else:
+            self.env.pop("WSNOSSL", None)
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.calls = 0
