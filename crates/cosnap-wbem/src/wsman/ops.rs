@@ -112,10 +112,9 @@ pub fn enumerate(
         items.push_back(encode_item(inst, body.mode));
     }
     let id = new_id();
-    let mut out = String::from("<wsen:EnumerateResponse><wsen:EnumerationContext>");
-    out.push_str(&id);
-    out.push_str("</wsen:EnumerationContext>");
+    let mut out = String::from("<wsen:EnumerateResponse>");
     if !body.optimize {
+        push_context(&mut out, Some(&id));
         cx.contexts.open(id, cx.user, items)?;
         out.push_str("</wsen:EnumerateResponse>");
         return Ok(out);
@@ -124,6 +123,7 @@ pub fn enumerate(
     check_fits(items.front(), cx.item_budget)?;
     let batch = take_batch(&mut items, max, cx.item_budget);
     let more = !items.is_empty();
+    push_context(&mut out, more.then_some(id.as_str()));
     if more {
         cx.contexts.open(id, cx.user, items)?;
     }
@@ -135,6 +135,20 @@ pub fn enumerate(
     }
     out.push_str("</wsen:EnumerateResponse>");
     Ok(out)
+}
+
+/// The EnumerationContext element: the open context's id, or empty when everything was
+/// sent at once. Clients read the element unconditionally (so it is always there), and
+/// python-dracclient Pulls whenever it has text, even after `wsman:EndOfSequence`.
+fn push_context(out: &mut String, id: Option<&str>) {
+    match id {
+        Some(id) => {
+            out.push_str("<wsen:EnumerationContext>");
+            out.push_str(id);
+            out.push_str("</wsen:EnumerationContext>");
+        }
+        None => out.push_str("<wsen:EnumerationContext/>"),
+    }
 }
 
 /// A single item larger than a whole envelope may be cannot be sent at all.
