@@ -123,8 +123,6 @@ pub fn enumerate(
     check_fits(items.front(), cx.item_budget)?;
     let batch = take_batch(&mut items, max, cx.item_budget);
     let more = !items.is_empty();
-    // Everything sent: the context element stays (readers expect it) but empty, so that
-    // clients pulling while it has text (python-dracclient) stop.
     push_context(&mut out, more.then_some(id.as_str()));
     if more {
         cx.contexts.open(id, cx.user, items)?;
@@ -139,6 +137,9 @@ pub fn enumerate(
     Ok(out)
 }
 
+/// The EnumerationContext element: the open context's id, or empty when everything was
+/// sent at once. Clients read the element unconditionally (so it is always there), and
+/// python-dracclient Pulls whenever it has text, even after `wsman:EndOfSequence`.
 fn push_context(out: &mut String, id: Option<&str>) {
     match id {
         Some(id) => {

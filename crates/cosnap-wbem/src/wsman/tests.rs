@@ -458,7 +458,7 @@ fn optimized_enumeration_modes() {
         ),
     );
     assert!(
-        out.contains("<wsman:Items></wsman:Items><wsman:EndOfSequence/>"),
+        out.contains("<wsen:EnumerationContext/><wsman:Items></wsman:Items><wsman:EndOfSequence/>"),
         "{out}"
     );
     let (reply, _) = send(
