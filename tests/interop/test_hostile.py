@@ -1,7 +1,7 @@
 """Hostile input: well over 1,000 malformed or hostile requests against one `cosnap serve`.
 
 Each request gets the answer DSP0200 asks for (400 + `CIMError: request-not-well-formed` /
-`request-not-valid` / `header-mismatch` / `unsupported-…`, 401, 404, 405, 406, 413, 501, or
+`request-not-valid` / `header-mismatch` / `unsupported-…`, 401, 404, 405, 406, 413, 429, 501, or
 HTTP 200 carrying a CIM `ERROR`/method return code for model-level faults), never a hang,
 a reset or a crash. Afterwards the server still answers, its log shows no panic, and its
 resident memory has stayed flat (VmRSS from /proc before and after the main run).
@@ -139,14 +139,17 @@ def test_hostile_requests(server, conn, tmp_path):
             expect({413}, big, h_good)
             expect({413}, big, h_good, chunked=True)
         expect({200}, good, h_good, chunked=True)
-        # 9. Bad or missing credentials (each costs one slow hash; kept to a few dozen).
+        # 9. Bad or missing credentials (each wrong password costs one slow hash; after ten
+        #    from this source the server answers 429 + Retry-After without hashing).
         for auth in [None, "Basic", "Basic !!!", "Bearer x", "Basic " + base64.b64encode(b"nocolon").decode(),
                      "Basic " + base64.b64encode(f"{USER}:wrong".encode()).decode(),
                      "Basic " + base64.b64encode(b"nobody:x").decode(), "Basic " + "A" * 10000]:
             for _ in range(4):
-                s, h, _ = expect({401, 400, 431}, good, headers_for("EnumerateInstanceNames", auth=auth))
+                s, h, _ = expect({401, 400, 431, 429}, good, headers_for("EnumerateInstanceNames", auth=auth))
                 if s == 401:
                     assert h.get("www-authenticate") == 'Basic realm="cosnap"'
+                if s == 429:
+                    assert int(h["retry-after"]) >= 1
         # 10. Model-level faults: HTTP 200 with the right CIM error.
         svc = service(conn, "Msvm_CollectionSnapshotService")
         svc_xml = "".join(f'<KEYBINDING NAME="{k}"><KEYVALUE VALUETYPE="string">{v}</KEYVALUE></KEYBINDING>' for k, v in svc.keybindings.items())

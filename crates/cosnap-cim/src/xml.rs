@@ -1,7 +1,7 @@
 //! CIM-XML (DMTF DSP0201) element codec: values, paths, instances and classes.
 //!
-//! Parsing works on `roxmltree` nodes (the caller parses the document with [`parse_document`],
-//! which keeps DTDs forbidden and bounds the node count); writing appends to a `String`
+//! Parsing works on `roxmltree` nodes (the caller parses the document with [`parse_document`]
+//! or [`parse_document_with`], the bounded [`reader`]); writing appends to a `String`
 //! with correct escaping. The writer emits exactly the attributes and children DSP0201
 //! allows, because pywbem 1.9.1 rejects anything else (interop.md §1.5).
 //!
@@ -20,19 +20,16 @@ use crate::path_text::PathError;
 use crate::schema::QualifiedMember;
 use crate::value::{CimType, Instance, Property, Value};
 
+pub use reader::{
+    MAX_ATTRIBUTES, MAX_DOCUMENT_BYTES, MAX_DOCUMENT_NAMESPACES, MAX_ELEMENT_NAMESPACES, MAX_NODES,
+    MAX_XML_DEPTH, XmlLimits, nesting_exceeds, parse_document_with,
+};
 pub use roxmltree::{Document, Node};
 
-/// Largest CIM-XML text [`parse_document`] accepts by default.
-pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
-/// Most XML nodes in one document (bounds memory independently of the byte size).
-pub const MAX_NODES: u32 = 1_000_000;
+pub mod reader;
+
 /// Deepest nesting of references-in-keys and embedded-instances-in-values.
 pub const MAX_DEPTH: usize = 16;
-/// Deepest XML element nesting accepted (checked before building the tree, so deep
-/// input cannot exhaust the stack; real CIM-XML stays under 30).
-pub const MAX_XML_DEPTH: usize = 256;
-/// Most attributes accepted on one element.
-pub const MAX_ATTRIBUTES: usize = 64;
 /// Most array elements / properties / key bindings accepted in one element.
 pub const MAX_ITEMS: usize = 100_000;
 
@@ -125,78 +122,18 @@ type Result<T> = std::result::Result<T, CodecError>;
 // ---------------------------------------------------------------------------------------
 // Document and node helpers
 
-/// Parses CIM-XML text with the safety limits (no DTD, bounded size and node count).
+/// Parses CIM-XML text with the default [`XmlLimits`] (see [`reader`]).
 pub fn parse_document(text: &str) -> Result<Document<'_>> {
-    parse_document_limited(text, MAX_DOCUMENT_BYTES)
+    parse_document_with(text, &XmlLimits::default())
 }
 
 /// [`parse_document`] with a caller-chosen byte limit.
 pub fn parse_document_limited(text: &str, max_bytes: usize) -> Result<Document<'_>> {
-    if text.len() > max_bytes {
-        return Err(CodecError::new(CodecErrorKind::TooLarge {
-            len: text.len(),
-            max: max_bytes,
-        }));
-    }
-    check_nesting(text, MAX_XML_DEPTH)?;
-    let opts = roxmltree::ParsingOptions {
-        allow_dtd: false,
-        nodes_limit: MAX_NODES,
+    let limits = XmlLimits {
+        max_bytes,
+        ..XmlLimits::default()
     };
-    Document::parse_with_options(text, opts)
-        .map_err(|e| CodecError::new(CodecErrorKind::Xml(e.to_string())))
-}
-
-/// A linear pre-scan of element nesting depth: start tags open, end tags and `/>` close;
-/// quoted attribute values, comments, CDATA, PIs and declarations are skipped. It only
-/// needs to over-approximate well-formed input; malformed input fails in the parser.
-fn check_nesting(text: &str, max: usize) -> Result<()> {
-    let b = text.as_bytes();
-    let mut depth = 0usize;
-    let mut i = 0;
-    let skip_to = |from: usize, pat: &[u8]| -> usize {
-        b[from..]
-            .windows(pat.len())
-            .position(|w| w == pat)
-            .map_or(b.len(), |p| from + p + pat.len())
-    };
-    while i < b.len() {
-        if b[i] != b'<' {
-            i += 1;
-            continue;
-        }
-        match b.get(i + 1) {
-            Some(b'/') => {
-                depth = depth.saturating_sub(1);
-                i = skip_to(i, b">");
-            }
-            Some(b'!') if b[i..].starts_with(b"<!--") => i = skip_to(i + 4, b"-->"),
-            Some(b'!') if b[i..].starts_with(b"<![CDATA[") => i = skip_to(i + 9, b"]]>"),
-            Some(b'!') | Some(b'?') => i = skip_to(i, b">"),
-            _ => {
-                // Start tag: scan to its end, skipping quoted values.
-                let mut j = i + 1;
-                let mut quote = None;
-                while j < b.len() {
-                    match (quote, b[j]) {
-                        (None, q @ (b'"' | b'\'')) => quote = Some(q),
-                        (Some(q), c) if c == q => quote = None,
-                        (None, b'>') => break,
-                        _ => {}
-                    }
-                    j += 1;
-                }
-                if !(j > 0 && j < b.len() && b[j - 1] == b'/') {
-                    depth += 1;
-                    if depth > max {
-                        return Err(CodecError::new(CodecErrorKind::TooDeep { max }));
-                    }
-                }
-                i = j + 1;
-            }
-        }
-    }
-    Ok(())
+    parse_document_with(text, &limits)
 }
 
 /// Element children of a node (text, comments and processing instructions skipped).

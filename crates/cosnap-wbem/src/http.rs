@@ -6,7 +6,11 @@
 //!    wrong passwords (see [`crate::auth`]);
 //! 3. path (`404`), method (`405`), declared length (`413`);
 //! 4. a concurrency permit ([`crate::ServerLimits::max_in_flight`]; `503` + `Retry-After`
-//!    after [`crate::ServerLimits::queue_timeout`]);
+//!    after [`crate::ServerLimits::queue_timeout`]), and before it, for a body larger than
+//!    [`SMALL_BODY`] or of unknown length, one of
+//!    [`crate::ServerLimits::max_large_bodies`] large-body permits: memory for bodies is
+//!    bounded by `max_large_bodies × max_body + max_in_flight × SMALL_BODY`, and ordinary
+//!    small requests never queue behind clients pushing large bodies;
 //! 5. the body, read into one bounded buffer under the body timeout (`413`, `408`).
 //!
 //! Only then is the request handed, with its body and user, to the [`Protocol`] registered
@@ -16,6 +20,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -23,7 +28,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::admission::Source;
 use crate::auth::{AuthResult, Authenticator};
@@ -33,6 +38,8 @@ use crate::server::ServerLimits;
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Most header fields in one request; more gets `431`.
 pub const MAX_HEADER_COUNT: usize = 64;
+/// Bodies up to this size need only a concurrency permit; larger ones a large-body one too.
+pub const SMALL_BODY: usize = 256 * 1024;
 /// Most bytes of a refused body read and thrown away, so that the answer reaches the
 /// client instead of being destroyed by the reset a close with unread input causes:
 /// a little for strangers, more for an authenticated client; a body larger than that is
@@ -77,6 +84,9 @@ pub struct Transport {
     pub auth: Authenticator,
     pub limits: ServerLimits,
     pub in_flight: Semaphore,
+    pub large_bodies: Semaphore,
+    /// Requests answered so far (the memory trimmer looks for activity).
+    pub answered: AtomicU64,
 }
 
 /// A plain-text answer.
@@ -232,17 +242,12 @@ pub async fn handle_http(
     }
 
     let limits = &transport.limits;
-    let Ok(Ok(_permit)) =
-        tokio::time::timeout(limits.queue_timeout, transport.in_flight.acquire()).await
-    else {
+    let large = declared_length(&parts).is_none_or(|n| n > SMALL_BODY as u64);
+    let permits = admit(&transport, large).await;
+    let Some(_permits) = permits else {
         let busy = plain(StatusCode::SERVICE_UNAVAILABLE, "the server is busy");
-        return refuse(
-            &parts,
-            body,
-            retry_after(busy, Duration::from_secs(1)),
-            DISCARD_AUTHENTICATED,
-        )
-        .await;
+        let busy = retry_after(busy, Duration::from_secs(1));
+        return refuse(&parts, body, busy, DISCARD_AUTHENTICATED).await;
     };
 
     let body = match read_body(&parts, body, max, limits.body_timeout).await {
@@ -256,10 +261,28 @@ pub async fn handle_http(
         peer,
     };
     let answer = tokio::task::spawn_blocking(move || protocol.handle(admitted)).await;
+    transport.answered.fetch_add(1, Ordering::Relaxed);
     answer.unwrap_or_else(|e| {
         tracing::error!("request task failed: {e}");
         plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
     })
+}
+
+/// The permits a request needs before its body is read, or `None` after the queue timeout.
+async fn admit(
+    transport: &Transport,
+    large: bool,
+) -> Option<(Option<SemaphorePermit<'_>>, SemaphorePermit<'_>)> {
+    let wait = transport.limits.queue_timeout;
+    let deadline = tokio::time::Instant::now() + wait;
+    let large_permit = if large {
+        let permit = tokio::time::timeout_at(deadline, transport.large_bodies.acquire()).await;
+        Some(permit.ok()?.ok()?)
+    } else {
+        None
+    };
+    let permit = tokio::time::timeout_at(deadline, transport.in_flight.acquire()).await;
+    Some((large_permit, permit.ok()?.ok()?))
 }
 
 fn route(routes: &Routes, path: &str) -> Option<Arc<dyn Protocol>> {

@@ -16,6 +16,7 @@
 //! * [`http`] — the protocol-neutral request gates (authentication, throttling, limits,
 //!   bounded body) and dispatch by path to a [`http::Protocol`];
 //! * [`cimxml`] — CIM-XML at `/cimom` as one such protocol;
+//! * [`memory`] — allocator settings and trimming after bursts;
 //! * [`throttle`] — per-source delays after failed logins;
 //! * [`timed_io`] — the write timeout for clients that do not read.
 
@@ -23,6 +24,7 @@ pub mod admission;
 pub mod auth;
 pub mod cimxml;
 pub mod http;
+pub mod memory;
 pub mod ops;
 pub mod request;
 pub mod response;

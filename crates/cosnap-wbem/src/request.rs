@@ -39,12 +39,27 @@ pub struct DecodeLimits {
     pub max_params: usize,
 }
 
+impl DecodeLimits {
+    /// The XML reader's caps for a request body.
+    pub fn xml(&self) -> xml::XmlLimits {
+        xml::XmlLimits {
+            max_bytes: self.max_body,
+            max_depth: self.max_depth,
+            max_attributes: self.max_attributes,
+            max_nodes: self.max_nodes,
+            ..xml::XmlLimits::default()
+        }
+    }
+}
+
 impl Default for DecodeLimits {
     fn default() -> Self {
         Self {
             max_body: 4 * 1024 * 1024,
             max_depth: 64,
-            max_attributes: 32,
+            // DSP0201 elements carry at most 8; the parser's duplicate check costs the
+            // square of this per element.
+            max_attributes: 16,
             max_nodes: 200_000,
             max_params: 256,
         }
@@ -282,129 +297,20 @@ fn content_type_ok(ct: &str) -> bool {
     true
 }
 
-/// Whether the element nesting of XML `text` goes deeper than `max`, found by a linear scan
-/// *before* parsing: roxmltree's tokenizer recurses once per nesting level, so a deep
-/// enough document would overflow the stack inside the parser itself. Comments, CDATA,
-/// processing instructions, declarations and quoted attribute values are skipped, so text
-/// that merely looks like tags (an embedded instance in CDATA) is not counted. On malformed
-/// input the count may be off; the parser rejects such input anyway.
-pub fn nesting_exceeds(text: &str, max: usize) -> bool {
-    let b = text.as_bytes();
-    let find = |from: usize, pat: &[u8]| -> usize {
-        let from = from.min(b.len());
-        b[from..]
-            .windows(pat.len())
-            .position(|w| w == pat)
-            .map_or(b.len(), |p| from + p + pat.len())
-    };
-    let mut depth = 0usize;
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] != b'<' {
-            i += 1;
-            continue;
-        }
-        let rest = &b[i..];
-        if rest.starts_with(b"<!--") {
-            i = find(i + 4, b"-->");
-        } else if rest.starts_with(b"<![CDATA[") {
-            i = find(i + 9, b"]]>");
-        } else if rest.starts_with(b"<?") {
-            i = find(i + 2, b"?>");
-        } else if rest.starts_with(b"<!") {
-            i = find(i + 2, b">");
-        } else if rest.starts_with(b"</") {
-            depth = depth.saturating_sub(1);
-            i = find(i + 2, b">");
-        } else {
-            // A start tag: find its end outside quoted attribute values.
-            let mut j = i + 1;
-            let mut quote = 0u8;
-            while j < b.len() {
-                match (quote, b[j]) {
-                    (0, b'"' | b'\'') => quote = b[j],
-                    (0, b'>') => break,
-                    (q, c) if q != 0 && c == q => quote = 0,
-                    _ => {}
-                }
-                j += 1;
-            }
-            if j >= b.len() || b[j - 1] != b'/' {
-                depth += 1;
-                if depth > max {
-                    return true;
-                }
-            }
-            i = j + 1;
-        }
-    }
-    false
-}
+/// Whether the element nesting of XML `text` goes deeper than `max` (the reader's linear
+/// pre-scan, see [`cosnap_cim::xml::reader`]).
+pub use cosnap_cim::xml::nesting_exceeds;
 
-/// The deepest element nesting of a parsed document, computed without recursion.
-fn max_depth(doc: &xml::Document) -> usize {
-    // Node ids follow document order, so a parent's depth is known before its children's.
-    let mut depth: Vec<u32> = vec![0; doc.descendants().count() + 1];
-    let mut max = 0u32;
-    for n in doc.descendants() {
-        let d = match n.parent() {
-            Some(p) => {
-                depth.get(p.id().get() as usize).copied().unwrap_or(0) + u32::from(n.is_element())
-            }
-            None => 0,
-        };
-        if let Some(slot) = depth.get_mut(n.id().get() as usize) {
-            *slot = d;
-        }
-        max = max.max(d);
-    }
-    max as usize
-}
-
-/// Parses request XML under the limits shared by every protocol front end: nesting checked
-/// before parsing, no DTD, bounded node count, then depth and attribute counts checked on
-/// the tree. Failures are [`RequestErrorKind::NotWellFormed`].
+/// Parses request XML under the limits shared by every protocol front end (the bounded
+/// reader of [`cosnap_cim::xml`] with [`DecodeLimits::xml`]: size, depth, attributes and
+/// namespace declarations capped by a linear pre-scan, no DTD, bounded node count).
+/// Failures are [`RequestErrorKind::NotWellFormed`].
 pub fn parse_bounded<'t>(
     text: &'t str,
     limits: &DecodeLimits,
 ) -> Result<xml::Document<'t>, RequestError> {
-    use RequestErrorKind::*;
-    if nesting_exceeds(text, limits.max_depth) {
-        return Err(err(
-            NotWellFormed,
-            format!("elements nested deeper than {} levels", limits.max_depth),
-        ));
-    }
-    let opts = roxmltree::ParsingOptions {
-        allow_dtd: false,
-        nodes_limit: limits.max_nodes,
-    };
-    let doc = xml::Document::parse_with_options(text, opts)
-        .map_err(|e| err(NotWellFormed, format!("XML: {e}")))?;
-    let depth = max_depth(&doc);
-    if depth > limits.max_depth {
-        return Err(err(
-            NotWellFormed,
-            format!(
-                "elements nested {depth} deep; at most {} allowed",
-                limits.max_depth
-            ),
-        ));
-    }
-    if let Some(n) = doc
-        .descendants()
-        .find(|n| n.attributes().len() > limits.max_attributes)
-    {
-        return Err(err(
-            NotWellFormed,
-            format!(
-                "element <{}> has more than {} attributes",
-                tag(&n),
-                limits.max_attributes
-            ),
-        ));
-    }
-    Ok(doc)
+    xml::parse_document_with(text, &limits.xml())
+        .map_err(|e| err(RequestErrorKind::NotWellFormed, e.to_string()))
 }
 
 /// Decodes one request from its headers (`(name, raw value)` pairs in any case) and body.

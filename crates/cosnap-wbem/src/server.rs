@@ -19,6 +19,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use cosnap_cim::CimProvider;
@@ -54,6 +55,9 @@ pub struct ServerLimits {
     pub max_connections_per_source: usize,
     /// Requests reading their body or running at once.
     pub max_in_flight: usize,
+    /// Of those, requests with a body over [`crate::http::SMALL_BODY`] (or of unknown
+    /// length) at once.
+    pub max_large_bodies: usize,
     /// How long an admitted request waits for one of those places before `503`.
     pub queue_timeout: Duration,
     /// How long shutdown waits for running requests.
@@ -71,6 +75,7 @@ impl Default for ServerLimits {
             max_connections: 512,
             max_connections_per_source: 64,
             max_in_flight: 16,
+            max_large_bodies: 4,
             queue_timeout: Duration::from_secs(20),
             drain_timeout: Duration::from_secs(30),
         }
@@ -168,6 +173,8 @@ impl Server {
             auth,
             limits: config.limits,
             in_flight: Semaphore::new(config.limits.max_in_flight.max(1)),
+            large_bodies: Semaphore::new(config.limits.max_large_bodies.max(1)),
+            answered: AtomicU64::new(0),
         });
         Ok(Server {
             transport,
@@ -206,7 +213,9 @@ impl Server {
                 stop_rx.clone(),
             ));
         }
+        let trimmer = tokio::spawn(crate::memory::trim_after_bursts(self.transport.clone()));
         shutdown.await;
+        trimmer.abort();
         tracing::info!("shutting down: no new connections; finishing running requests");
         let _ = stop_tx.send(true);
         while tasks.join_next().await.is_some() {}

@@ -185,6 +185,7 @@ pub fn run_serve(ctx: &Context, args: ServeArgs) -> CmdResult {
         },
     };
 
+    cosnap_wbem::memory::tune_allocator();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("cosnap-serve")

@@ -572,12 +572,12 @@ fn hostile_elements() {
     // Too many attributes
     let attrs: String = (0..200).map(|i| format!(" a{i}=\"x\"")).collect();
     let text = format!(r#"<INSTANCE CLASSNAME="C"{attrs}/>"#);
-    let e = parse_instance(doc(&text).root_element(), None).unwrap_err();
+    let e = parse_document(&text).unwrap_err();
     assert!(
         matches!(
             e.kind,
             CodecErrorKind::TooMany {
-                what: "attributes",
+                what: "attributes on one element",
                 ..
             }
         ),

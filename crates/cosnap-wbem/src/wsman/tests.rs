@@ -713,3 +713,32 @@ fn pywinrm_style_headers_and_bare_message_ids_are_accepted() {
     let doc = Document::parse(&out).unwrap();
     assert_eq!(doc.root_element().tag_name().namespace(), Some(SOAP));
 }
+
+#[test]
+fn attribute_and_namespace_floods_are_refused_by_the_pre_scan() {
+    // roxmltree's duplicate-attribute and namespace scans are quadratic; the bounded
+    // reader's linear pre-scan must refuse such envelopes before they reach it.
+    let (s, _) = service();
+    let get = request(
+        GET,
+        &format!("{V2}Msvm_ConcreteJob"),
+        &selectors(&[("InstanceID", "J-1")]),
+        "",
+    );
+    let attrs: String = (0..50_000).map(|i| format!(" a{i}=\"x\"")).collect();
+    let decls: String = (0..50_000)
+        .map(|i| format!(" xmlns:n{i}=\"urn:x:{i}\""))
+        .collect();
+    for flood in [attrs, decls] {
+        let req = get.replacen("<s:Body>", &format!("<s:Body{flood}>"), 1);
+        let reply = s.handle_body("alice", req.as_bytes());
+        assert_eq!(reply.status, 500);
+        let doc = Document::parse(&reply.body).unwrap();
+        assert_eq!(text(&doc, "Value").as_deref(), Some("s:Sender"));
+        assert!(
+            reply.body.contains("w:SchemaValidationError"),
+            "{}",
+            reply.body
+        );
+    }
+}
