@@ -94,7 +94,7 @@ def test_hostile_requests(server):
                          UNREADABLE | {INVALID_SELECTORS})
         # 3b. Attribute and namespace-declaration floods on one element (quadratic checks in
         # naive parsers): refused by the bounded reader, fast.
-        for n in [5_000, 50_000, 200_000]:
+        for n in [5_000, 50_000, 100_000]:  # all under the 4 MiB body cap
             attrs = " ".join(f'a{i}="x"' for i in range(n))
             decls = " ".join(f'xmlns:n{i}="urn:x:{i}"' for i in range(n))
             expect_fault(good.replace("<s:Body>", f"<s:Body {attrs}>"), UNREADABLE)
