@@ -13,7 +13,7 @@ from pypsrp.exceptions import WSManFaultError
 
 from conftest import PASSWORD, USER, CosnapServer, Raw, serving
 from wsman_clients import ASSOC_DIALECT, CIMBINDING, Psrp, context_of, items_of
-from wsman_wire import (DMTF, ENUM_ACTION, S, SOAP_CT, WQL, WSMAN, Epr, basic, enumerate_body, envelope, props,
+from wsman_wire import (DMTF, ENUM_ACTION, S, SOAP_CT, WQL, WSEN, WSMAN, Epr, basic, enumerate_body, envelope, props,
                         pull_body, q, response_root, uri, wql_filter)
 
 VMS = 20
@@ -169,3 +169,23 @@ def test_raw_enumerate_then_release(server):
     assert ctx
     status, _, payload = raw.send(envelope(f"{ENUM_ACTION}/Pull", uri("*"), pull_body(ctx, 2)), headers, path="/wsman")
     assert status == 200 and len(items_of(response_root(payload).find(q(S, "Body")))) == 2
+
+
+def test_pypsrp_release(psrp):
+    """pypsrp has no Release wrapper; its generic invoke sends one (as the capture shows). A
+    released context is gone for Pull."""
+    e = ET.Element(q(WSEN, "Enumerate"))
+    ctx = context_of(psrp.w.enumerate(uri(CS), e))
+    assert ctx
+    p = ET.Element(q(WSEN, "Pull"))
+    ET.SubElement(p, q(WSEN, "EnumerationContext")).text = ctx
+    ET.SubElement(p, q(WSEN, "MaxElements")).text = "2"
+    assert len(items_of(psrp.w.pull(uri(CS), p))) == 2
+    r = ET.Element(q(WSEN, "Release"))
+    ET.SubElement(r, q(WSEN, "EnumerationContext")).text = ctx
+    env = psrp.w.invoke(f"{ENUM_ACTION}/Release", uri(CS), r)
+    assert env.find(f"{q(S, 'Header')}/{{http://schemas.xmlsoap.org/ws/2004/08/addressing}}Action").text.strip() \
+        == f"{ENUM_ACTION}/ReleaseResponse"
+    with pytest.raises(WSManFaultError) as err:
+        psrp.w.pull(uri(CS), p)
+    assert err.value.code == 2150858779
