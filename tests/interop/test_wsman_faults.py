@@ -35,6 +35,7 @@ def server(tmp_path_factory):
     s = CosnapServer(tmp_path_factory.mktemp("cosnap"))
     s.cli("user", "add", OTHER_USER, "--password-stdin", input=OTHER_PASSWORD + "\n")
     s.cli("user", "add", WSL_USER, "--password-stdin", input=WSL_PASSWORD + "\n")
+    s.big_collection = s.cli("collection", "define", "n" * 9000).stdout.strip()  # a 9 kB instance
     yield from serving(s)
 
 
@@ -154,12 +155,22 @@ def test_action_faults(wire, css):
                    ACTION_NOT_SUPPORTED, 2150858771, m)
 
 
-def test_encoding_limit(wire, css):
+def test_encoding_limit(wire, server, css):
     m = mid()
     wire.fault(envelope(GET, css.resource_uri, selectors=css.selectors, message_id=m, max_envelope_size=1024),
                ENCODING_LIMIT, 2150858823, m)
     # The minimum itself is fine.
     wire.ok(envelope(GET, css.resource_uri, selectors=css.selectors, max_envelope_size=8192))
+    # An instance that cannot fit in the envelope the client accepts: refused whole, in a Get and
+    # in an optimized enumeration (never cut, never sent over the limit).
+    big = {"CollectionID": server.big_collection}
+    m = mid()
+    wire.fault(envelope(GET, uri("Msvm_VirtualSystemCollection"), selectors=big, message_id=m, max_envelope_size=8192),
+               ENCODING_LIMIT, 2150858824, m)
+    wire.ok(envelope(GET, uri("Msvm_VirtualSystemCollection"), selectors=big, max_envelope_size=65536))
+    m = mid()
+    wire.fault(envelope(f"{ENUM_ACTION}/Enumerate", uri("Msvm_VirtualSystemCollection"), enumerate_body(optimize=10),
+                        message_id=m, max_envelope_size=8192), ENCODING_LIMIT, 2150858824, m)
 
 
 def test_filter_faults(wire):
