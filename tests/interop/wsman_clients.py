@@ -17,7 +17,8 @@ import xmltodict
 from pypsrp.wsman import SelectorSet, WSMan
 from winrm.protocol import Protocol
 
-from wsman_wire import ANON, S, TERMINAL, WSA, WSEN, WSMAN, Epr, parse_epr, props, q, uri, wait_until
+from conftest import TERMINAL
+from wsman_wire import ANON, S, WSA, WSEN, WSMAN, Epr, parse_epr, props, q, uri, wait_until
 
 ASSOC_DIALECT = "http://schemas.dmtf.org/wbem/wsman/1/cimbinding/associationFilter"
 CIMBINDING = "http://schemas.dmtf.org/wbem/wsman/1/cimbinding.xsd"
@@ -118,8 +119,15 @@ class Psrp:
         return [e for _, e in self.enumerate(uri("*"), mode="EnumerateEPR", filter_el=f)]
 
     def wait_job(self, job, timeout=300):
-        return wait_until(lambda: (lambda j: j if int(j["JobState"]) in TERMINAL else None)(self.get(job)),
-                          timeout, f"job {job}")
+        return poll_job(self.get, job, timeout)
+
+
+def poll_job(get, job, timeout):
+    """Gets the job until it reaches a terminal state; returns its properties."""
+    def finished():
+        j = get(job)
+        return j if int(j["JobState"]) in TERMINAL else None
+    return wait_until(finished, timeout, f"job {job}")
 
 
 def parse_output(body, method):
@@ -164,8 +172,7 @@ class Winrm:
         return parse_output(root.find(q(S, "Body")), method)
 
     def wait_job(self, job, timeout=300):
-        return wait_until(lambda: (lambda j: j if int(j["JobState"]) in TERMINAL else None)(self.get(job)),
-                          timeout, f"job {job}")
+        return poll_job(self.get, job, timeout)
 
 
 def epr_dict(epr):

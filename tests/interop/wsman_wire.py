@@ -28,8 +28,6 @@ ENUM_ACTION = WSEN
 FAULT_ACTIONS = {"http://schemas.dmtf.org/wbem/wsman/1/wsman/fault",
                  "http://schemas.xmlsoap.org/ws/2004/08/addressing/fault"}
 SOAP_CT = "application/soap+xml;charset=UTF-8"
-# Terminal JobStates (7 Completed, 32768 CompletedWithWarnings, 8 Terminated, 9 Killed, 10 Exception).
-TERMINAL = {7, 8, 9, 10, 32768}
 
 
 def basic(user, password):
