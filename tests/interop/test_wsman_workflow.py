@@ -19,6 +19,7 @@ check/compare for qcow2 and raw, `cosnap disk check/compare` and `cosnap export 
 
 import json
 import pathlib
+from types import SimpleNamespace
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape
 
@@ -27,7 +28,7 @@ from dracclient import wsman as drac
 from pypsrp.exceptions import AuthenticationError, WSManFaultError
 from pywbem import Uint16, Uint64
 
-from conftest import PASSWORD, USER, CosnapServer, serving
+from conftest import PASSWORD, USER, CosnapServer, serving, wmi_path
 from test_workflow import MIB, SIZE, disk_of, packages_under, sh, write_pattern
 from test_workflow import disks  # noqa: F401,F811 (the fixture, shared with the CIM-XML workflow)
 from wsman_clients import Psrp, Winrm, Wsl, items_of
@@ -80,9 +81,9 @@ def drac_output(root, method):
     return out
 
 
-def wmi_path(host, epr):
-    keys = ",".join(f'{k}="{v}"' for k, v in epr.selectors.items())
-    return f"\\\\{host}\\root\\virtualization\\v2:{epr.cls}.{keys}"
+def wmi_path_of(host, epr):
+    """The WMI object path text of an EPR (DifferentialBackupBase takes one)."""
+    return wmi_path(host, SimpleNamespace(classname=epr.cls, keybindings=epr.selectors))
 
 
 def test_backup_workflow(server, clients, disks):
@@ -191,7 +192,7 @@ def test_backup_workflow(server, clients, disks):
     diff_dir = server.export_root / "diff"
     diff_dir.mkdir()
     esd = embedded("Msvm_CollectionSnapshotExportSettingData", [
-        ("CopyVmStorage", True), ("BackupIntent", Uint16(1)), ("DifferentialBackupBase", wmi_path(host, rp))])
+        ("CopyVmStorage", True), ("BackupIntent", Uint16(1)), ("DifferentialBackupBase", wmi_path_of(host, rp))])
     rv, outs = psrp.invoke(css, "ExportSnapshot", [("SnapshotCollection", snap2), ("ExportDirectory", str(diff_dir)),
                                                    ("ExportSettingData", esd)])
     assert rv == 4096, rv
