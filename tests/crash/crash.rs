@@ -1,9 +1,12 @@
 //! Crash harness: SIGKILL at random points during CreateSnapshot, DestroySnapshot,
-//! ApplySnapshot and ConvertToReferencePoint (≥ 30 trials each), then restart and check:
+//! ApplySnapshot, ConvertToReferencePoint and ExportSnapshot (≥ 30 trials each), then
+//! restart and check:
 //! every chain passes `qemu-img check` (qcow2 layers) and `cosnap_disk::check` (all
 //! layers); every VM's and every snapshot's guest bytes equal the state before or after the
 //! operation; the repository agrees with the files on disk (`Host::verify`: no orphan, no
-//! missing layer, parents as recorded, no journal left).
+//! missing layer, parents as recorded, no journal left). Exports: every package in the
+//! export directory verifies and is recorded, nothing temporary (staging, journal, name
+//! reservation) remains, and the export is recorded exactly when its package is there.
 //!
 //! Kill points: half of the trials set `COSNAP_CRASH_AT=n` (the process SIGKILLs itself at
 //! its n-th crash point — every step boundary of the operation, cycling through all of
@@ -72,6 +75,12 @@ fn guest_state(host: &Host) -> BTreeMap<String, u64> {
             }
         }
     }
+    for (k, s) in host.snapshots(None).unwrap().iter().enumerate() {
+        let exports = host.exports_of(&s.id).unwrap();
+        if !exports.is_empty() {
+            m.insert(format!("snapshot #{k} exports"), exports.len() as u64);
+        }
+    }
     for r in host.refpoints(None).unwrap() {
         for v in &r.vms {
             for d in &v.disks {
@@ -135,10 +144,62 @@ fn check_consistent(
             }
         }
     }
+    check_exports(&host, &work.join("exports"), what);
     let now = guest_state(&host);
     assert!(
         &now == before || &now == after,
         "{what}: guest state is neither before nor after\nnow    {now:?}\nbefore {before:?}\nafter  {after:?}"
+    );
+}
+
+/// Every entry of the export directory is a complete, recorded package; nothing an
+/// export writes only while it runs is left.
+fn check_exports(host: &Host, exports: &Path, what: &str) {
+    let Ok(entries) = std::fs::read_dir(exports) else {
+        return;
+    };
+    let records: Vec<_> = host
+        .snapshots(None)
+        .unwrap()
+        .iter()
+        .flat_map(|s| host.exports_of(&s.id).unwrap())
+        .collect();
+    // "Interrupted" never hides a recorded package: its job reads Completed.
+    for r in &records {
+        let job = host.job(r.job_id.as_deref().unwrap()).unwrap();
+        assert!(job.succeeded(), "{what}: package recorded, job {job:?}");
+    }
+    let recorded: Vec<std::path::PathBuf> = records.into_iter().map(|r| r.package_dir).collect();
+    let names: Vec<String> = entries
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for n in &names {
+        assert!(
+            !n.starts_with('.'),
+            "{what}: {n} left in the export directory"
+        );
+    }
+    if names.is_empty() {
+        assert!(
+            recorded.is_empty(),
+            "{what}: recorded {recorded:?}, no package"
+        );
+        return;
+    }
+    // A flat export makes the directory the package; otherwise each entry is one.
+    let canon = std::fs::canonicalize(exports).unwrap();
+    let packages: Vec<std::path::PathBuf> = if canon.join("cosnap-package.json").exists() {
+        vec![canon]
+    } else {
+        names.iter().map(|n| canon.join(n)).collect()
+    };
+    for p in &packages {
+        let rep = cosnap_export::verify_package(p).unwrap();
+        assert!(rep.ok(), "{what}: {}: {:?}", p.display(), rep.problems);
+    }
+    assert_eq!(
+        recorded, packages,
+        "{what}: packages on disk and records differ"
     );
 }
 
@@ -237,6 +298,16 @@ fn build(work: &Path, op: &str) -> Vec<String> {
             snap(1);
             write(4 * MIB, 0x26);
             vec!["snapshot".into(), "apply".into(), s1]
+        }
+        "export" | "export-subdir" => {
+            let s = snap(2);
+            std::fs::create_dir_all(work.join("exports")).unwrap();
+            let dir = work.join("exports").to_string_lossy().into_owned();
+            let mut args = vec!["export".into(), s, dir, "--wait".into()];
+            if op == "export-subdir" {
+                args.push("--subdirectory".into());
+            }
+            args
         }
         "convert" => {
             snap(2);
@@ -361,4 +432,14 @@ fn crash_during_apply_snapshot() {
 #[test]
 fn crash_during_convert_to_reference_point() {
     harness("convert");
+}
+
+#[test]
+fn crash_during_export_and_its_commit() {
+    harness("export");
+}
+
+#[test]
+fn crash_during_export_into_a_subdirectory() {
+    harness("export-subdir");
 }

@@ -23,10 +23,20 @@ static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
 /// bytes hashed (holes included); an `Err` from it (cancellation) stops the hashing.
 pub fn sha256_file(path: &Path, advance: &dyn Fn(u64) -> Result<()>) -> Result<String> {
     let file = File::open(path).map_err(|e| DiskError::io(path, e))?;
+    sha256_open_file(&file, path, advance)
+}
+
+/// [`sha256_file`] of a file the caller has already opened (e.g. relative to a directory
+/// handle, with symlinks refused); `path` only names it in errors.
+pub fn sha256_open_file(
+    file: &File,
+    path: &Path,
+    advance: &dyn Fn(u64) -> Result<()>,
+) -> Result<String> {
     let size = file.metadata().map_err(|e| DiskError::io(path, e))?.len();
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; BUF];
-    hash_range(&file, path, 0..size, &mut hasher, &mut buf, advance)?;
+    hash_range(file, path, 0..size, &mut hasher, &mut buf, advance)?;
     Ok(hex(hasher))
 }
 

@@ -2,8 +2,9 @@
 //! and resource settings at the snapshot, the snapshot's settings, the collection.
 //!
 //! A package file is `<CIM><DECLARATION><DECLGROUP>` with one `<VALUE.OBJECT><INSTANCE>`
-//! per instance, so any CIM-XML reader can read it. Kept inside this crate (rather than
-//! using the server's codec) so a package's bytes depend only on the package format.
+//! per instance, so any CIM-XML reader can read it. Only the writer is here, so a
+//! package's bytes depend only on the package format; packages are read back with
+//! `cosnap-cim`'s bounded reader ([`crate::read::parse_instances`]).
 //! Embedded instances are stored as escaped CIM-XML text with `EmbeddedObject="instance"`;
 //! references as `VALUE.REFERENCE/INSTANCENAME` with key bindings.
 
@@ -139,145 +140,6 @@ fn property(s: &mut String, p: &Property) {
     }
 }
 
-/// Reads every `INSTANCE` under `VALUE.OBJECT` of a package file.
-pub fn parse_document(text: &str) -> Result<Vec<Instance>, String> {
-    let doc = roxmltree::Document::parse(text).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for node in doc.descendants().filter(|n| n.has_tag_name("VALUE.OBJECT")) {
-        let inst = node
-            .children()
-            .find(|c| c.has_tag_name("INSTANCE"))
-            .ok_or_else(|| "VALUE.OBJECT without INSTANCE".to_string())?;
-        out.push(parse_instance_node(inst)?);
-    }
-    Ok(out)
-}
-
-/// Reads one `<INSTANCE>` element's text.
-pub fn parse_instance(text: &str) -> Result<Instance, String> {
-    let doc = roxmltree::Document::parse(text).map_err(|e| e.to_string())?;
-    let root = doc.root_element();
-    if !root.has_tag_name("INSTANCE") {
-        return Err(format!(
-            "expected INSTANCE, found {}",
-            root.tag_name().name()
-        ));
-    }
-    parse_instance_node(root)
-}
-
-fn parse_scalar(ty: CimType, text: &str, embedded: bool) -> Result<Value, String> {
-    let bad = || format!("{text:?} is not a valid {}", ty.name());
-    let t = text.trim();
-    Ok(match ty {
-        _ if embedded => Value::Instance(Box::new(parse_instance(text)?)),
-        CimType::Boolean => match t.to_ascii_lowercase().as_str() {
-            "true" => Value::Boolean(true),
-            "false" => Value::Boolean(false),
-            _ => return Err(bad()),
-        },
-        CimType::String => Value::String(text.to_string()),
-        CimType::Datetime => Value::Datetime(t.to_string()),
-        CimType::Char16 => Value::Char16(text.chars().next().ok_or_else(bad)?),
-        CimType::Uint8 => Value::Uint8(t.parse().map_err(|_| bad())?),
-        CimType::Sint8 => Value::Sint8(t.parse().map_err(|_| bad())?),
-        CimType::Uint16 => Value::Uint16(t.parse().map_err(|_| bad())?),
-        CimType::Sint16 => Value::Sint16(t.parse().map_err(|_| bad())?),
-        CimType::Uint32 => Value::Uint32(t.parse().map_err(|_| bad())?),
-        CimType::Sint32 => Value::Sint32(t.parse().map_err(|_| bad())?),
-        CimType::Uint64 => Value::Uint64(t.parse().map_err(|_| bad())?),
-        CimType::Sint64 => Value::Sint64(t.parse().map_err(|_| bad())?),
-        CimType::Real32 => Value::Real32(t.parse().map_err(|_| bad())?),
-        CimType::Real64 => Value::Real64(t.parse().map_err(|_| bad())?),
-        CimType::Reference => return Err("reference in a VALUE".into()),
-    })
-}
-
-fn parse_instance_node(node: roxmltree::Node<'_, '_>) -> Result<Instance, String> {
-    let class = node
-        .attribute("CLASSNAME")
-        .ok_or("INSTANCE without CLASSNAME")?;
-    let mut inst = Instance::new(class);
-    for p in node.children().filter(|c| c.is_element()) {
-        let name = p
-            .attribute("NAME")
-            .ok_or("PROPERTY without NAME")?
-            .to_string();
-        let embedded =
-            p.attribute("EmbeddedObject").is_some() || p.attribute("EMBEDDEDOBJECT").is_some();
-        match p.tag_name().name() {
-            "PROPERTY.REFERENCE" => {
-                let value = match p.descendants().find(|c| c.has_tag_name("INSTANCENAME")) {
-                    Some(iname) => {
-                        let mut path =
-                            ObjectPath::new(iname.attribute("CLASSNAME").unwrap_or_default());
-                        for kb in iname.children().filter(|c| c.has_tag_name("KEYBINDING")) {
-                            let k = kb.attribute("NAME").unwrap_or_default().to_string();
-                            let kv = kb.children().find(|c| c.has_tag_name("KEYVALUE"));
-                            let text = kv.and_then(|n| n.text()).unwrap_or_default();
-                            let v = match kv.and_then(|n| n.attribute("VALUETYPE")) {
-                                Some("boolean") => {
-                                    Value::Boolean(text.eq_ignore_ascii_case("true"))
-                                }
-                                Some("numeric") => match text.parse::<u64>() {
-                                    Ok(n) => Value::Uint64(n),
-                                    Err(_) => Value::Sint64(
-                                        text.parse()
-                                            .map_err(|_| format!("bad numeric key {text:?}"))?,
-                                    ),
-                                },
-                                _ => Value::String(text.to_string()),
-                            };
-                            path.keys.push((k, v));
-                        }
-                        Some(Value::Reference(path))
-                    }
-                    None => None,
-                };
-                let mut prop = Property::new(name, CimType::Reference, value);
-                prop.is_array = false;
-                inst.properties.push(prop);
-            }
-            "PROPERTY" | "PROPERTY.ARRAY" => {
-                let ty_name = p
-                    .attribute("TYPE")
-                    .ok_or_else(|| format!("property {name} without TYPE"))?;
-                let ty = CimType::from_name(ty_name)
-                    .ok_or_else(|| format!("unknown CIM type {ty_name}"))?;
-                let is_array = p.has_tag_name("PROPERTY.ARRAY");
-                let value = if is_array {
-                    match p.children().find(|c| c.has_tag_name("VALUE.ARRAY")) {
-                        Some(arr) => {
-                            let mut items = Vec::new();
-                            for v in arr.children().filter(|c| c.is_element()) {
-                                if v.has_tag_name("VALUE") {
-                                    items.push(parse_scalar(
-                                        ty,
-                                        v.text().unwrap_or_default(),
-                                        embedded,
-                                    )?);
-                                }
-                            }
-                            Some(Value::Array(items))
-                        }
-                        None => None,
-                    }
-                } else {
-                    match p.children().find(|c| c.has_tag_name("VALUE")) {
-                        Some(v) => Some(parse_scalar(ty, v.text().unwrap_or_default(), embedded)?),
-                        None => None,
-                    }
-                };
-                let mut prop = Property::new(name, ty, value);
-                prop.is_array = is_array;
-                inst.properties.push(prop);
-            }
-            _ => {}
-        }
-    }
-    Ok(inst)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,8 +192,14 @@ mod tests {
             .find(|p| p.name == "Notes")
             .unwrap()
             .is_array = true;
+        // The reader names the embedded instance's class, as the server's does.
+        inst.properties
+            .iter_mut()
+            .find(|p| p.name == "Emb")
+            .unwrap()
+            .embedded_class = Some("Msvm_Inner".into());
         let text = document(&[&inst]);
-        let back = parse_document(&text).unwrap();
+        let back = crate::read::parse_instances(&text).unwrap();
         assert_eq!(back.len(), 1);
         assert_eq!(back[0], inst);
     }

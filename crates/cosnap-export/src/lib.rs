@@ -11,20 +11,32 @@
 //! The layout is documented in the README section "Export package layout".
 
 pub mod cimxml;
+mod commit;
+pub mod dirhandle;
 pub mod manifest;
 pub mod names;
 pub mod ovf;
 mod package;
 mod plan;
+pub mod read;
+mod write;
 
 use std::path::PathBuf;
 
+pub use commit::{Recovered, RecoveryReport, recover_export, recover_export_dir};
+pub use dirhandle::DirHandle;
 pub use package::{
     DiskRecord, PACKAGE_FORMAT, PACKAGE_FORMAT_VERSION, PACKAGE_JSON, Package, PackageMeta,
-    PackageReport, PackageVm, RecoveryReport, VerifyReport, VmRecord, preflight, read_package,
-    recover_export_dir, verify_package, write_package,
+    PackageReport, PackageVm, VerifyReport, VmRecord,
 };
-pub use plan::{BackupIntent, BaseKind, Differential, DiskPlan, ExportOptions, ExportPlan, VmPlan};
+pub use plan::{
+    BackupIntent, BaseKind, DEFAULT_FILE_MODE, Differential, DiskPlan, ExportOptions, ExportPlan,
+    VmPlan,
+};
+pub use read::{read_package, verify_package};
+pub use write::{
+    CommitHooks, open_export_dir, preflight, preflight_in, write_package, write_package_in,
+};
 
 pub type Result<T, E = ExportError> = std::result::Result<T, E>;
 
@@ -40,6 +52,14 @@ pub enum ExportError {
         "{0} already exists; the export would overwrite it (choose an empty directory or ask for a sub-directory)"
     )]
     Collision(PathBuf),
+    /// A component of the export directory's path is a symbolic link.
+    #[error("export directory {0} has a symbolic link in its path; name the real directory")]
+    Symlink(PathBuf),
+    /// Another export without a sub-directory is writing into the directory.
+    #[error(
+        "another export is writing into {0}; wait for it, or ask for a sub-directory (CreateVmExportSubdirectory)"
+    )]
+    Busy(PathBuf),
     #[error("invalid export plan: {0}")]
     Plan(String),
     /// The target file system is full (ENOSPC/EDQUOT/EFBIG).

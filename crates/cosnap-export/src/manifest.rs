@@ -20,6 +20,14 @@ pub fn sha256_file(path: &Path, progress: &dyn Fn(u64)) -> Result<String> {
     })?)
 }
 
+/// [`sha256_file`] of a file already opened (through a directory handle); `path` names
+/// it in errors.
+pub fn sha256_open(file: &std::fs::File, path: &Path) -> Result<String> {
+    Ok(cosnap_disk::digest::sha256_open_file(file, path, &|_| {
+        Ok(())
+    })?)
+}
+
 /// Manifest text for `(relative path, hex digest)` pairs.
 pub fn render(entries: &[(String, String)]) -> String {
     entries

@@ -12,7 +12,6 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::path::Path;
 
 use cosnap_cim::Instance;
 use cosnap_disk::Format;
@@ -268,13 +267,19 @@ pub fn descriptor(
 /// `VirtualSystemCollection` content, unique file and disk ids, every `fileRef` and
 /// `ovf:/disk/` reference resolves, every referenced file exists under `root` with its
 /// declared size, every VM has CPU and memory items, RASD children in schema order.
-pub fn check_structure(text: &str, root: &Path) -> Result<(), String> {
-    let doc = roxmltree::Document::parse(text).map_err(|e| format!("not well-formed XML: {e}"))?;
+/// `size_of(rel)` gives a package file's size (the caller reads through its directory
+/// handle). The text goes through `cosnap-cim`'s bounded XML reader.
+pub fn check_structure(
+    text: &str,
+    size_of: &dyn Fn(&str) -> Result<u64, String>,
+) -> Result<(), String> {
+    let doc = cosnap_cim::xml::parse_document(text).map_err(|e| e.to_string())?;
     let env = doc.root_element();
     if env.tag_name().name() != "Envelope" || env.tag_name().namespace() != Some(OVF_NS) {
         return Err(format!("root element is not an OVF 2 Envelope ({OVF_NS})"));
     }
-    let ovf = |n: roxmltree::Node<'_, '_>, a: &str| n.attribute((OVF_NS, a)).map(str::to_string);
+    let ovf =
+        |n: cosnap_cim::xml::Node<'_, '_>, a: &str| n.attribute((OVF_NS, a)).map(str::to_string);
     let kids: Vec<_> = env.children().filter(|c| c.is_element()).collect();
     if kids.first().map(|k| k.tag_name().name()) != Some("References") {
         return Err("Envelope must start with References".into());
@@ -299,16 +304,20 @@ pub fn check_structure(text: &str, root: &Path) -> Result<(), String> {
         let id = ovf(f, "id").ok_or("File without ovf:id")?;
         let href = ovf(f, "href").ok_or("File without ovf:href")?;
         let rel = href_decode(&href).ok_or_else(|| format!("bad href {href:?}"))?;
-        if rel.starts_with('/') || rel.split('/').any(|c| c == "..") {
+        if rel.is_empty()
+            || rel.starts_with('/')
+            || rel
+                .split('/')
+                .any(|c| c.is_empty() || c == ".." || c == ".")
+        {
             return Err(format!("href {href:?} leaves the package"));
         }
-        let meta = std::fs::metadata(root.join(&rel)).map_err(|e| format!("file {rel:?}: {e}"))?;
+        let len = size_of(&rel).map_err(|e| format!("file {rel:?}: {e}"))?;
         if let Some(size) = ovf(f, "size")
-            && size.parse::<u64>().ok() != Some(meta.len())
+            && size.parse::<u64>().ok() != Some(len)
         {
             return Err(format!(
-                "file {rel:?}: ovf:size {size} but the file has {} bytes",
-                meta.len()
+                "file {rel:?}: ovf:size {size} but the file has {len} bytes"
             ));
         }
         if !files.insert(id.clone()) {

@@ -98,6 +98,9 @@ pub struct ExportPlan {
     pub fallback_to_full: Option<String>,
 }
 
+/// Package files are readable by their owner only unless asked otherwise.
+pub const DEFAULT_FILE_MODE: u32 = 0o600;
+
 /// How to write the package.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
@@ -108,6 +111,12 @@ pub struct ExportOptions {
     pub intent: BackupIntent,
     /// Disks copied at once.
     pub threads: usize,
+    /// Mode of every file the package holds (disk images included); directories get the
+    /// matching search bits (0600 → 0700). Owner-only by default.
+    pub file_mode: u32,
+    /// The export's id (journal and staging names); a fresh one when `None`. The host
+    /// chooses it so that its recovery can find this export's leftovers.
+    pub export_id: Option<String>,
 }
 
 impl Default for ExportOptions {
@@ -117,6 +126,8 @@ impl Default for ExportOptions {
             create_subdirectory: false,
             intent: BackupIntent::PreserveChain,
             threads: 2,
+            file_mode: DEFAULT_FILE_MODE,
+            export_id: None,
         }
     }
 }

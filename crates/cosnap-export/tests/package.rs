@@ -140,6 +140,7 @@ fn opts(subdir: bool) -> ExportOptions {
         create_subdirectory: subdir,
         intent: BackupIntent::PreserveChain,
         threads: 2,
+        ..ExportOptions::default()
     }
 }
 
@@ -180,6 +181,14 @@ fn listing(dir: &Path) -> BTreeSet<String> {
         v.insert(e.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
     }
     v
+}
+
+/// The names directly in `dir`.
+fn top_names(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -560,6 +569,47 @@ fn cancel_and_no_storage() {
     );
 }
 
+/// Mounts a small tmpfs at `at` (root only); unmounted when the guard drops.
+fn small_tmpfs(at: &Path, size: &str) -> Option<impl Drop> {
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    std::fs::create_dir_all(at).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(at)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    ok.then(|| Unmount(at.to_path_buf()))
+}
+
+#[test]
+fn a_full_file_system_leaves_no_journal() {
+    use std::io::Write;
+    let t = tempfile::tempdir().unwrap();
+    let (p, _) = one_vm_plan(t.path());
+    let out = t.path().join("full");
+    let Some(_guard) = small_tmpfs(&out, "1m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    // Fill it to the last byte: even the journal cannot be written.
+    let mut filler = std::fs::File::create(out.join("filler")).unwrap();
+    while filler.write_all(&[0xa5; 4096]).is_ok() {}
+    while filler.write_all(&[0xa5]).is_ok() {}
+    drop(filler);
+    for subdir in [false, true] {
+        let err =
+            write_package(&p, &out, &opts(subdir), &no_progress, &CancelToken::new()).unwrap_err();
+        assert!(matches!(err, ExportError::NoSpace { .. }), "{err}");
+        assert_eq!(top_names(&out), BTreeSet::from(["filler".to_string()]));
+    }
+}
+
 #[test]
 fn disk_full_leaves_nothing() {
     let t = tempfile::tempdir().unwrap();
@@ -606,11 +656,10 @@ fn disk_full_leaves_nothing() {
     );
 }
 
-#[test]
-fn recovery_removes_interrupted_exports() {
-    let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    let out = t.path().join("exports");
+/// One VM with one qcow2 disk, in `t/src`; the export directory `t/exports`.
+fn one_vm_plan(t: &Path) -> (ExportPlan, PathBuf) {
+    let src = t.join("src");
+    let out = t.join("exports");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::create_dir_all(&out).unwrap();
     let q = chain(&src, "a", Format::Qcow2);
@@ -623,38 +672,321 @@ fn recovery_removes_interrupted_exports() {
         )],
         "s1",
     );
-    let done = write_package(&p, &out, &opts(true), &no_progress, &CancelToken::new()).unwrap();
-    // Fake a crash mid-commit of a flat export: a journal, one item already renamed into
-    // place, one still staged.
-    let staged = out.join(".x.ovf.cosnap-staging-abc");
-    let fin = out.join("x.ovf");
-    let staged2 = out.join(".vm.cosnap-staging-abc");
-    std::fs::write(&fin, b"half").unwrap();
-    std::fs::create_dir(&staged2).unwrap();
-    let journal = serde_json::json!({
-        "export_id": "abc",
-        "items": [[staged, fin], [staged2, out.join("vm")]],
-        "manifest_final": out.join("x.mf"),
-    });
-    std::fs::write(out.join(".cosnap-export-abc.journal"), journal.to_string()).unwrap();
-    std::fs::create_dir(out.join(".orphan.cosnap-staging-def")).unwrap();
-    let rep = recover_export_dir(&out).unwrap();
-    assert!(rep.removed.len() >= 3, "{:?}", rep.removed);
-    let left: Vec<String> = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(
-        left,
-        vec![
-            done.path
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .into_owned()
-        ]
+    (p, out)
+}
+
+/// Entries an export may leave only while it runs.
+fn temporaries(out: &Path) -> Vec<String> {
+    top_names(out)
+        .into_iter()
+        .filter(|n| n.contains(".cosnap-staging-") || n.contains(".cosnap-export-"))
+        .collect()
+}
+
+/// Runs an export that dies (a panic skips its rollback, as SIGKILL would) the `nth` time
+/// its commit reaches `step`, then recovers the directory.
+fn die_at_then_recover(
+    subdir: bool,
+    step: &'static str,
+    nth: usize,
+) -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let (p, out) = one_vm_plan(t.path());
+    let seen = std::sync::atomic::AtomicUsize::new(0);
+    let die = |s: &str| {
+        if s == step && seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == nth {
+            panic!("simulated kill at {s} #{nth}");
+        }
+    };
+    let hooks = CommitHooks {
+        before_commit: &|_| Ok(()),
+        step: &die,
+    };
+    let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let dir = open_export_dir(&out).unwrap();
+        write_package_in(
+            &p,
+            &dir,
+            &opts(subdir),
+            &no_progress,
+            &CancelToken::new(),
+            &hooks,
+        )
+    }));
+    assert!(died.is_err(), "{step} #{nth} was never reached");
+    assert!(
+        !temporaries(&out).is_empty(),
+        "a dead export leaves its journal"
     );
-    assert!(verify_package(&done.path).unwrap().ok());
+    recover_export_dir(&out).unwrap();
+    (t, out)
+}
+
+#[test]
+fn a_kill_before_the_commit_point_leaves_nothing_after_recovery() {
+    for subdir in [false, true] {
+        let (_t, out) = die_at_then_recover(subdir, "export-commit", 1);
+        assert!(
+            top_names(&out).is_empty(),
+            "subdir {subdir}: {:?}",
+            top_names(&out)
+        );
+    }
+}
+
+#[test]
+fn a_kill_after_the_commit_point_is_finished_by_recovery() {
+    // Without a sub-directory: the VM directory, descriptor, collection, JSON, manifest.
+    let flat = [("export-committed", 1)]
+        .into_iter()
+        .chain((1..=5).map(|n| ("export-rename", n)))
+        .chain([("export-renamed", 1)]);
+    for (step, nth) in flat {
+        let (_t, out) = die_at_then_recover(false, step, nth);
+        assert!(
+            temporaries(&out).is_empty(),
+            "{step} #{nth}: {:?}",
+            top_names(&out)
+        );
+        let v = verify_package(&out).unwrap();
+        assert!(v.ok(), "{step} #{nth}: {:?}", v.problems);
+    }
+    for (step, nth) in [
+        ("export-committed", 1),
+        ("export-rename", 1),
+        ("export-renamed", 1),
+    ] {
+        let (_t, out) = die_at_then_recover(true, step, nth);
+        assert!(
+            temporaries(&out).is_empty(),
+            "{step} #{nth}: {:?}",
+            top_names(&out)
+        );
+        let names = top_names(&out);
+        assert_eq!(names.len(), 1, "{names:?}");
+        let v = verify_package(&out.join(names.first().unwrap())).unwrap();
+        assert!(v.ok(), "{step} #{nth}: {:?}", v.problems);
+    }
+}
+
+#[test]
+fn recovery_removes_an_unreadable_journal_and_its_staging() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path();
+    // What a full file system leaves: a 0-byte journal; beside it, staging of that export
+    // and of an export no journal names.
+    std::fs::write(out.join(".cosnap-export-abc.journal"), b"").unwrap();
+    std::fs::create_dir(out.join(".vm.cosnap-staging-abc")).unwrap();
+    std::fs::create_dir(out.join(".orphan.cosnap-staging-def")).unwrap();
+    std::fs::write(out.join("x.ovf"), b"someone else's").unwrap();
+    let dir = DirHandle::open(out).unwrap();
+    let r = recover_export(&dir, "abc").unwrap();
+    assert!(!r.committed);
+    assert_eq!(
+        top_names(out),
+        BTreeSet::from([
+            ".orphan.cosnap-staging-def".to_string(),
+            "x.ovf".to_string()
+        ])
+    );
+    recover_export_dir(out).unwrap();
+    assert_eq!(top_names(out), BTreeSet::from(["x.ovf".to_string()]));
+}
+
+#[test]
+fn two_exports_into_one_directory_keep_both_or_refuse_the_second() {
+    let t = tempfile::tempdir().unwrap();
+    let (p, out) = one_vm_plan(t.path());
+    // With sub-directories: the second export runs entirely inside the first's commit
+    // window (after both chose their names); both succeed under distinct names.
+    let second: std::sync::Mutex<Option<PackageReport>> = Default::default();
+    let run_second = |_: &PackageReport| {
+        let r = write_package(&p, &out, &opts(true), &no_progress, &CancelToken::new())?;
+        *second.lock().unwrap() = Some(r);
+        Ok(())
+    };
+    let hooks = CommitHooks {
+        before_commit: &run_second,
+        step: &|_| {},
+    };
+    let dir = open_export_dir(&out).unwrap();
+    let first = write_package_in(
+        &p,
+        &dir,
+        &opts(true),
+        &no_progress,
+        &CancelToken::new(),
+        &hooks,
+    )
+    .unwrap();
+    let second = second.into_inner().unwrap().unwrap();
+    assert_ne!(first.path, second.path);
+    assert!(verify_package(&first.path).unwrap().ok());
+    assert!(verify_package(&second.path).unwrap().ok());
+    assert!(temporaries(&out).is_empty());
+
+    // Without: the second is refused before it writes, the first finishes.
+    let flat_out = t.path().join("flat");
+    std::fs::create_dir(&flat_out).unwrap();
+    let refused: std::sync::Mutex<Option<String>> = Default::default();
+    let run_second = |_: &PackageReport| {
+        let before = top_names(&flat_out);
+        let e = write_package(
+            &p,
+            &flat_out,
+            &opts(false),
+            &no_progress,
+            &CancelToken::new(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            top_names(&flat_out),
+            before,
+            "the refused export wrote something"
+        );
+        *refused.lock().unwrap() = Some(e.to_string());
+        Ok(())
+    };
+    let hooks = CommitHooks {
+        before_commit: &run_second,
+        step: &|_| {},
+    };
+    let dir = open_export_dir(&flat_out).unwrap();
+    let first = write_package_in(
+        &p,
+        &dir,
+        &opts(false),
+        &no_progress,
+        &CancelToken::new(),
+        &hooks,
+    )
+    .unwrap();
+    let msg = refused.into_inner().unwrap().unwrap();
+    assert!(msg.contains("another export is writing"), "{msg}");
+    assert!(verify_package(&first.path).unwrap().ok());
+}
+
+#[test]
+fn package_files_are_owner_only_by_default_and_follow_the_mode_option() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let (p, out) = one_vm_plan(t.path());
+    let check = |root: &Path, file_mode: u32, dir_mode: u32| {
+        for e in walk(root) {
+            let m = std::fs::symlink_metadata(&e).unwrap();
+            let want = if m.is_dir() { dir_mode } else { file_mode };
+            assert_eq!(m.permissions().mode() & 0o7777, want, "{}", e.display());
+        }
+        let m = std::fs::metadata(root).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(m, dir_mode, "{}", root.display());
+    };
+    let r = write_package(&p, &out, &opts(true), &no_progress, &CancelToken::new()).unwrap();
+    check(&r.path, 0o600, 0o700);
+    let mut o = opts(true);
+    o.file_mode = 0o640;
+    let r = write_package(&p, &out, &o, &no_progress, &CancelToken::new()).unwrap();
+    check(&r.path, 0o640, 0o750);
+    assert!(verify_package(&r.path).unwrap().ok());
+    // Without a sub-directory: every entry the package put into the directory.
+    let flat = t.path().join("flat");
+    std::fs::create_dir(&flat).unwrap();
+    let r = write_package(&p, &flat, &opts(false), &no_progress, &CancelToken::new()).unwrap();
+    for e in std::fs::read_dir(&r.path).unwrap() {
+        let e = e.unwrap().path();
+        if e.is_dir() {
+            check(&e, 0o600, 0o700);
+        } else {
+            let m = std::fs::metadata(&e).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(m, 0o600, "{}", e.display());
+        }
+    }
+}
+
+#[test]
+fn an_export_directory_swapped_for_a_symlink_cannot_redirect_the_export() {
+    let t = tempfile::tempdir().unwrap();
+    let (p, out) = one_vm_plan(t.path());
+    let elsewhere = t.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let moved = t.path().join("moved");
+    // The directory is opened, then swapped while the export runs.
+    let swap = |_: &PackageReport| {
+        std::fs::rename(&out, &moved).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &out).unwrap();
+        Ok(())
+    };
+    let hooks = CommitHooks {
+        before_commit: &swap,
+        step: &|_| {},
+    };
+    let dir = open_export_dir(&out).unwrap();
+    write_package_in(
+        &p,
+        &dir,
+        &opts(true),
+        &no_progress,
+        &CancelToken::new(),
+        &hooks,
+    )
+    .unwrap();
+    assert!(
+        top_names(&elsewhere).is_empty(),
+        "{:?}",
+        top_names(&elsewhere)
+    );
+    assert_eq!(top_names(&moved).len(), 1);
+    // And a symlinked export directory is refused when opened.
+    let err = open_export_dir(&out).unwrap_err();
+    assert!(matches!(err, ExportError::Symlink(_)), "{err}");
+}
+
+#[test]
+fn a_parent_link_out_of_the_export_directory_fails_verify() {
+    let t = tempfile::tempdir().unwrap();
+    let (p, out) = one_vm_plan(t.path());
+    let r = write_package(&p, &out, &opts(true), &no_progress, &CancelToken::new()).unwrap();
+    let secret = t.path().join("secret.raw");
+    std::fs::write(&secret, vec![0x5a; 1 << 20]).unwrap();
+    // The package's disk becomes an overlay of a host file outside the export directory.
+    let img = r.path.join(r.meta.vms[0].disks[0].file.as_ref().unwrap());
+    std::fs::remove_file(&img).unwrap();
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&secret)
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let v = verify_package(&r.path).unwrap();
+    assert!(
+        v.problems.iter().any(|p| p.contains("lies outside")),
+        "{:?}",
+        v.problems
+    );
+}
+
+#[test]
+fn a_deeply_nested_configuration_is_a_clear_error() {
+    let t = tempfile::tempdir().unwrap();
+    let (p, out) = one_vm_plan(t.path());
+    let r = write_package(&p, &out, &opts(true), &no_progress, &CancelToken::new()).unwrap();
+    let rec = &r.meta.vms[0];
+    let deep = format!(
+        "<CIM>{}{}</CIM>",
+        "<VALUE.OBJECT>".repeat(200_000),
+        "</VALUE.OBJECT>".repeat(200_000)
+    );
+    let config = r.path.join(&rec.config);
+    std::fs::remove_file(&config).unwrap();
+    std::fs::write(&config, deep).unwrap();
+    let e = read_package(&r.path).unwrap_err().to_string();
+    assert!(e.contains("nested deeper than"), "{e}");
+    let v = verify_package(&r.path).unwrap();
+    assert!(
+        v.problems.iter().any(|p| p.contains("nested deeper than")),
+        "{:?}",
+        v.problems
+    );
 }
 
 /// A raw file of `SIZE` with `(offset, len, byte)` writes: the expected guest bytes.

@@ -7,8 +7,8 @@
 //! | code | when |
 //! |---|---|
 //! | 4096 | parameters checked, job started (the package path is recorded with the export) |
-//! | 4 Invalid Parameter | ExportDirectory empty, relative, missing or not a directory; SnapshotCollection missing, malformed or not a snapshot collection; ExportSettingData malformed, of another class, BackupIntent not 1/2; DifferentialBackupBase malformed, unknown, of another VM collection, the snapshot itself, or newer than it |
-//! | 5 Invalid State | without CreateVmExportSubdirectory, an entry the package would create exists already (nothing is touched); PreserveChain differential with storage but no recorded export of the base that holds its disks (and no fallback allowed) |
+//! | 4 Invalid Parameter | ExportDirectory empty, relative, missing or not a directory, or swapped for a symbolic link between the check and its opening; SnapshotCollection missing, malformed or not a snapshot collection; ExportSettingData malformed, of another class, BackupIntent not 1/2; DifferentialBackupBase malformed, unknown, of another VM collection, the snapshot itself, or newer than it |
+//! | 5 Invalid State | without CreateVmExportSubdirectory, an entry the package would create exists already, or another export without a sub-directory is writing into the directory (nothing is touched); PreserveChain differential with storage but no recorded export of the base that holds its disks (and no fallback allowed) |
 //! | 6 Invalid Type | a setting-data property of the wrong type (e.g. `CopyVmStorage` = "maybe") |
 //! | 32769 Access Denied | ExportDirectory outside the allowed export roots (after resolving symlinks), or not writable |
 //! | 32774 In Use | the snapshot is being destroyed/applied meanwhile (from the host) |
@@ -29,11 +29,16 @@
 //! runs as the local user with that user's own file permissions and passes
 //! [`Roots::Caller`]: any directory the user can write.
 //!
-//! # Crashes
-//! While a job writes, `<data-dir>/export-jobs/<job>.json` names its export directory and
-//! owner process. [`recover_interrupted`] (run by [`Host::open`]) removes the staging of
-//! exports whose process died (through `cosnap_export::recover_export_dir`); the host's own
-//! recovery marks such jobs Exception.
+//! # Directory and crashes
+//! The export directory is opened once, when the request is checked, and the job writes
+//! through that handle (see `cosnap_export::write_package_in`). While a job writes,
+//! `<data-dir>/export-jobs/<job>.json` names its export directory, export id and owner
+//! process; right before the package's commit point it also holds the export record to
+//! write. [`recover_interrupted`] (run by [`Host::open`]) settles exports whose process
+//! died through `cosnap_export::recover_export`: before the commit point their staging,
+//! journal and name reservation go (the host's own recovery marks the job Exception,
+//! "interrupted"); after it the package is completed, recorded, and its job marked
+//! Completed.
 
 use std::path::{Path, PathBuf};
 
@@ -504,6 +509,8 @@ pub fn start_export(host: &Host, req: &ExportRequest, roots: Roots) -> Result<St
         )
     })?;
     let export_dir = check_dir(&req.export_dir, &roots, host)?;
+    // Opened once, now: the job writes through this handle whatever the path becomes.
+    let dir = open_dir(&export_dir, req.create_subdirectory)?;
     let mut plan = full_plan(host, &snap)?;
     let opts = ExportOptions {
         copy_storage: req.copy_storage,
@@ -517,6 +524,8 @@ pub fn start_export(host: &Host, req: &ExportRequest, roots: Roots) -> Result<St
             .map(|v| v.disks.len())
             .sum::<usize>()
             .clamp(1, 4),
+        file_mode: cosnap_export::DEFAULT_FILE_MODE,
+        export_id: Some(uuid::Uuid::new_v4().simple().to_string()),
     };
     // Differential: ids, ordering, and (for PreserveChain) the base export's files.
     let mut pending_diff: Option<PendingDiff> = None;
@@ -603,7 +612,7 @@ pub fn start_export(host: &Host, req: &ExportRequest, roots: Roots) -> Result<St
     }
     // Collisions are refused now, before anything is written.
     if !req.create_subdirectory {
-        cosnap_export::preflight(&plan, &export_dir, &opts).map_err(|e| match e {
+        cosnap_export::preflight_in(&plan, &dir, &opts).map_err(|e| match e {
             ExportError::Collision(_) => refuse(dmtf::INVALID_STATE, e.to_string()),
             other => refuse(dmtf::INVALID_PARAMETER, other.to_string()),
         })?;
@@ -674,44 +683,14 @@ pub fn start_export(host: &Host, req: &ExportRequest, roots: Roots) -> Result<St
                 }
             }
         }
-        std::fs::create_dir_all(&record_dir)?;
-        let record = record_dir.join(format!("{}.json", ctx.job_id()));
-        let (pid, start) = crate::repo::own_identity();
-        let inflight = InFlight {
-            export_dir: export_dir.clone(),
-            pid,
-            start,
+        let run = ExportRun {
+            plan: &plan,
+            dir: &dir,
+            opts: &opts,
+            snap: &snap,
+            record: record_dir.join(format!("{}.json", ctx.job_id())),
         };
-        std::fs::write(
-            &record,
-            serde_json::to_vec(&inflight).map_err(|e| HostError::Failed(e.to_string()))?,
-        )?;
-        let progress = |done: u64, total: u64| {
-            if let Some(p) = (done.min(total) * 100).checked_div(total) {
-                ctx.progress(p as u16);
-            }
-        };
-        let result =
-            cosnap_export::write_package(&plan, &export_dir, &opts, &progress, &ctx.cancel_token());
-        let _ = std::fs::remove_file(&record);
-        let report = result.map_err(|e| match e {
-            ExportError::Cancelled => HostError::Cancelled,
-            ExportError::Collision(_) => HostError::InvalidState(e.to_string()),
-            other => HostError::Failed(format!("export failed: {other}")),
-        })?;
-        let mut disks = Vec::new();
-        for (v, rec) in snap.vms.iter().zip(&report.meta.vms) {
-            for (d, drec) in v.disks.iter().zip(&rec.disks) {
-                if let Some(f) = &drec.file {
-                    disks.push(ExportedDisk {
-                        vm_id: v.vm_id.clone(),
-                        disk_index: d.index,
-                        path: report.path.join(f),
-                    });
-                }
-            }
-        }
-        host.record_export(&snap_id, Some(ctx.job_id()), &report.path, &disks)?;
+        run.write_and_record(ctx)?;
         Ok(vec![])
     };
     host.start_job(job_type::EXPORT, &name, &description, true, work)
@@ -731,15 +710,176 @@ pub fn exported_path(host: &Host, snapshot: &str, job_id: &str) -> Option<PathBu
         .map(|r| r.package_dir)
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// Opens the export directory for the job (symlinks refused); without a sub-directory,
+/// takes its export lock so a second export into it is refused before it writes.
+fn open_dir(
+    export_dir: &Path,
+    create_subdirectory: bool,
+) -> Result<cosnap_export::DirHandle, Refusal> {
+    let dir = cosnap_export::open_export_dir(export_dir).map_err(|e| {
+        refuse(
+            dmtf::INVALID_PARAMETER,
+            format!("ExportDirectory {}: {e}", export_dir.display()),
+        )
+    })?;
+    if !create_subdirectory && !dir.try_lock().unwrap_or(false) {
+        return Err(refuse(
+            dmtf::INVALID_STATE,
+            cosnap_export::ExportError::Busy(export_dir.to_path_buf()).to_string(),
+        ));
+    }
+    Ok(dir)
+}
+
+/// One export job's writing: the package through the directory handle, the in-flight
+/// record that lets recovery finish it, the export record.
+struct ExportRun<'a> {
+    plan: &'a ExportPlan,
+    dir: &'a cosnap_export::DirHandle,
+    opts: &'a ExportOptions,
+    snap: &'a Snapshot,
+    /// `<data-dir>/export-jobs/<job>.json`.
+    record: PathBuf,
+}
+
+impl ExportRun<'_> {
+    fn write_and_record(&self, ctx: &crate::JobCtx) -> crate::Result<()> {
+        let host = ctx.host();
+        let (pid, start) = crate::repo::own_identity();
+        let inflight = InFlight {
+            export_dir: self.dir.shown().to_path_buf(),
+            pid,
+            start,
+            export_id: self.opts.export_id.clone(),
+            snapshot: Some(self.snap.id.clone()),
+            job_id: Some(ctx.job_id().to_string()),
+            commit: None,
+        };
+        inflight.save(&self.record)?;
+
+        let progress = |done: u64, total: u64| {
+            if let Some(p) = (done.min(total) * 100).checked_div(total) {
+                ctx.progress(p as u16);
+            }
+        };
+        // Right before the commit point: what recovery must record if the process dies
+        // after it (the package is then complete and recovery finishes it).
+        let before_commit = |report: &cosnap_export::PackageReport| {
+            let committing = InFlight {
+                commit: Some(Committed {
+                    package_dir: report.path.clone(),
+                    disks: exported_disks(self.snap, report),
+                }),
+                ..inflight.clone()
+            };
+            committing
+                .save(&self.record)
+                .map_err(|e| ExportError::io(&self.record, std::io::Error::other(e.to_string())))
+        };
+        let hooks = cosnap_export::CommitHooks {
+            before_commit: &before_commit,
+            step: &crate::util::crash_point,
+        };
+        let result = cosnap_export::write_package_in(
+            self.plan,
+            self.dir,
+            self.opts,
+            &progress,
+            &ctx.cancel_token(),
+            &hooks,
+        );
+        let report = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_file(&self.record);
+                return Err(match e {
+                    ExportError::Cancelled => HostError::Cancelled,
+                    ExportError::Collision(_) | ExportError::Busy(_) => {
+                        HostError::InvalidState(e.to_string())
+                    }
+                    other => HostError::Failed(format!("export failed: {other}")),
+                });
+            }
+        };
+        let disks = exported_disks(self.snap, &report);
+        host.record_export(&self.snap.id, Some(ctx.job_id()), &report.path, &disks)?;
+        crate::util::crash_point("export-recorded");
+        let _ = std::fs::remove_file(&self.record);
+        Ok(())
+    }
+}
+
+/// The disk files of a package, by VM and disk index.
+fn exported_disks(snap: &Snapshot, report: &cosnap_export::PackageReport) -> Vec<ExportedDisk> {
+    let mut disks = Vec::new();
+    for (v, rec) in snap.vms.iter().zip(&report.meta.vms) {
+        for (d, drec) in v.disks.iter().zip(&rec.disks) {
+            if let Some(f) = &drec.file {
+                disks.push(ExportedDisk {
+                    vm_id: v.vm_id.clone(),
+                    disk_index: d.index,
+                    path: report.path.join(f),
+                });
+            }
+        }
+    }
+    disks
+}
+
+/// `<data-dir>/export-jobs/<job>.json`: an export job in progress.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct InFlight {
     export_dir: PathBuf,
     pid: u32,
     start: u64,
+    /// The export's id (its journal and staging names); absent in records of older versions.
+    #[serde(default)]
+    export_id: Option<String>,
+    #[serde(default)]
+    snapshot: Option<String>,
+    #[serde(default)]
+    job_id: Option<String>,
+    /// Set right before the commit point.
+    #[serde(default)]
+    commit: Option<Committed>,
 }
 
-/// Removes the staging of exports whose process died (see the module doc). Errors are
-/// logged, not returned: recovery must never keep the host from opening.
+/// What the export record will say, known before the commit point.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Committed {
+    package_dir: PathBuf,
+    disks: Vec<ExportedDisk>,
+}
+
+const TMP_SUFFIX: &str = ".tmp";
+
+impl InFlight {
+    /// Replaces the record atomically (a temporary file renamed over it).
+    fn save(&self, path: &Path) -> crate::Result<()> {
+        use std::io::Write;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let bytes = serde_json::to_vec(self).map_err(|e| HostError::Failed(e.to_string()))?;
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}{TMP_SUFFIX}", self.pid));
+        let tmp = PathBuf::from(tmp);
+        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+            f.write_all(&bytes)?;
+            f.sync_all()
+        });
+        if let Err(e) = written.and_then(|_| std::fs::rename(&tmp, path)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}
+
+/// Finishes or removes what export jobs of dead processes left (see the module doc):
+/// the export's staging and journal go; a package past its commit point is completed,
+/// recorded and its job marked Completed. Errors are logged, not returned: recovery must
+/// never keep the host from opening.
 pub fn recover_interrupted(host: &Host) {
     let dir = host.data_dir().join("export-jobs");
     let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -747,6 +887,9 @@ pub fn recover_interrupted(host: &Host) {
     };
     for e in entries.flatten() {
         let p = e.path();
+        if is_live_temporary(&p) {
+            continue;
+        }
         let Some(rec) = std::fs::read(&p)
             .ok()
             .and_then(|b| serde_json::from_slice::<InFlight>(&b).ok())
@@ -757,14 +900,65 @@ pub fn recover_interrupted(host: &Host) {
         if crate::repo::owner_alive(rec.pid, rec.start) {
             continue;
         }
-        match cosnap_export::recover_export_dir(&rec.export_dir) {
-            Ok(r) => {
-                tracing::info!(dir = %rec.export_dir.display(), removed = r.removed.len(), "removed an interrupted export's staging");
+        match recover_one(host, &rec) {
+            Ok(()) => {
                 let _ = std::fs::remove_file(&p);
             }
             Err(err) => {
-                tracing::warn!(dir = %rec.export_dir.display(), "could not clean an interrupted export: {err}")
+                tracing::warn!(dir = %rec.export_dir.display(), "could not settle an interrupted export: {err}")
             }
         }
     }
+}
+
+/// A record being written by a live process (`<job>.json.<pid>.tmp`).
+fn is_live_temporary(p: &Path) -> bool {
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Some(stem) = name.strip_suffix(TMP_SUFFIX) else {
+        return false;
+    };
+    stem.rsplit_once('.')
+        .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists() && pid != 0)
+}
+
+fn recover_one(host: &Host, rec: &InFlight) -> Result<(), String> {
+    let dir = match cosnap_export::open_export_dir(&rec.export_dir) {
+        Ok(d) => d,
+        // Gone (or swapped for a link): nothing of the export is reachable to settle.
+        Err(e) => {
+            tracing::warn!(dir = %rec.export_dir.display(), "interrupted export's directory: {e}");
+            return Ok(());
+        }
+    };
+    let Some(export_id) = &rec.export_id else {
+        // A record of an older version: its journals, whatever they name.
+        return cosnap_export::recover_export_dir(&rec.export_dir)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+    };
+    let r = cosnap_export::recover_export(&dir, export_id).map_err(|e| e.to_string())?;
+    tracing::info!(dir = %rec.export_dir.display(), removed = r.removed.len(), committed = r.committed, "settled an interrupted export");
+    let (Some(commit), Some(snapshot), Some(job)) = (&rec.commit, &rec.snapshot, &rec.job_id)
+    else {
+        return Ok(());
+    };
+    // Complete means: the package in place is this export's (its renames finished above,
+    // or already done before the kill).
+    if cosnap_export::read::package_export_id(&commit.package_dir).as_deref() != Some(export_id) {
+        return Ok(());
+    }
+    let recorded = host
+        .exports_of(snapshot)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .any(|x| x.job_id.as_deref() == Some(job.as_str()));
+    if !recorded {
+        host.record_export(snapshot, Some(job), &commit.package_dir, &commit.disks)
+            .map_err(|e| e.to_string())?;
+    }
+    host.complete_recovered_job(job).map_err(|e| e.to_string())
 }

@@ -128,6 +128,11 @@ pub fn import_package(
     }
     let copied: Vec<PathBuf> = jobs.iter().map(|j| j.dest.clone()).collect();
     cosnap_disk::flatten_all(&jobs, 2, progress, &CancelToken::new())?;
+    // Imported images hold VM data: owner only, whatever the umask.
+    for p in &copied {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
+    }
     let cleanup = || {
         for p in &copied {
             let _ = std::fs::remove_file(p);

@@ -98,6 +98,17 @@ fn error_code_for(job_type: u16, e: &HostError) -> u32 {
 }
 
 impl Host {
+    /// Marks a job whose process died Completed after recovery finished its work (an
+    /// export past its commit point), replacing the "interrupted" recovery gave it.
+    pub(crate) fn complete_recovered_job(&self, job_id: &str) -> Result<()> {
+        self.db().execute(
+            "UPDATE jobs SET state = 7, percent = 100, error_code = 0, error_description = NULL,
+             error_summary = NULL, last_change_ms = ?2, finished_ms = ?2 WHERE id = ?1",
+            params![job_id, now_ms()],
+        )?;
+        Ok(())
+    }
+
     /// Records a job and runs `work` on a background thread. `work` returns the
     /// (class, id) of what it created (linked by Msvm_AffectedJobElement, ElementEffects 5).
     /// Returns the job's InstanceID at once (the method's 4096 + Job).

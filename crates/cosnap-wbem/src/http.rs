@@ -200,57 +200,25 @@ pub async fn handle_http(
     req: Request<Incoming>,
 ) -> HttpResponse {
     let (parts, body) = req.into_parts();
-    let credentials = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .map(HeaderValue::as_bytes);
-    let user = match transport
-        .auth
-        .check_from(Source::of(peer.ip()), credentials)
-        .await
-    {
-        AuthResult::Allowed(user) => user,
-        AuthResult::Denied => {
-            return refuse(&parts, body, unauthorized(), DISCARD_UNAUTHENTICATED).await;
-        }
-        AuthResult::Throttled(wait) => {
-            return refuse(&parts, body, throttled(wait), DISCARD_UNAUTHENTICATED).await;
-        }
+    let user = match authenticate(&transport, peer, &parts).await {
+        Ok(user) => user,
+        Err(answer) => return refuse(&parts, body, answer, DISCARD_UNAUTHENTICATED).await,
     };
 
-    let Some(protocol) = route(&transport.routes, parts.uri.path()) else {
-        return refuse(
-            &parts,
-            body,
-            not_found(&transport.routes),
-            DISCARD_AUTHENTICATED,
-        )
-        .await;
+    let protocol = match select_protocol(&transport.routes, &parts) {
+        Ok(protocol) => protocol,
+        Err(answer) => return refuse(&parts, body, *answer, DISCARD_AUTHENTICATED).await,
     };
-    if !protocol.methods().contains(&parts.method.as_str()) {
-        return refuse(
-            &parts,
-            body,
-            method_not_allowed(protocol.methods()),
-            DISCARD_AUTHENTICATED,
-        )
-        .await;
-    }
-    let max = protocol.max_body();
-    if declared_length(&parts).is_some_and(|n| n > max as u64) {
-        return refuse(&parts, body, too_large(max), DISCARD_AUTHENTICATED).await;
-    }
 
-    let limits = &transport.limits;
     let large = declared_length(&parts).is_none_or(|n| n > SMALL_BODY as u64);
-    let permits = admit(&transport, large).await;
-    let Some(_permits) = permits else {
+    let Some(_permits) = admit(&transport, large).await else {
         let busy = plain(StatusCode::SERVICE_UNAVAILABLE, "the server is busy");
         let busy = retry_after(busy, Duration::from_secs(1));
         return refuse(&parts, body, busy, DISCARD_AUTHENTICATED).await;
     };
 
-    let body = match read_body(&parts, body, max, limits.body_timeout).await {
+    let max = protocol.max_body();
+    let body = match read_body(&parts, body, max, transport.limits.body_timeout).await {
         Ok(bytes) => bytes,
         Err(answer) => return answer,
     };
@@ -260,6 +228,46 @@ pub async fn handle_http(
         user,
         peer,
     };
+    dispatch(&transport, protocol, admitted).await
+}
+
+/// The user, or the `401` / `429` to answer.
+async fn authenticate(
+    transport: &Transport,
+    peer: SocketAddr,
+    parts: &Parts,
+) -> Result<String, HttpResponse> {
+    let credentials = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    let source = Source::of(peer.ip());
+    match transport.auth.check_from(source, credentials).await {
+        AuthResult::Allowed(user) => Ok(user),
+        AuthResult::Denied => Err(unauthorized()),
+        AuthResult::Throttled(wait) => Err(throttled(wait)),
+    }
+}
+
+/// The protocol for the request's path, or the `404` / `405` / `413` to answer.
+fn select_protocol(routes: &Routes, parts: &Parts) -> Result<Arc<dyn Protocol>, Box<HttpResponse>> {
+    let protocol = route(routes, parts.uri.path()).ok_or_else(|| Box::new(not_found(routes)))?;
+    if !protocol.methods().contains(&parts.method.as_str()) {
+        return Err(Box::new(method_not_allowed(protocol.methods())));
+    }
+    let max = protocol.max_body();
+    if declared_length(parts).is_some_and(|n| n > max as u64) {
+        return Err(Box::new(too_large(max)));
+    }
+    Ok(protocol)
+}
+
+/// Runs the protocol on the blocking pool.
+async fn dispatch(
+    transport: &Transport,
+    protocol: Arc<dyn Protocol>,
+    admitted: Admitted,
+) -> HttpResponse {
     let answer = tokio::task::spawn_blocking(move || protocol.handle(admitted)).await;
     transport.answered.fetch_add(1, Ordering::Relaxed);
     answer.unwrap_or_else(|e| {

@@ -245,10 +245,21 @@ fn check_listeners(config: &ServeConfig) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// Connections the kernel holds for us before `accept` (capped by `net.core.somaxconn`).
+/// tokio's default of 128 overflows when a few hundred clients connect at once, and every
+/// dropped SYN costs the client a one-second retransmit, legitimate clients included.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })
+    let err = |source| ServeError::Bind { addr, source };
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(LISTEN_BACKLOG).map_err(err)
 }
 
 fn tls_acceptor(config: &ServeConfig) -> Result<tokio_rustls::TlsAcceptor, ServeError> {

@@ -17,6 +17,9 @@ use cosnap_wbem::{ServeConfig, Server, ServerLimits};
 
 const USER: &str = "u";
 const PASSWORD: &str = "p w";
+/// A user who has not logged in yet when a flood starts.
+const NEWCOMER: &str = "newcomer";
+const NEWCOMER_PASSWORD: &str = "fresh pw";
 /// Enumerating this class takes [`SLOW`]: a request that holds its concurrency permit.
 const SLOW_CLASS: &str = "Msvm_ConcreteJob";
 const SLOW: Duration = Duration::from_secs(2);
@@ -61,7 +64,7 @@ impl CimProvider for EmptyProvider {
 
 struct Running {
     addr: SocketAddr,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -76,6 +79,7 @@ impl Drop for Running {
 fn start(limits: ServerLimits) -> Running {
     let dir = tempfile::tempdir().unwrap();
     cosnap_wbem::auth::add_user(dir.path(), USER, PASSWORD).unwrap();
+    cosnap_wbem::auth::add_user(dir.path(), NEWCOMER, NEWCOMER_PASSWORD).unwrap();
     let config = ServeConfig {
         http_listen: Some("127.0.0.1:0".parse().unwrap()),
         https_listen: None,
@@ -106,7 +110,7 @@ fn start(limits: ServerLimits) -> Running {
     let addr = addr_rx.recv().unwrap();
     Running {
         addr,
-        dir,
+        _dir: dir,
         stop: Some(stop_tx),
         thread: Some(thread),
     }
@@ -231,8 +235,25 @@ fn push_body(s: &mut TcpStream, total: usize, for_at_most: Duration) -> usize {
     sent
 }
 
+/// Client and server ends of the flood share this process: ~1,300 descriptors, more than
+/// a default soft limit of 1,024 allows.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < 4096 {
+            limit.rlim_cur = limit.rlim_max.min(4096);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 #[test]
 fn idle_connection_flood_does_not_delay_a_legitimate_request() {
+    raise_descriptor_limit();
     let server = start(ServerLimits::default());
     let idle: Vec<TcpStream> = (0..640)
         .map(|_| connect_from("127.0.0.2", server.addr))
@@ -268,7 +289,6 @@ fn connections_over_the_caps_are_refused_at_once() {
 #[test]
 fn wrong_password_flood_does_not_lock_out_a_valid_user() {
     let server = start(ServerLimits::default());
-    cosnap_wbem::auth::add_user(server.dir.path(), "newcomer", "fresh pw").unwrap();
     legitimate(server.addr, USER, PASSWORD);
     let addr = server.addr;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -289,7 +309,7 @@ fn wrong_password_flood_does_not_lock_out_a_valid_user() {
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     let verified = legitimate(addr, USER, PASSWORD);
-    let newcomer = legitimate(addr, "newcomer", "fresh pw");
+    let newcomer = legitimate(addr, NEWCOMER, NEWCOMER_PASSWORD);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for t in flood {
         t.join().unwrap();
@@ -419,4 +439,66 @@ fn quadratic_xml_shapes_are_answered_fast_with_an_error() {
             body.len()
         );
     }
+}
+
+#[test]
+fn a_client_that_never_reads_is_cut_off() {
+    let server = start(ServerLimits {
+        write_timeout: Duration::from_secs(1),
+        ..ServerLimits::default()
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(server.addr).await.unwrap()
+    });
+    let mut reader = stream.into_std().unwrap();
+    reader.set_nonblocking(false).unwrap();
+    // Pipelined requests whose answers (~20 MB) overflow every socket buffer on the way.
+    let body = ENUM_NAMES.replace(
+        "EnumerateInstanceNames\"><LOCALNAMESPACEPATH>",
+        "EnumerateClassNames\"><LOCALNAMESPACEPATH>",
+    );
+    let body = body.replace(
+        r#"<IPARAMVALUE NAME="ClassName"><CLASSNAME NAME="@CLASS@"/></IPARAMVALUE>"#,
+        r#"<IPARAMVALUE NAME="DeepInheritance"><VALUE>TRUE</VALUE></IPARAMVALUE>"#,
+    );
+    let one = head(Some(&basic(USER, PASSWORD)), body.len(), "")
+        .replace("EnumerateInstanceNames", "EnumerateClassNames")
+        + &body;
+    let mut writer = reader.try_clone().unwrap();
+    let requests = 4000;
+    std::thread::spawn(move || {
+        for _ in 0..requests {
+            if writer.write_all(one.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    reader
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut answers = 0;
+    let end = loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break "closed",
+            Ok(n) => answers += buf[..n].windows(8).filter(|w| w == b"HTTP/1.1").count(),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break "closed",
+            Err(e) => {
+                break if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut {
+                    "still open"
+                } else {
+                    "error"
+                };
+            }
+        }
+    };
+    assert_eq!(end, "closed", "after {answers} answers");
+    assert!(answers < requests, "{answers} answers");
 }

@@ -288,10 +288,18 @@ fn full_export_import_round_trip() {
         for k in ["name", "cpus", "memory_mb", "nics"] {
             assert_eq!(a[k], b[k], "setting {k} of {orig}");
         }
-        qemu_same(
-            Path::new(b["disks"][0]["path"].as_str().unwrap()),
-            &env.frozen(&snap, orig),
-        );
+        let imported = Path::new(b["disks"][0]["path"].as_str().unwrap());
+        qemu_same(imported, &env.frozen(&snap, orig));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(imported).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "imported image {}", imported.display());
+    }
+    // Package files are owner-only by default.
+    for p in listing(&path) {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(&p).unwrap();
+        let want = if m.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(m.permissions().mode() & 0o777, want, "{}", p.display());
     }
     // The package is untouched by the import.
     assert!(verify(&path));
@@ -671,4 +679,38 @@ fn disk_full_ends_in_exception() {
                 .unwrap_or("")
                 .contains("no space")
     }));
+}
+
+/// A hostile package whose VM configuration nests 200,000 elements deep: `cosnap import`
+/// and `cosnap export verify` answer with a clear error (they used to overflow the stack).
+#[test]
+fn a_deeply_nested_package_is_refused_with_a_clear_error() {
+    let env = Env::new();
+    let (coll, _) = env.demo();
+    let snap = env.snapshot(&coll);
+    let out = env.root.join("out");
+    std::fs::create_dir(&out).unwrap();
+    let (path, meta) = env.export(&snap, &out, &[]);
+    let config = path.join(meta["vms"][0]["config"].as_str().unwrap());
+    let deep = format!(
+        "<?xml version=\"1.0\"?><CIM>{}{}</CIM>",
+        "<VALUE.OBJECT>".repeat(200_000),
+        "</VALUE.OBJECT>".repeat(200_000)
+    );
+    std::fs::write(&config, deep).unwrap();
+    for args in [
+        vec!["export", "verify", path.to_str().unwrap()],
+        vec!["import", path.to_str().unwrap()],
+    ] {
+        let data2 = env.root.join("data-import");
+        let r = env.run_in(&data2, &args);
+        let err =
+            String::from_utf8_lossy(&r.stderr).into_owned() + &String::from_utf8_lossy(&r.stdout);
+        assert!(
+            matches!(r.status.code(), Some(c) if c != 0),
+            "cosnap {args:?} must fail with a return code, not a signal: {:?} {err}",
+            r.status
+        );
+        assert!(err.contains("nested deeper than"), "cosnap {args:?}: {err}");
+    }
 }

@@ -73,18 +73,32 @@ fn instance_path(
 ) -> Result<ObjectPath> {
     let path = resource::path_from_selectors(&class.name, selectors)?;
     resource::check_keys(&path, class)?;
-    typed_path(provider, path)
+    typed_path(provider, path, class)
 }
 
-fn typed_path(provider: &dyn CimProvider, path: ObjectPath) -> Result<ObjectPath> {
-    cim_ops::resolve_path(provider, path)
-        .map(|(p, _)| p)
-        .map_err(|e| match e.status {
-            cosnap_cim::CimStatus::InvalidParameter => {
-                Fault::invalid_selectors(2150858845, e.description)
-            }
-            _ => Fault::from_cim(&e),
-        })
+/// Types the keys against `class` (already fetched, so not cloned again: the class
+/// lookup is the dearest step of a Get) and gives the path cosnap's namespace; key
+/// values that are references are resolved against their own classes.
+fn typed_path(
+    provider: &dyn CimProvider,
+    mut path: ObjectPath,
+    class: &ClassDef,
+) -> Result<ObjectPath> {
+    let invalid = |e: String| Fault::invalid_selectors(fault::CODE_INVALID_SELECTOR_VALUE, e);
+    for (_, value) in path.keys.iter_mut() {
+        if let Value::Reference(inner) = value {
+            let taken = std::mem::take(inner);
+            *inner = cim_ops::resolve_path(provider, taken)
+                .map(|(p, _)| p)
+                .map_err(|e| invalid(e.description))?;
+        }
+    }
+    cosnap_cim::xml::type_path_keys(&mut path, class)
+        .map_err(|e| invalid(format!("{}: {e}", class.name)))?;
+    path.class_name = class.name.clone();
+    path.namespace = Some(cosnap_cim::NAMESPACE.to_string());
+    path.host = None;
+    Ok(path)
 }
 
 /// Get: the instance the selectors name.
@@ -307,7 +321,7 @@ fn association(provider: &dyn CimProvider, a: &AssociationFilter) -> Result<Vec<
     let object = resource::path_from_epr(&a.object)?;
     let class = cim_ops::class_for(provider, &object.class_name)?;
     resource::check_keys(&object, &class)?;
-    let object = typed_path(provider, object)?;
+    let object = typed_path(provider, object, &class)?;
     let known = |c: &Option<String>| -> Result<Option<String>> {
         match c {
             Some(c) => Ok(Some(cim_ops::class_for(provider, c)?.name)),

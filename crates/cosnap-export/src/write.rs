@@ -1,0 +1,896 @@
+//! Writing a package: staging under a directory handle, the disks through the copy
+//! engine, descriptor, configurations, package JSON and manifest, then the commit
+//! ([`crate::commit`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cosnap_cim::Instance;
+use cosnap_disk::{CancelToken, FlattenJob, Format};
+
+use crate::commit::{self, Journal, PART_SUFFIX, staged_name};
+use crate::dirhandle::DirHandle;
+use crate::names::sanitize;
+use crate::ovf::{OvfDisk, OvfFile, OvfVm};
+use crate::package::{
+    DISK_DIR, DiskRecord, PACKAGE_FORMAT, PACKAGE_FORMAT_VERSION, PACKAGE_JSON, PackageMeta,
+    PackageReport, SNAPSHOT_DIR, VM_CONFIG_DIR, VmRecord, id_of, name_of,
+};
+use crate::plan::{BackupIntent, ExportOptions, ExportPlan};
+use crate::{ExportError, Result, cimxml, manifest, ovf};
+
+/// What the caller does around the commit: `before_commit` runs once everything is
+/// staged and durable, right before the commit point (the host records its intent there;
+/// an error aborts the export), `step` names each step of the commit (the crash harness
+/// kills the process there).
+pub struct CommitHooks<'a> {
+    pub before_commit: &'a (dyn Fn(&PackageReport) -> Result<()> + Sync),
+    pub step: &'a (dyn Fn(&str) + Sync),
+}
+
+impl CommitHooks<'_> {
+    /// No hooks.
+    pub fn none() -> CommitHooks<'static> {
+        CommitHooks {
+            before_commit: &|_| Ok(()),
+            step: &|_| {},
+        }
+    }
+}
+
+fn fsync_path(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| ExportError::io(path, e))
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| ExportError::io(path, e))?;
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| ExportError::io(path, e))?;
+    f.write_all(bytes).map_err(|e| ExportError::io(path, e))?;
+    f.sync_all().map_err(|e| ExportError::io(path, e))
+}
+
+/// Staged directories stay private (0700) until [`set_modes`] gives them the package's mode.
+fn mkdir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| ExportError::io(path, e))
+}
+
+/// The directory mode that goes with a file mode: search where read is allowed.
+pub(crate) fn dir_mode(file_mode: u32) -> u32 {
+    file_mode | ((file_mode & 0o444) >> 2)
+}
+
+/// Gives every file under `path` the mode `file_mode` and every directory (`path`
+/// included) the matching [`dir_mode`]; symlinks are not followed (there are none in a
+/// staging directory only this process writes).
+fn set_modes(path: &Path, file_mode: u32) -> Result<()> {
+    let meta = fs::symlink_metadata(path).map_err(|e| ExportError::io(path, e))?;
+    let mode = if meta.is_dir() {
+        for entry in fs::read_dir(path).map_err(|e| ExportError::io(path, e))? {
+            let entry = entry.map_err(|e| ExportError::io(path, e))?;
+            set_modes(&entry.path(), file_mode)?;
+        }
+        dir_mode(file_mode)
+    } else if meta.is_file() {
+        file_mode
+    } else {
+        return Ok(());
+    };
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| ExportError::io(path, e))
+}
+
+/// Fsyncs every file and directory under `path` (and `path` itself).
+fn fsync_tree(path: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(path).map_err(|e| ExportError::io(path, e))?;
+    if meta.is_dir() {
+        for entry in fs::read_dir(path).map_err(|e| ExportError::io(path, e))? {
+            let entry = entry.map_err(|e| ExportError::io(path, e))?;
+            fsync_tree(&entry.path())?;
+        }
+    }
+    if meta.is_dir() || meta.is_file() {
+        fsync_path(path)
+    } else {
+        Ok(())
+    }
+}
+
+/// Every regular file under `dir` (one this process wrote), as paths relative to `base`.
+fn walk_files(base: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let ty = entry.file_type()?;
+        let p = entry.path();
+        if ty.is_dir() {
+            walk_files(base, &p, out)?;
+        } else {
+            let rel = p.strip_prefix(base).unwrap_or(&p);
+            out.push(rel.to_string_lossy().replace('\\', "/"));
+        }
+    }
+    Ok(())
+}
+
+fn file_ext(format: Format, differencing: bool) -> &'static str {
+    match (format, differencing) {
+        (Format::Vhdx, false) => "vhdx",
+        (Format::Vhdx, true) => "avhdx",
+        (Format::Qcow2, _) => "qcow2",
+        (Format::Raw, _) => "raw",
+    }
+}
+
+/// Where the package's files live while being written, reached through handles.
+struct Staging<'d> {
+    dir: &'d DirHandle,
+    /// With a sub-directory: its final name and the handle of its staged directory.
+    root: Option<(String, DirHandle)>,
+    /// Without: the staged top-level directories (the VMs'), by final name.
+    tops: BTreeMap<String, DirHandle>,
+    export_id: String,
+}
+
+impl Staging<'_> {
+    /// A path that reaches package-relative `rel` in the staging through a handle.
+    fn loc(&self, rel: &str) -> PathBuf {
+        if let Some((_, root)) = &self.root {
+            return root.proc_path(rel);
+        }
+        let (top, rest) = rel.split_once('/').unwrap_or((rel, ""));
+        match self.tops.get(top) {
+            Some(h) => h.proc_path(rest),
+            None => self.dir.proc_path(staged_name(top, &self.export_id)),
+        }
+    }
+
+    /// Where package-relative `rel` will be once committed (for links and messages).
+    fn final_path(&self, rel: &str) -> PathBuf {
+        let base = match &self.root {
+            Some((name, _)) => self.dir.show(name),
+            None => self.dir.shown().to_path_buf(),
+        };
+        if rel.is_empty() { base } else { base.join(rel) }
+    }
+
+    fn sync(&self) -> Result<()> {
+        let synced = match &self.root {
+            Some((_, root)) => root.sync(),
+            None => self.dir.sync(),
+        };
+        synced.map_err(|e| ExportError::io(self.dir.shown(), e))
+    }
+}
+
+/// Names derived from the plan: ids, display names, the package name, the VM directories.
+struct Names {
+    collection_id: String,
+    snapshot_id: String,
+    collection_name: String,
+    snapshot_name: String,
+    base_name: String,
+    vm_dirs: Vec<String>,
+}
+
+fn names(plan: &ExportPlan) -> Names {
+    let collection_id = id_of(&plan.collection, &["CollectionID", "InstanceID", "Name"]);
+    let snapshot_id = id_of(&plan.snapshot, &["CollectionID", "InstanceID"]);
+    let collection_name = name_of(&plan.collection, &collection_id);
+    let snapshot_name = name_of(&plan.snapshot, &snapshot_id);
+    // Snapshots are named "<collection> - (<time>)" by default: no need to say it twice.
+    let default_named = snapshot_name
+        .strip_prefix(collection_name.as_str())
+        .is_some_and(|rest| rest.starts_with(" - "));
+    let base_name = if default_named {
+        sanitize(&snapshot_name)
+    } else {
+        sanitize(&format!("{collection_name}_{snapshot_name}"))
+    };
+    let mut vm_dirs: Vec<String> = Vec::new();
+    for vm in &plan.vms {
+        let vm_id = id_of(&vm.system, &["Name", "InstanceID"]);
+        let mut d = sanitize(&format!("{}_{}", name_of(&vm.system, &vm_id), vm_id));
+        let mut n = 2;
+        while vm_dirs.contains(&d) {
+            d = sanitize(&format!("{}_{}_{n}", name_of(&vm.system, &vm_id), vm_id));
+            n += 1;
+        }
+        vm_dirs.push(d);
+    }
+    Names {
+        collection_id,
+        snapshot_id,
+        collection_name,
+        snapshot_name,
+        base_name,
+        vm_dirs,
+    }
+}
+
+/// The top-level entries a flat (no sub-directory) export creates, the manifest last
+/// (it is committed last).
+fn flat_tops(name: &str, vm_dirs: &[String]) -> Vec<String> {
+    let mut tops: Vec<String> = vm_dirs.to_vec();
+    tops.extend([
+        format!("{name}.ovf"),
+        format!("{name}.collection.xml"),
+        PACKAGE_JSON.to_string(),
+    ]);
+    tops.push(format!("{name}.mf"));
+    tops
+}
+
+/// Opens an export directory for writing: an absolute path without symlinks (callers
+/// canonicalise a path a person typed), held open for the whole export.
+pub fn open_export_dir(export_dir: &Path) -> Result<DirHandle> {
+    if !export_dir.is_absolute() {
+        return Err(ExportError::RelativeDirectory(export_dir.to_path_buf()));
+    }
+    DirHandle::open(export_dir).map_err(|e| {
+        let through_link = fs::canonicalize(export_dir).is_ok_and(|c| c != export_dir);
+        match e.raw_os_error() {
+            Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV) if through_link => {
+                ExportError::Symlink(export_dir.to_path_buf())
+            }
+            Some(libc::ENOENT | libc::ENOTDIR) => {
+                ExportError::NoDirectory(export_dir.to_path_buf())
+            }
+            _ => ExportError::io(export_dir, e),
+        }
+    })
+}
+
+/// The checks [`write_package`] makes before it writes anything (absolute existing
+/// directory, a consistent plan, no collision without a sub-directory), so a caller can
+/// refuse a request before starting a job. Writes nothing.
+pub fn preflight(plan: &ExportPlan, export_dir: &Path, opts: &ExportOptions) -> Result<()> {
+    preflight_in(plan, &open_export_dir(export_dir)?, opts)
+}
+
+/// [`preflight`] in a directory already opened.
+pub fn preflight_in(plan: &ExportPlan, dir: &DirHandle, opts: &ExportOptions) -> Result<()> {
+    validate_plan(plan, opts)?;
+    if !opts.create_subdirectory {
+        let n = names(plan);
+        for t in flat_tops(&n.base_name, &n.vm_dirs) {
+            if dir.exists(&t) {
+                return Err(ExportError::Collision(dir.show(&t)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the package for `plan` under `export_dir` and returns where it is.
+///
+/// `progress(done, total)` reports the fraction complete (flatten then hashing).
+/// Errors leave nothing behind: staging and journal are removed.
+pub fn write_package(
+    plan: &ExportPlan,
+    export_dir: &Path,
+    opts: &ExportOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
+    cancel: &CancelToken,
+) -> Result<PackageReport> {
+    let dir = open_export_dir(export_dir)?;
+    write_package_in(plan, &dir, opts, progress, cancel, &CommitHooks::none())
+}
+
+/// [`write_package`] into a directory opened once by the caller ([`open_export_dir`]):
+/// every entry is created and renamed relative to that handle, so the directory being
+/// swapped for a symlink meanwhile cannot redirect the export. Without a sub-directory
+/// the export holds an exclusive lock on the directory; a second one is refused
+/// ([`ExportError::Busy`]) before it writes.
+pub fn write_package_in(
+    plan: &ExportPlan,
+    dir: &DirHandle,
+    opts: &ExportOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
+    cancel: &CancelToken,
+    hooks: &CommitHooks<'_>,
+) -> Result<PackageReport> {
+    validate_plan(plan, opts)?;
+    let export_id = opts
+        .export_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let names = names(plan);
+    let journal = if opts.create_subdirectory {
+        reserve_subdirectory(dir, &names.base_name, &export_id)?
+    } else {
+        claim_flat(dir, &names, &export_id)?
+    };
+
+    let written = stage(plan, dir, opts, &names, &journal, progress, cancel)
+        .and_then(|report| commit_staged(dir, &journal, report, hooks));
+    match written {
+        Ok(report) => Ok(report),
+        Err((e, renamed)) => {
+            commit::rollback(dir, &journal, &renamed);
+            Err(e)
+        }
+    }
+}
+
+/// With a sub-directory: a free name, reserved by creating it empty after the journal
+/// names it (so a crash in between leaves nothing recovery does not know).
+fn reserve_subdirectory(dir: &DirHandle, base: &str, export_id: &str) -> Result<Journal> {
+    for n in 1..=10_000 {
+        let name = if n == 1 {
+            base.to_string()
+        } else {
+            sanitize(&format!("{base}-{n}"))
+        };
+        if dir.exists(&name) {
+            continue;
+        }
+        let staged = staged_name(&name, export_id);
+        let journal = Journal {
+            export_id: export_id.to_string(),
+            items: vec![(staged.clone(), name.clone())],
+            manifest_staged: format!("{staged}/{name}.mf"),
+            manifest_final: format!("{name}/{name}.mf"),
+            reserved: Some(name.clone()),
+        };
+        journal.write(dir)?;
+        match dir.mkdir(&name, 0o700) {
+            Ok(_) => return Ok(journal),
+            // Another export took the name meanwhile: try the next.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => journal.remove(dir),
+            Err(e) => {
+                journal.remove(dir);
+                return Err(ExportError::io(dir.show(&name), e));
+            }
+        }
+    }
+    Err(ExportError::Collision(dir.show(base)))
+}
+
+/// Without a sub-directory: the directory's export lock, no entry the package would
+/// create already there, the journal.
+fn claim_flat(dir: &DirHandle, names: &Names, export_id: &str) -> Result<Journal> {
+    if !dir
+        .try_lock()
+        .map_err(|e| ExportError::io(dir.shown(), e))?
+    {
+        return Err(ExportError::Busy(dir.shown().to_path_buf()));
+    }
+    let tops = flat_tops(&names.base_name, &names.vm_dirs);
+    if let Some(t) = tops.iter().find(|t| dir.exists(t)) {
+        return Err(ExportError::Collision(dir.show(t)));
+    }
+    let mf = format!("{}.mf", names.base_name);
+    let journal = Journal {
+        export_id: export_id.to_string(),
+        items: tops
+            .iter()
+            .map(|t| (staged_name(t, export_id), t.clone()))
+            .collect(),
+        manifest_staged: staged_name(&mf, export_id),
+        manifest_final: mf,
+        reserved: None,
+    };
+    journal.write(dir)?;
+    Ok(journal)
+}
+
+type Staged<T> = std::result::Result<T, (ExportError, Vec<String>)>;
+
+/// Writes everything under staging names, up to the manifest's `.part`.
+fn stage(
+    plan: &ExportPlan,
+    dir: &DirHandle,
+    opts: &ExportOptions,
+    names: &Names,
+    journal: &Journal,
+    progress: &(dyn Fn(u64, u64) + Sync),
+    cancel: &CancelToken,
+) -> Staged<PackageReport> {
+    let fail = |e: ExportError| (e, Vec::new());
+    let export_id = journal.export_id.as_str();
+    let mut staging = Staging {
+        dir,
+        root: None,
+        tops: BTreeMap::new(),
+        export_id: export_id.to_string(),
+    };
+    let mkdir_at = |d: &DirHandle, name: &str| {
+        d.mkdir(name, 0o700)
+            .map_err(|e| fail(ExportError::io(d.show(name), e)))
+    };
+    let name = match &journal.reserved {
+        Some(name) => {
+            let root = mkdir_at(dir, &staged_name(name, export_id))?;
+            for v in &names.vm_dirs {
+                mkdir_at(&root, v)?;
+            }
+            staging.root = Some((name.clone(), root));
+            name.clone()
+        }
+        None => {
+            for v in &names.vm_dirs {
+                let h = mkdir_at(dir, &staged_name(v, export_id))?;
+                staging.tops.insert(v.clone(), h);
+            }
+            names.base_name.clone()
+        }
+    };
+    let ctx = WriteCtx {
+        plan,
+        opts,
+        staging: &staging,
+        name: &name,
+        vm_dirs: &names.vm_dirs,
+        progress,
+        cancel,
+    };
+    let (meta, bytes_written) = ctx.write(export_id, names).map_err(fail)?;
+    if let Some((_, root)) = &staging.root {
+        root.set_mode(dir_mode(opts.file_mode))
+            .and_then(|_| root.sync())
+            .map_err(|e| fail(ExportError::io(dir.show(&name), e)))?;
+    }
+    Ok(PackageReport {
+        path: staging.final_path(""),
+        meta,
+        bytes_written,
+    })
+}
+
+/// The caller's hook, the commit point, the renames, the journal removed.
+fn commit_staged(
+    dir: &DirHandle,
+    journal: &Journal,
+    report: PackageReport,
+    hooks: &CommitHooks<'_>,
+) -> Staged<PackageReport> {
+    let fail = |e: ExportError| (e, Vec::new());
+    (hooks.before_commit)(&report).map_err(fail)?;
+    (hooks.step)("export-commit");
+    commit::commit_point(dir, journal).map_err(fail)?;
+    (hooks.step)("export-committed");
+    let mut renamed = Vec::new();
+    if let Err(e) = commit::rename_all(dir, journal, &mut renamed, hooks.step) {
+        return Err((e, renamed));
+    }
+    (hooks.step)("export-renamed");
+    journal.remove(dir);
+    Ok(report)
+}
+
+fn validate_plan(plan: &ExportPlan, opts: &ExportOptions) -> Result<()> {
+    if plan.vms.is_empty() {
+        return Err(ExportError::Plan(
+            "the snapshot holds no virtual machine".into(),
+        ));
+    }
+    for vm in &plan.vms {
+        let mut ids = BTreeSet::new();
+        for d in &vm.disks {
+            if !ids.insert(&d.id) {
+                return Err(ExportError::Plan(format!(
+                    "disk id {} appears twice in one VM",
+                    d.id
+                )));
+            }
+            if d.base_layer.is_some() != plan.differential.is_some() {
+                return Err(ExportError::Plan(format!(
+                    "disk {}: a differential export needs a base layer for every disk, a full export none",
+                    d.id
+                )));
+            }
+            if opts.copy_storage
+                && d.base_layer.is_some()
+                && opts.intent == BackupIntent::PreserveChain
+                && d.base_export_file.is_none()
+            {
+                return Err(ExportError::Plan(format!(
+                    "disk {}: PreserveChain needs the base export's copy of this disk, and no export of the base holding it is on record (export the base with storage, or use Merge)",
+                    d.id
+                )));
+            }
+            if let Some(p) = &d.base_export_file
+                && opts.copy_storage
+                && d.base_layer.is_some()
+                && !p.is_file()
+            {
+                return Err(ExportError::Plan(format!(
+                    "disk {}: the base export's file {} is gone",
+                    d.id,
+                    p.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+struct WriteCtx<'a> {
+    plan: &'a ExportPlan,
+    opts: &'a ExportOptions,
+    staging: &'a Staging<'a>,
+    name: &'a str,
+    vm_dirs: &'a [String],
+    progress: &'a (dyn Fn(u64, u64) + Sync),
+    cancel: &'a CancelToken,
+}
+
+/// Progress scale: flatten reports into [0, FLATTEN_SHARE], hashing the rest.
+const PROGRESS_TOTAL: u64 = 10_000;
+const FLATTEN_SHARE: u64 = 9_000;
+
+impl WriteCtx<'_> {
+    /// Writes the new package file `rel` with the package's file mode.
+    fn write_file(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        write_file(&self.staging.loc(rel), bytes, self.opts.file_mode)
+    }
+
+    fn check_cancel(&self) -> Result<()> {
+        if self.cancel.is_cancelled() {
+            Err(ExportError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn write(&self, uuid: &str, names: &Names) -> Result<(PackageMeta, u64)> {
+        let Names {
+            collection_id,
+            snapshot_id,
+            collection_name,
+            snapshot_name,
+            ..
+        } = names;
+        let (plan, opts, st) = (self.plan, self.opts, self.staging);
+        let differential = plan.differential.is_some();
+        let mut vm_records = Vec::new();
+        let mut jobs: Vec<FlattenJob> = Vec::new();
+        let mut job_slots: Vec<(usize, usize)> = Vec::new();
+        // Package-relative path → SHA-256, for the disks (digested as they are written).
+        let mut digests: std::collections::BTreeMap<String, String> = Default::default();
+        for (vi, vm) in plan.vms.iter().enumerate() {
+            let dir = &self.vm_dirs[vi];
+            let vm_id = id_of(&vm.system, &["Name", "InstanceID"]);
+            mkdir(&st.loc(&format!("{dir}/{VM_CONFIG_DIR}")))?;
+            mkdir(&st.loc(&format!("{dir}/{SNAPSHOT_DIR}")))?;
+            let config = format!("{dir}/{VM_CONFIG_DIR}/{}.xml", sanitize(&vm_id));
+            let mut config_insts: Vec<&Instance> = vec![&vm.system, &vm.settings];
+            config_insts.extend(vm.resources.iter());
+            self.write_file(&config, cimxml::document(&config_insts).as_bytes())?;
+            let snap_settings_id = id_of(&vm.settings, &["InstanceID"]);
+            let snapshot_config =
+                format!("{dir}/{SNAPSHOT_DIR}/{}.xml", sanitize(&snap_settings_id));
+            let mut snap_insts: Vec<&Instance> = vec![&vm.settings];
+            snap_insts.extend(vm.resources.iter());
+            self.write_file(&snapshot_config, cimxml::document(&snap_insts).as_bytes())?;
+            if opts.copy_storage {
+                mkdir(&st.loc(&format!("{dir}/{DISK_DIR}")))?;
+            }
+            let mut disks = Vec::new();
+            let mut used = BTreeSet::new();
+            for (di, d) in vm.disks.iter().enumerate() {
+                let chained = differential && opts.intent == BackupIntent::PreserveChain;
+                // A raw base gets a qcow2 overlay (raw has no parent pointer).
+                let dest_format = if chained && d.format == Format::Raw {
+                    Format::Qcow2
+                } else {
+                    d.format
+                };
+                let mut rec = DiskRecord {
+                    id: d.id.clone(),
+                    ovf_disk_id: format!("vm{}-disk{}", vi + 1, di + 1),
+                    file: None,
+                    format: dest_format,
+                    virtual_size: 0,
+                    data_bytes: 0,
+                    parent: None,
+                    changed_ranges: None,
+                    resource_instance_id: d.resource_instance_id.clone(),
+                };
+                if opts.copy_storage {
+                    let stem = sanitize(&d.id);
+                    let ext = file_ext(dest_format, chained);
+                    let mut file_name = format!("{stem}.{ext}");
+                    let mut n = 2;
+                    while !used.insert(file_name.clone()) {
+                        file_name = format!("{stem}-{n}.{ext}");
+                        n += 1;
+                    }
+                    let rel = format!("{dir}/{DISK_DIR}/{file_name}");
+                    jobs.push(FlattenJob {
+                        source: d.source.clone(),
+                        base: if chained { d.base_layer.clone() } else { None },
+                        dest: st.loc(&rel),
+                        dest_format,
+                        dest_parent: if chained {
+                            d.base_export_file.clone()
+                        } else {
+                            None
+                        },
+                    });
+                    job_slots.push((vi, di));
+                    rec.file = Some(rel);
+                } else {
+                    rec.virtual_size = cosnap_disk::info(&d.source)?.virtual_size;
+                }
+                if differential && !chained {
+                    // Merge (or no storage): record what changed; the file is a synthetic full.
+                    if let Some(base) = &d.base_layer {
+                        let ranges = cosnap_disk::changed_ranges(&d.source, base)?;
+                        rec.changed_ranges =
+                            Some(ranges.iter().map(|r| [r.start, r.end]).collect());
+                    }
+                }
+                disks.push(rec);
+            }
+            vm_records.push(VmRecord {
+                id: vm_id,
+                name: name_of(&vm.system, ""),
+                dir: dir.clone(),
+                config,
+                snapshot_config,
+                disks,
+            });
+        }
+        self.check_cancel()?;
+
+        // The disks, in parallel, through the disk engine.
+        if !jobs.is_empty() {
+            let flatten_progress = |done: u64, total: u64| {
+                let frac = if total == 0 {
+                    0
+                } else {
+                    (done.min(total) as u128 * FLATTEN_SHARE as u128 / total as u128) as u64
+                };
+                (self.progress)(frac, PROGRESS_TOTAL);
+            };
+            let reports = cosnap_disk::flatten_all_digested(
+                &jobs,
+                opts.threads.max(1),
+                &flatten_progress,
+                self.cancel,
+            )?;
+            for ((vi, di), (job, rep)) in job_slots.iter().zip(jobs.iter().zip(reports)) {
+                let rec = &mut vm_records[*vi].disks[*di];
+                if let (Some(rel), Some(sha)) = (&rec.file, rep.sha256.clone()) {
+                    digests.insert(rel.clone(), sha);
+                }
+                rec.virtual_size = rep.virtual_size;
+                rec.data_bytes = rep.data_bytes;
+                rec.format = rep.format;
+                if job.dest_parent.is_some() {
+                    rec.changed_ranges =
+                        Some(rep.ranges.iter().map(|r| [r.start, r.end]).collect());
+                    // The link as the package will hold it, from the disk's final directory
+                    // (`job.dest` reaches it through a directory handle).
+                    let disk_dir = st.final_path(&format!("{}/{DISK_DIR}", self.vm_dirs[*vi]));
+                    rec.parent = job.dest_parent.as_ref().map(|p| relative_to(p, &disk_dir));
+                }
+            }
+        }
+        (self.progress)(FLATTEN_SHARE, PROGRESS_TOTAL);
+        self.check_cancel()?;
+
+        // Descriptor, collection file, package JSON.
+        let mut ovf_vms = Vec::new();
+        for (vi, vm) in plan.vms.iter().enumerate() {
+            let rec = &vm_records[vi];
+            let mut disks = Vec::new();
+            for d in &rec.disks {
+                let file = match &d.file {
+                    Some(rel) => {
+                        let size = fs::metadata(st.loc(rel))
+                            .map_err(|e| ExportError::io(st.loc(rel), e))?
+                            .len();
+                        Some(OvfFile {
+                            file_id: format!("file-{}", d.ovf_disk_id),
+                            rel_path: rel.clone(),
+                            size,
+                        })
+                    }
+                    None => None,
+                };
+                disks.push(OvfDisk {
+                    disk_id: d.ovf_disk_id.clone(),
+                    file,
+                    capacity: d.virtual_size,
+                    format: d.format,
+                    element_name: format!("Disk {}", d.id),
+                });
+            }
+            ovf_vms.push(OvfVm {
+                id: rec.id.clone(),
+                name: rec.name.clone(),
+                resources: vm.resources.clone(),
+                disks,
+            });
+        }
+        let descriptor = format!("{}.ovf", self.name);
+        self.write_file(
+            &descriptor,
+            ovf::descriptor(collection_id, collection_name, snapshot_name, &ovf_vms).as_bytes(),
+        )?;
+        let collection_file = format!("{}.collection.xml", self.name);
+        self.write_file(
+            &collection_file,
+            cimxml::document(&[&plan.collection, &plan.snapshot]).as_bytes(),
+        )?;
+        let manifest_name = format!("{}.mf", self.name);
+        let meta = PackageMeta {
+            format: PACKAGE_FORMAT.into(),
+            format_version: PACKAGE_FORMAT_VERSION,
+            export_id: uuid.to_string(),
+            name: self.name.to_string(),
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            collection_id: collection_id.into(),
+            collection_name: collection_name.into(),
+            snapshot_id: snapshot_id.into(),
+            snapshot_name: snapshot_name.into(),
+            kind: if differential { "differential" } else { "full" }.into(),
+            intent: if differential {
+                Some(opts.intent)
+            } else {
+                None
+            },
+            differential: plan.differential.clone(),
+            fallback_to_full: plan.fallback_to_full.clone(),
+            copy_storage: opts.copy_storage,
+            digest_algorithm: manifest::ALGORITHM.into(),
+            manifest: manifest_name.clone(),
+            descriptor: descriptor.clone(),
+            collection_file: collection_file.clone(),
+            vms: vm_records,
+        };
+        self.write_file(
+            PACKAGE_JSON,
+            &serde_json::to_vec_pretty(&meta).expect("meta serialises"),
+        )?;
+
+        // Everything durable before hashing, so the digests describe what is on disk.
+        let mut rels: Vec<String> = vec![descriptor, collection_file, PACKAGE_JSON.to_string()];
+        for d in self.vm_dirs {
+            let top = st.loc(d);
+            set_modes(&top, opts.file_mode)?;
+            fsync_tree(&top)?;
+            let mut files = Vec::new();
+            walk_files(&top, &top, &mut files).map_err(|e| ExportError::io(&top, e))?;
+            rels.extend(files.into_iter().map(|f| format!("{d}/{f}")));
+        }
+        st.sync()?;
+        self.check_cancel()?;
+        let entries = self.hash_all(&rels, digests)?;
+        let bytes_written: u64 = rels
+            .iter()
+            .filter_map(|r| fs::metadata(st.loc(r)).ok())
+            .map(|m| m.len())
+            .sum();
+        // Written under its `.part` name: taking the manifest's name is the commit point.
+        let mut part = st.loc(&manifest_name).into_os_string();
+        part.push(PART_SUFFIX);
+        write_file(
+            Path::new(&part),
+            manifest::render(&entries).as_bytes(),
+            opts.file_mode,
+        )?;
+        st.sync()?;
+        (self.progress)(PROGRESS_TOTAL, PROGRESS_TOTAL);
+        Ok((meta, bytes_written))
+    }
+
+    /// SHA-256 of every file in `rels` not already in `known`, a few at a time; all of
+    /// them sorted by path.
+    fn hash_all(
+        &self,
+        rels: &[String],
+        known: std::collections::BTreeMap<String, String>,
+    ) -> Result<Vec<(String, String)>> {
+        let st = self.staging;
+        let rels: Vec<&String> = rels.iter().filter(|r| !known.contains_key(*r)).collect();
+        let total: u64 = rels
+            .iter()
+            .filter_map(|r| fs::metadata(st.loc(r)).ok())
+            .map(|m| m.len())
+            .sum::<u64>()
+            .max(1);
+        let done = AtomicU64::new(0);
+        let next = AtomicU64::new(0);
+        let results: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+        let first_err: Mutex<Option<ExportError>> = Mutex::new(None);
+        let tick = |n: u64| {
+            let d = done.fetch_add(n, Ordering::Relaxed) + n;
+            (self.progress)(
+                FLATTEN_SHARE
+                    + (d.min(total) as u128 * (PROGRESS_TOTAL - FLATTEN_SHARE) as u128
+                        / total as u128) as u64,
+                PROGRESS_TOTAL,
+            );
+        };
+        std::thread::scope(|s| {
+            for _ in 0..self.opts.threads.clamp(1, 4) {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        if i >= rels.len() || first_err.lock().unwrap().is_some() {
+                            break;
+                        }
+                        if self.cancel.is_cancelled() {
+                            first_err
+                                .lock()
+                                .unwrap()
+                                .get_or_insert(ExportError::Cancelled);
+                            break;
+                        }
+                        match manifest::sha256_file(&st.loc(rels[i]), &tick) {
+                            Ok(d) => results.lock().unwrap().push((rels[i].clone(), d)),
+                            Err(e) => {
+                                first_err.lock().unwrap().get_or_insert(e);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = first_err.into_inner().unwrap() {
+            return Err(e);
+        }
+        let mut v = results.into_inner().unwrap();
+        v.extend(known);
+        v.sort();
+        Ok(v)
+    }
+}
+
+/// `target` relative to directory `from` (both absolute), with `..` steps as needed.
+fn relative_to(target: &Path, from: &Path) -> String {
+    let t: Vec<_> = target.components().collect();
+    let f: Vec<_> = from.components().collect();
+    let common = t.iter().zip(&f).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<String> = std::iter::repeat_n("..".to_string(), f.len() - common).collect();
+    parts.extend(
+        t[common..]
+            .iter()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+    );
+    parts.join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths() {
+        assert_eq!(
+            relative_to(Path::new("/e/a/vm/VHD/x.qcow2"), Path::new("/e/b/vm/VHD")),
+            "../../../a/vm/VHD/x.qcow2"
+        );
+        assert_eq!(relative_to(Path::new("/e/x"), Path::new("/e")), "x");
+    }
+
+    #[test]
+    fn directory_modes_follow_file_modes() {
+        assert_eq!(dir_mode(0o600), 0o700);
+        assert_eq!(dir_mode(0o640), 0o750);
+        assert_eq!(dir_mode(0o644), 0o755);
+    }
+}
