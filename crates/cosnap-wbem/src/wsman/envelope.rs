@@ -343,13 +343,18 @@ pub fn endpoint_reference(node: Node, depth: usize) -> Result<Epr> {
 }
 
 fn decode_body(body: Node, action: Option<&str>) -> Result<Body> {
+    use names::StandardAction as A;
     let Some(first) = body.children().find(Node::is_element) else {
-        return Ok(Body::Empty);
+        // An empty Enumerate body asks for the defaults (pypsrp sends one when given no
+        // options).
+        return Ok(match action.and_then(A::from_uri) {
+            Some(A::Enumerate) => Body::Enumerate(EnumerateBody::default()),
+            _ => Body::Empty,
+        });
     };
     if is(&first, WSMID, "Identify") {
         return Ok(Body::Identify);
     }
-    use names::StandardAction as A;
     match action.and_then(A::from_uri) {
         Some(A::Enumerate) => enumerate(first).map(Body::Enumerate),
         Some(A::Pull) => Ok(Body::Pull {

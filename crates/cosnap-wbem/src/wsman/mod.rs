@@ -212,6 +212,15 @@ impl Service {
             ) => ops::pull(cx, context, *max_elements),
             (Some(StandardAction::Release), Body::Release { context }) => ops::release(cx, context),
             (
+                Some(
+                    a
+                    @ (StandardAction::Enumerate | StandardAction::Pull | StandardAction::Release),
+                ),
+                _,
+            ) => Err(Fault::schema_validation(format!(
+                "the body of {a:?} must be its wsen:{a:?} element"
+            ))),
+            (
                 Some(a @ (StandardAction::Put | StandardAction::Create | StandardAction::Delete)),
                 _,
             ) => Err(Fault::action_not_supported(format!(

@@ -379,6 +379,15 @@ fn enumerate_pull_release() {
     let (reply, body) = send(&s, &request(ENUMERATE, &uri, "", &enumerate_body("")));
     assert_eq!(reply.status, 200, "{body}");
     let ctx = context_of(&body);
+    // An empty Enumerate body (pypsrp with no options) is a plain enumeration.
+    let (reply, _) = send(&s, &request(ENUMERATE, &uri, "", ""));
+    assert_eq!(reply.status, 200);
+    // Pull without its body is malformed.
+    assert_fault(
+        &send(&s, &request(PULL, &uri, "", "")).0,
+        "w:SchemaValidationError",
+        2150858817,
+    );
     let pull = |max: &str, ctx: &str| {
         request(
             PULL,
