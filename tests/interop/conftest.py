@@ -126,6 +126,42 @@ class CosnapServer:
         return pywbem.WBEMConnection(url or self.url, creds, default_namespace=NS, **kw)
 
 
+class Raw:
+    """A minimal HTTP/1.1 client over a fresh socket per request (no client-side checks)."""
+
+    def __init__(self, port):
+        self.port = port
+
+    def send(self, body, headers, method="POST", path="/cimom", declared_length=None, timeout=30, chunked=False):
+        body = body.encode() if isinstance(body, str) else body
+        length = len(body) if declared_length is None else declared_length
+        if chunked:
+            size = 64 * 1024
+            body = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + size]), body[i:i + size]) for i in range(0, len(body), size)) + b"0\r\n\r\n"
+            framing = "Transfer-Encoding: chunked"
+        else:
+            framing = f"Content-Length: {length}"
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{framing}\r\nConnection: close\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            try:
+                s.sendall(head.encode("latin-1") + body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server answered early (e.g. 413) and closed; read its answer
+            data = b""
+            try:
+                while chunk := s.recv(65536):
+                    data += chunk
+            except ConnectionResetError:
+                pass
+        assert data, "no response at all"
+        head, _, payload = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        hdrs = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:] if ":" in l)}
+        return status, hdrs, payload
+
+
 def serving(s):
     """Body of a server fixture: starts `s`, yields it, and checks that it exits 0 on SIGTERM."""
     s.start()

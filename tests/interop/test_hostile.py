@@ -16,7 +16,7 @@ import time
 import pytest
 import pywbem
 
-from conftest import PASSWORD, USER, service
+from conftest import PASSWORD, USER, Raw, service
 
 AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 NS_XML = '<LOCALNAMESPACEPATH><NAMESPACE NAME="root"/><NAMESPACE NAME="virtualization"/><NAMESPACE NAME="v2"/></LOCALNAMESPACEPATH>'
@@ -42,42 +42,6 @@ def headers_for(method, obj="root/virtualization/v2", auth=AUTH, extra=None):
         h["Authorization"] = auth
     h.update(extra or {})
     return h
-
-
-class Raw:
-    """A minimal HTTP/1.1 client over a fresh socket per request (no client-side checks)."""
-
-    def __init__(self, port):
-        self.port = port
-
-    def send(self, body, headers, method="POST", path="/cimom", declared_length=None, timeout=30, chunked=False):
-        body = body.encode() if isinstance(body, str) else body
-        length = len(body) if declared_length is None else declared_length
-        if chunked:
-            size = 64 * 1024
-            body = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + size]), body[i:i + size]) for i in range(0, len(body), size)) + b"0\r\n\r\n"
-            framing = "Transfer-Encoding: chunked"
-        else:
-            framing = f"Content-Length: {length}"
-        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{framing}\r\nConnection: close\r\n"
-        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
-            try:
-                s.sendall(head.encode("latin-1") + body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the server answered early (e.g. 413) and closed; read its answer
-            data = b""
-            try:
-                while chunk := s.recv(65536):
-                    data += chunk
-            except ConnectionResetError:
-                pass
-        assert data, "no response at all"
-        head, _, payload = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        hdrs = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:] if ":" in l)}
-        return status, hdrs, payload
 
 
 def cim_error_code(payload):

@@ -33,6 +33,7 @@ pub mod throttle;
 pub mod timed_io;
 pub mod tls;
 pub mod wql;
+pub mod wsman;
 
 pub use request::{Call, DecodeLimits, Request, RequestError, RequestErrorKind, decode_request};
 pub use server::{ServeConfig, ServeError, Server, ServerLimits};

@@ -91,7 +91,7 @@ pub fn handle(provider: &dyn CimProvider, host_name: &str, req: Request) -> Stri
     }
 }
 
-fn check_namespace(ns: &str) -> Result<()> {
+pub(crate) fn check_namespace(ns: &str) -> Result<()> {
     if cosnap_cim::normalize_namespace(ns) == cosnap_cim::NAMESPACE {
         Ok(())
     } else {
@@ -106,7 +106,7 @@ fn check_namespace(ns: &str) -> Result<()> {
 }
 
 /// A class that must exist for an operation other than GetClass.
-fn class_for(provider: &dyn CimProvider, name: &str) -> Result<ClassDef> {
+pub(crate) fn class_for(provider: &dyn CimProvider, name: &str) -> Result<ClassDef> {
     provider.get_class(name).map_err(|e| match e.status {
         CimStatus::NotFound | CimStatus::InvalidClass => CimError::new(
             CimStatus::InvalidClass,
@@ -117,7 +117,7 @@ fn class_for(provider: &dyn CimProvider, name: &str) -> Result<ClassDef> {
 }
 
 /// Gives a path this server's namespace and types its keys against its class.
-fn resolve_path(
+pub(crate) fn resolve_path(
     provider: &dyn CimProvider,
     mut path: ObjectPath,
 ) -> Result<(ObjectPath, ClassDef)> {
@@ -588,7 +588,7 @@ fn filter_properties(inst: &mut Instance, props: Option<&[String]>) {
 }
 
 /// Gives a reference this server's host and namespace when it has none.
-fn qualify(v: &mut Value, host: &str) {
+pub(crate) fn qualify(v: &mut Value, host: &str) {
     match v {
         Value::Reference(p) => {
             if p.namespace.is_none() {
@@ -628,6 +628,35 @@ fn invoke(
     params: Vec<ParamValue>,
     out: &mut String,
 ) -> Result<()> {
+    let call = prepare_call(provider, target, method_name, params)?;
+    let method = call.method;
+    let outcome = provider.invoke_method(&call.target, &method.name, call.params)?;
+    response::write_return_value(out, method.return_type, outcome.return_value);
+    for (name, mut value) in outcome.out_params {
+        qualify(&mut value, host_name);
+        let def = method.parameter(&name);
+        let declared = def.map(|d| (d.ty, d.is_array));
+        let name = def.map_or(name.as_str(), |d| d.name.as_str());
+        response::write_out_param(out, name, declared, Some(&value));
+    }
+    Ok(())
+}
+
+/// An extrinsic call checked and typed against its class, ready for the provider.
+pub(crate) struct PreparedCall {
+    pub target: ObjectPath,
+    pub method: cosnap_cim::MethodDef,
+    pub params: Vec<(String, Value)>,
+}
+
+/// Resolves the target, finds the method and types every in-parameter against its
+/// definition (shared by the CIM-XML and WS-Man front ends).
+pub(crate) fn prepare_call(
+    provider: &dyn CimProvider,
+    target: ObjectPath,
+    method_name: &str,
+    params: Vec<ParamValue>,
+) -> Result<PreparedCall> {
     let (target, class) = resolve_path(provider, target)?;
     let method = class
         .method(method_name)
@@ -688,14 +717,9 @@ fn invoke(
             typed.push((def.name.clone(), v));
         }
     }
-    let outcome = provider.invoke_method(&target, &method.name, typed)?;
-    response::write_return_value(out, method.return_type, outcome.return_value);
-    for (name, mut value) in outcome.out_params {
-        qualify(&mut value, host_name);
-        let def = method.parameter(&name);
-        let declared = def.map(|d| (d.ty, d.is_array));
-        let name = def.map_or(name.as_str(), |d| d.name.as_str());
-        response::write_out_param(out, name, declared, Some(&value));
-    }
-    Ok(())
+    Ok(PreparedCall {
+        target,
+        method,
+        params: typed,
+    })
 }

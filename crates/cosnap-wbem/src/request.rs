@@ -301,6 +301,18 @@ fn content_type_ok(ct: &str) -> bool {
 /// pre-scan, see [`cosnap_cim::xml::reader`]).
 pub use cosnap_cim::xml::nesting_exceeds;
 
+/// Parses request XML under the limits shared by every protocol front end (the bounded
+/// reader of [`cosnap_cim::xml`] with [`DecodeLimits::xml`]: size, depth, attributes and
+/// namespace declarations capped by a linear pre-scan, no DTD, bounded node count).
+/// Failures are [`RequestErrorKind::NotWellFormed`].
+pub fn parse_bounded<'t>(
+    text: &'t str,
+    limits: &DecodeLimits,
+) -> Result<xml::Document<'t>, RequestError> {
+    xml::parse_document_with(text, &limits.xml())
+        .map_err(|e| err(RequestErrorKind::NotWellFormed, e.to_string()))
+}
+
 /// Decodes one request from its headers (`(name, raw value)` pairs in any case) and body.
 pub fn decode_request<'a>(
     headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
@@ -322,8 +334,7 @@ pub fn decode_request<'a>(
     }
     let text = std::str::from_utf8(body)
         .map_err(|e| err(NotWellFormed, format!("body is not UTF-8: {e}")))?;
-    let doc = xml::parse_document_with(text, &limits.xml())
-        .map_err(|e| err(NotWellFormed, e.to_string()))?;
+    let doc = parse_bounded(text, limits)?;
     let cim = doc.root_element();
     if tag(&cim) != "CIM" {
         return Err(err(

@@ -118,14 +118,25 @@ pub enum ServeError {
 
 /// The protocols this server speaks, by path. A new front end is one more line here.
 pub fn routes(config: &ServeConfig, provider: &Arc<dyn CimProvider>) -> Routes {
-    vec![(
-        crate::cimxml::PATH,
-        Arc::new(CimXml::new(
-            provider.clone(),
-            config.host_name.clone(),
-            config.limits.decode,
-        )),
-    )]
+    vec![
+        (
+            crate::cimxml::PATH,
+            Arc::new(CimXml::new(
+                provider.clone(),
+                config.host_name.clone(),
+                config.limits.decode,
+            )),
+        ),
+        (
+            crate::wsman::PATH,
+            Arc::new(crate::wsman::Service::new(
+                provider.clone(),
+                config.host_name.clone(),
+                config.limits.decode,
+                crate::wsman::enumeration::ContextLimits::default(),
+            )),
+        ),
+    ]
 }
 
 /// A bound, not yet running server.

@@ -154,11 +154,21 @@ fn auth(user: &str, pw: &str) -> String {
     )
 }
 
-/// Sends one request; returns (status, lower-cased headers, body).
+/// Sends one request to `/cimom`; returns (status, lower-cased headers, body).
 fn post(port: u16, headers: &[(&str, &str)], body: &str) -> (u16, Vec<(String, String)>, String) {
+    post_to(port, "/cimom", headers, body)
+}
+
+/// Sends one request to `path`; returns (status, lower-cased headers, body).
+fn post_to(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut req = format!(
-        "POST /cimom HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (k, v) in headers {
@@ -443,5 +453,78 @@ fn plain_http_on_a_public_address_is_refused() {
     assert!(
         matches!(e, cosnap_wbem::ServeError::PlainHttpNotLoopback(_)),
         "{e}"
+    );
+}
+
+/// A WS-Man Get of a job, as pypsrp sends it.
+fn wsman_get(job_id: &str) -> String {
+    format!(
+        r#"<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:wsa="http://schemas.xmlsoap.org/ws/2004/08/addressing" xmlns:wsman="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd"><s:Header><wsa:Action s:mustUnderstand="true">http://schemas.xmlsoap.org/ws/2004/09/transfer/Get</wsa:Action><wsa:MessageID>uuid:5A0C3B9E-1111-4222-8333-444455556666</wsa:MessageID><wsa:ReplyTo><wsa:Address>http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</wsa:Address></wsa:ReplyTo><wsman:ResourceURI>http://schemas.microsoft.com/wbem/wsman/1/wmi/root/virtualization/v2/Msvm_ConcreteJob</wsman:ResourceURI><wsman:SelectorSet><wsman:Selector Name="InstanceID">{job_id}</wsman:Selector></wsman:SelectorSet></s:Header><s:Body/></s:Envelope>"#
+    )
+}
+
+#[test]
+fn wsman_on_the_same_listener_with_the_same_users() {
+    let srv = start();
+    let a = auth("u", "p w");
+    let soap = "application/soap+xml;charset=UTF-8";
+
+    let (status, h, body) = post_to(
+        srv.port,
+        "/wsman",
+        &[("Content-Type", soap), ("Authorization", &a)],
+        &wsman_get("J-1"),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&h, "content-type"), Some(soap));
+    assert!(body.contains("<p:JobState>7</p:JobState>"), "{body}");
+    assert!(body.contains(
+        "<wsa:RelatesTo s:mustUnderstand=\"true\">uuid:5A0C3B9E-1111-4222-8333-444455556666</wsa:RelatesTo>"
+    ));
+
+    // No Content-Type at all (python-dracclient) is served.
+    let (status, _, _) = post_to(
+        srv.port,
+        "/wsman",
+        &[("Authorization", &a)],
+        &wsman_get("J-1"),
+    );
+    assert_eq!(status, 200);
+
+    // A fault: HTTP 500 with a SOAP body.
+    let (status, h, body) = post_to(
+        srv.port,
+        "/wsman",
+        &[("Content-Type", soap), ("Authorization", &a)],
+        &wsman_get("J-404"),
+    );
+    assert_eq!(status, 500);
+    assert_eq!(header(&h, "content-type"), Some(soap));
+    assert!(
+        body.contains("<s:Value>wsa:DestinationUnreachable</s:Value>"),
+        "{body}"
+    );
+
+    // A media type that is not SOAP.
+    let (status, _, _) = post_to(
+        srv.port,
+        "/wsman",
+        &[("Content-Type", "text/plain"), ("Authorization", &a)],
+        &wsman_get("J-1"),
+    );
+    assert_eq!(status, 415);
+
+    // Bad credentials: 401 with the Basic challenge, before the body is looked at.
+    let bad = auth("u", "wrong");
+    let (status, h, _) = post_to(
+        srv.port,
+        "/wsman",
+        &[("Content-Type", soap), ("Authorization", &bad)],
+        &wsman_get("J-1"),
+    );
+    assert_eq!(status, 401);
+    assert_eq!(
+        header(&h, "www-authenticate"),
+        Some("Basic realm=\"cosnap\"")
     );
 }
