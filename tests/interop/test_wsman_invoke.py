@@ -19,7 +19,7 @@ VSMS = "Msvm_VirtualSystemManagementService"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     s = CosnapServer(tmp_path_factory.mktemp("cosnap"))
-    imgs = [s.base / f"{i}.qcow2" for i in range(3)]
+    imgs = [s.storage_root / f"{i}.qcow2" for i in range(3)]  # DefineSystem disks lie under a storage root
     for img in imgs:
         s.cli("disk", "create", img, "--format", "qcow2", "--size", "1M")
     s.vm_ids = [s.cli("vm", "define", "--name", f"inv{i}", "--disk", imgs[i]).stdout.strip() for i in range(2)]
