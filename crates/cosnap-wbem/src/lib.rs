@@ -1,5 +1,7 @@
-//! WBEM protocol front end: CIM-XML over HTTP(S) (DMTF DSP0200/DSP0201) with HTTP Basic
-//! authentication and TLS, turning wire requests into calls on a [`cosnap_cim::CimProvider`].
+//! WBEM protocol front ends over one HTTP(S) transport: CIM-XML (DMTF DSP0200/DSP0201) at
+//! `/cimom` and WS-Management (DSP0226/DSP0227/DSP0230, WinRM's WMI conventions) at `/wsman`,
+//! with HTTP Basic authentication, TLS and limits, turning wire requests into calls on a
+//! [`cosnap_cim::CimProvider`].
 //!
 //! * [`request`] — decodes one request (headers + body) into a [`request::Request`]; pure,
 //!   bounded, fuzzed;
@@ -18,7 +20,9 @@
 //! * [`cimxml`] — CIM-XML at `/cimom` as one such protocol;
 //! * [`memory`] — allocator settings and trimming after bursts;
 //! * [`throttle`] — per-source delays after failed logins;
-//! * [`timed_io`] — the write timeout for clients that do not read.
+//! * [`timed_io`] — the write timeout for clients that do not read;
+//! * [`wsman`] — WS-Management at `/wsman` as the second protocol (Identify, Get,
+//!   Enumerate/Pull/Release, Invoke, SOAP faults).
 
 pub mod admission;
 pub mod auth;
