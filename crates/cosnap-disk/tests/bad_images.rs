@@ -1,12 +1,10 @@
 //! Hostile and broken images: typed errors naming the file and the defect, never a panic.
 
-mod common;
-
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use common::{ok, p};
 use cosnap_disk::{DiskError, Format, ops};
+use cosnap_test_support::{ok, p};
 
 fn good_qcow2(dir: &Path, name: &str) -> std::path::PathBuf {
     let img = dir.join(name);

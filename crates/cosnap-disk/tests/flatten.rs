@@ -1,12 +1,10 @@
 //! The copy engine and changed ranges: exact ranges, expected bytes, cancellation, progress.
 
-mod common;
-
 use std::path::Path;
 
-use common::{RawModel, ok, p, qemu_check_clean, qemu_same};
 use cosnap_disk::ops::{self, CancelToken, FlattenJob};
 use cosnap_disk::{DiskError, Format};
+use cosnap_test_support::{RawModel, ok, p, qemu_check_clean, qemu_same};
 
 const MIB: u64 = 1 << 20;
 

@@ -3,11 +3,9 @@
 //! same bytes.
 //! One test per binary: it sets a process-wide environment variable.
 
-mod common;
-
-use common::{ok, p, qemu_check_clean, qemu_same};
 use cosnap_disk::Format;
 use cosnap_disk::ops::{self, CancelToken, FlattenJob};
+use cosnap_test_support::{ok, p, qemu_check_clean, qemu_same};
 
 #[test]
 fn read_write_fallback_gives_the_same_bytes() {

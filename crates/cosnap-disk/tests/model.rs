@@ -4,12 +4,10 @@
 //! At the end every qcow2 layer must pass `qemu-img check` and the top must
 //! `qemu-img compare` equal to the model.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::{p, qemu_check_clean, run};
 use cosnap_disk::{Format, ops, qcow2};
+use cosnap_test_support::{p, qemu_check_clean, run};
 use proptest::prelude::*;
 
 const SIZE: u64 = 8 << 20;

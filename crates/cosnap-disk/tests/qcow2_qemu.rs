@@ -1,11 +1,9 @@
 //! qcow2 and raw against the real oracles: qemu-img check/compare/map and qemu-io.
 
-mod common;
-
 use std::path::Path;
 
-use common::{RawModel, ok, p, qemu_check_clean, qemu_same, run};
 use cosnap_disk::{ExtentState, Format, ops};
+use cosnap_test_support::{RawModel, ok, p, qemu_check_clean, qemu_same, run};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;

@@ -3,20 +3,11 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::Command;
 
 use cosnap_disk::{Format, LayerSpec, open_chain};
+use cosnap_test_support::qemu_img;
 
 const MIB: u64 = 1 << 20;
-
-fn qemu_img(args: &[&str]) {
-    let out = Command::new("qemu-img").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn spec(p: &Path, f: Format) -> LayerSpec {
     LayerSpec::new(p, f)

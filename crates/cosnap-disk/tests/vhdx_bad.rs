@@ -1,13 +1,11 @@
 //! Damaged and hostile VHDX files give typed errors that name the file and the defect.
 
-mod vhdx_util;
-
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use cosnap_disk::vhdx::{self, CreateOptions, VhdxImage};
 use cosnap_disk::{DiskError, Image};
-use vhdx_util::*;
+use cosnap_test_support::*;
 
 const MIB: u64 = 1 << 20;
 

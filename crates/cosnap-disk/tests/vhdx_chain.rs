@@ -2,13 +2,11 @@
 //! cross-checked by the independent `vhdx-core` reader; commit (with simulated crashes),
 //! rebase, and a property test against an in-memory model.
 
-mod vhdx_util;
-
 use std::path::{Path, PathBuf};
 
 use cosnap_disk::vhdx::{self, CommitStep, CreateOptions, VhdxImage};
 use cosnap_disk::{DiskError, ExtentState, Image};
-use vhdx_util::*;
+use cosnap_test_support::*;
 
 const MIB: u64 = 1 << 20;
 
@@ -248,7 +246,7 @@ fn rebase_onto_a_moved_copy_and_standalone() {
     if have_qemu() {
         let raw = dir.path().join("expected.raw");
         m.to_raw(&raw);
-        qemu_check(&child);
+        qemu_check_as(&child, "vhdx");
         qemu_compare_raw(&child, &raw);
     }
 }

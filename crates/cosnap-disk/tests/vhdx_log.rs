@@ -1,14 +1,12 @@
 //! Log replay: a VHDX with pending log entries written here by hand from the spec
 //! (MS-VHDX 2.3), read in memory by a read-only open, replayed by a writable open.
 
-mod vhdx_util;
-
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use cosnap_disk::vhdx::{self, CreateOptions, VhdxImage};
 use cosnap_disk::{DiskError, Image};
-use vhdx_util::*;
+use cosnap_test_support::*;
 
 const MIB: u64 = 1 << 20;
 
@@ -245,7 +243,7 @@ fn writable_open_replays_clears_the_log_and_passes_qemu() {
     if have_qemu() {
         let raw = dir.path().join("e.raw");
         m.to_raw(&raw);
-        qemu_check(&p);
+        qemu_check_as(&p, "vhdx");
         qemu_compare_raw(&p, &raw);
     }
 }
@@ -337,7 +335,7 @@ fn cosnap_logged_bat_update_survives_a_lost_in_place_write() {
         m.write(1000, &data);
         let raw = dir.path().join("e.raw");
         m.to_raw(&raw);
-        qemu_check(&q);
+        qemu_check_as(&q, "vhdx");
         qemu_compare_raw(&q, &raw);
     }
 }

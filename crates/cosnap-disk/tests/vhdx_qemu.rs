@@ -1,10 +1,8 @@
 //! VHDX images checked against qemu-img/qemu-io, both directions.
 
-mod vhdx_util;
-
 use cosnap_disk::Image;
 use cosnap_disk::vhdx::{self, CreateOptions, VhdxImage};
-use vhdx_util::*;
+use cosnap_test_support::*;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -75,7 +73,7 @@ fn cosnap_written_image_passes_qemu(opts: CreateOptions, name: &str) {
         return;
     }
     model.to_raw(&raw);
-    qemu_check(&img);
+    qemu_check_as(&img, "vhdx");
     qemu_compare_raw(&img, &raw);
     let report = vhdx::check(&img).unwrap();
     assert!(
@@ -337,6 +335,6 @@ fn cosnap_writes_into_qemu_image() {
         }
     }
     m.to_raw(&raw);
-    qemu_check(&img);
+    qemu_check_as(&img, "vhdx");
     qemu_compare_raw(&img, &raw);
 }

@@ -1,0 +1,18 @@
+//! Helpers shared by cosnap's integration tests, so each test file keeps only what it tests.
+//!
+//! Used as a dev-dependency only (`publish = false`). It depends on no cosnap crate, so
+//! any crate's tests can use it without a dependency cycle:
+//! - [`process`]: run a command and capture its exit code and output;
+//! - [`qemu`]: qemu-img as the oracle (check, compare) and [`require_qemu!`] for the tests
+//!   that skip where qemu is absent;
+//! - [`model`]: expected guest bytes, as a sparse raw file or in memory.
+
+pub mod model;
+pub mod process;
+pub mod qemu;
+
+pub use model::{Model, RawModel, pattern};
+pub use process::{ok, p, run};
+pub use qemu::{
+    have_qemu, qemu_check_as, qemu_check_clean, qemu_compare, qemu_compare_raw, qemu_img, qemu_same,
+};
