@@ -11,6 +11,7 @@ use std::process::Command;
 use cosnap_cim::{CimType, Instance, Value};
 use cosnap_disk::{CancelToken, ExtentState, Format};
 use cosnap_export::*;
+use cosnap_test_support::{qemu_check_clean, qemu_compare};
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 64 * MIB;
@@ -146,37 +147,6 @@ fn opts(subdir: bool) -> ExportOptions {
     }
 }
 
-fn qemu_compare(a: &Path, b: &Path) {
-    let out = Command::new("qemu-img")
-        .arg("compare")
-        .arg(a)
-        .arg(b)
-        .output()
-        .expect("qemu-img runs");
-    assert!(
-        out.status.success(),
-        "qemu-img compare {} {}: {}{}",
-        a.display(),
-        b.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn qemu_check(a: &Path) {
-    let out = Command::new("qemu-img")
-        .arg("check")
-        .arg(a)
-        .output()
-        .expect("qemu-img runs");
-    assert!(
-        out.status.success(),
-        "qemu-img check {}: {}",
-        a.display(),
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
-
 fn listing(dir: &Path) -> BTreeSet<String> {
     let mut v = BTreeSet::new();
     for e in walk(dir) {
@@ -284,7 +254,7 @@ fn full_then_preserve_chain_and_merge_differentials() {
     assert_eq!(v.images_checked, 2);
     qemu_compare(&disk_file(&full, 0, 0), &q.l0);
     qemu_compare(&disk_file(&full, 1, 0), &r.l0);
-    qemu_check(&disk_file(&full, 0, 0));
+    qemu_check_clean(&disk_file(&full, 0, 0));
     // Sparse: the raw export does not allocate the whole virtual size.
     let raw_alloc = cosnap_disk::info(&disk_file(&full, 1, 0))
         .unwrap()
@@ -344,7 +314,7 @@ fn full_then_preserve_chain_and_merge_differentials() {
         );
         // base + differential = snapshot 2.
         qemu_compare(&f, if vmi == 0 { &q.l1 } else { &r.l1 });
-        qemu_check(&f);
+        qemu_check_clean(&f);
     }
     assert!(
         diff.meta.intent == Some(BackupIntent::PreserveChain) && diff.meta.kind == "differential"

@@ -6,25 +6,15 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use cosnap_disk::Format;
 use cosnap_host::export::{ExportRequest, Roots};
 use cosnap_host::{DiskSpec, Host, VmSpec};
+use cosnap_test_support::qemu_img;
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 16 * MIB;
 const SECRET_BYTE: u8 = 0x5a;
-
-fn qemu_img(args: &[&str]) -> std::process::Output {
-    let out = Command::new("qemu-img").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// A host file nobody may read through cosnap: 4 MiB of 0x5a.
 fn secret(dir: &Path) -> PathBuf {

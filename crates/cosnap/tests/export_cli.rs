@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use cosnap_test_support::qemu_compare;
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -166,22 +167,6 @@ impl Env {
     }
 }
 
-fn qemu_same(a: &Path, b: &Path) {
-    let out = Command::new("qemu-img")
-        .arg("compare")
-        .arg(a)
-        .arg(b)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "qemu-img compare {} {}: {}",
-        a.display(),
-        b.display(),
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
-
 fn verify(dir: &Path) -> bool {
     Command::new(bin())
         .args(["export", "verify"])
@@ -235,7 +220,7 @@ fn full_export_import_round_trip() {
     );
     assert!(verify(&path));
     for vm in &vms {
-        qemu_same(&vm_disk_file(&path, &meta, vm), &env.frozen(&snap, vm));
+        qemu_compare(&vm_disk_file(&path, &meta, vm), &env.frozen(&snap, vm));
     }
     // The descriptor of a real collection (CPUs, memory, NICs, three disk formats) is valid
     // OVF 2.0.1 by the DMTF schema (pinned in cosnap-export's test data).
@@ -289,7 +274,7 @@ fn full_export_import_round_trip() {
             assert_eq!(a[k], b[k], "setting {k} of {orig}");
         }
         let imported = Path::new(b["disks"][0]["path"].as_str().unwrap());
-        qemu_same(imported, &env.frozen(&snap, orig));
+        qemu_compare(imported, &env.frozen(&snap, orig));
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(imported).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "imported image {}", imported.display());
@@ -328,7 +313,7 @@ fn differential_exports_against_snapshot_and_refpoint() {
         assert_eq!(meta["kind"], "differential");
         for vm in &vms {
             let f = vm_disk_file(path, meta, vm);
-            qemu_same(&f, &env.frozen(&s2, vm)); // base + differential = snapshot 2
+            qemu_compare(&f, &env.frozen(&s2, vm)); // base + differential = snapshot 2
         }
         let va = meta["vms"]
             .as_array()
@@ -391,7 +376,7 @@ fn differential_exports_against_snapshot_and_refpoint() {
             info.get("backing-filename").is_none(),
             "merge output has a backing file"
         );
-        qemu_same(&f, &env.frozen(&s2, vm));
+        qemu_compare(&f, &env.frozen(&s2, vm));
     }
 
     // The same differential against the reference point converted from snapshot 1.
@@ -545,7 +530,7 @@ fn collisions_bad_inputs_and_change_info_gone() {
             .unwrap()
             .contains("change information")
     );
-    qemu_same(&vm_disk_file(&p, &m, &vms[0]), &env.frozen(&s3, &vms[0]));
+    qemu_compare(&vm_disk_file(&p, &m, &vms[0]), &env.frozen(&s3, &vms[0]));
 }
 
 /// SIGKILL during export at random points: no directory outside staging fails verify,

@@ -6,6 +6,7 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use cosnap_test_support::qemu_img;
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -42,15 +43,6 @@ fn ok_json(data: &Path, args: &[&str]) -> Value {
     let mut a = vec!["--json"];
     a.extend_from_slice(args);
     serde_json::from_str(&ok(data, &a)).unwrap()
-}
-
-fn qemu_img(args: &[&str]) {
-    let out = Command::new("qemu-img").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn mode(p: &Path) -> u32 {
