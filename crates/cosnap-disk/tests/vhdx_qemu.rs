@@ -84,9 +84,7 @@ fn cosnap_written_image_passes_qemu(opts: CreateOptions, name: &str) {
 
 #[test]
 fn dynamic_1m_blocks_passes_qemu() {
-    if !have_qemu() {
-        return;
-    }
+    require_qemu!();
     let mut o = CreateOptions::dynamic(64 * MIB);
     o.block_size = MIB as u32;
     cosnap_written_image_passes_qemu(o, "dyn1m");
@@ -94,9 +92,7 @@ fn dynamic_1m_blocks_passes_qemu() {
 
 #[test]
 fn dynamic_1m_blocks_over_4g_with_bitmap_slots_passes_qemu() {
-    if !have_qemu() {
-        return;
-    }
+    require_qemu!();
     // 1 MiB blocks: chunk ratio 4096, so the BAT interleaves sector-bitmap slots and
     // writes past 4 GiB land after the first of them.
     let mut o = CreateOptions::dynamic(9 * GIB);
@@ -106,17 +102,13 @@ fn dynamic_1m_blocks_over_4g_with_bitmap_slots_passes_qemu() {
 
 #[test]
 fn dynamic_32m_blocks_over_4g_passes_qemu() {
-    if !have_qemu() {
-        return;
-    }
+    require_qemu!();
     cosnap_written_image_passes_qemu(CreateOptions::dynamic(5 * GIB), "dyn32m");
 }
 
 #[test]
 fn dynamic_8m_blocks_4k_sectors_passes_qemu() {
-    if !have_qemu() {
-        return;
-    }
+    require_qemu!();
     let o = CreateOptions {
         virtual_size: 6 * GIB,
         block_size: 8 << 20,
@@ -129,9 +121,7 @@ fn dynamic_8m_blocks_4k_sectors_passes_qemu() {
 
 #[test]
 fn fixed_image_passes_qemu() {
-    if !have_qemu() {
-        return;
-    }
+    require_qemu!();
     let mut o = CreateOptions::dynamic(96 * MIB);
     o.block_size = 2 << 20;
     o.fixed = true;
@@ -290,9 +280,7 @@ fn qemu_fixed_image() {
 /// cosnap writes into a qemu-made image (its log, BAT and layout), then qemu checks it.
 #[test]
 fn cosnap_writes_into_qemu_image() {
-    if !have_qemu() {
-        return;
-    }
+    require_qemu!();
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("q.vhdx");
     let raw = dir.path().join("e.raw");

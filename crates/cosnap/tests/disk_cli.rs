@@ -1,8 +1,9 @@
 //! `cosnap disk …` end to end: the built binary against qemu-img as the oracle.
 
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::process::Command;
+
+use cosnap_test_support::{p, run};
 
 fn cosnap(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cosnap"))
@@ -23,30 +24,14 @@ fn ok(args: &[&str]) -> String {
     out
 }
 
-fn qemu(args: &[&str]) -> (i32, String) {
-    let out = Command::new("qemu-img").args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 #[test]
 fn create_write_info_check_compare() {
     let d = tempfile::tempdir().unwrap();
     let img = d.path().join("a.qcow2");
-    ok(&["create", s(&img), "--format", "qcow2", "--size", "64M"]);
+    ok(&["create", p(&img), "--format", "qcow2", "--size", "64M"]);
     ok(&[
         "write",
-        s(&img),
+        p(&img),
         "--offset",
         "1M",
         "--length",
@@ -56,7 +41,7 @@ fn create_write_info_check_compare() {
     ]);
     ok(&[
         "write",
-        s(&img),
+        p(&img),
         "--offset",
         "3000",
         "--length",
@@ -64,28 +49,31 @@ fn create_write_info_check_compare() {
         "--pattern",
         "17",
     ]);
-    let info: serde_json::Value = serde_json::from_str(&ok(&["--json", "info", s(&img)])).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&ok(&["--json", "info", p(&img)])).unwrap();
     assert_eq!(info["format"], "qcow2");
     assert_eq!(info["virtual_size"], 64 << 20);
     assert_eq!(info["block_size"], 65536);
     assert_eq!(info["chain"].as_array().unwrap().len(), 1);
-    let text = ok(&["info", s(&img)]);
+    let text = ok(&["info", p(&img)]);
     assert!(text.contains("file format: qcow2"), "{text}");
-    assert!(ok(&["check", s(&img)]).contains("No errors"));
-    assert_eq!(qemu(&["check", s(&img)]).0, 0);
+    assert!(ok(&["check", p(&img)]).contains("No errors"));
+    assert_eq!(run("qemu-img", &["check", p(&img)]).0, 0);
     // The same bytes made by qemu: identical; one byte off: mismatch at that offset.
     let raw = d.path().join("a.raw");
-    qemu(&["create", "-f", "raw", s(&raw), "64M"]);
+    run("qemu-img", &["create", "-f", "raw", p(&raw), "64M"]);
     let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
     f.write_all_at(&[0xaa; 65536], 1 << 20).unwrap();
     f.write_all_at(&[17; 10], 3000).unwrap();
-    let (code, out, _) = cosnap(&["compare", s(&img), s(&raw)]);
+    let (code, out, _) = cosnap(&["compare", p(&img), p(&raw)]);
     assert_eq!((code, out.trim()), (0, "Images are identical."));
-    assert_eq!(qemu(&["compare", "-F", "raw", s(&img), s(&raw)]).0, 0);
+    assert_eq!(
+        run("qemu-img", &["compare", "-F", "raw", p(&img), p(&raw)]).0,
+        0
+    );
     f.write_all_at(&[1], 3005).unwrap();
-    let (code, out, _) = cosnap(&["compare", s(&img), s(&raw)]);
+    let (code, out, _) = cosnap(&["compare", p(&img), p(&raw)]);
     assert_eq!((code, out.trim()), (1, "Content mismatch at offset 3005!"));
-    let (code, _, err) = cosnap(&["compare", s(&img), "/nonexistent.img"]);
+    let (code, _, err) = cosnap(&["compare", p(&img), "/nonexistent.img"]);
     assert_eq!(code, 2);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
@@ -94,10 +82,10 @@ fn create_write_info_check_compare() {
 fn child_convert_and_map() {
     let d = tempfile::tempdir().unwrap();
     let base = d.path().join("base.raw");
-    ok(&["create", s(&base), "--format", "raw", "--size", "32M"]);
+    ok(&["create", p(&base), "--format", "raw", "--size", "32M"]);
     ok(&[
         "write",
-        s(&base),
+        p(&base),
         "--offset",
         "0",
         "--length",
@@ -106,10 +94,10 @@ fn child_convert_and_map() {
         "0x11",
     ]);
     let top = d.path().join("top.qcow2");
-    ok(&["create", s(&top), "--format", "qcow2", "--parent", s(&base)]);
+    ok(&["create", p(&top), "--format", "qcow2", "--parent", p(&base)]);
     ok(&[
         "write",
-        s(&top),
+        p(&top),
         "--offset",
         "1M",
         "--length",
@@ -117,23 +105,23 @@ fn child_convert_and_map() {
         "--pattern",
         "0x22",
     ]);
-    assert_eq!(qemu(&["check", s(&top)]).0, 0);
+    assert_eq!(run("qemu-img", &["check", p(&top)]).0, 0);
     // Wrong child format is refused with a one-line error.
     let (code, _, err) = cosnap(&[
         "create",
-        s(&d.path().join("x.raw")),
+        p(&d.path().join("x.raw")),
         "--format",
         "raw",
         "--parent",
-        s(&base),
+        p(&base),
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("must be qcow2"), "{err}");
     // Flatten to every cosnap-writable format and compare with qemu.
     for fmt in ["raw", "qcow2"] {
         let out = d.path().join(format!("flat.{fmt}"));
-        ok(&["convert", s(&top), s(&out), "--format", fmt]);
-        let (code, o) = qemu(&["compare", s(&top), s(&out)]);
+        ok(&["convert", p(&top), p(&out), "--format", fmt]);
+        let (code, o) = run("qemu-img", &["compare", p(&top), p(&out)]);
         assert_eq!(code, 0, "{fmt}: {o}");
     }
     // Only what changed above the base.
@@ -141,19 +129,19 @@ fn child_convert_and_map() {
     let rep: serde_json::Value = serde_json::from_str(&ok(&[
         "--json",
         "convert",
-        s(&top),
-        s(&delta),
+        p(&top),
+        p(&delta),
         "--format",
         "qcow2",
         "--base",
-        s(&base),
+        p(&base),
     ]))
     .unwrap();
     assert_eq!(
         rep["ranges"],
         serde_json::json!([{ "start": 1 << 20, "end": 3 << 20 }])
     );
-    let map: serde_json::Value = serde_json::from_str(&ok(&["--json", "map", s(&delta)])).unwrap();
+    let map: serde_json::Value = serde_json::from_str(&ok(&["--json", "map", p(&delta)])).unwrap();
     let data: Vec<(u64, u64)> = map
         .as_array()
         .unwrap()
@@ -163,7 +151,7 @@ fn child_convert_and_map() {
         .collect();
     assert_eq!(data, vec![(1 << 20, 2 << 20)]);
     // Map of the chain names the layer holding each range.
-    let map: serde_json::Value = serde_json::from_str(&ok(&["--json", "map", s(&top)])).unwrap();
+    let map: serde_json::Value = serde_json::from_str(&ok(&["--json", "map", p(&top)])).unwrap();
     let first = &map.as_array().unwrap()[0];
     assert_eq!(first["depth"], 1);
     assert!(first["filename"].as_str().unwrap().ends_with("base.raw"));
@@ -173,10 +161,10 @@ fn child_convert_and_map() {
 fn check_exit_codes_like_qemu() {
     let d = tempfile::tempdir().unwrap();
     let img = d.path().join("c.qcow2");
-    ok(&["create", s(&img), "--format", "qcow2", "--size", "16M"]);
+    ok(&["create", p(&img), "--format", "qcow2", "--size", "16M"]);
     ok(&[
         "write",
-        s(&img),
+        p(&img),
         "--offset",
         "0",
         "--length",
@@ -194,17 +182,17 @@ fn check_exit_codes_like_qemu() {
     f.set_len(len + 65536).unwrap();
     f.write_all_at(&1u16.to_be_bytes(), 2 * 65536 + (len / 65536) * 2)
         .unwrap();
-    assert_eq!(cosnap(&["check", s(&img)]).0, 3);
-    assert_eq!(qemu(&["check", s(&img)]).0, 3);
+    assert_eq!(cosnap(&["check", p(&img)]).0, 3);
+    assert_eq!(run("qemu-img", &["check", p(&img)]).0, 3);
     // Corruption: a used cluster with refcount 0.
     f.write_all_at(&0u16.to_be_bytes(), 2 * 65536 + (len / 65536 - 1) * 2)
         .unwrap();
-    assert_eq!(cosnap(&["check", s(&img)]).0, 2);
-    assert_eq!(qemu(&["check", s(&img)]).0, 2);
+    assert_eq!(cosnap(&["check", p(&img)]).0, 2);
+    assert_eq!(run("qemu-img", &["check", p(&img)]).0, 2);
     // Not checkable at all.
     let bad = d.path().join("bad.qcow2");
     std::fs::write(&bad, b"QFI\xfb\0\0\0\x03").unwrap();
-    let (code, _, err) = cosnap(&["check", s(&bad)]);
+    let (code, _, err) = cosnap(&["check", p(&bad)]);
     assert_eq!(code, 1);
     assert!(err.contains("bad.qcow2"), "{err}");
 }
@@ -213,11 +201,11 @@ fn check_exit_codes_like_qemu() {
 fn argument_parsing() {
     let d = tempfile::tempdir().unwrap();
     let img = d.path().join("t.raw");
-    ok(&["create", s(&img), "--format", "raw", "--size", "1G"]);
+    ok(&["create", p(&img), "--format", "raw", "--size", "1G"]);
     assert_eq!(std::fs::metadata(&img).unwrap().len(), 1 << 30);
     let (code, _, _) = cosnap(&[
         "create",
-        s(&d.path().join("u.raw")),
+        p(&d.path().join("u.raw")),
         "--format",
         "raw",
         "--size",
@@ -226,7 +214,7 @@ fn argument_parsing() {
     assert_eq!(code, 2);
     let (code, _, _) = cosnap(&[
         "write",
-        s(&img),
+        p(&img),
         "--offset",
         "0",
         "--length",
@@ -236,7 +224,7 @@ fn argument_parsing() {
     ]);
     assert_eq!(code, 2);
     // Creating over an existing file fails and leaves it alone.
-    let (code, _, err) = cosnap(&["create", s(&img), "--format", "qcow2", "--size", "1M"]);
+    let (code, _, err) = cosnap(&["create", p(&img), "--format", "qcow2", "--size", "1M"]);
     assert_eq!(code, 1);
     assert!(err.contains("t.raw"), "{err}");
     assert_eq!(std::fs::metadata(&img).unwrap().len(), 1 << 30);
