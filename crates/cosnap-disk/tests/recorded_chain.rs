@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use cosnap_disk::{Format, LayerSpec, open_chain};
-use cosnap_test_support::qemu_img;
+use cosnap_test_support::{qcow2_overlay, qemu_img};
 
 const MIB: u64 = 1 << 20;
 
@@ -26,18 +26,7 @@ fn a_raw_layer_is_raw_whatever_its_bytes_say() {
     let secret = tmp.path().join("secret");
     std::fs::write(&secret, vec![0x5a; MIB as usize]).unwrap();
     let lure = tmp.path().join("lure.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        secret.to_str().unwrap(),
-        "-F",
-        "raw",
-        lure.to_str().unwrap(),
-        "4M",
-    ]);
+    qcow2_overlay(&lure, &secret, "raw", "4M");
     let raw = tmp.path().join("disk.raw");
     let f = std::fs::File::create(&raw).unwrap();
     f.set_len(4 * MIB).unwrap();

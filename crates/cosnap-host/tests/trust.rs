@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use cosnap_disk::Format;
 use cosnap_host::export::{ExportRequest, Roots};
 use cosnap_host::{DiskSpec, Host, VmSpec};
-use cosnap_test_support::qemu_img;
+use cosnap_test_support::{qcow2_overlay, qemu_img};
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 16 * MIB;
@@ -88,18 +88,7 @@ fn a_raw_disk_that_looks_like_qcow2_is_snapshotted_and_exported_as_its_own_bytes
     let secret = secret(tmp.path());
     // The guest wrote a qcow2 header naming the host file into the first bytes of its disk.
     let lure = tmp.path().join("lure.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        secret.to_str().unwrap(),
-        "-F",
-        "raw",
-        lure.to_str().unwrap(),
-        &SIZE.to_string(),
-    ]);
+    qcow2_overlay(&lure, &secret, "raw", &SIZE.to_string());
     let images = tmp.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
     let disk = images.join("guest.raw");

@@ -14,5 +14,6 @@ pub mod qemu;
 pub use model::{Model, RawModel, pattern};
 pub use process::{ok, p, run};
 pub use qemu::{
-    have_qemu, qemu_check_as, qemu_check_clean, qemu_compare, qemu_compare_raw, qemu_img, qemu_same,
+    have_qemu, qcow2_overlay, qemu_check_as, qemu_check_clean, qemu_compare, qemu_compare_raw,
+    qemu_img, qemu_same,
 };

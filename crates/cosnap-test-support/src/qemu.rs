@@ -87,3 +87,20 @@ pub fn qemu_same(img: &Path, fmt: &str, raw: &Path) {
 pub fn qemu_compare_raw(img: &Path, raw: &Path) {
     qemu_same(img, "vhdx", raw);
 }
+
+/// Chain builder: `qemu-img create` of a qcow2 overlay of `size` (qemu-img's size syntax)
+/// over `backing`, whose format is stated as `backing_fmt`.
+pub fn qcow2_overlay(overlay: &Path, backing: &Path, backing_fmt: &str, size: &str) {
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        p(backing),
+        "-F",
+        backing_fmt,
+        p(overlay),
+        size,
+    ]);
+}

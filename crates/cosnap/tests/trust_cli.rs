@@ -6,7 +6,7 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use cosnap_test_support::qemu_img;
+use cosnap_test_support::{qcow2_overlay, qemu_img};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -56,18 +56,7 @@ fn mode(p: &Path) -> u32 {
 /// A raw disk whose first bytes are a qcow2 header naming `backing`.
 fn lured_raw(dir: &Path, backing: &Path) -> PathBuf {
     let lure = dir.join("lure.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        backing.to_str().unwrap(),
-        "-F",
-        "raw",
-        lure.to_str().unwrap(),
-        "16M",
-    ]);
+    qcow2_overlay(&lure, backing, "raw", "16M");
     let disk = dir.join("guest.raw");
     let f = std::fs::File::create(&disk).unwrap();
     f.set_len(16 * MIB).unwrap();
