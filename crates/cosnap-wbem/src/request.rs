@@ -313,6 +313,30 @@ pub fn parse_bounded<'t>(
         .map_err(|e| err(RequestErrorKind::NotWellFormed, e.to_string()))
 }
 
+/// The `<CIM>` root must declare CIMVERSION and DTDVERSION 2.x.
+fn check_cim_versions(cim: &Node) -> Result<(), RequestError> {
+    use RequestErrorKind::*;
+    let cimversion = cim
+        .attribute("CIMVERSION")
+        .ok_or_else(|| err(NotValid, "<CIM> lacks CIMVERSION"))?;
+    if !cimversion.starts_with("2.") {
+        return Err(err(
+            UnsupportedCimVersion,
+            format!("CIMVERSION {cimversion:?}: only 2.x is supported"),
+        ));
+    }
+    let dtdversion = cim
+        .attribute("DTDVERSION")
+        .ok_or_else(|| err(NotValid, "<CIM> lacks DTDVERSION"))?;
+    if !dtdversion.starts_with("2.") {
+        return Err(err(
+            UnsupportedDtdVersion,
+            format!("DTDVERSION {dtdversion:?}: only 2.x is supported"),
+        ));
+    }
+    Ok(())
+}
+
 /// Decodes one request from its headers (`(name, raw value)` pairs in any case) and body.
 pub fn decode_request<'a>(
     headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
@@ -342,24 +366,8 @@ pub fn decode_request<'a>(
             format!("root element is <{}>, not <CIM>", tag(&cim)),
         ));
     }
-    let cimversion = cim
-        .attribute("CIMVERSION")
-        .ok_or_else(|| err(NotValid, "<CIM> lacks CIMVERSION"))?;
-    if !cimversion.starts_with("2.") {
-        return Err(err(
-            UnsupportedCimVersion,
-            format!("CIMVERSION {cimversion:?}: only 2.x is supported"),
-        ));
-    }
-    let dtdversion = cim
-        .attribute("DTDVERSION")
-        .ok_or_else(|| err(NotValid, "<CIM> lacks DTDVERSION"))?;
-    if !dtdversion.starts_with("2.") {
-        return Err(err(
-            UnsupportedDtdVersion,
-            format!("DTDVERSION {dtdversion:?}: only 2.x is supported"),
-        ));
-    }
+    check_cim_versions(&cim)?;
+
     let message = single(cim, "MESSAGE")?;
     let message_id = message
         .attribute("ID")

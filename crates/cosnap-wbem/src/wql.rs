@@ -116,36 +116,7 @@ fn tokenize(q: &str) -> Result<Vec<Tok>, QueryError> {
                 toks.push(Tok::Op(op));
                 i += len;
             }
-            '\'' | '"' => {
-                let quote = c;
-                let mut s = String::new();
-                i += 1;
-                loop {
-                    match cs.get(i) {
-                        None => return Err(QueryError("unterminated string literal".into())),
-                        Some('\\') if matches!(cs.get(i + 1), Some(&n) if n == quote || n == '\\') =>
-                        {
-                            s.push(cs[i + 1]);
-                            i += 2;
-                        }
-                        Some(&ch) if ch == quote => {
-                            // SQL style doubled quote inside the literal.
-                            if cs.get(i + 1) == Some(&quote) {
-                                s.push(quote);
-                                i += 2;
-                            } else {
-                                i += 1;
-                                break;
-                            }
-                        }
-                        Some(&ch) => {
-                            s.push(ch);
-                            i += 1;
-                        }
-                    }
-                }
-                toks.push(Tok::Str(s));
-            }
+            '\'' | '"' => toks.push(Tok::Str(lex_string(&cs, &mut i)?)),
             c if c.is_ascii_digit()
                 || ((c == '-' || c == '+')
                     && cs
@@ -175,6 +146,37 @@ fn tokenize(q: &str) -> Result<Vec<Tok>, QueryError> {
         }
     }
     Ok(toks)
+}
+
+/// Reads the string literal whose opening quote is at `*i`, leaving `*i` after its closing
+/// quote.
+fn lex_string(cs: &[char], i: &mut usize) -> Result<String, QueryError> {
+    let quote = cs[*i];
+    let mut s = String::new();
+    *i += 1;
+    loop {
+        match cs.get(*i) {
+            None => return Err(QueryError("unterminated string literal".into())),
+            Some('\\') if matches!(cs.get(*i + 1), Some(&n) if n == quote || n == '\\') => {
+                s.push(cs[*i + 1]);
+                *i += 2;
+            }
+            Some(&ch) if ch == quote => {
+                // SQL style doubled quote inside the literal.
+                if cs.get(*i + 1) == Some(&quote) {
+                    s.push(quote);
+                    *i += 2;
+                } else {
+                    *i += 1;
+                    return Ok(s);
+                }
+            }
+            Some(&ch) => {
+                s.push(ch);
+                *i += 1;
+            }
+        }
+    }
 }
 
 struct Parser {

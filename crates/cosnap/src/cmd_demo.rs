@@ -84,42 +84,8 @@ pub fn run_demo(ctx: &Context, _args: DemoArgs) -> CmdResult {
     let images = dir.join("images");
     println!("cosnap demo in {}", dir.display());
 
-    let mut vm_ids = Vec::new();
-    for (i, (name, file, format, size, writes)) in VMS.iter().enumerate() {
-        let path = images.join(file);
-        cosnap_disk::create(&path, *format, *size)
-            .map_err(|e| Failure::from(anyhow::anyhow!(e)))?;
-        for (off, len, byte) in writes.iter() {
-            cosnap_disk::write_pattern(&path, *off, *len, *byte)
-                .map_err(|e| Failure::from(anyhow::anyhow!(e)))?;
-        }
-        let vm = host
-            .define_vm(&VmSpec {
-                id: None,
-                name: name.to_string(),
-                cpus: 2 + i as u32,
-                memory_mb: 1024 * (i as u64 + 1),
-                disks: vec![DiskSpec {
-                    path: path.clone(),
-                    format: Some(*format),
-                }],
-                nics: vec![Nic {
-                    mac: format!("00:15:5D:00:00:0{}", i + 1),
-                    switch_name: Some("demo-switch".into()),
-                }],
-            })
-            .map_err(fail)?;
-        println!(
-            "  VM {:<11} {}  disk {} ({}, {} MiB virtual; {} pattern range(s) written)",
-            name,
-            vm.id,
-            path.display(),
-            format,
-            size / MIB,
-            writes.len()
-        );
-        vm_ids.push(vm.id);
-    }
+    let vm_ids = define_demo_vms(&host, &images)?;
+
     let coll = host
         .define_collection("demo-group", None, 0)
         .map_err(fail)?;
@@ -132,17 +98,7 @@ pub fn run_demo(ctx: &Context, _args: DemoArgs) -> CmdResult {
         vm_ids.len()
     );
 
-    let t = std::time::Instant::now();
-    let job = host.start_create_snapshot(&coll.id, 2).map_err(fail)?;
-    let job = wait(&host, &job, "snapshot 1")?;
-    let snap1 = job
-        .created("Msvm_SnapshotCollection")
-        .unwrap_or_default()
-        .to_string();
-    println!(
-        "  recovery snapshot 1: {snap1} ({} ms for the whole group)",
-        t.elapsed().as_millis()
-    );
+    let snap1 = take_recovery_snapshot(&host, &coll.id, "snapshot 1")?;
 
     // More guest writes, on the active layers (1 MiB each, a new byte value per VM).
     for (i, id) in vm_ids.iter().enumerate() {
@@ -153,17 +109,7 @@ pub fn run_demo(ctx: &Context, _args: DemoArgs) -> CmdResult {
         "  guest writes after snapshot 1: 1 MiB per VM at 16/32/48 MiB (bytes 0xD0/0xD1/0xD2)"
     );
 
-    let t = std::time::Instant::now();
-    let job = host.start_create_snapshot(&coll.id, 2).map_err(fail)?;
-    let job = wait(&host, &job, "snapshot 2")?;
-    let snap2 = job
-        .created("Msvm_SnapshotCollection")
-        .unwrap_or_default()
-        .to_string();
-    println!(
-        "  recovery snapshot 2: {snap2} ({} ms for the whole group)",
-        t.elapsed().as_millis()
-    );
+    let snap2 = take_recovery_snapshot(&host, &coll.id, "snapshot 2")?;
 
     // The qcow2 VM's frozen layer of snapshot 1 against its active layer, for the hint below
     // (taken now: snapshot 1 becomes a reference point next).
@@ -212,7 +158,86 @@ pub fn run_demo(ctx: &Context, _args: DemoArgs) -> CmdResult {
         &snap2,
         "differential export of snapshot 2 (base: the reference point)",
     )?);
+    verify_packages(&packages)?;
+
+    println!("\nInspect the result:");
+    println!("  cosnap --data-dir {} snapshot list", dir.display());
+    println!("  cosnap --data-dir {} vm list", dir.display());
+    print_disk_hints(&host, &vm_ids)?;
+    if let Some(hint) = &compare_hint {
+        println!("{hint}");
+    }
     for package in &packages {
+        println!("  cosnap export verify '{}'", package.display());
+    }
+    if let Some(diff) = packages.get(1) {
+        println!(
+            "  qemu-img info --backing-chain '{}'/demo-db_*/'Virtual Hard Disks'/disk0.qcow2   # differential chained onto the full export",
+            diff.display()
+        );
+    }
+    Ok(0)
+}
+
+/// Creates each demo VM's disk, writes its patterns and defines the VM; returns their ids.
+fn define_demo_vms(host: &Host, images: &Path) -> Result<Vec<String>, Failure> {
+    let mut vm_ids = Vec::new();
+    for (i, (name, file, format, size, writes)) in VMS.iter().enumerate() {
+        let path = images.join(file);
+        cosnap_disk::create(&path, *format, *size)
+            .map_err(|e| Failure::from(anyhow::anyhow!(e)))?;
+        for (off, len, byte) in writes.iter() {
+            cosnap_disk::write_pattern(&path, *off, *len, *byte)
+                .map_err(|e| Failure::from(anyhow::anyhow!(e)))?;
+        }
+        let vm = host
+            .define_vm(&VmSpec {
+                id: None,
+                name: name.to_string(),
+                cpus: 2 + i as u32,
+                memory_mb: 1024 * (i as u64 + 1),
+                disks: vec![DiskSpec {
+                    path: path.clone(),
+                    format: Some(*format),
+                }],
+                nics: vec![Nic {
+                    mac: format!("00:15:5D:00:00:0{}", i + 1),
+                    switch_name: Some("demo-switch".into()),
+                }],
+            })
+            .map_err(fail)?;
+        println!(
+            "  VM {:<11} {}  disk {} ({}, {} MiB virtual; {} pattern range(s) written)",
+            name,
+            vm.id,
+            path.display(),
+            format,
+            size / MIB,
+            writes.len()
+        );
+        vm_ids.push(vm.id);
+    }
+    Ok(vm_ids)
+}
+
+/// Takes a recovery snapshot of the collection and reports how long the whole group took.
+fn take_recovery_snapshot(host: &Host, collection: &str, label: &str) -> Result<String, Failure> {
+    let t = std::time::Instant::now();
+    let job = host.start_create_snapshot(collection, 2).map_err(fail)?;
+    let job = wait(host, &job, label)?;
+    let snap = job
+        .created("Msvm_SnapshotCollection")
+        .unwrap_or_default()
+        .to_string();
+    println!(
+        "  recovery {label}: {snap} ({} ms for the whole group)",
+        t.elapsed().as_millis()
+    );
+    Ok(snap)
+}
+
+fn verify_packages(packages: &[PathBuf]) -> Result<(), Failure> {
+    for package in packages {
         let report = cosnap_export::verify_package(package)
             .map_err(|e| Failure::from(anyhow::anyhow!(e)))?;
         if !report.ok() {
@@ -229,11 +254,12 @@ pub fn run_demo(ctx: &Context, _args: DemoArgs) -> CmdResult {
             report.images_checked
         );
     }
+    Ok(())
+}
 
-    println!("\nInspect the result:");
-    println!("  cosnap --data-dir {} snapshot list", dir.display());
-    println!("  cosnap --data-dir {} vm list", dir.display());
-    for id in &vm_ids {
+/// The qemu-img (or, for VHDX chains, cosnap) commands that inspect each VM's disks.
+fn print_disk_hints(host: &Host, vm_ids: &[String]) -> Result<(), Failure> {
+    for id in vm_ids {
         let vm = host.vm(id).map_err(fail)?;
         for d in &vm.disks {
             match d.format {
@@ -251,19 +277,7 @@ pub fn run_demo(ctx: &Context, _args: DemoArgs) -> CmdResult {
             }
         }
     }
-    if let Some(hint) = &compare_hint {
-        println!("{hint}");
-    }
-    for package in &packages {
-        println!("  cosnap export verify '{}'", package.display());
-    }
-    if let Some(diff) = packages.get(1) {
-        println!(
-            "  qemu-img info --backing-chain '{}'/demo-db_*/'Virtual Hard Disks'/disk0.qcow2   # differential chained onto the full export",
-            diff.display()
-        );
-    }
-    Ok(0)
+    Ok(())
 }
 
 /// Runs one export job to its end and returns the package directory.

@@ -3,12 +3,12 @@
 //! Exit codes follow `exit.rs`, except `compare` (0 same, 1 different, 2 error) and `check`
 //! (0 clean, 2 corruption, 3 leaks only, 1 could not check), which keep qemu-img's codes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow};
 use clap::{Subcommand, ValueEnum};
-use cosnap_disk::ops::{self, CancelToken, FlattenJob};
-use cosnap_disk::{ExtentState, Format};
+use cosnap_disk::ops::{self, CancelToken, ChainExtent, CheckReport, FlattenJob};
+use cosnap_disk::{ExtentState, Format, Image};
 
 use crate::exit::{CmdResult, Context, Failure};
 
@@ -148,68 +148,13 @@ fn probed_inputs(cmd: &DiskCmd) -> Vec<&std::path::Path> {
 pub fn run(ctx: &Context, cmd: DiskCmd) -> CmdResult {
     say_probed(&probed_inputs(&cmd));
     match cmd {
-        DiskCmd::Info { image } => {
-            let info = ops::info(&image)?;
-            if ctx.json {
-                println!("{}", serde_json::to_string_pretty(&info)?);
-            } else {
-                println!("image: {}", info.path.display());
-                println!("file format: {}", info.format);
-                println!(
-                    "virtual size: {} ({} bytes)",
-                    human(info.virtual_size),
-                    info.virtual_size
-                );
-                println!("block size: {}", info.block_size);
-                println!("allocated bytes: {}", info.allocated_bytes);
-                let chain: Vec<String> =
-                    info.chain.iter().map(|p| p.display().to_string()).collect();
-                println!("chain: {}", chain.join(" -> "));
-            }
-            Ok(0)
-        }
+        DiskCmd::Info { image } => run_info(ctx, &image),
         DiskCmd::Create {
             path,
             format,
             size,
             parent,
-        } => {
-            let format = Format::from(format);
-            match parent {
-                Some(parent) => {
-                    if let Some(size) = size {
-                        let psize = ops::open(&parent, false)?.virtual_size();
-                        if size != psize {
-                            return Err(anyhow!(
-                                "--size {size} differs from the parent's virtual size {psize}"
-                            )
-                            .into());
-                        }
-                    }
-                    let expected = match ops::detect_format(&parent)? {
-                        Format::Vhdx => Format::Vhdx,
-                        _ => Format::Qcow2,
-                    };
-                    if expected != format {
-                        return Err(anyhow!(
-                            "a child of {} must be {expected}, not {format}",
-                            parent.display()
-                        )
-                        .into());
-                    }
-                    ops::create_child(&parent, &path)?;
-                }
-                None => {
-                    let size =
-                        size.ok_or_else(|| anyhow!("--size is required without --parent"))?;
-                    ops::create(&path, format, size)?;
-                }
-            }
-            if ctx.json {
-                println!("{}", serde_json::json!({ "path": path, "format": format }));
-            }
-            Ok(0)
-        }
+        } => run_create(ctx, &path, format.into(), size, parent.as_deref()),
         DiskCmd::Write {
             image,
             offset,
@@ -235,114 +180,207 @@ pub fn run(ctx: &Context, cmd: DiskCmd) -> CmdResult {
                 source_layers: Vec::new(),
                 dest_parent_format: None,
             };
-            let reports = ops::flatten_all(&[job], 1, &|_, _| {}, &CancelToken::new())?;
-            let report = &reports[0];
-            if ctx.json {
-                println!("{}", serde_json::to_string_pretty(report)?);
-            } else {
-                println!(
-                    "wrote {} ({}, {} data bytes in {} ranges)",
-                    report.dest.display(),
-                    report.format,
-                    report.data_bytes,
-                    report.ranges.len()
-                );
-            }
+            run_convert(ctx, job)
+        }
+        DiskCmd::Compare { a, b } => run_compare(&a, &b),
+        DiskCmd::Map { image } => run_map(ctx, &image),
+        DiskCmd::Check { image } => run_check(ctx, &image),
+    }
+}
+
+fn run_info(ctx: &Context, image: &Path) -> CmdResult {
+    let info = ops::info(image)?;
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(0);
+    }
+
+    println!("image: {}", info.path.display());
+    println!("file format: {}", info.format);
+    println!(
+        "virtual size: {} ({} bytes)",
+        human(info.virtual_size),
+        info.virtual_size
+    );
+    println!("block size: {}", info.block_size);
+    println!("allocated bytes: {}", info.allocated_bytes);
+    let chain: Vec<String> = info.chain.iter().map(|p| p.display().to_string()).collect();
+    println!("chain: {}", chain.join(" -> "));
+    Ok(0)
+}
+
+fn run_create(
+    ctx: &Context,
+    path: &Path,
+    format: Format,
+    size: Option<u64>,
+    parent: Option<&Path>,
+) -> CmdResult {
+    match parent {
+        Some(parent) => {
+            check_child_fits_parent(parent, format, size)?;
+            ops::create_child(parent, path)?;
+        }
+        None => {
+            let size = size.ok_or_else(|| anyhow!("--size is required without --parent"))?;
+            ops::create(path, format, size)?;
+        }
+    }
+
+    if ctx.json {
+        println!("{}", serde_json::json!({ "path": path, "format": format }));
+    }
+    Ok(0)
+}
+
+/// A child keeps its parent's virtual size and its family's format (VHDX under VHDX, qcow2
+/// over anything else).
+fn check_child_fits_parent(
+    parent: &Path,
+    format: Format,
+    size: Option<u64>,
+) -> Result<(), Failure> {
+    if let Some(size) = size {
+        let psize = ops::open(parent, false)?.virtual_size();
+        if size != psize {
+            return Err(
+                anyhow!("--size {size} differs from the parent's virtual size {psize}").into(),
+            );
+        }
+    }
+
+    let expected = match ops::detect_format(parent)? {
+        Format::Vhdx => Format::Vhdx,
+        _ => Format::Qcow2,
+    };
+    if expected != format {
+        return Err(anyhow!(
+            "a child of {} must be {expected}, not {format}",
+            parent.display()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn run_convert(ctx: &Context, job: FlattenJob) -> CmdResult {
+    let reports = ops::flatten_all(&[job], 1, &|_, _| {}, &CancelToken::new())?;
+    let report = &reports[0];
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        println!(
+            "wrote {} ({}, {} data bytes in {} ranges)",
+            report.dest.display(),
+            report.format,
+            report.data_bytes,
+            report.ranges.len()
+        );
+    }
+    Ok(0)
+}
+
+fn run_compare(a: &Path, b: &Path) -> CmdResult {
+    match ops::compare(a, b) {
+        Ok(None) => {
+            println!("Images are identical.");
             Ok(0)
         }
-        DiskCmd::Compare { a, b } => match ops::compare(&a, &b) {
-            Ok(None) => {
-                println!("Images are identical.");
-                Ok(0)
-            }
-            Ok(Some(off)) => {
-                println!("Content mismatch at offset {off}!");
-                Ok(1)
-            }
-            Err(e) => Err(Failure::new(2, e)),
-        },
-        DiskCmd::Map { image } => {
-            let img = ops::open(&image, false)?;
-            let layers = ops::layers(img.as_ref());
-            let map = ops::chain_map(img.as_ref(), 0, img.virtual_size())?;
-            if ctx.json {
-                let v: Vec<serde_json::Value> = map
-                    .iter()
-                    .map(|e| {
-                        let mut o = serde_json::json!({
-                            "start": e.offset,
-                            "length": e.len,
-                            // Like qemu-img: unallocated ranges get the bottom layer's depth.
-                            "depth": e.depth.min(layers.len() - 1),
-                            "present": e.state != ExtentState::Inherited,
-                            "zero": !matches!(e.state, ExtentState::Data { .. }),
-                            "data": matches!(e.state, ExtentState::Data { .. }),
-                        });
-                        if let ExtentState::Data {
-                            host_offset: Some(h),
-                        } = e.state
-                        {
-                            o["offset"] = h.into();
-                        }
-                        if let Some(l) = layers.get(e.depth) {
-                            o["filename"] = l.path().display().to_string().into();
-                        }
-                        o
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                println!("Offset              Length              State     File");
-                for e in &map {
-                    let state = match e.state {
-                        ExtentState::Data { .. } => "data",
-                        ExtentState::Zero => "zero",
-                        ExtentState::Inherited => continue,
-                    };
-                    let file = layers
-                        .get(e.depth)
-                        .map(|l| l.path().display().to_string())
-                        .unwrap_or_default();
-                    println!("{:<#20x}{:<#20x}{:<10}{}", e.offset, e.len, state, file);
-                }
-            }
-            Ok(0)
+        Ok(Some(off)) => {
+            println!("Content mismatch at offset {off}!");
+            Ok(1)
         }
-        DiskCmd::Check { image } => {
-            let report = ops::check(&image)
-                .with_context(|| format!("could not check {}", image.display()))
-                .map_err(|e| Failure::new(1, e))?;
-            if ctx.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                for c in &report.corruptions {
-                    println!("ERROR {c}");
-                }
-                for l in &report.leaks {
-                    println!("Leaked cluster: {l}");
-                }
-                if !report.corruptions.is_empty() {
-                    println!(
-                        "{} errors were found on the image.",
-                        report.corruptions.len()
-                    );
-                } else if !report.leaks.is_empty() {
-                    println!(
-                        "{} leaked clusters were found on the image.",
-                        report.leaks.len()
-                    );
-                } else {
-                    println!("No errors were found on the image.");
-                }
-            }
-            Ok(if !report.corruptions.is_empty() {
-                2
-            } else if !report.leaks.is_empty() {
-                3
-            } else {
-                0
-            })
-        }
+        Err(e) => Err(Failure::new(2, e)),
+    }
+}
+
+fn run_map(ctx: &Context, image: &Path) -> CmdResult {
+    let img = ops::open(image, false)?;
+    let layers = ops::layers(img.as_ref());
+    let map = ops::chain_map(img.as_ref(), 0, img.virtual_size())?;
+    if ctx.json {
+        let v: Vec<serde_json::Value> = map.iter().map(|e| map_entry_json(e, &layers)).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+
+    println!("Offset              Length              State     File");
+    for e in &map {
+        let state = match e.state {
+            ExtentState::Data { .. } => "data",
+            ExtentState::Zero => "zero",
+            ExtentState::Inherited => continue,
+        };
+        let file = layers
+            .get(e.depth)
+            .map(|l| l.path().display().to_string())
+            .unwrap_or_default();
+        println!("{:<#20x}{:<#20x}{:<10}{}", e.offset, e.len, state, file);
+    }
+    Ok(0)
+}
+
+fn map_entry_json(e: &ChainExtent, layers: &[&dyn Image]) -> serde_json::Value {
+    let mut o = serde_json::json!({
+        "start": e.offset,
+        "length": e.len,
+        // Like qemu-img: unallocated ranges get the bottom layer's depth.
+        "depth": e.depth.min(layers.len() - 1),
+        "present": e.state != ExtentState::Inherited,
+        "zero": !matches!(e.state, ExtentState::Data { .. }),
+        "data": matches!(e.state, ExtentState::Data { .. }),
+    });
+    if let ExtentState::Data {
+        host_offset: Some(h),
+    } = e.state
+    {
+        o["offset"] = h.into();
+    }
+    if let Some(l) = layers.get(e.depth) {
+        o["filename"] = l.path().display().to_string().into();
+    }
+    o
+}
+
+fn run_check(ctx: &Context, image: &Path) -> CmdResult {
+    let report = ops::check(image)
+        .with_context(|| format!("could not check {}", image.display()))
+        .map_err(|e| Failure::new(1, e))?;
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_check_report(&report);
+    }
+
+    Ok(if !report.corruptions.is_empty() {
+        2
+    } else if !report.leaks.is_empty() {
+        3
+    } else {
+        0
+    })
+}
+
+fn print_check_report(report: &CheckReport) {
+    for c in &report.corruptions {
+        println!("ERROR {c}");
+    }
+    for l in &report.leaks {
+        println!("Leaked cluster: {l}");
+    }
+
+    if !report.corruptions.is_empty() {
+        println!(
+            "{} errors were found on the image.",
+            report.corruptions.len()
+        );
+    } else if !report.leaks.is_empty() {
+        println!(
+            "{} leaked clusters were found on the image.",
+            report.leaks.len()
+        );
+    } else {
+        println!("No errors were found on the image.");
     }
 }
 

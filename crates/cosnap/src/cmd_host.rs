@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Subcommand, ValueEnum};
 use cosnap_disk::Format;
-use cosnap_host::{DiskSpec, Host, HostError, Job, Nic, VmSpec};
+use cosnap_host::{DiskSpec, Host, HostError, Job, Nic, Vm, VmSpec};
 use serde_json::json;
 
 use crate::exit::{CmdResult, Context, FAILED, Failure, INVALID_STATE, NOT_FOUND, USAGE};
@@ -32,8 +32,8 @@ pub enum VmCmd {
         /// file name (.raw/.img, .qcow2, .vhdx/.avhdx).
         #[arg(long = "disk-format", value_parser = parse_format)]
         disk_formats: Vec<Format>,
-        /// A network adapter: MAC[,SWITCH] (repeatable).
-        #[arg(long = "nic")]
+        // Help given as an attribute: in a doc comment rustdoc reads `[,SWITCH]` as a link.
+        #[arg(long = "nic", help = "A network adapter: MAC[,SWITCH] (repeatable)")]
         nics: Vec<String>,
         /// Keep this id (a GUID) instead of generating one.
         #[arg(long)]
@@ -286,30 +286,16 @@ pub fn run_vm(ctx: &Context, cmd: VmCmd) -> CmdResult {
             nics,
             id,
         } => {
-            let nics = nics
-                .iter()
-                .map(|n| {
-                    let mut parts = n.splitn(2, ',');
-                    Nic {
-                        mac: parts.next().unwrap_or_default().to_string(),
-                        switch_name: parts.next().map(str::to_string),
-                    }
-                })
-                .collect();
             let spec = VmSpec {
                 id,
                 name,
                 cpus,
                 memory_mb,
                 disks: disk_specs(disks, &disk_formats)?,
-                nics,
+                nics: nics.iter().map(|n| parse_nic(n)).collect(),
             };
             let vm = host.define_vm(&spec).map_err(fail)?;
-            if ctx.json {
-                print_json(&vm);
-            } else {
-                println!("{}", vm.id);
-            }
+            print_vm_id(ctx, &vm);
         }
         VmCmd::ImportLibvirt { file } => {
             let xml = std::fs::read_to_string(&file)
@@ -320,11 +306,7 @@ pub fn run_vm(ctx: &Context, cmd: VmCmd) -> CmdResult {
                 eprintln!("cosnap: note: {s}");
             }
             let vm = host.define_vm(&spec).map_err(fail)?;
-            if ctx.json {
-                print_json(&vm);
-            } else {
-                println!("{}", vm.id);
-            }
+            print_vm_id(ctx, &vm);
         }
         VmCmd::List => {
             let vms = host.vms().map_err(fail)?;
@@ -348,26 +330,7 @@ pub fn run_vm(ctx: &Context, cmd: VmCmd) -> CmdResult {
             if ctx.json {
                 print_json(&vm);
             } else {
-                println!(
-                    "{}  {}\n  cpus {}  memory {} MB",
-                    vm.id, vm.name, vm.cpus, vm.memory_mb
-                );
-                for d in &vm.disks {
-                    println!(
-                        "  disk {}: {} ({})  base {}",
-                        d.index,
-                        d.path.display(),
-                        d.format,
-                        d.base_path.display()
-                    );
-                }
-                for n in &vm.nics {
-                    println!(
-                        "  nic {} {}",
-                        n.mac,
-                        n.switch_name.as_deref().unwrap_or("-")
-                    );
-                }
+                print_vm(&vm);
             }
         }
         VmCmd::Destroy { vm } => host.destroy_vm(&vm).map_err(fail)?,
@@ -382,6 +345,46 @@ pub fn run_vm(ctx: &Context, cmd: VmCmd) -> CmdResult {
             .map_err(fail)?,
     }
     Ok(0)
+}
+
+/// `MAC[,SWITCH]` as given to `vm define --nic`.
+fn parse_nic(text: &str) -> Nic {
+    let mut parts = text.splitn(2, ',');
+    Nic {
+        mac: parts.next().unwrap_or_default().to_string(),
+        switch_name: parts.next().map(str::to_string),
+    }
+}
+
+fn print_vm_id(ctx: &Context, vm: &Vm) {
+    if ctx.json {
+        print_json(vm);
+    } else {
+        println!("{}", vm.id);
+    }
+}
+
+fn print_vm(vm: &Vm) {
+    println!(
+        "{}  {}\n  cpus {}  memory {} MB",
+        vm.id, vm.name, vm.cpus, vm.memory_mb
+    );
+    for d in &vm.disks {
+        println!(
+            "  disk {}: {} ({})  base {}",
+            d.index,
+            d.path.display(),
+            d.format,
+            d.base_path.display()
+        );
+    }
+    for n in &vm.nics {
+        println!(
+            "  nic {} {}",
+            n.mac,
+            n.switch_name.as_deref().unwrap_or("-")
+        );
+    }
 }
 
 pub fn run_collection(ctx: &Context, cmd: CollectionCmd) -> CmdResult {

@@ -41,8 +41,12 @@ pub struct ServeArgs {
     /// HTTPS address (conventionally port 5989); off unless given.
     #[arg(long)]
     pub https_listen: Option<SocketAddr>,
-    /// PEM certificate chain for HTTPS (default: generated into <data-dir>/tls/).
-    #[arg(long, requires = "tls_key")]
+    // Help given as an attribute: in a doc comment rustdoc reads `<data-dir>` as an HTML tag.
+    #[arg(
+        long,
+        requires = "tls_key",
+        help = "PEM certificate chain for HTTPS (default: generated into <data-dir>/tls/)"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for HTTPS.
     #[arg(long, requires = "tls_cert")]
