@@ -183,14 +183,12 @@ fn parse_path(host: &Host, v: &Value, what: &str) -> Result<ObjectPath, Refusal>
     let _ = host;
     match v {
         Value::Reference(p) => Ok(p.clone()),
-        Value::String(s) => crate::util::parse_wmi_path(s)
-            .or_else(|| cosnap_cim::path_text::parse(s).ok())
-            .ok_or_else(|| {
-                refuse(
-                    dmtf::INVALID_PARAMETER,
-                    format!("{what}: {s:?} is not an object path"),
-                )
-            }),
+        Value::String(s) => cosnap_cim::path_text::parse(s).ok().ok_or_else(|| {
+            refuse(
+                dmtf::INVALID_PARAMETER,
+                format!("{what}: {s:?} is not an object path"),
+            )
+        }),
         _ => Err(refuse(
             dmtf::INVALID_PARAMETER,
             format!("{what} must be an object path"),

@@ -111,8 +111,8 @@ pub fn ref_param(params: &[(String, Value)], name: &str) -> Result<ObjectPath, H
     match param(params, name) {
         None => Err(HostError::invalid(format!("{name} is required"))),
         Some(Value::Reference(p)) => Ok(p.clone()),
-        Some(Value::String(s)) => crate::util::parse_wmi_path(s)
-            .or_else(|| cosnap_cim::path_text::parse(s).ok())
+        Some(Value::String(s)) => cosnap_cim::path_text::parse(s)
+            .ok()
             .ok_or_else(|| HostError::invalid(format!("{name}: {s:?} is not an object path"))),
         Some(_) => Err(HostError::invalid(format!("{name} must be an object path"))),
     }
