@@ -54,8 +54,8 @@ use crate::error::dmtf;
 use crate::model::{ExportedDisk, LayerRef, Snapshot, job_type};
 use crate::{Host, HostError, Resolved};
 
-pub const ACCESS_DENIED: u32 = 32769;
-pub const IN_USE: u32 = 32774;
+/// The export method's Msvm-family refusals, named in the one table in [`crate::error`].
+pub use crate::error::msvm::{ACCESS_DENIED, IN_USE};
 pub const SETTING_DATA_CLASS: &str = "Msvm_CollectionSnapshotExportSettingData";
 
 /// A refusal before the job starts: the method's return code and why.

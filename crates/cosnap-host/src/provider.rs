@@ -27,7 +27,7 @@ use cosnap_cim::{
 };
 
 use crate::cim::*;
-use crate::error::{HostError, dmtf, msvm};
+use crate::error::{HostError, concrete_job, dmtf, msvm};
 use crate::host::Host;
 use crate::model::*;
 
@@ -514,10 +514,10 @@ impl Host {
                         && !t.trim().is_empty()
                         && t.chars().any(|c| c.is_ascii_digit() && c != '0')
                     {
-                        return Ok(outcome(4098));
+                        return Ok(outcome(concrete_job::TIMEOUT_NOT_SUPPORTED));
                     }
                     let Some(state) = state.and_then(|s| u16::try_from(s).ok()) else {
-                        return Ok(outcome(5));
+                        return Ok(outcome(concrete_job::INVALID_PARAMETER));
                     };
                     Ok(outcome(
                         self.request_job_state(&job.id, state)
@@ -527,7 +527,7 @@ impl Host {
                 // Null (the out parameter left out) when the job did not fail (doc: "Null
                 // when OperationalStatus is 2 (OK)").
                 "geterror" => Ok(MethodOutcome {
-                    return_value: 0,
+                    return_value: msvm::COMPLETED,
                     out_params: self
                         .job_error_instance(&job)
                         .map(|i| ("Error".to_string(), Value::Instance(Box::new(i))))
@@ -535,7 +535,7 @@ impl Host {
                         .collect(),
                 }),
                 "geterrorex" => Ok(MethodOutcome {
-                    return_value: 0,
+                    return_value: msvm::COMPLETED,
                     out_params: self
                         .job_error_instance(&job)
                         .map(|i| {
@@ -547,7 +547,7 @@ impl Host {
                         .into_iter()
                         .collect(),
                 }),
-                "killjob" => Ok(outcome(1)),
+                "killjob" => Ok(outcome(concrete_job::NOT_SUPPORTED)),
                 _ => Err(CimError::new(
                     CimStatus::MethodNotFound,
                     format!("Msvm_ConcreteJob has no method {method}"),
@@ -595,7 +595,7 @@ impl Host {
                     .map_err(|_| HostError::invalid(format!("Type {kind} is out of range")))?;
                 let c = self.define_collection(&name, id.as_deref(), kind)?;
                 Ok(MethodOutcome {
-                    return_value: 0,
+                    return_value: msvm::COMPLETED,
                     out_params: vec![(
                         "DefinedCollection".into(),
                         Value::Reference(collection_path(&c.id, c.kind)),
@@ -605,14 +605,14 @@ impl Host {
             "destroycollection" => {
                 let id = self.collection_of(params, "Collection")?;
                 self.destroy_collection(&id)?;
-                Ok(outcome(0))
+                Ok(outcome(msvm::COMPLETED))
             }
             "renamecollection" => {
                 let id = self.collection_of(params, "Collection")?;
                 let name = string_param(params, "NewName")?
                     .ok_or_else(|| HostError::invalid("NewName is required"))?;
                 self.rename_collection(&id, &name)?;
-                Ok(outcome(0))
+                Ok(outcome(msvm::COMPLETED))
             }
             "addmember" | "removemember" => {
                 let member = self.member_id(&ref_param(params, "Member")?)?;
@@ -622,14 +622,14 @@ impl Host {
                 } else {
                     self.remove_member(&id, &member)?;
                 }
-                Ok(outcome(0))
+                Ok(outcome(msvm::COMPLETED))
             }
             "removememberbyid" => {
                 let member = self.member_id(&ref_param(params, "Member")?)?;
                 let cid = string_param(params, "CollectionId")?
                     .ok_or_else(|| HostError::invalid("CollectionId is required"))?;
                 self.remove_member_by_id(&member, &cid)?;
-                Ok(outcome(0))
+                Ok(outcome(msvm::COMPLETED))
             }
             "startservice" | "stopservice" => Ok(outcome(msvm::NOT_SUPPORTED)),
             _ => Err(HostError::invalid(format!("no method {m}"))),
@@ -756,7 +756,7 @@ impl Host {
                 self.check_api_disks(&mut spec)?;
                 let vm = self.define_vm(&spec)?;
                 Ok(MethodOutcome {
-                    return_value: 0,
+                    return_value: msvm::COMPLETED,
                     out_params: vec![("ResultingSystem".into(), Value::Reference(vm_path(&vm.id)))],
                 })
             }
@@ -765,7 +765,7 @@ impl Host {
                 match self.resolve_path(&p)? {
                     crate::Resolved::Vm(id) => {
                         self.destroy_vm(&id)?;
-                        Ok(outcome(0))
+                        Ok(outcome(msvm::COMPLETED))
                     }
                     _ => Err(HostError::invalid(
                         "AffectedSystem must name a Msvm_ComputerSystem",
