@@ -3,7 +3,7 @@
 //! Parsing works on `roxmltree` nodes (the caller parses the document with [`parse_document`]
 //! or [`parse_document_with`], the bounded [`reader`]); writing appends to a `String`
 //! with correct escaping. The writer emits exactly the attributes and children DSP0201
-//! allows, because pywbem 1.9.1 rejects anything else (interop.md §1.5).
+//! allows, because pywbem 1.9.1 rejects anything else (docs/decisions.md, "CIM-XML writer").
 //!
 //! Typing: wbemcli sends parameter VALUEs without `PARAMTYPE`, so values are first parsed
 //! into a [`RawValue`] (text, not yet typed) and then typed against the class's

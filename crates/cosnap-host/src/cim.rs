@@ -530,7 +530,8 @@ impl Host {
     }
 
     /// Msvm_VirtualSystemReferencePoint. ConsistencyLevel 2 = Crash Consistent in this
-    /// class's numbering (the reverse of the collection's, §11 item 3).
+    /// class's numbering (the reverse of the collection's; docs/decisions.md,
+    /// "Snapshot types and consistency numbering").
     pub fn refpoint_instance(&self, rp: &RefPoint, v: &RefPointVm) -> Instance {
         Instance::new("Msvm_VirtualSystemReferencePoint")
             .with("InstanceID", CimType::String, s(&v.instance_id))

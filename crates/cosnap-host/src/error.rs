@@ -1,5 +1,6 @@
 //! The host's typed errors and how each maps onto the two return-code families of
-//! hyperv-model.md §10 (DMTF style 1..6, Msvm style 32768..32779) and onto CLI exit codes.
+//! docs/decisions.md, "Method return-code families" (DMTF style 1..6, Msvm style
+//! 32768..32779, CIM_ConcreteJob 4096..4098) and onto CLI exit codes.
 
 use thiserror::Error;
 
@@ -91,7 +92,7 @@ pub mod msvm {
     pub const INCORRECT_TYPE: u32 = 32776;
     pub const NOT_AVAILABLE: u32 = 32777;
     pub const OUT_OF_MEMORY: u32 = 32778;
-    /// "File not found" on the collection-management pages (§11 item 6: we use the
+    /// "File not found" on the collection-management pages (docs/decisions.md, "Method return-code families": we use the
     /// not-found reading for every not-found object in Msvm-style methods).
     pub const NOT_FOUND: u32 = 32779;
 }

@@ -2,7 +2,8 @@
 //! associations built from the repository, and the services' extrinsic methods with their
 //! documented return-code families.
 //!
-//! Decisions on vague points (hyperv-model.md §11):
+//! Decisions on vague points (recorded in docs/decisions.md, "CIM model: return-code
+//! families, snapshot types, reference points, class mappings"):
 //! * Collection management methods, DefineSystem and DestroySystem run synchronously and
 //!   return 0 (Hyper-V may return 4096; both are documented outcomes). CreateSnapshot,
 //!   ApplySnapshot, DestroySnapshot, ConvertToReferencePoint, CreateReferencePoint and
@@ -11,7 +12,7 @@
 //! * DMTF-style methods have no "not found": a REF naming a missing object is 4 Invalid
 //!   Parameter; a REF naming an object of the wrong class (e.g. a reference point passed to
 //!   ApplySnapshot) is 6 Invalid Type; an object being exported is 5 Invalid State.
-//! * Msvm-style: missing object 32779 (the collection pages' "not found" reading, item 6),
+//! * Msvm-style: missing object 32779 (the collection pages' "not found" reading),
 //!   malformed argument / duplicate id / member added twice 32773, in use 32774, invalid
 //!   state 32775.
 //! * CreateSnapshot.SnapshotSettings: "" / absent = defaults, or one embedded
