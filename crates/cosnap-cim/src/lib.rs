@@ -9,7 +9,7 @@
 //! * [`datetime`] — CIM datetimes and intervals;
 //! * [`xml`] — CIM-XML (DSP0201) elements: values, paths, instances, classes;
 //! * [`embedded`] — embedded-instance strings in every producer variant;
-//! * [`mof`] + [`schema`] — `schema/cosnap.mof`, parsed and resolved.
+//! * [`mof`] + [`schema`](mod@schema) — `schema/cosnap.mof`, parsed and resolved.
 
 pub mod class;
 pub mod datetime;

@@ -3,7 +3,7 @@
 //! qualifiers, properties (scalar, array, reference, default values) and methods with
 //! parameters. Instances, aliases and associations-by-instance are not supported.
 //!
-//! The result is the classes as written (local members only); [`crate::schema`] resolves
+//! The result is the classes as written (local members only); [`crate::schema`](mod@crate::schema) resolves
 //! inheritance.
 
 use thiserror::Error;
