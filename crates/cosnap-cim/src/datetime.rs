@@ -128,6 +128,19 @@ pub fn format_timestamp(t: OffsetDateTime) -> String {
     )
 }
 
+/// The CIM timestamp (UTC, `+000`) of an instant given in milliseconds since the Unix
+/// epoch; instants outside the `time` crate's range print as the epoch.
+pub fn format_unix_ms(ms: i64) -> String {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    format_timestamp(t)
+}
+
+/// The CIM interval of a duration given in milliseconds (negative durations print as zero).
+pub fn format_interval_ms(ms: i64) -> String {
+    format_interval(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+}
+
 /// Parses `ddddddddHHMMSS.mmmmmm:000`.
 pub fn parse_interval(s: &str) -> Result<Duration, DateTimeError> {
     check_shape(s)?;
@@ -175,6 +188,15 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use time::macros::datetime;
+
+    #[test]
+    fn milliseconds_since_the_epoch() {
+        assert_eq!(format_unix_ms(0), "19700101000000.000000+000");
+        assert_eq!(format_unix_ms(1_500), "19700101000001.500000+000");
+        assert_eq!(format_interval_ms(300_000), "00000000000500.000000:000");
+        assert_eq!(format_interval_ms(90_061_001), "00000001010101.001000:000");
+        assert_eq!(format_interval_ms(-5), "00000000000000.000000:000");
+    }
 
     #[test]
     fn timestamps() {

@@ -1,5 +1,5 @@
 //! Embedded instances: the CIM-XML `<INSTANCE>` text that string parameters such as
-//! `SnapshotSettings` and `ExportSettingData` carry (hyperv-model.md §9).
+//! `SnapshotSettings` and `ExportSettingData` carry (docs/decisions.md, "Class mappings").
 //!
 //! Accepted producer variants (one decoder for all):
 //! * plain CIM DTD 2.0 text `<INSTANCE CLASSNAME="…">…` (System.Management `GetText(CimDtd20)`,

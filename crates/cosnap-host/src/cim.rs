@@ -14,7 +14,8 @@ use cosnap_cim::{CimType, Instance, ObjectPath, Value};
 use crate::error::{HostError, Result};
 use crate::host::Host;
 use crate::model::*;
-use crate::util::{cim_interval, cim_timestamp, norm_id, now_ms, wmi_path_text};
+use crate::util::{norm_id, now_ms, wmi_path_text};
+use cosnap_cim::datetime::{format_interval_ms, format_unix_ms};
 
 pub const SERVICES: &[(&str, &str)] = &[
     ("Msvm_VirtualSystemManagementService", "vmms"),
@@ -475,7 +476,7 @@ impl Host {
             &vm.vm_id,
             &vm.settings,
             ty,
-            Some(cim_timestamp(snap.created_ms)),
+            Some(format_unix_ms(snap.created_ms)),
             vm.parent_vssd.as_deref(),
             &disks,
         )
@@ -529,7 +530,8 @@ impl Host {
     }
 
     /// Msvm_VirtualSystemReferencePoint. ConsistencyLevel 2 = Crash Consistent in this
-    /// class's numbering (the reverse of the collection's, §11 item 3).
+    /// class's numbering (the reverse of the collection's; docs/decisions.md,
+    /// "Snapshot types and consistency numbering").
     pub fn refpoint_instance(&self, rp: &RefPoint, v: &RefPointVm) -> Instance {
         Instance::new("Msvm_VirtualSystemReferencePoint")
             .with("InstanceID", CimType::String, s(&v.instance_id))
@@ -570,7 +572,7 @@ impl Host {
             .start_ms
             .map(|st| job.finished_ms.unwrap_or(now) - st)
             .unwrap_or(0);
-        let ts = |ms: Option<i64>| ms.map(|m| Value::Datetime(cim_timestamp(m)));
+        let ts = |ms: Option<i64>| ms.map(|m| Value::Datetime(format_unix_ms(m)));
         let (op_status, status_desc) = match job.state {
             job_state::EXCEPTION => (6u16, "Error"),
             job_state::TERMINATED | job_state::KILLED => (10u16, "Stopped"),
@@ -605,12 +607,14 @@ impl Host {
             .with(
                 "ElapsedTime",
                 CimType::Datetime,
-                Some(Value::Datetime(cim_interval(elapsed))),
+                Some(Value::Datetime(format_interval_ms(elapsed))),
             )
             .with(
                 "TimeBeforeRemoval",
                 CimType::Datetime,
-                Some(Value::Datetime(cim_interval(crate::jobs::KEEP_FINISHED_MS))),
+                Some(Value::Datetime(format_interval_ms(
+                    crate::jobs::KEEP_FINISHED_MS,
+                ))),
             )
             .with(
                 "DeleteOnCompletion",

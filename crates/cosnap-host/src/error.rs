@@ -1,5 +1,6 @@
 //! The host's typed errors and how each maps onto the two return-code families of
-//! hyperv-model.md §10 (DMTF style 1..6, Msvm style 32768..32779) and onto CLI exit codes.
+//! docs/decisions.md, "Method return-code families" (DMTF style 1..6, Msvm style
+//! 32768..32779, CIM_ConcreteJob 4096..4098) and onto CLI exit codes.
 
 use thiserror::Error;
 
@@ -59,6 +60,23 @@ pub mod dmtf {
     pub const JOB_STARTED: u32 = 4096;
 }
 
+/// CIM_ConcreteJob method return codes (RequestStateChange, KillJob): the third family,
+/// with its own 4097–4099 range (see docs/decisions.md, "Method return-code families").
+pub mod concrete_job {
+    /// The request completed.
+    pub const COMPLETED: u32 = 0;
+    /// The method is not supported (KillJob: cosnap jobs stop through RequestStateChange).
+    pub const NOT_SUPPORTED: u32 = 1;
+    /// A parameter is missing or out of range (RequestedState other than 4 or 5).
+    pub const INVALID_PARAMETER: u32 = 5;
+    /// The state transition has started.
+    pub const TRANSITION_STARTED: u32 = 4096;
+    /// The job already ended or passed its point of no return.
+    pub const INVALID_STATE_TRANSITION: u32 = 4097;
+    /// A non-zero TimeoutPeriod was given; cosnap does not time transitions out.
+    pub const TIMEOUT_NOT_SUPPORTED: u32 = 4098;
+}
+
 /// Msvm-style method return codes (collection management, DefineSystem/DestroySystem, job GetError).
 pub mod msvm {
     pub const COMPLETED: u32 = 0;
@@ -74,7 +92,7 @@ pub mod msvm {
     pub const INCORRECT_TYPE: u32 = 32776;
     pub const NOT_AVAILABLE: u32 = 32777;
     pub const OUT_OF_MEMORY: u32 = 32778;
-    /// "File not found" on the collection-management pages (§11 item 6: we use the
+    /// "File not found" on the collection-management pages (docs/decisions.md, "Method return-code families": we use the
     /// not-found reading for every not-found object in Msvm-style methods).
     pub const NOT_FOUND: u32 = 32779;
 }

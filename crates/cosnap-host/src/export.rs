@@ -54,8 +54,8 @@ use crate::error::dmtf;
 use crate::model::{ExportedDisk, LayerRef, Snapshot, job_type};
 use crate::{Host, HostError, Resolved};
 
-pub const ACCESS_DENIED: u32 = 32769;
-pub const IN_USE: u32 = 32774;
+/// The export method's Msvm-family refusals, named in the one table in [`crate::error`].
+pub use crate::error::msvm::{ACCESS_DENIED, IN_USE};
 pub const SETTING_DATA_CLASS: &str = "Msvm_CollectionSnapshotExportSettingData";
 
 /// A refusal before the job starts: the method's return code and why.
@@ -183,14 +183,12 @@ fn parse_path(host: &Host, v: &Value, what: &str) -> Result<ObjectPath, Refusal>
     let _ = host;
     match v {
         Value::Reference(p) => Ok(p.clone()),
-        Value::String(s) => crate::util::parse_wmi_path(s)
-            .or_else(|| cosnap_cim::path_text::parse(s).ok())
-            .ok_or_else(|| {
-                refuse(
-                    dmtf::INVALID_PARAMETER,
-                    format!("{what}: {s:?} is not an object path"),
-                )
-            }),
+        Value::String(s) => cosnap_cim::path_text::parse(s).ok().ok_or_else(|| {
+            refuse(
+                dmtf::INVALID_PARAMETER,
+                format!("{what}: {s:?} is not an object path"),
+            )
+        }),
         _ => Err(refuse(
             dmtf::INVALID_PARAMETER,
             format!("{what} must be an object path"),

@@ -16,7 +16,7 @@ use std::time::Instant;
 use cosnap_disk::CancelToken;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::error::{HostError, Result};
+use crate::error::{HostError, Result, concrete_job};
 use crate::host::{Host, POLL};
 use crate::model::{Job, job_state};
 use crate::repo;
@@ -316,10 +316,10 @@ impl Host {
     pub fn request_job_state(&self, id: &str, requested: u16) -> Result<u32> {
         let job = self.job(id)?;
         if requested != 4 && requested != 5 {
-            return Ok(5);
+            return Ok(concrete_job::INVALID_PARAMETER);
         }
         if job.is_finished() || !job.cancellable {
-            return Ok(4097);
+            return Ok(concrete_job::INVALID_STATE_TRANSITION);
         }
         self.db().execute(
             "UPDATE jobs SET cancel_requested = ?2 WHERE id = ?1",
@@ -334,7 +334,7 @@ impl Host {
         {
             token.cancel();
         }
-        Ok(4096)
+        Ok(concrete_job::TRANSITION_STARTED)
     }
 }
 

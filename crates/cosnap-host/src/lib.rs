@@ -33,7 +33,7 @@
 //!   [`Host::snapshot_of_vssd`], [`Host::refpoint`] (a [`RefPoint`]: per disk the boundary
 //!   layer, disk InstanceID and RCT id), [`Host::snapshots`], [`Host::refpoints`].
 //! * By object path: [`Host::resolve_path`] → [`Resolved`] (which object an
-//!   `ObjectPath` names), [`crate::util::parse_wmi_path`] for WMI path text
+//!   `ObjectPath` names), [`cosnap_cim::path_text::parse`] for WMI path text
 //!   (`\\HOST\root\virtualization\v2:Class.Key="v"`), [`Host::path_text`] to print one.
 //! * As CIM instances: [`Host::snapshot_vm_instances`] (the per-VM snapshot VSSD and its
 //!   resource settings: Msvm_ProcessorSettingData, Msvm_MemorySettingData,

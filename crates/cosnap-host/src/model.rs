@@ -7,11 +7,13 @@ use cosnap_disk::Format;
 use serde::{Deserialize, Serialize};
 
 /// Collection kinds of DefineCollection's `Type` (0 → Msvm_VirtualSystemCollection,
-/// 1 → Msvm_ManagementCollection — the mapping is inferred, hyperv-model.md §3).
+/// 1 → Msvm_ManagementCollection — the mapping is inferred; see docs/decisions.md,
+/// "Class mappings").
 pub const COLLECTION_OF_VMS: u16 = 0;
 pub const COLLECTION_OF_COLLECTIONS: u16 = 1;
 
-/// Collection SnapshotType values (the collection numbering, §11 item 1: 1 Standard, 2 Recovery).
+/// Collection SnapshotType values (the collection's own numbering: 1 Standard, 2 Recovery;
+/// docs/decisions.md, "Snapshot types and consistency numbering").
 pub const SNAPSHOT_STANDARD: u16 = 1;
 pub const SNAPSHOT_RECOVERY: u16 = 2;
 
@@ -19,7 +21,7 @@ pub const VST_REALIZED: &str = "Microsoft:Hyper-V:System:Realized";
 pub const VST_SNAPSHOT_REALIZED: &str = "Microsoft:Hyper-V:Snapshot:Realized";
 pub const VST_SNAPSHOT_RECOVERY: &str = "Microsoft:Hyper-V:Snapshot:Recovery";
 
-/// JobType values used (hyperv-model.md §6; apply/destroy/export of collections reuse the
+/// JobType values used (docs/decisions.md, "Class mappings"; apply/destroy/export of collections reuse the
 /// per-VM 71/72/62 since no collection JobType exists).
 pub mod job_type {
     pub const DEFINE_VM: u16 = 1;
@@ -209,7 +211,8 @@ pub struct RefPoint {
     pub name: String,
     /// 2 = RCT based (the boundary layers play the role of RCT).
     pub rp_type: u16,
-    /// 1 = Crash Consistent in Msvm_ReferencePointCollection's own numbering (§11 item 3).
+    /// 1 = Crash Consistent in Msvm_ReferencePointCollection's own numbering (docs/decisions.md,
+    /// "Snapshot types and consistency numbering").
     pub consistency: u16,
     pub created: String,
     pub created_ms: i64,

@@ -2,7 +2,8 @@
 //! associations built from the repository, and the services' extrinsic methods with their
 //! documented return-code families.
 //!
-//! Decisions on vague points (hyperv-model.md §11):
+//! Decisions on vague points (recorded in docs/decisions.md, "CIM model: return-code
+//! families, snapshot types, reference points, class mappings"):
 //! * Collection management methods, DefineSystem and DestroySystem run synchronously and
 //!   return 0 (Hyper-V may return 4096; both are documented outcomes). CreateSnapshot,
 //!   ApplySnapshot, DestroySnapshot, ConvertToReferencePoint, CreateReferencePoint and
@@ -11,7 +12,7 @@
 //! * DMTF-style methods have no "not found": a REF naming a missing object is 4 Invalid
 //!   Parameter; a REF naming an object of the wrong class (e.g. a reference point passed to
 //!   ApplySnapshot) is 6 Invalid Type; an object being exported is 5 Invalid State.
-//! * Msvm-style: missing object 32779 (the collection pages' "not found" reading, item 6),
+//! * Msvm-style: missing object 32779 (the collection pages' "not found" reading),
 //!   malformed argument / duplicate id / member added twice 32773, in use 32774, invalid
 //!   state 32775.
 //! * CreateSnapshot.SnapshotSettings: "" / absent = defaults, or one embedded
@@ -27,7 +28,7 @@ use cosnap_cim::{
 };
 
 use crate::cim::*;
-use crate::error::{HostError, dmtf, msvm};
+use crate::error::{HostError, concrete_job, dmtf, msvm};
 use crate::host::Host;
 use crate::model::*;
 
@@ -111,8 +112,8 @@ pub fn ref_param(params: &[(String, Value)], name: &str) -> Result<ObjectPath, H
     match param(params, name) {
         None => Err(HostError::invalid(format!("{name} is required"))),
         Some(Value::Reference(p)) => Ok(p.clone()),
-        Some(Value::String(s)) => crate::util::parse_wmi_path(s)
-            .or_else(|| cosnap_cim::path_text::parse(s).ok())
+        Some(Value::String(s)) => cosnap_cim::path_text::parse(s)
+            .ok()
             .ok_or_else(|| HostError::invalid(format!("{name}: {s:?} is not an object path"))),
         Some(_) => Err(HostError::invalid(format!("{name} must be an object path"))),
     }
@@ -514,10 +515,10 @@ impl Host {
                         && !t.trim().is_empty()
                         && t.chars().any(|c| c.is_ascii_digit() && c != '0')
                     {
-                        return Ok(outcome(4098));
+                        return Ok(outcome(concrete_job::TIMEOUT_NOT_SUPPORTED));
                     }
                     let Some(state) = state.and_then(|s| u16::try_from(s).ok()) else {
-                        return Ok(outcome(5));
+                        return Ok(outcome(concrete_job::INVALID_PARAMETER));
                     };
                     Ok(outcome(
                         self.request_job_state(&job.id, state)
@@ -527,7 +528,7 @@ impl Host {
                 // Null (the out parameter left out) when the job did not fail (doc: "Null
                 // when OperationalStatus is 2 (OK)").
                 "geterror" => Ok(MethodOutcome {
-                    return_value: 0,
+                    return_value: msvm::COMPLETED,
                     out_params: self
                         .job_error_instance(&job)
                         .map(|i| ("Error".to_string(), Value::Instance(Box::new(i))))
@@ -535,7 +536,7 @@ impl Host {
                         .collect(),
                 }),
                 "geterrorex" => Ok(MethodOutcome {
-                    return_value: 0,
+                    return_value: msvm::COMPLETED,
                     out_params: self
                         .job_error_instance(&job)
                         .map(|i| {
@@ -547,7 +548,7 @@ impl Host {
                         .into_iter()
                         .collect(),
                 }),
-                "killjob" => Ok(outcome(1)),
+                "killjob" => Ok(outcome(concrete_job::NOT_SUPPORTED)),
                 _ => Err(CimError::new(
                     CimStatus::MethodNotFound,
                     format!("Msvm_ConcreteJob has no method {method}"),
@@ -595,7 +596,7 @@ impl Host {
                     .map_err(|_| HostError::invalid(format!("Type {kind} is out of range")))?;
                 let c = self.define_collection(&name, id.as_deref(), kind)?;
                 Ok(MethodOutcome {
-                    return_value: 0,
+                    return_value: msvm::COMPLETED,
                     out_params: vec![(
                         "DefinedCollection".into(),
                         Value::Reference(collection_path(&c.id, c.kind)),
@@ -605,14 +606,14 @@ impl Host {
             "destroycollection" => {
                 let id = self.collection_of(params, "Collection")?;
                 self.destroy_collection(&id)?;
-                Ok(outcome(0))
+                Ok(outcome(msvm::COMPLETED))
             }
             "renamecollection" => {
                 let id = self.collection_of(params, "Collection")?;
                 let name = string_param(params, "NewName")?
                     .ok_or_else(|| HostError::invalid("NewName is required"))?;
                 self.rename_collection(&id, &name)?;
-                Ok(outcome(0))
+                Ok(outcome(msvm::COMPLETED))
             }
             "addmember" | "removemember" => {
                 let member = self.member_id(&ref_param(params, "Member")?)?;
@@ -622,14 +623,14 @@ impl Host {
                 } else {
                     self.remove_member(&id, &member)?;
                 }
-                Ok(outcome(0))
+                Ok(outcome(msvm::COMPLETED))
             }
             "removememberbyid" => {
                 let member = self.member_id(&ref_param(params, "Member")?)?;
                 let cid = string_param(params, "CollectionId")?
                     .ok_or_else(|| HostError::invalid("CollectionId is required"))?;
                 self.remove_member_by_id(&member, &cid)?;
-                Ok(outcome(0))
+                Ok(outcome(msvm::COMPLETED))
             }
             "startservice" | "stopservice" => Ok(outcome(msvm::NOT_SUPPORTED)),
             _ => Err(HostError::invalid(format!("no method {m}"))),
@@ -756,7 +757,7 @@ impl Host {
                 self.check_api_disks(&mut spec)?;
                 let vm = self.define_vm(&spec)?;
                 Ok(MethodOutcome {
-                    return_value: 0,
+                    return_value: msvm::COMPLETED,
                     out_params: vec![("ResultingSystem".into(), Value::Reference(vm_path(&vm.id)))],
                 })
             }
@@ -765,7 +766,7 @@ impl Host {
                 match self.resolve_path(&p)? {
                     crate::Resolved::Vm(id) => {
                         self.destroy_vm(&id)?;
-                        Ok(outcome(0))
+                        Ok(outcome(msvm::COMPLETED))
                     }
                     _ => Err(HostError::invalid(
                         "AffectedSystem must name a Msvm_ComputerSystem",

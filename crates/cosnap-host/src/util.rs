@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cosnap_cim::{ObjectPath, Value};
+use cosnap_cim::ObjectPath;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -12,34 +12,15 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// CIM timestamp `yyyymmddHHMMSS.mmmmmm+000` (UTC) for milliseconds since the epoch.
+/// CIM timestamp for milliseconds since the epoch; the grammar lives in
+/// [`cosnap_cim::datetime`] (kept here so callers of this path keep compiling).
 pub fn cim_timestamp(ms: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}{:02}{:02}{:02}{:02}{:02}.{:06}+000",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.microsecond()
-    )
+    cosnap_cim::datetime::format_unix_ms(ms)
 }
 
-/// CIM interval `ddddddddHHMMSS.mmmmmm:000` for a duration in milliseconds.
+/// CIM interval for a duration in milliseconds (see [`cosnap_cim::datetime`]).
 pub fn cim_interval(ms: i64) -> String {
-    let ms = ms.max(0);
-    let total_s = ms / 1000;
-    format!(
-        "{:08}{:02}{:02}{:02}.{:06}:000",
-        total_s / 86400,
-        (total_s / 3600) % 24,
-        (total_s / 60) % 60,
-        total_s % 60,
-        (ms % 1000) * 1000
-    )
+    cosnap_cim::datetime::format_interval_ms(ms)
 }
 
 /// RFC 3339 text for JSON output.
@@ -65,122 +46,21 @@ pub fn norm_id(id: &str) -> String {
         .to_ascii_uppercase()
 }
 
-/// WMI object-path text: `\\HOST\root\virtualization\v2:Class.Key="v",Key2="v2"`, with
-/// backslashes and double quotes inside values escaped by a backslash.
+/// WMI object-path text of `path` on `host` in cosnap's namespace:
+/// `\\HOST\root\virtualization\v2:Class.Key="v"` (printed by [`cosnap_cim::path_text`]).
 pub fn wmi_path_text(host: &str, path: &ObjectPath) -> String {
-    let mut out = format!("\\\\{host}\\root\\virtualization\\v2:{}", path.class_name);
-    for (i, (name, value)) in path.keys.iter().enumerate() {
-        out.push(if i == 0 { '.' } else { ',' });
-        out.push_str(name);
-        out.push('=');
-        match value {
-            Value::String(s) | Value::Datetime(s) => {
-                out.push('"');
-                for c in s.chars() {
-                    if c == '\\' || c == '"' {
-                        out.push('\\');
-                    }
-                    out.push(c);
-                }
-                out.push('"');
-            }
-            Value::Boolean(b) => out.push_str(if *b { "TRUE" } else { "FALSE" }),
-            other => out.push_str(&other.as_u64().map(|v| v.to_string()).unwrap_or_default()),
-        }
-    }
-    out
+    let mut qualified = path.clone();
+    qualified.host = Some(host.to_string());
+    qualified.namespace = Some(cosnap_cim::NAMESPACE.to_string());
+    qualified.to_wmi_text()
 }
 
-/// Parses WMI object-path text (`[\\HOST\namespace:]Class.Key="v",…` or `Class="v"` for a
-/// single unnamed key is not accepted). Returns `None` on malformed text.
+/// Parses WMI path text naming an instance (at least one key); `None` when
+/// [`cosnap_cim::path_text::parse`] refuses it or it names a class.
 pub fn parse_wmi_path(text: &str) -> Option<ObjectPath> {
-    let text = text.trim();
-    let mut rest = text;
-    let mut host = None;
-    let mut namespace = None;
-    if let Some(r) = rest
-        .strip_prefix("\\\\")
-        .or_else(|| rest.strip_prefix("//"))
-    {
-        let end = r.find(['\\', '/'])?;
-        host = Some(r[..end].to_string());
-        rest = &r[end + 1..];
-    }
-    // Namespace ends at the first ':' that precedes the class name (namespace has no '.'/'=').
-    if let Some(colon) = rest.find(':') {
-        let before = &rest[..colon];
-        if !before.contains(['.', '=', '"']) {
-            namespace = Some(cosnap_cim::normalize_namespace(before));
-            rest = &rest[colon + 1..];
-        }
-    }
-    let dot = rest.find('.')?;
-    let class_name = rest[..dot].trim();
-    if class_name.is_empty()
-        || !class_name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-    {
-        return None;
-    }
-    let mut keys = Vec::new();
-    let mut chars = rest[dot + 1..].chars().peekable();
-    loop {
-        let mut name = String::new();
-        while let Some(&c) = chars.peek() {
-            if c == '=' {
-                break;
-            }
-            name.push(c);
-            chars.next();
-        }
-        chars.next()?; // '='
-        let name = name.trim().to_string();
-        if name.is_empty() {
-            return None;
-        }
-        let value = if chars.peek() == Some(&'"') {
-            chars.next();
-            let mut v = String::new();
-            loop {
-                match chars.next()? {
-                    '\\' => v.push(chars.next()?),
-                    '"' => break,
-                    c => v.push(c),
-                }
-            }
-            Value::String(v)
-        } else {
-            let mut v = String::new();
-            while let Some(&c) = chars.peek() {
-                if c == ',' {
-                    break;
-                }
-                v.push(c);
-                chars.next();
-            }
-            let v = v.trim();
-            if v.eq_ignore_ascii_case("true") {
-                Value::Boolean(true)
-            } else if v.eq_ignore_ascii_case("false") {
-                Value::Boolean(false)
-            } else {
-                Value::Uint64(v.parse().ok()?)
-            }
-        };
-        keys.push((name, value));
-        match chars.next() {
-            None => break,
-            Some(',') => continue,
-            Some(_) => return None,
-        }
-    }
-    Some(ObjectPath {
-        host,
-        namespace,
-        class_name: class_name.to_string(),
-        keys,
-    })
+    cosnap_cim::path_text::parse(text)
+        .ok()
+        .filter(|p| !p.keys.is_empty())
 }
 
 static CRASH_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -225,6 +105,7 @@ pub fn host_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cosnap_cim::Value;
 
     #[test]
     fn path_text_round_trip() {
