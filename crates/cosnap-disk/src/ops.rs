@@ -31,9 +31,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::chain::{LayerSpec, open_chain};
 use crate::error::{DiskError, Result};
+use crate::image::push_extent;
 use crate::image::{Extent, ExtentState, Format, Image};
-use crate::qcow2::{self, Qcow2Image, canonical, push_extent, relative_path};
+use crate::paths::{canonical, relative_path};
+use crate::qcow2::{self, Qcow2Image};
 use crate::raw::{self, RawImage};
+pub use crate::report::CheckReport;
 use crate::vhdx;
 
 /// Deepest chain cosnap opens (a guard against runaway recursion, not a format limit).
@@ -789,15 +792,6 @@ pub fn map(path: &Path) -> Result<Vec<Extent>> {
         );
     }
     Ok(out)
-}
-
-/// Outcome of a structural check, like `qemu-img check`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct CheckReport {
-    /// Structural errors (exit 2 like qemu-img).
-    pub corruptions: Vec<String>,
-    /// Leaked host space (exit 3 like qemu-img).
-    pub leaks: Vec<String>,
 }
 
 /// Structural check of one file (not its parents). Raw images have no structure: always
