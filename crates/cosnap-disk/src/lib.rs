@@ -13,6 +13,8 @@ pub mod error;
 pub mod image;
 pub mod ops;
 pub mod paths;
+pub mod probe;
+pub mod progress;
 pub mod qcow2;
 pub mod raw;
 pub mod report;

@@ -373,7 +373,7 @@ impl Qcow2Image {
                 })?),
             };
             seen.push(canonical(path));
-            let opened = crate::ops::open_backing(path, &backing_path, fmt, seen);
+            let opened = crate::probe::open_backing(path, &backing_path, fmt, seen);
             seen.pop();
             img.backing = Some(opened?);
         }
