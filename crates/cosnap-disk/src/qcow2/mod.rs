@@ -178,7 +178,59 @@ pub fn read_header(path: &Path, file: &File, file_len: u64) -> Result<Header> {
             ),
         ));
     }
-    // Size limits: the L1 table must cover the virtual size and stay under qemu's 32 MiB.
+    check_l1_table(path, cs, file_len, size, l1_size, l1_table_offset)?;
+    check_refcount_table(
+        path,
+        cs,
+        file_len,
+        refcount_table_offset,
+        refcount_table_clusters,
+    )?;
+    // Header extensions live in the first cluster, between the header and the backing name.
+    let first_cluster_len = cs.min(file_len) as usize;
+    let mut c0 = vec![0u8; first_cluster_len];
+    file.read_exact_at(&mut c0, 0)
+        .map_err(|e| DiskError::io(path, e))?;
+    let ext_limit = if backing_file_offset != 0 {
+        (backing_file_offset as usize).min(first_cluster_len)
+    } else {
+        first_cluster_len
+    };
+    let (backing_format, bitmaps, other_extensions) =
+        read_extensions(path, &c0, header_length as usize, ext_limit)?;
+    let backing_file = read_backing_name(path, &c0, backing_file_offset, backing_file_size)?;
+    Ok(Header {
+        version,
+        cluster_bits,
+        size,
+        l1_size,
+        l1_table_offset,
+        refcount_table_offset,
+        refcount_table_clusters,
+        nb_snapshots,
+        snapshots_offset,
+        incompatible,
+        compatible,
+        autoclear,
+        refcount_order,
+        header_length,
+        backing_file,
+        backing_format,
+        bitmaps,
+        other_extensions,
+    })
+}
+
+/// The L1 table must cover the virtual size, stay under qemu's 32 MiB and lie in the file.
+fn check_l1_table(
+    path: &Path,
+    cs: u64,
+    file_len: u64,
+    size: u64,
+    l1_size: u32,
+    l1_table_offset: u64,
+) -> Result<()> {
+    let corrupt = |d: String| DiskError::corrupt(path, d);
     if size > (1u64 << 56) {
         return Err(corrupt(format!("virtual size {size} is absurd")));
     }
@@ -206,6 +258,18 @@ pub fn read_header(path: &Path, file: &File, file_len: u64) -> Result<Header> {
             )));
         }
     }
+    Ok(())
+}
+
+/// The refcount table must be cluster aligned, of sane size and inside the file.
+fn check_refcount_table(
+    path: &Path,
+    cs: u64,
+    file_len: u64,
+    refcount_table_offset: u64,
+    refcount_table_clusters: u32,
+) -> Result<()> {
+    let corrupt = |d: String| DiskError::corrupt(path, d);
     if !refcount_table_offset.is_multiple_of(cs) || refcount_table_offset == 0 {
         return Err(corrupt(format!(
             "refcount table offset {refcount_table_offset:#x} is not cluster aligned"
@@ -222,23 +286,22 @@ pub fn read_header(path: &Path, file: &File, file_len: u64) -> Result<Header> {
             "refcount table at {refcount_table_offset:#x} is past the end of the file"
         )));
     }
-    // Header extensions live in the first cluster, between the header and the backing name.
-    let first_cluster_len = cs.min(file_len) as usize;
-    let mut c0 = vec![0u8; first_cluster_len];
-    file.read_exact_at(&mut c0, 0)
-        .map_err(|e| DiskError::io(path, e))?;
-    let ext_limit = if backing_file_offset != 0 {
-        (backing_file_offset as usize).min(first_cluster_len)
-    } else {
-        first_cluster_len
-    };
-    let mut pos = header_length as usize;
+    Ok(())
+}
+
+/// Header extensions found in `c0[start..ext_limit]`: backing format, bitmaps extension, and
+/// the others kept verbatim.
+type Extensions = (Option<String>, Option<(u32, u64, u64)>, Vec<(u32, Vec<u8>)>);
+
+fn read_extensions(path: &Path, c0: &[u8], start: usize, ext_limit: usize) -> Result<Extensions> {
+    let corrupt = |d: String| DiskError::corrupt(path, d);
+    let mut pos = start;
     let mut backing_format = None;
     let mut bitmaps = None;
     let mut other_extensions = Vec::new();
     while pos + 8 <= ext_limit {
-        let ty = be32(&c0, pos);
-        let len = be32(&c0, pos + 4) as usize;
+        let ty = be32(c0, pos);
+        let len = be32(c0, pos + 4) as usize;
         if ty == EXT_END {
             break;
         }
@@ -266,45 +329,29 @@ pub fn read_header(path: &Path, file: &File, file_len: u64) -> Result<Header> {
         }
         pos = data_start + len.div_ceil(8) * 8;
     }
-    let backing_file = if backing_file_offset != 0 && backing_file_size != 0 {
-        if backing_file_size > 1023 {
-            return Err(corrupt(format!(
-                "backing file name of {backing_file_size} bytes"
-            )));
+    Ok((backing_format, bitmaps, other_extensions))
+}
+
+/// The backing file name stored at `offset` in the first cluster `c0`, if any.
+fn read_backing_name(path: &Path, c0: &[u8], offset: u64, size: u32) -> Result<Option<String>> {
+    let corrupt = |d: String| DiskError::corrupt(path, d);
+    Ok(if offset != 0 && size != 0 {
+        if size > 1023 {
+            return Err(corrupt(format!("backing file name of {size} bytes")));
         }
-        let end = backing_file_offset.saturating_add(backing_file_size as u64);
-        if end > first_cluster_len as u64 {
+        let end = offset.saturating_add(size as u64);
+        if end > c0.len() as u64 {
             return Err(corrupt(
                 "backing file name is outside the first cluster".into(),
             ));
         }
-        let name = &c0[backing_file_offset as usize..end as usize];
+        let name = &c0[offset as usize..end as usize];
         Some(
             String::from_utf8(name.to_vec())
                 .map_err(|_| corrupt("backing file name is not UTF-8".into()))?,
         )
     } else {
         None
-    };
-    Ok(Header {
-        version,
-        cluster_bits,
-        size,
-        l1_size,
-        l1_table_offset,
-        refcount_table_offset,
-        refcount_table_clusters,
-        nb_snapshots,
-        snapshots_offset,
-        incompatible,
-        compatible,
-        autoclear,
-        refcount_order,
-        header_length,
-        backing_file,
-        backing_format,
-        bitmaps,
-        other_extensions,
     })
 }
 
