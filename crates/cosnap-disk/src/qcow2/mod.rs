@@ -157,27 +157,7 @@ pub fn read_header(path: &Path, file: &File, file_len: u64) -> Result<Header> {
     if refcount_order > 6 {
         return Err(corrupt(format!("refcount_order {refcount_order} > 6")));
     }
-    if incompatible & 0b100 != 0 {
-        return Err(DiskError::unsupported(path, "qcow2 external data files"));
-    }
-    if incompatible & 0b1000 != 0 && (header_length < 105 || h[104] != 0) {
-        return Err(DiskError::unsupported(
-            path,
-            "qcow2 compression types other than zlib",
-        ));
-    }
-    if incompatible & 0b1_0000 != 0 {
-        return Err(DiskError::unsupported(path, "qcow2 extended L2 entries"));
-    }
-    if incompatible & !0b1_1111 != 0 {
-        return Err(DiskError::unsupported(
-            path,
-            format!(
-                "unknown incompatible qcow2 features {:#x}",
-                incompatible & !0b1_1111
-            ),
-        ));
-    }
+    check_incompatible_features(path, incompatible, header_length, &h)?;
     check_l1_table(path, cs, file_len, size, l1_size, l1_table_offset)?;
     check_refcount_table(
         path,
@@ -219,6 +199,37 @@ pub fn read_header(path: &Path, file: &File, file_len: u64) -> Result<Header> {
         bitmaps,
         other_extensions,
     })
+}
+
+/// Refuses incompatible features cosnap does not implement (`h` is the raw header).
+fn check_incompatible_features(
+    path: &Path,
+    incompatible: u64,
+    header_length: u32,
+    h: &[u8],
+) -> Result<()> {
+    if incompatible & 0b100 != 0 {
+        return Err(DiskError::unsupported(path, "qcow2 external data files"));
+    }
+    if incompatible & 0b1000 != 0 && (header_length < 105 || h[104] != 0) {
+        return Err(DiskError::unsupported(
+            path,
+            "qcow2 compression types other than zlib",
+        ));
+    }
+    if incompatible & 0b1_0000 != 0 {
+        return Err(DiskError::unsupported(path, "qcow2 extended L2 entries"));
+    }
+    if incompatible & !0b1_1111 != 0 {
+        return Err(DiskError::unsupported(
+            path,
+            format!(
+                "unknown incompatible qcow2 features {:#x}",
+                incompatible & !0b1_1111
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The L1 table must cover the virtual size, stay under qemu's 32 MiB and lie in the file.
