@@ -166,16 +166,7 @@ pub fn read_header(path: &Path, file: &File, file_len: u64) -> Result<Header> {
         refcount_table_offset,
         refcount_table_clusters,
     )?;
-    // Header extensions live in the first cluster, between the header and the backing name.
-    let first_cluster_len = cs.min(file_len) as usize;
-    let mut c0 = vec![0u8; first_cluster_len];
-    file.read_exact_at(&mut c0, 0)
-        .map_err(|e| DiskError::io(path, e))?;
-    let ext_limit = if backing_file_offset != 0 {
-        (backing_file_offset as usize).min(first_cluster_len)
-    } else {
-        first_cluster_len
-    };
+    let (c0, ext_limit) = read_first_cluster(path, file, cs.min(file_len), backing_file_offset)?;
     let (backing_format, bitmaps, other_extensions) =
         read_extensions(path, &c0, header_length as usize, ext_limit)?;
     let backing_file = read_backing_name(path, &c0, backing_file_offset, backing_file_size)?;
@@ -199,6 +190,26 @@ pub fn read_header(path: &Path, file: &File, file_len: u64) -> Result<Header> {
         bitmaps,
         other_extensions,
     })
+}
+
+/// The first cluster (`len` bytes) and where its header extensions must end: header
+/// extensions live between the header and the backing name.
+fn read_first_cluster(
+    path: &Path,
+    file: &File,
+    len: u64,
+    backing_file_offset: u64,
+) -> Result<(Vec<u8>, usize)> {
+    let first_cluster_len = len as usize;
+    let mut c0 = vec![0u8; first_cluster_len];
+    file.read_exact_at(&mut c0, 0)
+        .map_err(|e| DiskError::io(path, e))?;
+    let ext_limit = if backing_file_offset != 0 {
+        (backing_file_offset as usize).min(first_cluster_len)
+    } else {
+        first_cluster_len
+    };
+    Ok((c0, ext_limit))
 }
 
 /// Refuses incompatible features cosnap does not implement (`h` is the raw header).
