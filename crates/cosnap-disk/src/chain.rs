@@ -21,10 +21,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{DiskError, Result};
 use crate::image::{Format, Image};
-use crate::ops::MAX_CHAIN_DEPTH;
-use crate::qcow2::{Qcow2Image, canonical, resolve_backing};
+use crate::paths::{canonical, resolve_backing};
+use crate::qcow2::Qcow2Image;
 use crate::raw::RawImage;
 use crate::vhdx::VhdxImage;
+
+/// Deepest chain cosnap opens (a guard against runaway recursion, not a format limit).
+pub const MAX_CHAIN_DEPTH: usize = 64;
 
 /// One layer of a chain as the caller's records know it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

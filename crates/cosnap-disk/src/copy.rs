@@ -29,8 +29,10 @@ use serde::{Deserialize, Serialize};
 use crate::chain::{LayerSpec, open_chain};
 use crate::error::{DiskError, Result};
 use crate::image::{ExtentState, Format, Image};
-use crate::ops::{self, CancelToken, Progress, chain_map, layers, merge_ranges};
-use crate::qcow2::{self, Qcow2Image, relative_path};
+use crate::ops::{self, chain_map, layers, merge_ranges};
+use crate::paths::relative_path;
+use crate::progress::{CancelToken, Progress};
+use crate::qcow2::{self, Qcow2Image};
 use crate::raw::{self, RawImage};
 use crate::vhdx;
 

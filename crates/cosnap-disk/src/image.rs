@@ -127,3 +127,17 @@ pub trait Image: Send + Sync {
     /// The parent layer, opened read-only, if any.
     fn parent(&self) -> Option<&dyn Image>;
 }
+
+/// Appends `e`, merging with the previous extent when the state continues it.
+pub fn push_extent(out: &mut Vec<Extent>, e: Extent) {
+    if e.len == 0 {
+        return;
+    }
+    if let Some(last) = out.last_mut()
+        && last.continues_into(&e)
+    {
+        last.len += e.len;
+        return;
+    }
+    out.push(e);
+}

@@ -12,8 +12,12 @@ pub mod digest;
 pub mod error;
 pub mod image;
 pub mod ops;
+pub mod paths;
+pub mod probe;
+pub mod progress;
 pub mod qcow2;
 pub mod raw;
+pub mod report;
 pub mod vhdx;
 
 pub use chain::{LayerSpec, open_chain};

@@ -20,142 +20,27 @@
 //!   zeros on both sides by construction.
 
 use std::fs::File;
-use std::io::Read;
 use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::chain::MAX_CHAIN_DEPTH;
 use crate::chain::{LayerSpec, open_chain};
 use crate::error::{DiskError, Result};
+use crate::image::push_extent;
 use crate::image::{Extent, ExtentState, Format, Image};
-use crate::qcow2::{self, Qcow2Image, canonical, push_extent, relative_path};
-use crate::raw::{self, RawImage};
+use crate::paths::{canonical, relative_path};
+pub use crate::probe::{detect_format, open, open_backing};
+pub use crate::progress::{CancelToken, Progress};
+use crate::qcow2;
+use crate::raw;
+pub use crate::report::CheckReport;
 use crate::vhdx;
-
-/// Deepest chain cosnap opens (a guard against runaway recursion, not a format limit).
-pub const MAX_CHAIN_DEPTH: usize = 64;
 
 /// Bytes moved per read/write step in merges and comparisons.
 const STEP: u64 = 4 << 20;
-
-/// Cooperative cancellation shared between a job and the work it runs.
-#[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
-
-impl CancelToken {
-    pub fn new() -> Self {
-        Self::default()
-    }
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// Progress callback: `(bytes_done, bytes_total)` across the whole operation.
-pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
-
-/// Detects the format of an existing image from its magic bytes (raw when none matches).
-pub fn detect_format(path: &Path) -> Result<Format> {
-    let mut f = File::open(path).map_err(|e| DiskError::io(path, e))?;
-    let mut head = [0u8; 8];
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(DiskError::io(path, e)),
-        }
-    }
-    let head = &head[..n];
-    Ok(if head.starts_with(&qcow2::MAGIC) {
-        Format::Qcow2
-    } else if vhdx::is_vhdx(head) {
-        Format::Vhdx
-    } else {
-        Format::Raw
-    })
-}
-
-fn open_format(
-    path: &Path,
-    format: Format,
-    writable: bool,
-    seen: &mut Vec<PathBuf>,
-) -> Result<Box<dyn Image>> {
-    Ok(match format {
-        Format::Qcow2 => Box::new(Qcow2Image::open_in_chain(path, writable, seen)?),
-        Format::Raw => Box::new(RawImage::open(path, writable)?),
-        Format::Vhdx => Box::new(vhdx::VhdxImage::open(path, writable)?),
-    })
-}
-
-/// Opens an image and its whole parent chain (parents read-only).
-pub fn open(path: &Path, writable: bool) -> Result<Box<dyn Image>> {
-    let format = detect_format(path)?;
-    open_format(path, format, writable, &mut Vec::new())
-}
-
-/// Opens the backing file `backing` named by `child` (read-only), checking for loops
-/// (`seen` holds the canonical paths of the layers above) and missing files.
-pub fn open_backing(
-    child: &Path,
-    backing: &Path,
-    format: Option<Format>,
-    seen: &mut Vec<PathBuf>,
-) -> Result<Box<dyn Image>> {
-    if !backing.exists() {
-        return Err(DiskError::chain(
-            child,
-            format!("backing file {} does not exist", backing.display()),
-        ));
-    }
-    // Only regular files and block devices: a FIFO or a character device named as a
-    // backing file would block or stream forever.
-    let ft = std::fs::metadata(backing)
-        .map_err(|e| DiskError::io(backing, e))?
-        .file_type();
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if !(ft.is_file() || ft.is_block_device()) {
-            return Err(DiskError::chain(
-                child,
-                format!(
-                    "backing file {} is not a regular file or block device",
-                    backing.display()
-                ),
-            ));
-        }
-    }
-    let canon = canonical(backing);
-    if seen.contains(&canon) {
-        return Err(DiskError::chain(
-            child,
-            format!(
-                "backing loop: {} is already in the chain",
-                backing.display()
-            ),
-        ));
-    }
-    if seen.len() >= MAX_CHAIN_DEPTH {
-        return Err(DiskError::chain(
-            child,
-            format!("chain deeper than {MAX_CHAIN_DEPTH} layers"),
-        ));
-    }
-    let format = match format {
-        Some(f) => f,
-        None => detect_format(backing)?,
-    };
-    open_format(backing, format, false, seen)
-}
 
 /// Creates a new, empty base image. Fails if `path` exists.
 pub fn create(path: &Path, format: Format, virtual_size: u64) -> Result<()> {
@@ -789,15 +674,6 @@ pub fn map(path: &Path) -> Result<Vec<Extent>> {
         );
     }
     Ok(out)
-}
-
-/// Outcome of a structural check, like `qemu-img check`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct CheckReport {
-    /// Structural errors (exit 2 like qemu-img).
-    pub corruptions: Vec<String>,
-    /// Leaked host space (exit 3 like qemu-img).
-    pub leaks: Vec<String>,
 }
 
 /// Structural check of one file (not its parents). Raw images have no structure: always

@@ -26,6 +26,16 @@ use std::sync::{Arc, Mutex};
 use crate::error::{DiskError, Result};
 use crate::image::{Extent, ExtentState, Format, Image};
 
+mod check;
+mod compressed;
+mod create;
+
+pub use crate::image::push_extent;
+pub use crate::paths::{canonical, relative_path, resolve_backing};
+pub use check::{check, open_standalone, repair_leaks};
+use compressed::inflate_raw;
+pub use create::{CreateOptions, create, set_backing};
+
 pub const MAGIC: [u8; 4] = *b"QFI\xfb";
 const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const OFLAG_COPIED: u64 = 1 << 63;
@@ -147,6 +157,68 @@ pub fn read_header(path: &Path, file: &File, file_len: u64) -> Result<Header> {
     if refcount_order > 6 {
         return Err(corrupt(format!("refcount_order {refcount_order} > 6")));
     }
+    check_incompatible_features(path, incompatible, header_length, &h)?;
+    check_l1_table(path, cs, file_len, size, l1_size, l1_table_offset)?;
+    check_refcount_table(
+        path,
+        cs,
+        file_len,
+        refcount_table_offset,
+        refcount_table_clusters,
+    )?;
+    let (c0, ext_limit) = read_first_cluster(path, file, cs.min(file_len), backing_file_offset)?;
+    let (backing_format, bitmaps, other_extensions) =
+        read_extensions(path, &c0, header_length as usize, ext_limit)?;
+    let backing_file = read_backing_name(path, &c0, backing_file_offset, backing_file_size)?;
+    Ok(Header {
+        version,
+        cluster_bits,
+        size,
+        l1_size,
+        l1_table_offset,
+        refcount_table_offset,
+        refcount_table_clusters,
+        nb_snapshots,
+        snapshots_offset,
+        incompatible,
+        compatible,
+        autoclear,
+        refcount_order,
+        header_length,
+        backing_file,
+        backing_format,
+        bitmaps,
+        other_extensions,
+    })
+}
+
+/// The first cluster (`len` bytes) and where its header extensions must end: header
+/// extensions live between the header and the backing name.
+fn read_first_cluster(
+    path: &Path,
+    file: &File,
+    len: u64,
+    backing_file_offset: u64,
+) -> Result<(Vec<u8>, usize)> {
+    let first_cluster_len = len as usize;
+    let mut c0 = vec![0u8; first_cluster_len];
+    file.read_exact_at(&mut c0, 0)
+        .map_err(|e| DiskError::io(path, e))?;
+    let ext_limit = if backing_file_offset != 0 {
+        (backing_file_offset as usize).min(first_cluster_len)
+    } else {
+        first_cluster_len
+    };
+    Ok((c0, ext_limit))
+}
+
+/// Refuses incompatible features cosnap does not implement (`h` is the raw header).
+fn check_incompatible_features(
+    path: &Path,
+    incompatible: u64,
+    header_length: u32,
+    h: &[u8],
+) -> Result<()> {
     if incompatible & 0b100 != 0 {
         return Err(DiskError::unsupported(path, "qcow2 external data files"));
     }
@@ -168,7 +240,19 @@ pub fn read_header(path: &Path, file: &File, file_len: u64) -> Result<Header> {
             ),
         ));
     }
-    // Size limits: the L1 table must cover the virtual size and stay under qemu's 32 MiB.
+    Ok(())
+}
+
+/// The L1 table must cover the virtual size, stay under qemu's 32 MiB and lie in the file.
+fn check_l1_table(
+    path: &Path,
+    cs: u64,
+    file_len: u64,
+    size: u64,
+    l1_size: u32,
+    l1_table_offset: u64,
+) -> Result<()> {
+    let corrupt = |d: String| DiskError::corrupt(path, d);
     if size > (1u64 << 56) {
         return Err(corrupt(format!("virtual size {size} is absurd")));
     }
@@ -196,6 +280,18 @@ pub fn read_header(path: &Path, file: &File, file_len: u64) -> Result<Header> {
             )));
         }
     }
+    Ok(())
+}
+
+/// The refcount table must be cluster aligned, of sane size and inside the file.
+fn check_refcount_table(
+    path: &Path,
+    cs: u64,
+    file_len: u64,
+    refcount_table_offset: u64,
+    refcount_table_clusters: u32,
+) -> Result<()> {
+    let corrupt = |d: String| DiskError::corrupt(path, d);
     if !refcount_table_offset.is_multiple_of(cs) || refcount_table_offset == 0 {
         return Err(corrupt(format!(
             "refcount table offset {refcount_table_offset:#x} is not cluster aligned"
@@ -212,23 +308,22 @@ pub fn read_header(path: &Path, file: &File, file_len: u64) -> Result<Header> {
             "refcount table at {refcount_table_offset:#x} is past the end of the file"
         )));
     }
-    // Header extensions live in the first cluster, between the header and the backing name.
-    let first_cluster_len = cs.min(file_len) as usize;
-    let mut c0 = vec![0u8; first_cluster_len];
-    file.read_exact_at(&mut c0, 0)
-        .map_err(|e| DiskError::io(path, e))?;
-    let ext_limit = if backing_file_offset != 0 {
-        (backing_file_offset as usize).min(first_cluster_len)
-    } else {
-        first_cluster_len
-    };
-    let mut pos = header_length as usize;
+    Ok(())
+}
+
+/// Header extensions found in `c0[start..ext_limit]`: backing format, bitmaps extension, and
+/// the others kept verbatim.
+type Extensions = (Option<String>, Option<(u32, u64, u64)>, Vec<(u32, Vec<u8>)>);
+
+fn read_extensions(path: &Path, c0: &[u8], start: usize, ext_limit: usize) -> Result<Extensions> {
+    let corrupt = |d: String| DiskError::corrupt(path, d);
+    let mut pos = start;
     let mut backing_format = None;
     let mut bitmaps = None;
     let mut other_extensions = Vec::new();
     while pos + 8 <= ext_limit {
-        let ty = be32(&c0, pos);
-        let len = be32(&c0, pos + 4) as usize;
+        let ty = be32(c0, pos);
+        let len = be32(c0, pos + 4) as usize;
         if ty == EXT_END {
             break;
         }
@@ -256,45 +351,29 @@ pub fn read_header(path: &Path, file: &File, file_len: u64) -> Result<Header> {
         }
         pos = data_start + len.div_ceil(8) * 8;
     }
-    let backing_file = if backing_file_offset != 0 && backing_file_size != 0 {
-        if backing_file_size > 1023 {
-            return Err(corrupt(format!(
-                "backing file name of {backing_file_size} bytes"
-            )));
+    Ok((backing_format, bitmaps, other_extensions))
+}
+
+/// The backing file name stored at `offset` in the first cluster `c0`, if any.
+fn read_backing_name(path: &Path, c0: &[u8], offset: u64, size: u32) -> Result<Option<String>> {
+    let corrupt = |d: String| DiskError::corrupt(path, d);
+    Ok(if offset != 0 && size != 0 {
+        if size > 1023 {
+            return Err(corrupt(format!("backing file name of {size} bytes")));
         }
-        let end = backing_file_offset.saturating_add(backing_file_size as u64);
-        if end > first_cluster_len as u64 {
+        let end = offset.saturating_add(size as u64);
+        if end > c0.len() as u64 {
             return Err(corrupt(
                 "backing file name is outside the first cluster".into(),
             ));
         }
-        let name = &c0[backing_file_offset as usize..end as usize];
+        let name = &c0[offset as usize..end as usize];
         Some(
             String::from_utf8(name.to_vec())
                 .map_err(|_| corrupt("backing file name is not UTF-8".into()))?,
         )
     } else {
         None
-    };
-    Ok(Header {
-        version,
-        cluster_bits,
-        size,
-        l1_size,
-        l1_table_offset,
-        refcount_table_offset,
-        refcount_table_clusters,
-        nb_snapshots,
-        snapshots_offset,
-        incompatible,
-        compatible,
-        autoclear,
-        refcount_order,
-        header_length,
-        backing_file,
-        backing_format,
-        bitmaps,
-        other_extensions,
     })
 }
 
@@ -363,7 +442,7 @@ impl Qcow2Image {
                 })?),
             };
             seen.push(canonical(path));
-            let opened = crate::ops::open_backing(path, &backing_path, fmt, seen);
+            let opened = crate::probe::open_backing(path, &backing_path, fmt, seen);
             seen.pop();
             img.backing = Some(opened?);
         }
@@ -1007,45 +1086,6 @@ fn set_entry(block: &mut [u8], i: u64, bits: u64, value: u64) {
     }
 }
 
-/// Canonical form of a path for loop detection (the path itself if it does not resolve).
-pub fn canonical(path: &Path) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
-}
-
-/// Where a backing file name recorded in `image` points: relative names are relative to
-/// the image's directory (as qemu resolves them).
-pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
-    let p = Path::new(name);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        image.parent().unwrap_or(Path::new(".")).join(p)
-    }
-}
-
-/// `target` relative to directory `from_dir` (both made absolute first).
-pub fn relative_path(from_dir: &Path, target: &Path) -> PathBuf {
-    let abs = |p: &Path| {
-        std::fs::canonicalize(p).unwrap_or_else(|_| {
-            std::env::current_dir()
-                .map(|d| d.join(p))
-                .unwrap_or_else(|_| p.to_path_buf())
-        })
-    };
-    let (from, to) = (abs(from_dir), abs(target));
-    let fc: Vec<_> = from.components().collect();
-    let tc: Vec<_> = to.components().collect();
-    let common = fc.iter().zip(&tc).take_while(|(a, b)| a == b).count();
-    let mut out = PathBuf::new();
-    for _ in common..fc.len() {
-        out.push("..");
-    }
-    for c in &tc[common..] {
-        out.push(c);
-    }
-    out
-}
-
 impl Image for Qcow2Image {
     fn format(&self) -> Format {
         Format::Qcow2
@@ -1211,621 +1251,5 @@ impl Image for Qcow2Image {
     }
     fn parent(&self) -> Option<&dyn Image> {
         self.backing.as_deref()
-    }
-}
-
-/// Appends `e`, merging with the previous extent when the state continues it.
-pub fn push_extent(out: &mut Vec<Extent>, e: Extent) {
-    if e.len == 0 {
-        return;
-    }
-    if let Some(last) = out.last_mut()
-        && last.continues_into(&e)
-    {
-        last.len += e.len;
-        return;
-    }
-    out.push(e);
-}
-
-/// Options for a new qcow2 image.
-#[derive(Debug, Clone)]
-pub struct CreateOptions {
-    pub virtual_size: u64,
-    pub cluster_bits: u32,
-    /// Backing file name as recorded (relative to the new image's directory, or absolute)
-    /// and its format.
-    pub backing: Option<(String, Format)>,
-}
-
-/// Builds header cluster bytes (header, extensions, backing name) for `hdr`-like fields.
-fn header_bytes(
-    h: &Header,
-    backing: Option<&(String, Format)>,
-    extra_ext: &[(u32, Vec<u8>)],
-) -> std::result::Result<Vec<u8>, String> {
-    let header_length = if h.version >= 3 {
-        h.header_length.max(104)
-    } else {
-        72
-    };
-    let mut b = vec![0u8; header_length as usize];
-    b[0..4].copy_from_slice(&MAGIC);
-    b[4..8].copy_from_slice(&h.version.to_be_bytes());
-    b[20..24].copy_from_slice(&h.cluster_bits.to_be_bytes());
-    b[24..32].copy_from_slice(&h.size.to_be_bytes());
-    b[36..40].copy_from_slice(&h.l1_size.to_be_bytes());
-    b[40..48].copy_from_slice(&h.l1_table_offset.to_be_bytes());
-    b[48..56].copy_from_slice(&h.refcount_table_offset.to_be_bytes());
-    b[56..60].copy_from_slice(&h.refcount_table_clusters.to_be_bytes());
-    b[60..64].copy_from_slice(&h.nb_snapshots.to_be_bytes());
-    b[64..72].copy_from_slice(&h.snapshots_offset.to_be_bytes());
-    if h.version >= 3 {
-        b[72..80].copy_from_slice(&h.incompatible.to_be_bytes());
-        b[80..88].copy_from_slice(&h.compatible.to_be_bytes());
-        b[88..96].copy_from_slice(&h.autoclear.to_be_bytes());
-        b[96..100].copy_from_slice(&h.refcount_order.to_be_bytes());
-        b[100..104].copy_from_slice(&header_length.to_be_bytes());
-    }
-    let push_ext = |b: &mut Vec<u8>, ty: u32, data: &[u8]| {
-        b.extend_from_slice(&ty.to_be_bytes());
-        b.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        b.extend_from_slice(data);
-        b.resize(b.len().div_ceil(8) * 8, 0);
-    };
-    if let Some((_, fmt)) = backing {
-        push_ext(&mut b, EXT_BACKING_FORMAT, fmt.name().as_bytes());
-    }
-    for (ty, data) in extra_ext {
-        push_ext(&mut b, *ty, data);
-    }
-    push_ext(&mut b, EXT_END, &[]);
-    if let Some((name, _)) = backing {
-        if name.len() > 1023 {
-            return Err(format!(
-                "backing file name of {} bytes is too long",
-                name.len()
-            ));
-        }
-        let off = b.len() as u64;
-        b[8..16].copy_from_slice(&off.to_be_bytes());
-        b[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
-        b.extend_from_slice(name.as_bytes());
-    }
-    if b.len() as u64 > h.cluster_size() {
-        return Err("header, extensions and backing name do not fit in the first cluster".into());
-    }
-    Ok(b)
-}
-
-/// Creates a new qcow2 v3 image (optionally an overlay). Fails if `path` exists.
-pub fn create(path: &Path, opts: &CreateOptions) -> Result<()> {
-    let cb = opts.cluster_bits;
-    if !(9..=21).contains(&cb) {
-        return Err(DiskError::invalid(
-            path,
-            format!("cluster_bits {cb} outside 9..=21"),
-        ));
-    }
-    let cs = 1u64 << cb;
-    let size = opts.virtual_size;
-    if !size.is_multiple_of(512) {
-        return Err(DiskError::invalid(
-            path,
-            format!("virtual size {size} is not a multiple of 512"),
-        ));
-    }
-    let l1_size = size.div_ceil(cs * (cs / 8));
-    if l1_size * 8 > MAX_L1_BYTES {
-        return Err(DiskError::invalid(
-            path,
-            format!("virtual size {size} is too large for qcow2"),
-        ));
-    }
-    let l1_clusters = (l1_size * 8).div_ceil(cs).max(1);
-    let epb = cs * 8 / 16;
-    // Fixed point: header + reftable + refblocks + L1 must be covered by the refblocks.
-    let (mut rt_clusters, mut rb) = (1u64, 1u64);
-    loop {
-        let total = 1 + rt_clusters + rb + l1_clusters;
-        let need_rb = total.div_ceil(epb);
-        let need_rt = need_rb.div_ceil(cs / 8);
-        if need_rb <= rb && need_rt <= rt_clusters {
-            break;
-        }
-        rb = rb.max(need_rb);
-        rt_clusters = rt_clusters.max(need_rt);
-    }
-    let rt_off = cs;
-    let rb_off = rt_off + rt_clusters * cs;
-    let l1_off = rb_off + rb * cs;
-    let total_clusters = 1 + rt_clusters + rb + l1_clusters;
-    let hdr = Header {
-        version: 3,
-        cluster_bits: cb,
-        size,
-        l1_size: l1_size as u32,
-        l1_table_offset: l1_off,
-        refcount_table_offset: rt_off,
-        refcount_table_clusters: rt_clusters as u32,
-        nb_snapshots: 0,
-        snapshots_offset: 0,
-        incompatible: 0,
-        compatible: 0,
-        autoclear: 0,
-        refcount_order: 4,
-        header_length: 112,
-        backing_file: None,
-        backing_format: None,
-        bitmaps: None,
-        other_extensions: Vec::new(),
-    };
-    let head =
-        header_bytes(&hdr, opts.backing.as_ref(), &[]).map_err(|d| DiskError::invalid(path, d))?;
-    let mut meta = vec![0u8; (total_clusters * cs) as usize];
-    meta[..head.len()].copy_from_slice(&head);
-    for i in 0..rb {
-        let o = (rt_off + i * 8) as usize;
-        meta[o..o + 8].copy_from_slice(&(rb_off + i * cs).to_be_bytes());
-    }
-    for c in 0..total_clusters {
-        let o = (rb_off + c * 2) as usize;
-        meta[o..o + 2].copy_from_slice(&1u16.to_be_bytes());
-    }
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| DiskError::io(path, e))?;
-    let written = file.write_all_at(&meta, 0).and_then(|_| file.sync_all());
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(path);
-        return Err(DiskError::io(path, e));
-    }
-    Ok(())
-}
-
-/// Rewrites the backing file recorded in `path` (or removes it) with one write of the
-/// header area in the first cluster, then fsync. The header area is far below one page,
-/// so the write is not torn in practice (qemu relies on the same).
-pub fn set_backing(path: &Path, backing: Option<(String, Format)>) -> Result<()> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| DiskError::io(path, e))?;
-    let file_len = file.metadata().map_err(|e| DiskError::io(path, e))?.len();
-    let hdr = read_header(path, &file, file_len)?;
-    // Old used length of the header area, to clear stale bytes.
-    let mut old_len = hdr.header_length as u64 + 8;
-    for (_, d) in &hdr.other_extensions {
-        old_len += 8 + (d.len() as u64).div_ceil(8) * 8;
-    }
-    if let Some(f) = &hdr.backing_format {
-        old_len += 8 + (f.len() as u64).div_ceil(8) * 8;
-    }
-    if let Some(b) = &hdr.backing_file {
-        old_len = old_len.max(
-            hdr_backing_end(&file, path)?
-                .unwrap_or(0)
-                .max(old_len + b.len() as u64),
-        );
-    }
-    let mut bytes = header_bytes(&hdr, backing.as_ref(), &hdr.other_extensions)
-        .map_err(|d| DiskError::invalid(path, d))?;
-    if (bytes.len() as u64) < old_len {
-        bytes.resize(old_len.min(hdr.cluster_size()) as usize, 0);
-    }
-    file.write_all_at(&bytes, 0)
-        .map_err(|e| DiskError::io(path, e))?;
-    file.sync_all().map_err(|e| DiskError::io(path, e))
-}
-
-fn hdr_backing_end(file: &File, path: &Path) -> Result<Option<u64>> {
-    let mut b = [0u8; 20];
-    file.read_exact_at(&mut b, 0)
-        .map_err(|e| DiskError::io(path, e))?;
-    let off = be64(&b, 8);
-    let size = be32(&b, 16) as u64;
-    Ok(if off == 0 { None } else { Some(off + size) })
-}
-
-/// Inflates a raw deflate stream (qcow2 compressed cluster) into at most `out_len` bytes.
-fn inflate_raw(input: &[u8], out_len: usize) -> std::result::Result<Vec<u8>, String> {
-    use miniz_oxide::inflate::core::{DecompressorOxide, decompress, inflate_flags};
-    let mut out = vec![0u8; out_len];
-    let mut d = DecompressorOxide::new();
-    let flags = inflate_flags::TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF;
-    let (status, _, written) = decompress(&mut d, input, &mut out, 0, flags);
-    use miniz_oxide::inflate::TINFLStatus;
-    match status {
-        TINFLStatus::Done | TINFLStatus::HasMoreOutput | TINFLStatus::NeedsMoreInput
-            if written == out_len =>
-        {
-            Ok(out)
-        }
-        s => Err(format!("{s:?} after {written} bytes")),
-    }
-}
-
-// ---- check ----
-
-/// Structural check like `qemu-img check`: recomputes every cluster's reference count
-/// from the L1/L2 tables, the refcount structures, the snapshot table and the bitmap
-/// directory, then compares with the stored refcounts. Stored < computed is corruption,
-/// stored > computed a leak (qemu-img's rule).
-pub fn check(path: &Path) -> Result<crate::ops::CheckReport> {
-    // One file only: a missing or hostile backing file does not stop the check.
-    let img = open_standalone(path)?;
-    img.check_refcounts()
-}
-
-/// Opens one qcow2 file read-only without its backing chain (reads of unallocated
-/// clusters return zeros). For structural checks and fuzzing.
-pub fn open_standalone(path: &Path) -> Result<Qcow2Image> {
-    let file = File::open(path).map_err(|e| DiskError::io(path, e))?;
-    let file_len = file.metadata().map_err(|e| DiskError::io(path, e))?.len();
-    let hdr = read_header(path, &file, file_len)?;
-    let cs = hdr.cluster_size();
-    let mut l1_bytes = vec![0u8; hdr.l1_size as usize * 8];
-    file.read_exact_at(&mut l1_bytes, hdr.l1_table_offset)
-        .map_err(|e| DiskError::io(path, e))?;
-    let l1 = l1_bytes.chunks_exact(8).map(|c| be64(c, 0)).collect();
-    let cap = ((CACHE_BYTES / cs) as usize).max(2);
-    Ok(Qcow2Image {
-        path: path.to_path_buf(),
-        file,
-        writable: false,
-        ordered: true,
-        backing: None,
-        state: Mutex::new(State {
-            l1,
-            l2_cache: Vec::new(),
-            refblock_cache: Vec::new(),
-            reftable: Vec::new(),
-            rt_offset: hdr.refcount_table_offset,
-            rt_clusters: hdr.refcount_table_clusters as u64,
-            next_free: file_len.div_ceil(cs) * cs,
-            file_len,
-        }),
-        hdr,
-        l2_cache_cap: cap,
-        refblock_cache_cap: cap,
-    })
-}
-
-/// A host range referenced by metadata: (what, offset, length).
-type HostRef = (&'static str, u64, u64);
-
-/// Repairs leaked clusters (stored refcount higher than the references to it) by lowering
-/// their refcounts to what the metadata references, like `qemu-img check -r leaks`.
-/// Returns the number of clusters repaired. Refuses to touch an image with corruptions.
-///
-/// Why: allocation writes the refcount before the L2 entry, so a crash in between leaves
-/// leaked (never corrupt) clusters; merges re-run after a crash call this to leave a
-/// clean image behind.
-pub fn repair_leaks(path: &Path) -> Result<u64> {
-    let (report, leaked) = open_standalone(path)?.audit_refcounts()?;
-    if !report.corruptions.is_empty() {
-        return Err(DiskError::corrupt(
-            path,
-            format!("not repairing leaks: {}", report.corruptions.join("; ")),
-        ));
-    }
-    if leaked.is_empty() {
-        return Ok(0);
-    }
-    let mut img = open_standalone(path)?;
-    img.file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| DiskError::io(path, e))?;
-    {
-        let mut st = img.lock();
-        let cs = img.cluster_size();
-        let mut rt = vec![0u8; (img.hdr.refcount_table_clusters as u64 * cs) as usize];
-        img.pread_host(&mut rt, img.hdr.refcount_table_offset)?;
-        st.reftable = rt
-            .chunks_exact(8)
-            .map(|c| be64(c, 0) & OFFSET_MASK)
-            .collect();
-        for &(cluster, want) in &leaked {
-            img.set_refcounts(&mut st, cluster, 1, want)?;
-        }
-    }
-    img.file.sync_all().map_err(|e| DiskError::io(path, e))?;
-    Ok(leaked.len() as u64)
-}
-
-impl Qcow2Image {
-    fn check_refcounts(&self) -> Result<crate::ops::CheckReport> {
-        Ok(self.audit_refcounts()?.0)
-    }
-
-    /// The check report plus every leaked cluster with the refcount its references want.
-    fn audit_refcounts(&self) -> Result<(crate::ops::CheckReport, Vec<(u64, u64)>)> {
-        let mut leaked_clusters = Vec::new();
-        let mut report = crate::ops::CheckReport::default();
-        let cs = self.cluster_size();
-        let file_len = self.lock().file_len;
-        let nclusters = file_len.div_ceil(cs);
-        if nclusters > (1 << 28) {
-            return Err(DiskError::unsupported(
-                &self.path,
-                "checking images with more than 2^28 clusters",
-            ));
-        }
-        let mut refs = vec![0u16; nclusters as usize];
-        let corrupt_msgs = std::cell::RefCell::new(Vec::new());
-        let add = |refs: &mut Vec<u16>, off: u64, len: u64, what: &str| {
-            if len == 0 {
-                return;
-            }
-            let first = off / cs;
-            let last = (off + len - 1) / cs;
-            for c in first..=last {
-                match refs.get_mut(c as usize) {
-                    Some(r) => *r = r.saturating_add(1),
-                    None => corrupt_msgs.borrow_mut().push(format!(
-                        "{what} at {off:#x} is outside the image file (length {file_len:#x})"
-                    )),
-                }
-            }
-        };
-        add(&mut refs, 0, cs, "header");
-        let hdr = &self.hdr;
-        add(
-            &mut refs,
-            hdr.l1_table_offset,
-            hdr.l1_size as u64 * 8,
-            "L1 table",
-        );
-        add(
-            &mut refs,
-            hdr.refcount_table_offset,
-            hdr.refcount_table_clusters as u64 * cs,
-            "refcount table",
-        );
-        // Active L1/L2 tables; OFLAG_COPIED must agree with refcount 1 (checked below).
-        let l1 = self.lock().l1.clone();
-        let mut copied_checks: Vec<(u64, bool, String)> = Vec::new();
-        self.walk_l1(&l1, &mut |kind, off, len, copied| {
-            add(&mut refs, off, len, kind);
-            if let Some(c) = copied {
-                copied_checks.push((off, c, kind.to_string()));
-            }
-        })?;
-        // Snapshots: table and their L1 tables (and the L2/data clusters those reference).
-        if hdr.nb_snapshots > 0 {
-            self.walk_snapshots(
-                &mut |kind, off, len| add(&mut refs, off, len, kind),
-                &mut |l1| {
-                    let mut inner = Vec::new();
-                    self.walk_l1(l1, &mut |kind, off, len, _| inner.push((kind, off, len)))?;
-                    Ok(inner)
-                },
-            )?;
-        }
-        if let Some((nb, dir_size, dir_off)) = hdr.bitmaps {
-            self.walk_bitmaps(nb, dir_size, dir_off, &mut |kind, off, len| {
-                add(&mut refs, off, len, kind)
-            })?;
-        }
-        // Refcount blocks.
-        let mut rt = vec![0u8; (hdr.refcount_table_clusters as u64 * cs) as usize];
-        self.file
-            .read_exact_at(&mut rt, hdr.refcount_table_offset)
-            .map_err(|e| self.io(e))?;
-        let reftable: Vec<u64> = rt
-            .chunks_exact(8)
-            .map(|c| be64(c, 0) & OFFSET_MASK)
-            .collect();
-        for &rb in &reftable {
-            if rb != 0 {
-                if !rb.is_multiple_of(cs) {
-                    corrupt_msgs
-                        .borrow_mut()
-                        .push(format!("refcount block at {rb:#x} is not cluster aligned"));
-                } else {
-                    add(&mut refs, rb, cs, "refcount block");
-                }
-            }
-        }
-        report.corruptions.extend(corrupt_msgs.into_inner());
-        // Compare with the stored refcounts.
-        let epb = self.refblock_entries();
-        let bits = self.refcount_bits();
-        let mut block = vec![0u8; cs as usize];
-        let mut loaded = u64::MAX;
-        let stored = |c: u64, block: &mut Vec<u8>, loaded: &mut u64| -> Result<u64> {
-            let bi = c / epb;
-            let Some(&rb) = reftable.get(bi as usize) else {
-                return Ok(0);
-            };
-            if rb == 0 || !rb.is_multiple_of(cs) {
-                return Ok(0);
-            }
-            if *loaded != rb {
-                self.pread_host(block, rb)?;
-                *loaded = rb;
-            }
-            Ok(get_entry(block, c % epb, bits))
-        };
-        let mut leaks = 0u64;
-        for c in 0..nclusters {
-            let want = refs[c as usize] as u64;
-            let have = stored(c, &mut block, &mut loaded)?;
-            if have != want {
-                if have > want {
-                    leaks += 1;
-                    leaked_clusters.push((c, want));
-                    if report.leaks.len() < 100 {
-                        report.leaks.push(format!(
-                            "cluster {c} (offset {:#x}) refcount={have} reference={want}",
-                            c * cs
-                        ));
-                    }
-                } else {
-                    report.corruptions.push(format!(
-                        "cluster {c} (offset {:#x}) refcount={have} reference={want}",
-                        c * cs
-                    ));
-                }
-            }
-        }
-        if leaks > report.leaks.len() as u64 {
-            report
-                .leaks
-                .push(format!("… {leaks} leaked clusters in all"));
-        }
-        // Refcounts past the end of the file are leaks too when nonzero.
-        for (off, copied, kind) in copied_checks {
-            let c = off / cs;
-            if c >= nclusters {
-                continue;
-            }
-            let have = stored(c, &mut block, &mut loaded)?;
-            if copied != (have == 1) {
-                report.corruptions.push(format!(
-                    "{kind} at {off:#x}: OFLAG_COPIED is {} but refcount is {have}",
-                    if copied { "set" } else { "clear" }
-                ));
-            }
-        }
-        Ok((report, leaked_clusters))
-    }
-
-    /// Calls `f(kind, host_offset, len, copied_flag)` for every L2 table and data cluster
-    /// referenced from `l1`.
-    fn walk_l1(
-        &self,
-        l1: &[u64],
-        f: &mut dyn FnMut(&'static str, u64, u64, Option<bool>),
-    ) -> Result<()> {
-        let cs = self.cluster_size();
-        let cb = self.hdr.cluster_bits as u64;
-        let file_len = self.lock().file_len;
-        for (i, &l1e) in l1.iter().enumerate() {
-            let l2_off = l1e & OFFSET_MASK;
-            if l2_off == 0 {
-                continue;
-            }
-            if !l2_off.is_multiple_of(cs) || l2_off + cs > file_len {
-                return Err(self.corrupt(format!(
-                    "L1 entry {i} points to L2 table at {l2_off:#x}, which is misaligned or past the end of the file"
-                )));
-            }
-            f("L2 table", l2_off, cs, Some(l1e & OFLAG_COPIED != 0));
-            let mut bytes = vec![0u8; cs as usize];
-            self.file
-                .read_exact_at(&mut bytes, l2_off)
-                .map_err(|e| self.io(e))?;
-            for c in bytes.chunks_exact(8) {
-                let e = be64(c, 0);
-                if e & OFLAG_COMPRESSED != 0 {
-                    let x = 62 - (cb - 8);
-                    let host = e & ((1u64 << x) - 1);
-                    let sectors = ((e >> x) & ((1u64 << (cb - 8)) - 1)) + 1;
-                    let end = (host & !511) + sectors * 512;
-                    f("compressed cluster", host, end - host, None);
-                } else {
-                    let host = e & OFFSET_MASK;
-                    if host != 0 {
-                        if !host.is_multiple_of(cs) {
-                            return Err(self.corrupt(format!(
-                                "data cluster offset {host:#x} is not cluster aligned"
-                            )));
-                        }
-                        f("data cluster", host, cs, Some(e & OFLAG_COPIED != 0));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn walk_snapshots(
-        &self,
-        f: &mut dyn FnMut(&'static str, u64, u64),
-        l1_refs: &mut dyn FnMut(&[u64]) -> Result<Vec<HostRef>>,
-    ) -> Result<()> {
-        let file_len = self.lock().file_len;
-        let mut pos = self.hdr.snapshots_offset;
-        let start = pos;
-        for _ in 0..self.hdr.nb_snapshots.min(65536) {
-            let mut h = [0u8; 40];
-            if pos + 40 > file_len {
-                return Err(self.corrupt("snapshot table past the end of the file".into()));
-            }
-            self.file
-                .read_exact_at(&mut h, pos)
-                .map_err(|e| self.io(e))?;
-            let l1_off = be64(&h, 0);
-            let l1_size = be32(&h, 8) as u64;
-            let id_len = be16(&h, 12) as u64;
-            let name_len = be16(&h, 14) as u64;
-            let extra = be32(&h, 36) as u64;
-            if l1_size * 8 > MAX_L1_BYTES || l1_off + l1_size * 8 > file_len {
-                return Err(self.corrupt(format!("snapshot L1 table at {l1_off:#x} is invalid")));
-            }
-            f("snapshot L1 table", l1_off, l1_size * 8);
-            let mut b = vec![0u8; (l1_size * 8) as usize];
-            self.file
-                .read_exact_at(&mut b, l1_off)
-                .map_err(|e| self.io(e))?;
-            let l1: Vec<u64> = b.chunks_exact(8).map(|c| be64(c, 0)).collect();
-            for (k, o, l) in l1_refs(&l1)? {
-                f(k, o, l);
-            }
-            pos += (40 + extra + id_len + name_len).div_ceil(8) * 8;
-        }
-        f("snapshot table", start, pos - start);
-        Ok(())
-    }
-
-    fn walk_bitmaps(
-        &self,
-        nb: u32,
-        dir_size: u64,
-        dir_off: u64,
-        f: &mut dyn FnMut(&'static str, u64, u64),
-    ) -> Result<()> {
-        let cs = self.cluster_size();
-        let file_len = self.lock().file_len;
-        if dir_size > (64 << 20) || dir_off + dir_size > file_len {
-            return Err(self.corrupt("bitmap directory past the end of the file".into()));
-        }
-        f("bitmap directory", dir_off, dir_size);
-        let mut dir = vec![0u8; dir_size as usize];
-        self.file
-            .read_exact_at(&mut dir, dir_off)
-            .map_err(|e| self.io(e))?;
-        let mut pos = 0usize;
-        for _ in 0..nb {
-            if pos + 24 > dir.len() {
-                return Err(self.corrupt("bitmap directory entry truncated".into()));
-            }
-            let table_off = be64(&dir, pos);
-            let table_size = be32(&dir, pos + 8) as u64;
-            let name_size = be16(&dir, pos + 18) as usize;
-            let extra = be32(&dir, pos + 20) as usize;
-            if table_size * 8 > (64 << 20) || table_off + table_size * 8 > file_len {
-                return Err(self.corrupt(format!("bitmap table at {table_off:#x} is invalid")));
-            }
-            f("bitmap table", table_off, table_size * 8);
-            let mut t = vec![0u8; (table_size * 8) as usize];
-            self.file
-                .read_exact_at(&mut t, table_off)
-                .map_err(|e| self.io(e))?;
-            for c in t.chunks_exact(8) {
-                let o = be64(c, 0) & OFFSET_MASK;
-                if o != 0 {
-                    f("bitmap data", o, cs);
-                }
-            }
-            pos += (24 + extra + name_size).div_ceil(8) * 8;
-        }
-        Ok(())
     }
 }
