@@ -1,7 +1,7 @@
 //! qcow2 images (version 2 read, version 3 read and write) with backing files.
 //!
 //! Own code rather than `imago`: imago clears the autoclear feature bits on every writable
-//! open, which silently invalidates persistent dirty bitmaps (formats.md §3.1).
+//! open, which silently invalidates persistent dirty bitmaps (the bitmaps decision below).
 //!
 //! Decisions:
 //! - **Persistent dirty bitmaps** are never destroyed: a writable open of an image whose
