@@ -1,6 +1,6 @@
 //! The probing forms' one format-detection policy: images a person names on the `cosnap disk`
 //! command line are opened by their magic bytes, and so are the backing files a probed
-//! image names. Recorded chains ([`crate::chain`]) never come here.
+//! image names. Recorded chains ([`mod@crate::chain`]) never come here.
 
 use std::fs::File;
 use std::io::Read;
