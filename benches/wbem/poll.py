@@ -15,6 +15,7 @@ Target (issue 5): >= 2,000 requests/s with p99 < 5 ms on 2 cores.
 
 import argparse
 import base64
+import contextlib
 import multiprocessing as mp
 import os
 import pathlib
@@ -93,16 +94,12 @@ def worker(port, request, seconds, start_at, out_q):
     out_q.put((lat, errors))
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", default="target/release/cosnap")
-    ap.add_argument("--procs", type=int, default=4)
-    ap.add_argument("--seconds", type=float, default=10)
-    ap.add_argument("--disk-mib", type=int, default=1024)
-    ap.add_argument("--no-export", action="store_true", help="poll a finished job with no export running (baseline)")
-    args = ap.parse_args()
-    cosnap = str(pathlib.Path(args.bin).resolve())
-
+@contextlib.contextmanager
+def exporting_server(cosnap, disk_mib):
+    """A data directory with one VM on a qcow2 disk of `disk_mib` MiB full of data and a snapshot
+    of it, served by `cosnap serve`; yields (port, conn, start_export, exports_started) where
+    start_export() starts an ExportSnapshot into a fresh directory and returns its job, and
+    exports_started() counts them. Shared with the WS-Man benchmark."""
     with tempfile.TemporaryDirectory(prefix="cosnap-bench-") as tmp:
         tmp = pathlib.Path(tmp)
         data, exports = tmp / "data", tmp / "exports"
@@ -113,8 +110,8 @@ def main():
                                   capture_output=True, text=True, **kw).stdout.strip()
 
         disk = tmp / "disk.qcow2"
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), f"{args.disk_mib}M"], check=True)
-        subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a 0 {args.disk_mib}M", str(disk)],
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), f"{disk_mib}M"], check=True)
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a 0 {disk_mib}M", str(disk)],
                        check=True, capture_output=True)
         vm = cli("vm", "define", "--name", "bench", "--disk", disk)
         coll = cli("collection", "define", "bench-group")
@@ -148,47 +145,61 @@ def main():
                 assert rv == 4096, rv
                 return out["Job"]
 
-            job = start_export()
-            if args.no_export:
-                while conn.GetInstance(job)["JobState"] in (3, 4):
-                    time.sleep(0.1)
-            request = get_instance_request(job["InstanceID"])
-            q = mp.Queue()
-            start_at = time.time() + 0.5
-            procs = [mp.Process(target=worker, args=(port, request, args.seconds, start_at, q)) for _ in range(args.procs)]
-            for p in procs:
-                p.start()
-            # Keep exports running for the whole measurement.
-            current = job
-            running_samples = 0
-            polls = 0
-            deadline = start_at + args.seconds
-            while time.time() < deadline:
-                state = conn.GetInstance(current)["JobState"]
-                polls += 1
-                if state in (3, 4):
-                    running_samples += 1
-                elif not args.no_export:
-                    assert state == 7, state
-                    current = start_export()
-                time.sleep(0.05)
-            results = [q.get() for _ in procs]
-            for p in procs:
-                p.join()
-            lat = sorted(x for r in results for x in r[0])
-            errors = sum(r[1] for r in results)
-            n = len(lat)
-            pct = lambda p: lat[min(n - 1, int(p * n))] * 1000
-            print(f"clients: {args.procs} processes, keep-alive, {args.seconds:.0f} s; exports started: {n_exports[0]}; "
-                  f"export running in {running_samples}/{polls} samples")
-            print(f"requests: {n}  errors: {errors}  throughput: {n / args.seconds:.0f} req/s")
-            print(f"latency ms: p50 {pct(0.50):.2f}  p90 {pct(0.90):.2f}  p99 {pct(0.99):.2f}  max {lat[-1] * 1000:.2f}")
+            yield port, conn, start_export, lambda: n_exports[0]
         finally:
             server.send_signal(signal.SIGTERM)
             try:
                 server.wait(120)
             except subprocess.TimeoutExpired:
                 server.kill()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default="target/release/cosnap")
+    ap.add_argument("--procs", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--disk-mib", type=int, default=1024)
+    ap.add_argument("--no-export", action="store_true", help="poll a finished job with no export running (baseline)")
+    args = ap.parse_args()
+    cosnap = str(pathlib.Path(args.bin).resolve())
+
+    with exporting_server(cosnap, args.disk_mib) as (port, conn, start_export, exports_started):
+        job = start_export()
+        if args.no_export:
+            while conn.GetInstance(job)["JobState"] in (3, 4):
+                time.sleep(0.1)
+        request = get_instance_request(job["InstanceID"])
+        q = mp.Queue()
+        start_at = time.time() + 0.5
+        procs = [mp.Process(target=worker, args=(port, request, args.seconds, start_at, q)) for _ in range(args.procs)]
+        for p in procs:
+            p.start()
+        # Keep exports running for the whole measurement.
+        current = job
+        running_samples = 0
+        polls = 0
+        deadline = start_at + args.seconds
+        while time.time() < deadline:
+            state = conn.GetInstance(current)["JobState"]
+            polls += 1
+            if state in (3, 4):
+                running_samples += 1
+            elif not args.no_export:
+                assert state == 7, state
+                current = start_export()
+            time.sleep(0.05)
+        results = [q.get() for _ in procs]
+        for p in procs:
+            p.join()
+        lat = sorted(x for r in results for x in r[0])
+        errors = sum(r[1] for r in results)
+        n = len(lat)
+        pct = lambda p: lat[min(n - 1, int(p * n))] * 1000
+        print(f"clients: {args.procs} processes, keep-alive, {args.seconds:.0f} s; exports started: {exports_started()}; "
+              f"export running in {running_samples}/{polls} samples")
+        print(f"requests: {n}  errors: {errors}  throughput: {n / args.seconds:.0f} req/s")
+        print(f"latency ms: p50 {pct(0.50):.2f}  p90 {pct(0.90):.2f}  p99 {pct(0.99):.2f}  max {lat[-1] * 1000:.2f}")
 
 
 if __name__ == "__main__":

@@ -20,21 +20,14 @@ import base64
 import importlib.util
 import multiprocessing as mp
 import pathlib
-import signal
 import socket
-import subprocess
-import tempfile
 import time
 
-import pywbem
-from pywbem import CIMInstance, CIMProperty, Uint16
-
-# The CIM-XML request, the HTTP reader and the port helper are the /cimom benchmark's own.
+# The exporting server, the CIM-XML request and the HTTP reader are the /cimom benchmark's own.
 _spec = importlib.util.spec_from_file_location("wbem_poll", pathlib.Path(__file__).parent.parent / "wbem" / "poll.py")
 wbem_poll = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(wbem_poll)
 
-NS = wbem_poll.NS
 USER, PASSWORD = wbem_poll.USER, wbem_poll.PASSWORD
 V2 = "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/virtualization/v2/"
 
@@ -97,104 +90,54 @@ def main():
     args = ap.parse_args()
     cosnap = str(pathlib.Path(args.bin).resolve())
 
-    with tempfile.TemporaryDirectory(prefix="cosnap-bench-") as tmp:
-        tmp = pathlib.Path(tmp)
-        data, exports = tmp / "data", tmp / "exports"
-        exports.mkdir()
+    with wbem_poll.exporting_server(cosnap, args.disk_mib) as (port, conn, start_export, exports_started):
+        job = start_export()
+        requests = {
+            "cimom": (wbem_poll.get_instance_request(job["InstanceID"]), b"<INSTANCE "),
+            "wsman": (wsman_get_request(job["InstanceID"]), b"Msvm_ConcreteJob_Type"),
+        }
+        state = {"current": job, "running": 0, "polls": 0}
 
-        def cli(*a, **kw):
-            return subprocess.run([cosnap, "--data-dir", str(data), *map(str, a)], check=True,
-                                  capture_output=True, text=True, **kw).stdout.strip()
+        def measure(proto):
+            request, marker = requests[proto]
+            q = mp.Queue()
+            start_at = time.time() + 0.5
+            procs = [mp.Process(target=worker, args=(port, request, marker, args.seconds, start_at, q))
+                     for _ in range(args.procs)]
+            for p in procs:
+                p.start()
+            deadline = start_at + args.seconds
+            while time.time() < deadline:
+                js = conn.GetInstance(state["current"])["JobState"]
+                state["polls"] += 1
+                if js in (3, 4):
+                    state["running"] += 1
+                else:
+                    assert js == 7, js
+                    state["current"] = start_export()
+                time.sleep(0.05)
+            results = [q.get() for _ in procs]
+            for p in procs:
+                p.join()
+            return [x for r in results for x in r[0]], sum(r[1] for r in results)
 
-        disk = tmp / "disk.qcow2"
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), f"{args.disk_mib}M"], check=True)
-        subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a 0 {args.disk_mib}M", str(disk)],
-                       check=True, capture_output=True)
-        vm = cli("vm", "define", "--name", "bench", "--disk", disk)
-        coll = cli("collection", "define", "bench-group")
-        cli("collection", "add-member", coll, vm)
-        snap = cli("snapshot", "create", coll, "--type", "recovery")
-        cli("user", "add", USER, "--password-stdin", input=PASSWORD)
-
-        port = wbem_poll.free_port()
-        server = subprocess.Popen([cosnap, "--data-dir", str(data), "serve", "--listen", f"127.0.0.1:{port}",
-                                   "--export-root", str(exports)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(300):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            conn = pywbem.WBEMConnection(f"http://127.0.0.1:{port}", (USER, PASSWORD), default_namespace=NS)
-            svc = conn.EnumerateInstanceNames("Msvm_CollectionSnapshotService")[0]
-            sc = pywbem.CIMInstanceName("Msvm_SnapshotCollection", {"CollectionID": snap}, namespace=NS)
-            esd = CIMInstance("Msvm_CollectionSnapshotExportSettingData",
-                              properties=[CIMProperty("CopyVmStorage", True), CIMProperty("BackupIntent", Uint16(1))])
-            n_exports = [0]
-
-            def start_export():
-                d = exports / f"e{n_exports[0]}"
-                d.mkdir()
-                n_exports[0] += 1
-                rv, out = conn.InvokeMethod("ExportSnapshot", svc, [("SnapshotCollection", sc),
-                                                                   ("ExportDirectory", str(d)), ("ExportSettingData", esd)])
-                assert rv == 4096, rv
-                return out["Job"]
-
-            job = start_export()
-            requests = {
-                "cimom": (wbem_poll.get_instance_request(job["InstanceID"]), b"<INSTANCE "),
-                "wsman": (wsman_get_request(job["InstanceID"]), b"Msvm_ConcreteJob_Type"),
-            }
-            state = {"current": job, "running": 0, "polls": 0}
-
-            def measure(proto):
-                request, marker = requests[proto]
-                q = mp.Queue()
-                start_at = time.time() + 0.5
-                procs = [mp.Process(target=worker, args=(port, request, marker, args.seconds, start_at, q))
-                         for _ in range(args.procs)]
-                for p in procs:
-                    p.start()
-                deadline = start_at + args.seconds
-                while time.time() < deadline:
-                    js = conn.GetInstance(state["current"])["JobState"]
-                    state["polls"] += 1
-                    if js in (3, 4):
-                        state["running"] += 1
-                    else:
-                        assert js == 7, js
-                        state["current"] = start_export()
-                    time.sleep(0.05)
-                results = [q.get() for _ in procs]
-                for p in procs:
-                    p.join()
-                return [x for r in results for x in r[0]], sum(r[1] for r in results)
-
-            totals = {p: ([], 0) for p in requests}
-            for _ in range(args.rounds):
-                for proto in ("cimom", "wsman"):
-                    lat, err = measure(proto)
-                    totals[proto] = (totals[proto][0] + lat, totals[proto][1] + err)
-            secs = args.seconds * args.rounds
-            print(f"clients: {args.procs} processes, keep-alive, {args.rounds} alternating rounds of {args.seconds:.0f} s "
-                  f"per protocol; exports started: {n_exports[0]}; export running in {state['running']}/{state['polls']} samples")
-            s = {p: summary(*totals[p], secs) for p in totals}
-            for p in ("cimom", "wsman"):
-                r = s[p]
-                print(f"{p:6} requests: {r['n']}  errors: {r['errors']}  throughput: {r['rps']:.0f} req/s  "
-                      f"latency ms: p50 {r['p50']:.2f}  p90 {r['p90']:.2f}  p99 {r['p99']:.2f}  max {r['max']:.2f}")
-            print(f"wsman/cimom: throughput x{s['wsman']['rps'] / s['cimom']['rps']:.2f}, "
-                  f"p99 x{s['wsman']['p99'] / s['cimom']['p99']:.2f}")
-            ok = s["wsman"]["rps"] >= 2000 and s["wsman"]["p99"] < 5 and s["wsman"]["errors"] == 0
-            print("target (>= 2,000 req/s, p99 < 5 ms, no errors) over WS-Man:", "met" if ok else "NOT met")
-        finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(120)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        totals = {p: ([], 0) for p in requests}
+        for _ in range(args.rounds):
+            for proto in ("cimom", "wsman"):
+                lat, err = measure(proto)
+                totals[proto] = (totals[proto][0] + lat, totals[proto][1] + err)
+        secs = args.seconds * args.rounds
+        print(f"clients: {args.procs} processes, keep-alive, {args.rounds} alternating rounds of {args.seconds:.0f} s "
+              f"per protocol; exports started: {exports_started()}; export running in {state['running']}/{state['polls']} samples")
+        s = {p: summary(*totals[p], secs) for p in totals}
+        for p in ("cimom", "wsman"):
+            r = s[p]
+            print(f"{p:6} requests: {r['n']}  errors: {r['errors']}  throughput: {r['rps']:.0f} req/s  "
+                  f"latency ms: p50 {r['p50']:.2f}  p90 {r['p90']:.2f}  p99 {r['p99']:.2f}  max {r['max']:.2f}")
+        print(f"wsman/cimom: throughput x{s['wsman']['rps'] / s['cimom']['rps']:.2f}, "
+              f"p99 x{s['wsman']['p99'] / s['cimom']['p99']:.2f}")
+        ok = s["wsman"]["rps"] >= 2000 and s["wsman"]["p99"] < 5 and s["wsman"]["errors"] == 0
+        print("target (>= 2,000 req/s, p99 < 5 ms, no errors) over WS-Man:", "met" if ok else "NOT met")
 
 
 if __name__ == "__main__":
