@@ -223,7 +223,8 @@ fn present_files(
 /// chain opens through it.
 pub fn verify_package(root: &Path) -> Result<VerifyReport> {
     let (canon, dir) = open_package(root)?;
-    verify_in(&canon, &dir)
+    let meta = read_meta(&dir)?;
+    verify_in(&canon, &dir, &meta)
 }
 
 /// [`verify_package`] then, if it found no problem, [`read_package`], both through one
@@ -231,27 +232,27 @@ pub fn verify_package(root: &Path) -> Result<VerifyReport> {
 /// directory is renamed or replaced meanwhile. `Ok(Err(report))` = the problems found.
 pub fn verify_and_read_package(root: &Path) -> Result<std::result::Result<Package, VerifyReport>> {
     let (canon, dir) = open_package(root)?;
-    let report = verify_in(&canon, &dir)?;
+    let meta = read_meta(&dir)?;
+    let report = verify_in(&canon, &dir, &meta)?;
     if !report.ok() {
         return Ok(Err(report));
     }
-    read_in(canon, &dir).map(Ok)
+    read_in(canon, &dir, meta).map(Ok)
 }
 
-fn verify_in(canon: &Path, dir: &DirHandle) -> Result<VerifyReport> {
+fn verify_in(canon: &Path, dir: &DirHandle, meta: &PackageMeta) -> Result<VerifyReport> {
     // Parent images (PreserveChain) may live beside the package, never elsewhere.
     let outer = canon.parent().and_then(|p| DirHandle::open(p).ok());
-    let meta = read_meta(dir)?;
     let mut rep = VerifyReport::default();
-    let entries = read_manifest(dir, &meta).unwrap_or_else(|e| {
+    let entries = read_manifest(dir, meta).unwrap_or_else(|e| {
         rep.problems.push(e);
         Vec::new()
     });
-    let present = present_files(dir, &meta, &mut rep.problems);
-    check_listing(&meta, &entries, &present, &mut rep.problems);
+    let present = present_files(dir, meta, &mut rep.problems);
+    check_listing(meta, &entries, &present, &mut rep.problems);
     check_digests(dir, &entries, &mut rep);
-    check_descriptor(dir, &meta, &mut rep.problems);
-    check_configurations(dir, &meta, &mut rep.problems);
+    check_descriptor(dir, meta, &mut rep.problems);
+    check_configurations(dir, meta, &mut rep.problems);
     for vm in &meta.vms {
         for d in &vm.disks {
             let Some(rel) = &d.file else { continue };
@@ -476,11 +477,11 @@ fn read_instances(dir: &DirHandle, rel: &str) -> Result<Vec<Instance>> {
 /// Reads a package for import (after [`verify_package`], if the caller wants the digests checked).
 pub fn read_package(root: &Path) -> Result<Package> {
     let (root, dir) = open_package(root)?;
-    read_in(root, &dir)
+    let meta = read_meta(&dir)?;
+    read_in(root, &dir, meta)
 }
 
-fn read_in(root: PathBuf, dir: &DirHandle) -> Result<Package> {
-    let meta = read_meta(dir)?;
+fn read_in(root: PathBuf, dir: &DirHandle, meta: PackageMeta) -> Result<Package> {
     let mut coll = read_instances(dir, &meta.collection_file)?.into_iter();
     let (collection, snapshot) = match (coll.next(), coll.next()) {
         (Some(c), Some(s)) => (c, s),

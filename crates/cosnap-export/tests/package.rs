@@ -655,6 +655,24 @@ fn temporaries(out: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Opens `out` and writes `p` into it with the given commit hooks.
+fn write_with_hooks(
+    p: &ExportPlan,
+    out: &Path,
+    subdir: bool,
+    hooks: &CommitHooks<'_>,
+) -> Result<PackageReport, ExportError> {
+    let dir = open_export_dir(out).unwrap();
+    write_package_in(
+        p,
+        &dir,
+        &opts(subdir),
+        &no_progress,
+        &CancelToken::new(),
+        hooks,
+    )
+}
+
 /// Runs an export that dies (a panic skips its rollback, as SIGKILL would) the `nth` time
 /// its commit reaches `step`, then recovers the directory.
 fn die_at_then_recover(
@@ -675,15 +693,7 @@ fn die_at_then_recover(
         step: &die,
     };
     let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let dir = open_export_dir(&out).unwrap();
-        write_package_in(
-            &p,
-            &dir,
-            &opts(subdir),
-            &no_progress,
-            &CancelToken::new(),
-            &hooks,
-        )
+        write_with_hooks(&p, &out, subdir, &hooks)
     }));
     assert!(died.is_err(), "{step} #{nth} was never reached");
     assert!(
@@ -781,16 +791,7 @@ fn two_exports_into_one_directory_keep_both_or_refuse_the_second() {
         before_commit: &run_second,
         step: &|_| {},
     };
-    let dir = open_export_dir(&out).unwrap();
-    let first = write_package_in(
-        &p,
-        &dir,
-        &opts(true),
-        &no_progress,
-        &CancelToken::new(),
-        &hooks,
-    )
-    .unwrap();
+    let first = write_with_hooks(&p, &out, true, &hooks).unwrap();
     let second = second.into_inner().unwrap().unwrap();
     assert_ne!(first.path, second.path);
     assert!(verify_package(&first.path).unwrap().ok());
@@ -823,16 +824,7 @@ fn two_exports_into_one_directory_keep_both_or_refuse_the_second() {
         before_commit: &run_second,
         step: &|_| {},
     };
-    let dir = open_export_dir(&flat_out).unwrap();
-    let first = write_package_in(
-        &p,
-        &dir,
-        &opts(false),
-        &no_progress,
-        &CancelToken::new(),
-        &hooks,
-    )
-    .unwrap();
+    let first = write_with_hooks(&p, &flat_out, false, &hooks).unwrap();
     let msg = refused.into_inner().unwrap().unwrap();
     assert!(msg.contains("another export is writing"), "{msg}");
     assert!(verify_package(&first.path).unwrap().ok());
@@ -891,16 +883,7 @@ fn an_export_directory_swapped_for_a_symlink_cannot_redirect_the_export() {
         before_commit: &swap,
         step: &|_| {},
     };
-    let dir = open_export_dir(&out).unwrap();
-    write_package_in(
-        &p,
-        &dir,
-        &opts(true),
-        &no_progress,
-        &CancelToken::new(),
-        &hooks,
-    )
-    .unwrap();
+    write_with_hooks(&p, &out, true, &hooks).unwrap();
     assert!(
         top_names(&elsewhere).is_empty(),
         "{:?}",
