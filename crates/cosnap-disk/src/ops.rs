@@ -239,10 +239,7 @@ fn commit_open(child: &Path, src: &dyn Image, mut dst: Box<dyn Image>) -> Result
 /// clusters; a no-op for VHDX and raw). Returns how many clusters were repaired. Never
 /// touches an image with corruptions.
 pub fn repair_leaks(path: &Path) -> Result<u64> {
-    match detect_format(path)? {
-        Format::Qcow2 => qcow2::repair_leaks(path),
-        Format::Vhdx | Format::Raw => Ok(0),
-    }
+    repair_leaks_as(&LayerSpec::new(path, detect_format(path)?))
 }
 
 /// [`repair_leaks`] of a layer whose format is recorded.
@@ -679,11 +676,7 @@ pub fn map(path: &Path) -> Result<Vec<Extent>> {
 /// Structural check of one file (not its parents). Raw images have no structure: always
 /// clean. A file that cannot be parsed at all is an `Err` (the CLI's "could not check").
 pub fn check(path: &Path) -> Result<CheckReport> {
-    match detect_format(path)? {
-        Format::Qcow2 => qcow2::check(path),
-        Format::Vhdx => vhdx::check(path),
-        Format::Raw => Ok(CheckReport::default()),
-    }
+    check_as(&LayerSpec::new(path, detect_format(path)?))
 }
 
 /// [`check`] of one layer read as its recorded format (nothing probed).

@@ -1,4 +1,4 @@
-//! Small shared helpers: clocks and CIM datetimes, GUIDs, WMI path text, crash points.
+//! Small shared helpers: clocks, GUIDs, WMI path text, crash points.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -10,17 +10,6 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-/// CIM timestamp for milliseconds since the epoch; the grammar lives in
-/// [`cosnap_cim::datetime`] (kept here so callers of this path keep compiling).
-pub fn cim_timestamp(ms: i64) -> String {
-    cosnap_cim::datetime::format_unix_ms(ms)
-}
-
-/// CIM interval for a duration in milliseconds (see [`cosnap_cim::datetime`]).
-pub fn cim_interval(ms: i64) -> String {
-    cosnap_cim::datetime::format_interval_ms(ms)
 }
 
 /// RFC 3339 text for JSON output.
@@ -140,11 +129,5 @@ mod tests {
         )
         .unwrap();
         assert_eq!(two.keys.len(), 2);
-    }
-
-    #[test]
-    fn datetimes() {
-        assert_eq!(cim_interval(300_000), "00000000000500.000000:000");
-        assert_eq!(cim_timestamp(0), "19700101000000.000000+000");
     }
 }
