@@ -180,16 +180,22 @@ def conn(server):
     return server.conn()
 
 
-def wait_job(conn, job_path, timeout=300):
-    """Polls a job until it ends; returns the job instance."""
+def poll_job(get, job_path, timeout=300):
+    """Calls get(job_path) until the job ends; returns what get returned last. `get` is a CIM-XML
+    GetInstance or a WS-Man client's get (JobState as text there, hence int())."""
     deadline = time.monotonic() + timeout
     while True:
-        job = conn.GetInstance(job_path)
-        if job["JobState"] in TERMINAL:
+        job = get(job_path)
+        if int(job["JobState"]) in TERMINAL:
             return job
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_path} still in state {job['JobState']} after {timeout}s")
         time.sleep(0.1)
+
+
+def wait_job(conn, job_path, timeout=300):
+    """Polls a job until it ends; returns the job instance."""
+    return poll_job(conn.GetInstance, job_path, timeout)
 
 
 def run_method(conn, method, target, params, result=None, result_class=None, timeout=300):

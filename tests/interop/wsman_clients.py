@@ -17,8 +17,8 @@ import xmltodict
 from pypsrp.wsman import SelectorSet, WSMan
 from winrm.protocol import Protocol
 
-from conftest import TERMINAL
-from wsman_wire import ANON, S, WSA, WSEN, WSMAN, Epr, parse_epr, props, q, uri, wait_until
+from conftest import poll_job
+from wsman_wire import ANON, S, WSA, WSEN, WSMAN, Epr, parse_epr, props, q, uri
 
 ASSOC_DIALECT = "http://schemas.dmtf.org/wbem/wsman/1/cimbinding/associationFilter"
 CIMBINDING = "http://schemas.dmtf.org/wbem/wsman/1/cimbinding.xsd"
@@ -120,14 +120,6 @@ class Psrp:
 
     def wait_job(self, job, timeout=300):
         return poll_job(self.get, job, timeout)
-
-
-def poll_job(get, job, timeout):
-    """Gets the job until it reaches a terminal state; returns its properties."""
-    def finished():
-        j = get(job)
-        return j if int(j["JobState"]) in TERMINAL else None
-    return wait_until(finished, timeout, f"job {job}")
 
 
 def parse_output(body, method):

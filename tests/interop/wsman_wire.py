@@ -8,7 +8,6 @@ CIM-XML text for embedded instances (made by pywbem, the real CIM-XML encoder).
 
 import base64
 import re
-import time
 import uuid
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape
@@ -227,14 +226,3 @@ def release_body(context):
 def response_root(payload):
     return ET.fromstring(payload)
 
-
-def wait_until(fn, timeout, what):
-    """Calls fn() until it returns a truthy value; returns that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not done after {timeout}s")
-        time.sleep(0.1)
