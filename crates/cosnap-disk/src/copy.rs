@@ -34,6 +34,7 @@ use crate::paths::relative_path;
 use crate::progress::{CancelToken, Progress};
 use crate::qcow2::{self, Qcow2Image};
 use crate::raw::{self, RawImage};
+use crate::sparse;
 use crate::vhdx;
 
 /// Buffer per worker for read/write copies.
@@ -54,8 +55,8 @@ fn wrote(file: &File, n: u64) {
     UNKICKED.with(|c| {
         let v = c.get() + n;
         if v >= KICK {
-            // SAFETY: valid fd; offset 0 / nbytes 0 = to the end of the file.
-            unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+            // Best effort: a failed kick only leaves more for the final fsync.
+            let _ = sparse::start_writeback(file);
             c.set(0);
         } else {
             c.set(v);

@@ -8,13 +8,13 @@
 //! kind of machine), so the digest is not the bottleneck of a disk-bound copy.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 pub(crate) use sha2::{Digest, Sha256};
 
 use crate::error::{DiskError, Result};
+use crate::sparse;
 
 const BUF: usize = 1 << 20;
 static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
@@ -58,59 +58,55 @@ pub(crate) fn hash_range(
     buf: &mut [u8],
     advance: &dyn Fn(u64) -> Result<()>,
 ) -> Result<()> {
-    let fd = file.as_raw_fd();
-    let (mut pos, end) = (range.start, range.end);
-    while pos < end {
-        // SAFETY: lseek on an fd the caller owns (it only reads the position we pass back).
-        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        // ENXIO: no data after `pos`; any other failure: treat the rest as data.
-        let data_start = if data < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
-                end
-            } else {
-                pos
+    for run in sparse::runs(file, range).unknown_as_data() {
+        if run.is_data() {
+            hash_data(file, path, run.range, hasher, buf, advance)?;
+        } else {
+            hash_zeros(run.range.end - run.range.start, hasher);
+            advance(run.range.end - run.range.start)?;
+        }
+    }
+    Ok(())
+}
+
+/// Feeds `n` zero bytes (a hole) to `hasher` without reading them.
+fn hash_zeros(mut n: u64, hasher: &mut Sha256) {
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        hasher.update(&ZEROS[..k]);
+        n -= k as u64;
+    }
+}
+
+/// Reads the data run `range` of `file` through `buf` into `hasher`.
+fn hash_data(
+    file: &File,
+    path: &Path,
+    range: std::ops::Range<u64>,
+    hasher: &mut Sha256,
+    buf: &mut [u8],
+    advance: &dyn Fn(u64) -> Result<()>,
+) -> Result<()> {
+    let (mut pos, data_end) = (range.start, range.end);
+    while pos < data_end {
+        let want = (data_end - pos).min(buf.len() as u64) as usize;
+        let n = match file.read_at(&mut buf[..want], pos) {
+            Ok(0) => {
+                return Err(DiskError::io(
+                    path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the file shrank while it was being hashed",
+                    ),
+                ));
             }
-        } else {
-            (data as u64).clamp(pos, end)
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(DiskError::io(path, e)),
         };
-        let mut hole = data_start - pos;
-        while hole > 0 {
-            let n = hole.min(ZEROS.len() as u64) as usize;
-            hasher.update(&ZEROS[..n]);
-            hole -= n as u64;
-        }
-        advance(data_start - pos)?;
-        pos = data_start;
-        if pos >= end {
-            break;
-        }
-        // SAFETY: as above.
-        let h = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_HOLE) };
-        let data_end = if h < 0 {
-            end
-        } else {
-            (h as u64).clamp(pos + 1, end)
-        };
-        while pos < data_end {
-            let want = (data_end - pos).min(buf.len() as u64) as usize;
-            let n = match file.read_at(&mut buf[..want], pos) {
-                Ok(0) => {
-                    return Err(DiskError::io(
-                        path,
-                        std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            "the file shrank while it was being hashed",
-                        ),
-                    ));
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(DiskError::io(path, e)),
-            };
-            hasher.update(&buf[..n]);
-            pos += n as u64;
-            advance(n as u64)?;
-        }
+        hasher.update(&buf[..n]);
+        pos += n as u64;
+        advance(n as u64)?;
     }
     Ok(())
 }

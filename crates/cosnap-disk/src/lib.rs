@@ -18,6 +18,7 @@ pub mod progress;
 pub mod qcow2;
 pub mod raw;
 pub mod report;
+pub mod sparse;
 pub mod vhdx;
 
 pub use chain::{LayerSpec, open_chain};

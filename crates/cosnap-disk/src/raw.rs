@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{DiskError, Result};
 use crate::image::{Extent, ExtentState, Format, Image};
+use crate::sparse;
 
 /// Allocation granularity reported for raw files (the usual file-system block).
 pub const RAW_GRANULARITY: u64 = 4096;
@@ -79,51 +80,6 @@ pub fn create(path: &Path, virtual_size: u64) -> Result<()> {
     file.sync_all().map_err(|e| DiskError::io(path, e))
 }
 
-/// `lseek(fd, offset, whence)`; `Ok(None)` on ENXIO (no more data / past the end).
-fn seek_data_hole(file: &File, offset: u64, whence: i32) -> std::io::Result<Option<u64>> {
-    // SAFETY: lseek on a valid fd; it only moves the file position, which cosnap never uses
-    // (all I/O is positional).
-    let r = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
-    if r < 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::ENXIO) {
-            return Ok(None);
-        }
-        return Err(err);
-    }
-    Ok(Some(r as u64))
-}
-
-/// Data extents of a file within `[offset, end)` from SEEK_DATA/SEEK_HOLE: sorted
-/// `(start, len)` pairs. File systems without SEEK_DATA report everything as data.
-pub fn data_extents(file: &File, offset: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
-    let mut out = Vec::new();
-    let mut pos = offset;
-    while pos < end {
-        let data = match seek_data_hole(file, pos, libc::SEEK_DATA) {
-            Ok(Some(d)) => d,
-            Ok(None) => break,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                out.push((pos, end - pos));
-                break;
-            }
-            Err(e) => return Err(e),
-        };
-        if data >= end {
-            break;
-        }
-        let hole = seek_data_hole(file, data, libc::SEEK_HOLE)?
-            .unwrap_or(end)
-            .min(end);
-        if hole <= data {
-            break;
-        }
-        out.push((data, hole - data));
-        pos = hole;
-    }
-    Ok(out)
-}
-
 impl Image for RawImage {
     fn format(&self) -> Format {
         Format::Raw
@@ -163,16 +119,7 @@ impl Image for RawImage {
         if len == 0 {
             return Ok(());
         }
-        // SAFETY: fallocate on a valid fd with in-range arguments.
-        let r = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        if r == 0 {
+        if sparse::punch_hole(&self.file, offset, len).is_ok() {
             return Ok(());
         }
         // No hole punching here (tmpfs on old kernels, some network file systems): write zeros.
@@ -202,8 +149,8 @@ impl Image for RawImage {
     fn layer_map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         self.check_range(offset, len)?;
         let end = offset + len;
-        let data =
-            data_extents(&self.file, offset, end).map_err(|e| DiskError::io(&self.path, e))?;
+        let data = sparse::data_extents(&self.file, offset..end)
+            .map_err(|e| DiskError::io(&self.path, e))?;
         let mut out: Vec<Extent> = Vec::new();
         let mut pos = offset;
         for (start, n) in data {
