@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::chain::{LayerSpec, open_chain};
+use crate::digest::{DigestAlgorithm, FileHasher, hash_range};
 use crate::error::{DiskError, Result};
 use crate::image::{ExtentState, Format, Image};
 use crate::ops::{self, chain_map, layers, merge_ranges};
@@ -126,6 +127,18 @@ pub struct FlattenReport {
     /// SHA-256 (lower-case hex) of the output file's bytes, from [`flatten_all_digested`].
     #[serde(default)]
     pub sha256: Option<String>,
+    /// The output file's digest, from [`flatten_all_digested_with`] (any algorithm).
+    #[serde(default)]
+    pub digest: Option<FileDigest>,
+}
+
+/// A file's digest and the algorithm that made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    /// The algorithm.
+    pub algorithm: DigestAlgorithm,
+    /// Lower-case hex.
+    pub hex: String,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -310,7 +323,7 @@ pub fn flatten_all(
     progress: Progress<'_>,
     cancel: &CancelToken,
 ) -> Result<Vec<FlattenReport>> {
-    flatten(jobs, threads, progress, cancel, false)
+    flatten(jobs, threads, progress, cancel, None)
 }
 
 /// [`flatten_all`], and each output's SHA-256 ([`FlattenReport::sha256`]) from the same
@@ -322,7 +335,25 @@ pub fn flatten_all_digested(
     progress: Progress<'_>,
     cancel: &CancelToken,
 ) -> Result<Vec<FlattenReport>> {
-    flatten(jobs, threads, progress, cancel, true)
+    flatten(
+        jobs,
+        threads,
+        progress,
+        cancel,
+        Some(DigestAlgorithm::Sha256),
+    )
+}
+
+/// [`flatten_all_digested`] with another digest algorithm: [`FlattenReport::digest`] holds
+/// it ([`FlattenReport::sha256`] only when `algorithm` is SHA-256).
+pub fn flatten_all_digested_with(
+    jobs: &[FlattenJob],
+    threads: usize,
+    algorithm: DigestAlgorithm,
+    progress: Progress<'_>,
+    cancel: &CancelToken,
+) -> Result<Vec<FlattenReport>> {
+    flatten(jobs, threads, progress, cancel, Some(algorithm))
 }
 
 fn flatten(
@@ -330,12 +361,16 @@ fn flatten(
     threads: usize,
     progress: Progress<'_>,
     cancel: &CancelToken,
-    digest: bool,
+    digest: Option<DigestAlgorithm>,
 ) -> Result<Vec<FlattenReport>> {
     let plans = jobs.iter().map(plan).collect::<Result<Vec<_>>>()?;
     let work: u64 = plans.iter().map(|p| p.work).sum();
     // Hashing reads about what the copy wrote (holes are skipped): count it once more.
-    let total = if digest { work.saturating_mul(2) } else { work };
+    let total = if digest.is_some() {
+        work.saturating_mul(2)
+    } else {
+        work
+    };
     let run = Run {
         progress,
         cancel,
@@ -403,7 +438,7 @@ fn flatten_one(
     plan: &Plan,
     run: &Run<'_>,
     created: &Mutex<Vec<PathBuf>>,
-    digest: bool,
+    digest: Option<DigestAlgorithm>,
 ) -> Result<FlattenReport> {
     run.check()?;
     create_dest(job, plan.source.as_ref())?;
@@ -448,12 +483,13 @@ fn flatten_one(
     }
     drop(buf);
     let virtual_size = dest.virtual_size();
-    let sha256 = if digest {
+    let digest = if let Some(algorithm) = digest {
         // Metadata first (every allocation is already made), the image closed, then the
         // data in file order so that one pass both writes and hashes it.
         dest.flush()?;
         drop(dest);
-        Some(copy_in_file_order(&mut directs, &job.dest, plan.work, run)?)
+        let hex = copy_in_file_order(&mut directs, &job.dest, plan.work, run, algorithm)?;
+        Some(FileDigest { algorithm, hex })
     } else {
         run_directs(&directs, dest.as_ref(), run)?;
         run.check()?;
@@ -466,7 +502,11 @@ fn flatten_one(
         virtual_size,
         data_bytes,
         ranges: plan.ranges.clone(),
-        sha256,
+        sha256: digest
+            .as_ref()
+            .filter(|d| d.algorithm == DigestAlgorithm::Sha256)
+            .map(|d| d.hex.clone()),
+        digest,
     })
 }
 
@@ -570,7 +610,7 @@ fn read_full(file: &File, off: u64, piece: &mut [u8]) -> std::io::Result<()> {
 }
 
 /// Writes the host-to-host copies of a closed output in ascending file order and returns
-/// the SHA-256 of the whole output file.
+/// the digest (`algorithm`, lower-case hex) of the whole output file.
 ///
 /// Why not `copy_file_range` here: a digest needs the bytes in file order anyway, so they
 /// pass through user space once — read from the source (with `O_DIRECT` where aligned:
@@ -587,110 +627,39 @@ fn copy_in_file_order(
     path: &Path,
     work: u64,
     run: &Run<'_>,
+    algorithm: DigestAlgorithm,
 ) -> Result<String> {
-    use crate::digest::{Digest, Sha256, hash_range};
-    use std::sync::mpsc::sync_channel;
-
     directs.sort_by_key(|d| d.dst_off);
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .map_err(|e| DiskError::io(path, e))?;
-    let size = file.metadata().map_err(|e| DiskError::io(path, e))?.len();
     let copied: u64 = directs.iter().map(|d| d.len).sum();
-    // Progress budget of a job: 2 × work. The walk advanced the bytes it wrote itself
-    // (work − copied); this pass advances 2 × copied for the copies, and the read-back
-    // the walk's second half, work − copied: as it reads, then the rest at the end.
-    let readback_budget = AtomicU64::new(work.saturating_sub(copied));
-    let readback_advance = |n: u64| -> Result<()> {
-        run.check()?;
-        let take = readback_budget
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| {
-                Some(l.saturating_sub(n))
-            })
-            .map_or(0, |l| l.min(n));
-        if take > 0 {
-            run.advance(take);
-        }
-        Ok(())
+    let readback = ReadBack {
+        run,
+        budget: AtomicU64::new(work.saturating_sub(copied)),
     };
 
-    let (to_writer, from_reader) = sync_channel::<Chunk>(IN_FLIGHT);
-    let (to_reader, free_bufs) = sync_channel::<AlignedBuf>(IN_FLIGHT);
+    let (to_writer, from_reader) = std::sync::mpsc::sync_channel::<Chunk>(IN_FLIGHT);
+    let (to_reader, free_bufs) = std::sync::mpsc::sync_channel::<AlignedBuf>(IN_FLIGHT);
     for _ in 0..IN_FLIGHT {
         to_reader
             .send(AlignedBuf::new())
             .expect("the receiver is alive");
     }
-    let mut direct_sources = DirectSources::new(!run.force_rw);
     let write_error: Mutex<Option<DiskError>> = Mutex::new(None);
+    let output = Output { file: &file, path };
 
-    let hashed = std::thread::scope(|s| -> Result<Sha256> {
-        let (file, write_error) = (&file, &write_error);
-        s.spawn(move || {
-            for chunk in from_reader {
-                if let Err(e) = file.write_all_at(&chunk.buf.bytes()[..chunk.len], chunk.dst_off) {
-                    run.abort.store(true, Ordering::SeqCst);
-                    write_error
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_or_insert(DiskError::io(path, e));
-                    break;
-                }
-                wrote(file, chunk.len as u64);
-                run.advance(chunk.len as u64);
-                if to_reader.send(chunk.buf).is_err() {
-                    break;
-                }
-            }
-        });
-        // Reader + hasher: this thread.
-        let mut hasher = Sha256::new();
-        let mut scratch = vec![0u8; 1 << 20];
-        let mut pos = 0u64;
-        for d in directs.iter() {
-            hash_range(
-                file,
-                path,
-                pos..d.dst_off,
-                &mut hasher,
-                &mut scratch,
-                &readback_advance,
-            )?;
-            let mut done = 0u64;
-            while done < d.len {
-                run.check()?;
-                let mut buf = free_bufs.recv().map_err(|_| DiskError::Cancelled)?;
-                let n = (d.len - done).min(BUF as u64) as usize;
-                let piece = &mut buf.bytes_mut()[..n];
-                direct_sources.read(d.layer, d.src_off + done, piece)?;
-                hasher.update(&*piece);
-                run.advance(n as u64);
-                to_writer
-                    .send(Chunk {
-                        buf,
-                        len: n,
-                        dst_off: d.dst_off + done,
-                    })
-                    .map_err(|_| DiskError::Cancelled)?;
-                done += n as u64;
-            }
-            pos = d.dst_off + d.len;
-        }
-        drop(to_writer);
-        hash_range(
-            file,
-            path,
-            pos.min(size)..size,
-            &mut hasher,
-            &mut scratch,
-            &readback_advance,
-        )?;
-        // What the read-back did not use up (zero ranges of the walk take no file space).
-        run.advance(readback_budget.swap(0, Ordering::Relaxed));
-        Ok(hasher)
+    let hashed = std::thread::scope(|s| {
+        s.spawn(|| write_chunks(output, from_reader, to_reader, run, &write_error));
+        let pipe = ReaderEnds {
+            to_writer,
+            free_bufs: &free_bufs,
+        };
+        read_and_hash(directs, output, pipe, &readback, algorithm)
     });
+
     // The writer's own failure explains a reader that stopped because of it.
     if let Some(e) = write_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
         return Err(e);
@@ -698,7 +667,154 @@ fn copy_in_file_order(
     let hasher = hashed?;
     run.check()?;
     file.sync_all().map_err(|e| DiskError::io(path, e))?;
-    Ok(crate::digest::hex(hasher))
+    Ok(hasher.finish_hex())
+}
+
+/// The output file of a [`copy_in_file_order`] and its name for errors.
+#[derive(Clone, Copy)]
+struct Output<'f> {
+    file: &'f File,
+    path: &'f Path,
+}
+
+/// The reader's ends of the pipeline: full chunks out, free buffers back. The caller keeps
+/// the buffer end open until the writer is done.
+struct ReaderEnds<'p> {
+    to_writer: std::sync::mpsc::SyncSender<Chunk>,
+    free_bufs: &'p std::sync::mpsc::Receiver<AlignedBuf>,
+}
+
+/// Progress of the bytes read back from the output (everything that is not a copy): they
+/// advance the job up to its remaining share, `budget`, and no further.
+struct ReadBack<'r, 'p> {
+    run: &'r Run<'p>,
+    budget: AtomicU64,
+}
+
+impl ReadBack<'_, '_> {
+    fn advance(&self, n: u64) -> Result<()> {
+        self.run.check()?;
+        let take = self
+            .budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| {
+                Some(l.saturating_sub(n))
+            })
+            .map_or(0, |l| l.min(n));
+        if take > 0 {
+            self.run.advance(take);
+        }
+        Ok(())
+    }
+
+    /// What the read-back did not use up (zero ranges of the walk take no file space).
+    fn finish(&self) {
+        self.run.advance(self.budget.swap(0, Ordering::Relaxed));
+    }
+}
+
+/// The writer thread: writes each chunk where it belongs and hands its buffer back. A
+/// failure is stored in `write_error` and aborts the run.
+fn write_chunks(
+    out: Output<'_>,
+    chunks: std::sync::mpsc::Receiver<Chunk>,
+    free: std::sync::mpsc::SyncSender<AlignedBuf>,
+    run: &Run<'_>,
+    write_error: &Mutex<Option<DiskError>>,
+) {
+    for chunk in chunks {
+        let bytes = &chunk.buf.bytes()[..chunk.len];
+        if let Err(e) = out.file.write_all_at(bytes, chunk.dst_off) {
+            run.abort.store(true, Ordering::SeqCst);
+            write_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(DiskError::io(out.path, e));
+            break;
+        }
+        wrote(out.file, chunk.len as u64);
+        run.advance(chunk.len as u64);
+        // A reader that has stopped needs no buffer back; the chunks it sent are still
+        // written.
+        let _ = free.send(chunk.buf);
+    }
+}
+
+/// The reader (this thread): hashes the output in file order — the bytes between the
+/// copies read back from the output, the copies from their sources straight into the
+/// buffers it then sends to the writer.
+fn read_and_hash(
+    directs: &[Direct<'_>],
+    out: Output<'_>,
+    pipe: ReaderEnds<'_>,
+    readback: &ReadBack<'_, '_>,
+    algorithm: DigestAlgorithm,
+) -> Result<FileHasher> {
+    let size = out
+        .file
+        .metadata()
+        .map_err(|e| DiskError::io(out.path, e))?
+        .len();
+    let advance = |n| readback.advance(n);
+    let mut hasher = algorithm.hasher();
+    let mut scratch = vec![0u8; 1 << 20];
+    let mut sources = DirectSources::new(!readback.run.force_rw);
+    let mut pos = 0u64;
+
+    for d in directs {
+        hash_range(
+            out.file,
+            out.path,
+            pos..d.dst_off,
+            &mut hasher,
+            &mut scratch,
+            &advance,
+        )?;
+        copy_one_in_order(d, &mut sources, &pipe, &mut hasher, readback.run)?;
+        pos = d.dst_off + d.len;
+    }
+    // The writer ends when it has written every chunk sent.
+    drop(pipe);
+
+    hash_range(
+        out.file,
+        out.path,
+        pos.min(size)..size,
+        &mut hasher,
+        &mut scratch,
+        &advance,
+    )?;
+    readback.finish();
+    Ok(hasher)
+}
+
+/// Reads copy `d` from its source in [`BUF`] pieces, hashes each and sends it to the writer.
+fn copy_one_in_order(
+    d: &Direct<'_>,
+    sources: &mut DirectSources,
+    pipe: &ReaderEnds<'_>,
+    hasher: &mut FileHasher,
+    run: &Run<'_>,
+) -> Result<()> {
+    let mut done = 0u64;
+    while done < d.len {
+        run.check()?;
+        let mut buf = pipe.free_bufs.recv().map_err(|_| DiskError::Cancelled)?;
+        let n = (d.len - done).min(BUF as u64) as usize;
+        let piece = &mut buf.bytes_mut()[..n];
+        sources.read(d.layer, d.src_off + done, piece)?;
+        hasher.update(piece);
+        run.advance(n as u64);
+        let chunk = Chunk {
+            buf,
+            len: n,
+            dst_off: d.dst_off + done,
+        };
+        pipe.to_writer
+            .send(chunk)
+            .map_err(|_| DiskError::Cancelled)?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 /// Copies guest `[off, off + len)` (data held by `layer`, at `host` in its file if
@@ -769,19 +885,30 @@ struct Direct<'a> {
     len: u64,
 }
 
-/// Threads per output for host-to-host copies: `COSNAP_COPY_THREADS`, else the machine's
-/// cores, at most 4.
+/// Threads per output for host-to-host copies: `COSNAP_COPY_THREADS`, else one.
+///
+/// Why one: every copy thread of an output writes the same file, and ext4 takes the
+/// inode's lock for each buffered write — a second thread bought no wall time on a warm
+/// cache and spent 40–60 % more CPU spinning on that lock. What more threads gave a cold
+/// source (reads in flight) comes from [`sparse::advise_willneed`] of the next copies
+/// instead; several outputs still copy in parallel (one job each).
 fn copy_threads() -> usize {
-    if let Some(n) = std::env::var("COSNAP_COPY_THREADS")
+    std::env::var("COSNAP_COPY_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-    {
-        return n.clamp(1, 16);
+        .map_or(1, |n| n.clamp(1, 16))
+}
+
+/// Copies whose source is asked into the page cache ahead of the copy running now.
+const READ_AHEAD_COPIES: usize = 2;
+
+/// Asks the kernel to start reading the sources of the copies from `first` on (a few of
+/// them) while the current one runs: reads in flight on a cold disk without a second
+/// writer. A hint only; its failure changes nothing.
+fn read_ahead(directs: &[Direct<'_>], first: usize) {
+    for d in directs.iter().skip(first).take(READ_AHEAD_COPIES) {
+        let _ = sparse::advise_willneed(d.layer.file(), d.src_off, d.len);
     }
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 4)
 }
 
 fn run_directs(directs: &[Direct<'_>], dest: &dyn Image, run: &Run<'_>) -> Result<()> {
@@ -796,6 +923,7 @@ fn run_directs(directs: &[Direct<'_>], dest: &dyn Image, run: &Run<'_>) -> Resul
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some(d) = directs.get(i) else { break };
+                    read_ahead(directs, i + workers);
                     let r = run.check().and_then(|_| {
                         copy_host(
                             d.layer.file(),

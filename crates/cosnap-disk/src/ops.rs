@@ -609,7 +609,10 @@ fn chain_map_into(
     Ok(())
 }
 
-pub use crate::copy::{FlattenJob, FlattenReport, flatten_all, flatten_all_digested};
+pub use crate::copy::{
+    FileDigest, FlattenJob, FlattenReport, flatten_all, flatten_all_digested,
+    flatten_all_digested_with,
+};
 
 /// Facts about one image and its chain.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -24,6 +24,7 @@ mod write;
 use std::path::PathBuf;
 
 pub use commit::{Recovered, RecoveryReport, recover_export, recover_export_dir};
+pub use cosnap_disk::digest::DigestAlgorithm;
 pub use dirhandle::DirHandle;
 pub use package::{
     DiskRecord, PACKAGE_FORMAT, PACKAGE_FORMAT_VERSION, PACKAGE_JSON, Package, PackageMeta,

@@ -1,5 +1,6 @@
-//! The package manifest: one line per file, `SHA256(relative/path)= hex`, OVF style
-//! (DSP0243 §5.1). The algorithm is named on every line; only SHA-256 is written.
+//! The package manifest: one line per file, `SHA256(relative/path)= hex`, OVF style.
+//! The algorithm is named on every line: SHA-256 by default, `BLAKE3` when the exporter
+//! chose it (a cosnap option outside OVF; see docs/decisions.md).
 //!
 //! Digests cover the file's bytes exactly as stored (an image's container bytes, not its
 //! guest bytes). Holes of sparse files are hashed as zeros without reading them
@@ -7,10 +8,40 @@
 
 use std::path::Path;
 
+use cosnap_disk::digest::DigestAlgorithm;
+
 use crate::Result;
 
-/// The algorithm tag this crate writes.
+/// The algorithm tag this crate writes by default.
 pub const ALGORITHM: &str = "SHA256";
+
+/// Digest of a file with `algorithm` (holes hashed without reading them); `progress(bytes)`
+/// as it goes.
+pub fn digest_file(
+    path: &Path,
+    algorithm: DigestAlgorithm,
+    progress: &dyn Fn(u64),
+) -> Result<String> {
+    Ok(cosnap_disk::digest::digest_file(path, algorithm, &|n| {
+        progress(n);
+        Ok(())
+    })?)
+}
+
+/// [`digest_file`] of a file already opened (through a directory handle); `path` names
+/// it in errors.
+pub fn digest_open(
+    file: &std::fs::File,
+    path: &Path,
+    algorithm: DigestAlgorithm,
+) -> Result<String> {
+    Ok(cosnap_disk::digest::digest_open_file(
+        file,
+        path,
+        algorithm,
+        &|_| Ok(()),
+    )?)
+}
 
 /// SHA-256 of a file (holes hashed without reading them); `progress(bytes)` as it goes.
 pub fn sha256_file(path: &Path, progress: &dyn Fn(u64)) -> Result<String> {
@@ -28,11 +59,17 @@ pub fn sha256_open(file: &std::fs::File, path: &Path) -> Result<String> {
     })?)
 }
 
-/// Manifest text for `(relative path, hex digest)` pairs.
+/// Manifest text for `(relative path, hex digest)` pairs, SHA-256.
 pub fn render(entries: &[(String, String)]) -> String {
+    render_with(entries, DigestAlgorithm::Sha256)
+}
+
+/// Manifest text for `(relative path, hex digest)` pairs made with `algorithm`.
+pub fn render_with(entries: &[(String, String)], algorithm: DigestAlgorithm) -> String {
+    let tag = algorithm.tag();
     entries
         .iter()
-        .map(|(p, d)| format!("{ALGORITHM}({p})= {d}\n"))
+        .map(|(p, d)| format!("{tag}({p})= {d}\n"))
         .collect()
 }
 
@@ -51,7 +88,7 @@ pub fn parse(text: &str) -> std::result::Result<Vec<(String, String, String)>, S
             return Err(bad("malformed"));
         }
         let alg = &line[..open];
-        if alg != ALGORITHM {
+        if DigestAlgorithm::from_tag(alg).is_none() {
             return Err(bad("unsupported digest algorithm"));
         }
         let path = &line[open + 1..close];
@@ -93,6 +130,9 @@ mod tests {
         let parsed = parse(&text).unwrap();
         assert_eq!(parsed[1].1, "vm/Virtual Hard Disks/d (1).qcow2");
         assert!(parse(&format!("SHA1(x)= {d}")).is_err());
+        let blake = render_with(&[("x".into(), d.clone())], DigestAlgorithm::Blake3);
+        assert_eq!(blake, format!("BLAKE3(x)= {d}\n"));
+        assert_eq!(parse(&blake).unwrap()[0].0, "BLAKE3");
         assert!(parse(&format!("SHA256(../x)= {d}")).is_err());
         assert!(parse(&format!("SHA256(/etc/passwd)= {d}")).is_err());
         assert!(parse("SHA256(x)= 1234").is_err());

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use cosnap_cim::Instance;
-use cosnap_disk::{Format, LayerSpec};
+use cosnap_disk::{Format, LayerSpec, digest::DigestAlgorithm};
 use serde::{Deserialize, Serialize};
 
 /// `BackupIntent` of `Msvm_CollectionSnapshotExportSettingData` (collection numbering:
@@ -123,6 +123,8 @@ pub struct ExportOptions {
     /// The export's id (journal and staging names); a fresh one when `None`. The host
     /// chooses it so that its recovery can find this export's leftovers.
     pub export_id: Option<String>,
+    /// The manifest's digest algorithm: SHA-256 (OVF's) unless the caller asks for BLAKE3.
+    pub digest: DigestAlgorithm,
 }
 
 impl Default for ExportOptions {
@@ -134,6 +136,7 @@ impl Default for ExportOptions {
             threads: 2,
             file_mode: DEFAULT_FILE_MODE,
             export_id: None,
+            digest: DigestAlgorithm::Sha256,
         }
     }
 }

@@ -295,12 +295,13 @@ fn check_listing(
 }
 
 fn check_digests(dir: &DirHandle, entries: &[(String, String, String)], rep: &mut VerifyReport) {
-    for (_, rel, digest) in entries {
+    for (tag, rel, digest) in entries {
         rep.files_checked += 1;
-        let got = dir
-            .open_file(rel)
-            .map_err(|e| e.to_string())
-            .and_then(|f| manifest::sha256_open(&f, &dir.show(rel)).map_err(|e| e.to_string()));
+        // `manifest::parse` accepts only the tags cosnap knows.
+        let algorithm = crate::DigestAlgorithm::from_tag(tag).unwrap_or_default();
+        let got = dir.open_file(rel).map_err(|e| e.to_string()).and_then(|f| {
+            manifest::digest_open(&f, &dir.show(rel), algorithm).map_err(|e| e.to_string())
+        });
         match got {
             Ok(d) if &d == digest => {}
             Ok(d) => rep.problems.push(format!(

@@ -549,6 +549,40 @@ fn validate_plan(plan: &ExportPlan, opts: &ExportOptions) -> Result<()> {
     Ok(())
 }
 
+/// A disk to copy: its flatten job and the record (VM, disk index) it fills.
+struct DiskJob {
+    job: FlattenJob,
+    vm: usize,
+    disk: usize,
+}
+
+/// The package-relative names of the package's top-level files.
+struct PackageFiles {
+    descriptor: String,
+    collection_file: String,
+    manifest: String,
+}
+
+/// The package-relative path of a disk's file: `<vm dir>/<disk dir>/<id>.<ext>`, with a
+/// `-2`, `-3`… suffix if another disk of the VM took that name (`used`).
+fn disk_file_name(
+    vm_dir: &str,
+    d: &DiskPlan,
+    format: Format,
+    chained: bool,
+    used: &mut BTreeSet<String>,
+) -> String {
+    let stem = sanitize(&d.id);
+    let ext = file_ext(format, chained);
+    let mut file_name = format!("{stem}.{ext}");
+    let mut n = 2;
+    while !used.insert(file_name.clone()) {
+        file_name = format!("{stem}-{n}.{ext}");
+        n += 1;
+    }
+    format!("{vm_dir}/{DISK_DIR}/{file_name}")
+}
+
 struct WriteCtx<'a> {
     plan: &'a ExportPlan,
     opts: &'a ExportOptions,
@@ -577,100 +611,66 @@ impl WriteCtx<'_> {
         }
     }
 
+    /// Writes the whole staged package — configurations, disks, descriptor, collection
+    /// file, package JSON, manifest under its `.part` name — and returns its metadata and
+    /// the bytes its files hold.
     fn write(&self, uuid: &str, names: &Names) -> Result<(PackageMeta, u64)> {
-        let Names {
-            collection_id,
-            snapshot_id,
-            collection_name,
-            snapshot_name,
-            ..
-        } = names;
-        let (plan, opts, st) = (self.plan, self.opts, self.staging);
-        let differential = plan.differential.is_some();
+        let (mut vm_records, jobs) = self.stage_vms()?;
+        self.check_cancel()?;
+
+        let digests = self.copy_disks(&jobs, &mut vm_records)?;
+        (self.progress)(FLATTEN_SHARE, PROGRESS_TOTAL);
+        self.check_cancel()?;
+
+        let files = self.write_descriptors(names, &vm_records)?;
+        let meta = self.package_meta(uuid, names, &files, vm_records);
+        self.write_file(
+            PACKAGE_JSON,
+            &serde_json::to_vec_pretty(&meta).expect("meta serialises"),
+        )?;
+
+        let rels = self.sync_package_files(&files)?;
+        self.check_cancel()?;
+        let entries = self.hash_all(&rels, digests)?;
+        let bytes_written: u64 = rels
+            .iter()
+            .filter_map(|r| fs::metadata(self.staging.loc(r)).ok())
+            .map(|m| m.len())
+            .sum();
+
+        self.write_manifest(&files.manifest, &entries)?;
+        (self.progress)(PROGRESS_TOTAL, PROGRESS_TOTAL);
+        Ok((meta, bytes_written))
+    }
+
+    /// Every VM's directories and configuration files, its disk records, and the flatten
+    /// jobs of the disks to copy (with the record each fills).
+    fn stage_vms(&self) -> Result<(Vec<VmRecord>, Vec<DiskJob>)> {
         let mut vm_records = Vec::new();
-        let mut jobs: Vec<FlattenJob> = Vec::new();
-        let mut job_slots: Vec<(usize, usize)> = Vec::new();
-        // Package-relative path → SHA-256, for the disks (digested as they are written).
-        let mut digests: std::collections::BTreeMap<String, String> = Default::default();
-        for (vi, vm) in plan.vms.iter().enumerate() {
+        let mut jobs = Vec::new();
+        for (vi, vm) in self.plan.vms.iter().enumerate() {
             let dir = &self.vm_dirs[vi];
-            let vm_id = id_of(&vm.system, &["Name", "InstanceID"]);
-            mkdir(&st.loc(&format!("{dir}/{VM_CONFIG_DIR}")))?;
-            mkdir(&st.loc(&format!("{dir}/{SNAPSHOT_DIR}")))?;
-            let config = format!("{dir}/{VM_CONFIG_DIR}/{}.xml", sanitize(&vm_id));
-            let mut config_insts: Vec<&Instance> = vec![&vm.system, &vm.settings];
-            config_insts.extend(vm.resources.iter());
-            self.write_file(&config, cimxml::document(&config_insts).as_bytes())?;
-            let snap_settings_id = id_of(&vm.settings, &["InstanceID"]);
-            let snapshot_config =
-                format!("{dir}/{SNAPSHOT_DIR}/{}.xml", sanitize(&snap_settings_id));
-            let mut snap_insts: Vec<&Instance> = vec![&vm.settings];
-            snap_insts.extend(vm.resources.iter());
-            self.write_file(&snapshot_config, cimxml::document(&snap_insts).as_bytes())?;
-            if opts.copy_storage {
-                mkdir(&st.loc(&format!("{dir}/{DISK_DIR}")))?;
+            let (config, snapshot_config) = self.write_vm_configs(dir, vm)?;
+            if self.opts.copy_storage {
+                mkdir(&self.staging.loc(&format!("{dir}/{DISK_DIR}")))?;
             }
+
             let mut disks = Vec::new();
             let mut used = BTreeSet::new();
             for (di, d) in vm.disks.iter().enumerate() {
-                let chained = differential && opts.intent == BackupIntent::PreserveChain;
-                // A raw base gets a qcow2 overlay (raw has no parent pointer).
-                let dest_format = if chained && d.format == Format::Raw {
-                    Format::Qcow2
-                } else {
-                    d.format
-                };
-                let mut rec = DiskRecord {
-                    id: d.id.clone(),
-                    ovf_disk_id: format!("vm{}-disk{}", vi + 1, di + 1),
-                    file: None,
-                    format: dest_format,
-                    virtual_size: 0,
-                    data_bytes: 0,
-                    parent: None,
-                    changed_ranges: None,
-                    resource_instance_id: d.resource_instance_id.clone(),
-                };
-                if opts.copy_storage {
-                    let stem = sanitize(&d.id);
-                    let ext = file_ext(dest_format, chained);
-                    let mut file_name = format!("{stem}.{ext}");
-                    let mut n = 2;
-                    while !used.insert(file_name.clone()) {
-                        file_name = format!("{stem}-{n}.{ext}");
-                        n += 1;
-                    }
-                    let rel = format!("{dir}/{DISK_DIR}/{file_name}");
-                    jobs.push(FlattenJob {
-                        source: d.source.clone(),
-                        base: if chained { d.base_layer.clone() } else { None },
-                        dest: st.loc(&rel),
-                        dest_format,
-                        dest_parent: if chained {
-                            d.base_export_file.clone()
-                        } else {
-                            None
-                        },
-                        source_layers: d.layers.clone(),
-                        dest_parent_format: if chained { d.base_export_format } else { None },
+                let (rec, job) = self.stage_disk(vi, di, d, &mut used)?;
+                if let Some(job) = job {
+                    jobs.push(DiskJob {
+                        job,
+                        vm: vi,
+                        disk: di,
                     });
-                    job_slots.push((vi, di));
-                    rec.file = Some(rel);
-                } else {
-                    rec.virtual_size = source_info(d)?.virtual_size;
-                }
-                if differential && !chained {
-                    // Merge (or no storage): record what changed; the file is a synthetic full.
-                    if let Some(base) = &d.base_layer {
-                        let ranges = source_changed_ranges(d, base)?;
-                        rec.changed_ranges =
-                            Some(ranges.iter().map(|r| [r.start, r.end]).collect());
-                    }
                 }
                 disks.push(rec);
             }
+
             vm_records.push(VmRecord {
-                id: vm_id,
+                id: id_of(&vm.system, &["Name", "InstanceID"]),
                 name: name_of(&vm.system, ""),
                 dir: dir.clone(),
                 config,
@@ -678,72 +678,152 @@ impl WriteCtx<'_> {
                 disks,
             });
         }
-        self.check_cancel()?;
+        Ok((vm_records, jobs))
+    }
 
-        // The disks, in parallel, through the disk engine.
-        if !jobs.is_empty() {
-            let flatten_progress = |done: u64, total: u64| {
-                let frac = if total == 0 {
-                    0
+    /// Writes a VM's configuration (system, settings, resources) and its snapshot's
+    /// configuration under `dir`; returns their package-relative paths.
+    fn write_vm_configs(&self, dir: &str, vm: &crate::plan::VmPlan) -> Result<(String, String)> {
+        let st = self.staging;
+        mkdir(&st.loc(&format!("{dir}/{VM_CONFIG_DIR}")))?;
+        mkdir(&st.loc(&format!("{dir}/{SNAPSHOT_DIR}")))?;
+
+        let vm_id = id_of(&vm.system, &["Name", "InstanceID"]);
+        let config = format!("{dir}/{VM_CONFIG_DIR}/{}.xml", sanitize(&vm_id));
+        let mut config_insts: Vec<&Instance> = vec![&vm.system, &vm.settings];
+        config_insts.extend(vm.resources.iter());
+        self.write_file(&config, cimxml::document(&config_insts).as_bytes())?;
+
+        let snap_settings_id = id_of(&vm.settings, &["InstanceID"]);
+        let snapshot_config = format!("{dir}/{SNAPSHOT_DIR}/{}.xml", sanitize(&snap_settings_id));
+        let mut snap_insts: Vec<&Instance> = vec![&vm.settings];
+        snap_insts.extend(vm.resources.iter());
+        self.write_file(&snapshot_config, cimxml::document(&snap_insts).as_bytes())?;
+        Ok((config, snapshot_config))
+    }
+
+    /// The record of disk `di` of VM `vi` and, when storage is copied, the flatten job
+    /// that writes its file (named uniquely within the VM through `used`).
+    fn stage_disk(
+        &self,
+        vi: usize,
+        di: usize,
+        d: &DiskPlan,
+        used: &mut BTreeSet<String>,
+    ) -> Result<(DiskRecord, Option<FlattenJob>)> {
+        let (opts, differential) = (self.opts, self.plan.differential.is_some());
+        let chained = differential && opts.intent == BackupIntent::PreserveChain;
+        // A raw base gets a qcow2 overlay (raw has no parent pointer).
+        let dest_format = if chained && d.format == Format::Raw {
+            Format::Qcow2
+        } else {
+            d.format
+        };
+        let mut rec = DiskRecord {
+            id: d.id.clone(),
+            ovf_disk_id: format!("vm{}-disk{}", vi + 1, di + 1),
+            file: None,
+            format: dest_format,
+            virtual_size: 0,
+            data_bytes: 0,
+            parent: None,
+            changed_ranges: None,
+            resource_instance_id: d.resource_instance_id.clone(),
+        };
+
+        let mut job = None;
+        if opts.copy_storage {
+            let rel = disk_file_name(&self.vm_dirs[vi], d, dest_format, chained, used);
+            job = Some(FlattenJob {
+                source: d.source.clone(),
+                base: if chained { d.base_layer.clone() } else { None },
+                dest: self.staging.loc(&rel),
+                dest_format,
+                dest_parent: if chained {
+                    d.base_export_file.clone()
                 } else {
-                    (done.min(total) as u128 * FLATTEN_SHARE as u128 / total as u128) as u64
-                };
-                (self.progress)(frac, PROGRESS_TOTAL);
-            };
-            let reports = cosnap_disk::flatten_all_digested(
-                &jobs,
-                opts.threads.max(1),
-                &flatten_progress,
-                self.cancel,
-            )?;
-            for ((vi, di), (job, rep)) in job_slots.iter().zip(jobs.iter().zip(reports)) {
-                let rec = &mut vm_records[*vi].disks[*di];
-                if let (Some(rel), Some(sha)) = (&rec.file, rep.sha256.clone()) {
-                    digests.insert(rel.clone(), sha);
-                }
-                rec.virtual_size = rep.virtual_size;
-                rec.data_bytes = rep.data_bytes;
-                rec.format = rep.format;
-                if job.dest_parent.is_some() {
-                    rec.changed_ranges =
-                        Some(rep.ranges.iter().map(|r| [r.start, r.end]).collect());
-                    // The link as the package will hold it, from the disk's final directory
-                    // (`job.dest` reaches it through a directory handle).
-                    let disk_dir = st.final_path(&format!("{}/{DISK_DIR}", self.vm_dirs[*vi]));
-                    rec.parent = job.dest_parent.as_ref().map(|p| relative_to(p, &disk_dir));
-                }
+                    None
+                },
+                source_layers: d.layers.clone(),
+                dest_parent_format: if chained { d.base_export_format } else { None },
+            });
+            rec.file = Some(rel);
+        } else {
+            rec.virtual_size = source_info(d)?.virtual_size;
+        }
+
+        if differential && !chained {
+            // Merge (or no storage): record what changed; the file is a synthetic full.
+            if let Some(base) = &d.base_layer {
+                let ranges = source_changed_ranges(d, base)?;
+                rec.changed_ranges = Some(ranges.iter().map(|r| [r.start, r.end]).collect());
             }
         }
-        (self.progress)(FLATTEN_SHARE, PROGRESS_TOTAL);
-        self.check_cancel()?;
+        Ok((rec, job))
+    }
 
-        // Descriptor, collection file, package JSON.
-        let mut ovf_vms = Vec::new();
-        for (vi, vm) in plan.vms.iter().enumerate() {
-            let rec = &vm_records[vi];
-            let mut disks = Vec::new();
-            for d in &rec.disks {
-                let file = match &d.file {
-                    Some(rel) => {
-                        let size = fs::metadata(st.loc(rel))
-                            .map_err(|e| ExportError::io(st.loc(rel), e))?
-                            .len();
-                        Some(OvfFile {
-                            file_id: format!("file-{}", d.ovf_disk_id),
-                            rel_path: rel.clone(),
-                            size,
-                        })
-                    }
-                    None => None,
-                };
-                disks.push(OvfDisk {
-                    disk_id: d.ovf_disk_id.clone(),
-                    file,
-                    capacity: d.virtual_size,
-                    format: d.format,
-                    element_name: format!("Disk {}", d.id),
-                });
+    /// Copies the disks, in parallel, through the disk engine (digesting each as it is
+    /// written), fills their records, and returns package-relative path → digest.
+    fn copy_disks(
+        &self,
+        jobs: &[DiskJob],
+        vm_records: &mut [VmRecord],
+    ) -> Result<BTreeMap<String, String>> {
+        let mut digests = BTreeMap::new();
+        if jobs.is_empty() {
+            return Ok(digests);
+        }
+        let flatten_progress = |done: u64, total: u64| {
+            let frac = if total == 0 {
+                0
+            } else {
+                (done.min(total) as u128 * FLATTEN_SHARE as u128 / total as u128) as u64
+            };
+            (self.progress)(frac, PROGRESS_TOTAL);
+        };
+        let flatten_jobs: Vec<FlattenJob> = jobs.iter().map(|j| j.job.clone()).collect();
+        let reports = cosnap_disk::flatten_all_digested_with(
+            &flatten_jobs,
+            self.opts.threads.max(1),
+            self.opts.digest,
+            &flatten_progress,
+            self.cancel,
+        )?;
+
+        for (dj, rep) in jobs.iter().zip(reports) {
+            let rec = &mut vm_records[dj.vm].disks[dj.disk];
+            if let (Some(rel), Some(digest)) = (&rec.file, &rep.digest) {
+                digests.insert(rel.clone(), digest.hex.clone());
             }
+            rec.virtual_size = rep.virtual_size;
+            rec.data_bytes = rep.data_bytes;
+            rec.format = rep.format;
+            if dj.job.dest_parent.is_some() {
+                rec.changed_ranges = Some(rep.ranges.iter().map(|r| [r.start, r.end]).collect());
+                // The link as the package will hold it, from the disk's final directory
+                // (`job.dest` reaches it through a directory handle).
+                let disk_dir = self
+                    .staging
+                    .final_path(&format!("{}/{DISK_DIR}", self.vm_dirs[dj.vm]));
+                rec.parent = dj
+                    .job
+                    .dest_parent
+                    .as_ref()
+                    .map(|p| relative_to(p, &disk_dir));
+            }
+        }
+        Ok(digests)
+    }
+
+    /// Writes the OVF descriptor and the collection file; names them and the manifest.
+    fn write_descriptors(&self, names: &Names, vm_records: &[VmRecord]) -> Result<PackageFiles> {
+        let mut ovf_vms = Vec::new();
+        for (vm, rec) in self.plan.vms.iter().zip(vm_records) {
+            let disks = rec
+                .disks
+                .iter()
+                .map(|d| self.ovf_disk(d))
+                .collect::<Result<Vec<_>>>()?;
             ovf_vms.push(OvfVm {
                 id: rec.id.clone(),
                 name: rec.name.clone(),
@@ -751,18 +831,63 @@ impl WriteCtx<'_> {
                 disks,
             });
         }
+
         let descriptor = format!("{}.ovf", self.name);
-        self.write_file(
-            &descriptor,
-            ovf::descriptor(collection_id, collection_name, snapshot_name, &ovf_vms).as_bytes(),
-        )?;
+        let ovf_text = ovf::descriptor(
+            &names.collection_id,
+            &names.collection_name,
+            &names.snapshot_name,
+            &ovf_vms,
+        );
+        self.write_file(&descriptor, ovf_text.as_bytes())?;
+
         let collection_file = format!("{}.collection.xml", self.name);
         self.write_file(
             &collection_file,
-            cimxml::document(&[&plan.collection, &plan.snapshot]).as_bytes(),
+            cimxml::document(&[&self.plan.collection, &self.plan.snapshot]).as_bytes(),
         )?;
-        let manifest_name = format!("{}.mf", self.name);
-        let meta = PackageMeta {
+        Ok(PackageFiles {
+            descriptor,
+            collection_file,
+            manifest: format!("{}.mf", self.name),
+        })
+    }
+
+    /// The OVF view of one disk record (its file's size read from the staged file).
+    fn ovf_disk(&self, d: &DiskRecord) -> Result<OvfDisk> {
+        let file = match &d.file {
+            Some(rel) => {
+                let path = self.staging.loc(rel);
+                let size = fs::metadata(&path)
+                    .map_err(|e| ExportError::io(&path, e))?
+                    .len();
+                Some(OvfFile {
+                    file_id: format!("file-{}", d.ovf_disk_id),
+                    rel_path: rel.clone(),
+                    size,
+                })
+            }
+            None => None,
+        };
+        Ok(OvfDisk {
+            disk_id: d.ovf_disk_id.clone(),
+            file,
+            capacity: d.virtual_size,
+            format: d.format,
+            element_name: format!("Disk {}", d.id),
+        })
+    }
+
+    /// The package JSON's content.
+    fn package_meta(
+        &self,
+        uuid: &str,
+        names: &Names,
+        files: &PackageFiles,
+        vms: Vec<VmRecord>,
+    ) -> PackageMeta {
+        let (plan, differential) = (self.plan, self.plan.differential.is_some());
+        PackageMeta {
             format: PACKAGE_FORMAT.into(),
             format_version: PACKAGE_FORMAT_VERSION,
             export_id: uuid.to_string(),
@@ -771,63 +896,59 @@ impl WriteCtx<'_> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
-            collection_id: collection_id.into(),
-            collection_name: collection_name.into(),
-            snapshot_id: snapshot_id.into(),
-            snapshot_name: snapshot_name.into(),
+            collection_id: names.collection_id.clone(),
+            collection_name: names.collection_name.clone(),
+            snapshot_id: names.snapshot_id.clone(),
+            snapshot_name: names.snapshot_name.clone(),
             kind: if differential { "differential" } else { "full" }.into(),
-            intent: if differential {
-                Some(opts.intent)
-            } else {
-                None
-            },
+            intent: differential.then_some(self.opts.intent),
             differential: plan.differential.clone(),
             fallback_to_full: plan.fallback_to_full.clone(),
-            copy_storage: opts.copy_storage,
-            digest_algorithm: manifest::ALGORITHM.into(),
-            manifest: manifest_name.clone(),
-            descriptor: descriptor.clone(),
-            collection_file: collection_file.clone(),
-            vms: vm_records,
-        };
-        self.write_file(
-            PACKAGE_JSON,
-            &serde_json::to_vec_pretty(&meta).expect("meta serialises"),
-        )?;
+            copy_storage: self.opts.copy_storage,
+            digest_algorithm: self.opts.digest.tag().into(),
+            manifest: files.manifest.clone(),
+            descriptor: files.descriptor.clone(),
+            collection_file: files.collection_file.clone(),
+            vms,
+        }
+    }
 
-        // Everything durable before hashing, so the digests describe what is on disk.
-        let mut rels: Vec<String> = vec![descriptor, collection_file, PACKAGE_JSON.to_string()];
+    /// Makes everything staged durable (with the package's modes) before it is hashed, so
+    /// the digests describe what is on disk; returns every file's package-relative path.
+    fn sync_package_files(&self, files: &PackageFiles) -> Result<Vec<String>> {
+        let st = self.staging;
+        let mut rels: Vec<String> = vec![
+            files.descriptor.clone(),
+            files.collection_file.clone(),
+            PACKAGE_JSON.to_string(),
+        ];
         for d in self.vm_dirs {
             let top = st.loc(d);
-            set_modes(&top, opts.file_mode)?;
+            set_modes(&top, self.opts.file_mode)?;
             fsync_tree(&top)?;
-            let mut files = Vec::new();
-            walk_files(&top, &top, &mut files).map_err(|e| ExportError::io(&top, e))?;
-            rels.extend(files.into_iter().map(|f| format!("{d}/{f}")));
+            let mut found = Vec::new();
+            walk_files(&top, &top, &mut found).map_err(|e| ExportError::io(&top, e))?;
+            rels.extend(found.into_iter().map(|f| format!("{d}/{f}")));
         }
         st.sync()?;
-        self.check_cancel()?;
-        let entries = self.hash_all(&rels, digests)?;
-        let bytes_written: u64 = rels
-            .iter()
-            .filter_map(|r| fs::metadata(st.loc(r)).ok())
-            .map(|m| m.len())
-            .sum();
-        // Written under its `.part` name: taking the manifest's name is the commit point.
-        let mut part = st.loc(&manifest_name).into_os_string();
+        Ok(rels)
+    }
+
+    /// Writes the manifest under its `.part` name (taking the manifest's name is the
+    /// commit point) and makes it durable.
+    fn write_manifest(&self, manifest_name: &str, entries: &[(String, String)]) -> Result<()> {
+        let mut part = self.staging.loc(manifest_name).into_os_string();
         part.push(PART_SUFFIX);
         write_file(
             Path::new(&part),
-            manifest::render(&entries).as_bytes(),
-            opts.file_mode,
+            manifest::render_with(entries, self.opts.digest).as_bytes(),
+            self.opts.file_mode,
         )?;
-        st.sync()?;
-        (self.progress)(PROGRESS_TOTAL, PROGRESS_TOTAL);
-        Ok((meta, bytes_written))
+        self.staging.sync()
     }
 
-    /// SHA-256 of every file in `rels` not already in `known`, a few at a time; all of
-    /// them sorted by path.
+    /// Digest (the export's algorithm) of every file in `rels` not already in `known`, a
+    /// few at a time; all of them sorted by path.
     fn hash_all(
         &self,
         rels: &[String],
@@ -869,7 +990,8 @@ impl WriteCtx<'_> {
                                 .get_or_insert(ExportError::Cancelled);
                             break;
                         }
-                        match manifest::sha256_file(&st.loc(rels[i]), &tick) {
+                        let path = st.loc(rels[i]);
+                        match manifest::digest_file(&path, self.opts.digest, &tick) {
                             Ok(d) => results.lock().unwrap().push((rels[i].clone(), d)),
                             Err(e) => {
                                 first_err.lock().unwrap().get_or_insert(e);

@@ -547,6 +547,7 @@ pub fn start_export(host: &Host, req: &ExportRequest, roots: Roots) -> Result<St
             .clamp(1, 4),
         file_mode: req.file_mode.unwrap_or(host.options().export_file_mode),
         export_id: Some(uuid::Uuid::new_v4().simple().to_string()),
+        digest: host.options().export_digest,
     };
     // Differential: ids, ordering, and (for PreserveChain) the base export's files.
     let mut pending_diff: Option<PendingDiff> = None;

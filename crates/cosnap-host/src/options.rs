@@ -24,6 +24,10 @@ pub struct HostOptions {
     pub export_roots: Vec<PathBuf>,
     /// Mode of every exported file (directories get the matching search bits).
     pub export_file_mode: u32,
+    /// Digest algorithm of export manifests: SHA-256 (OVF's) unless the operator chose
+    /// BLAKE3 (`cosnap serve --export-digest`, `cosnap export --digest`). Not a Hyper-V
+    /// field, so it is the host's setting, not the request's.
+    pub export_digest: cosnap_export::DigestAlgorithm,
 }
 
 impl Default for HostOptions {
@@ -32,6 +36,7 @@ impl Default for HostOptions {
             storage_roots: Vec::new(),
             export_roots: Vec::new(),
             export_file_mode: DEFAULT_EXPORT_FILE_MODE,
+            export_digest: cosnap_export::DigestAlgorithm::Sha256,
         }
     }
 }

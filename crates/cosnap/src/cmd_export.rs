@@ -61,6 +61,10 @@ pub struct ExportArgs {
     /// matching search bits).
     #[arg(long = "export-mode", value_name = "MODE", value_parser = cosnap_host::options::parse_mode)]
     pub export_mode: Option<u32>,
+    /// Digest of the package manifest: sha256 (OVF's, the default) or blake3 (faster;
+    /// verified by `cosnap export verify`, not by OVF tools).
+    #[arg(long, value_name = "ALGORITHM", default_value = "sha256")]
+    pub digest: cosnap_export::DigestAlgorithm,
 }
 
 #[derive(Subcommand, Debug)]
@@ -94,7 +98,11 @@ pub fn run_export(ctx: &Context, args: ExportArgs) -> CmdResult {
             anyhow::anyhow!("usage: cosnap export SNAPSHOT EXPORT_DIR [options]"),
         ));
     };
-    let host = open(ctx)?;
+    let options = cosnap_host::HostOptions {
+        export_digest: args.digest,
+        ..Default::default()
+    };
+    let host = cosnap_host::Host::open_with(&ctx.data_dir, options).map_err(fail)?;
     let snap = host.snapshot(&snapshot).map_err(fail)?;
     let base = match &args.base {
         None => None,

@@ -64,6 +64,14 @@ pub struct ServeArgs {
     /// Mode of exported files, octal (directories get the matching search bits).
     #[arg(long = "export-mode", value_name = "MODE", default_value = "0600", value_parser = cosnap_host::options::parse_mode)]
     pub export_mode: u32,
+    /// Digest of export manifests: sha256 (OVF's, the default) or blake3 (faster; verified
+    /// by `cosnap export verify`, not by OVF tools).
+    #[arg(
+        long = "export-digest",
+        value_name = "ALGORITHM",
+        default_value = "sha256"
+    )]
+    pub export_digest: cosnap_export::DigestAlgorithm,
     /// Host name written into returned object paths (default: the host's own).
     #[arg(long)]
     pub host_name: Option<String>,
@@ -167,6 +175,7 @@ pub fn run_serve(ctx: &Context, args: ServeArgs) -> CmdResult {
         storage_roots: existing_dirs(&args.storage_roots, "storage root")?,
         export_roots: existing_dirs(&args.export_roots, "export root")?,
         export_file_mode: args.export_mode,
+        export_digest: args.export_digest,
     };
 
     std::fs::create_dir_all(&ctx.data_dir)
