@@ -239,30 +239,11 @@ pub fn check(path: &Path) -> Result<CheckReport> {
 /// Data (non-hole) runs of `file` within `[start, end)`, via SEEK_DATA/SEEK_HOLE. Where
 /// the filesystem cannot tell, the whole range counts as data.
 fn data_runs(file: &std::fs::File, start: u64, end: u64) -> Vec<(u64, u64)> {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    let mut out = Vec::new();
-    let mut pos = start;
-    while pos < end {
-        // SAFETY: lseek on a valid, open descriptor has no memory-safety requirements.
-        let d = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if d < 0 {
-            if std::io::Error::last_os_error().raw_os_error() != Some(libc::ENXIO) {
-                out.push((pos, end));
-            }
-            break;
-        }
-        let d = d as u64;
-        if d >= end {
-            break;
-        }
-        // SAFETY: as above.
-        let h = unsafe { libc::lseek(fd, d as libc::off_t, libc::SEEK_HOLE) };
-        let h = if h < 0 { end } else { (h as u64).min(end) };
-        out.push((d, h));
-        pos = h;
-    }
-    out
+    crate::sparse::runs(file, start..end)
+        .unknown_as_data()
+        .filter(|r| r.is_data())
+        .map(|r| (r.range.start, r.range.end))
+        .collect()
 }
 
 fn region_spans(img: &VhdxImage) -> Vec<(u64, u64)> {

@@ -905,24 +905,13 @@ impl VhdxImage {
     /// Safe before the BAT change is committed: a crash then shows the old entry over
     /// zeros, i.e. the zeroing write partly done, as a disk may after a crash.
     fn punch_hole(&self, offset: u64, len: u64) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: fallocate on a valid descriptor; no memory is passed.
-        unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset as libc::off_t,
-                len as libc::off_t,
-            );
-        }
+        let _ = crate::sparse::punch_hole(&self.file, offset, len);
     }
 
     /// Splits stored bytes `[host, host + len)` (guest offset `voff`) into `Data` runs and
     /// `Zero` runs where the host file has holes (SEEK_DATA/SEEK_HOLE). When the
     /// filesystem cannot tell, everything is `Data`.
     fn stored_runs(&self, voff: u64, host: u64, len: u64, out: &mut Vec<Extent>) {
-        use std::os::fd::AsRawFd;
-        let fd = self.file.as_raw_fd();
         let data = |o: u64, l: u64| Extent {
             offset: voff + o,
             len: l,
@@ -935,36 +924,13 @@ impl VhdxImage {
             len: l,
             state: ExtentState::Zero,
         };
-        let mut p = 0u64;
-        while p < len {
-            // SAFETY: lseek on a valid, open descriptor has no memory-safety requirements.
-            let d = unsafe { libc::lseek(fd, (host + p) as libc::off_t, libc::SEEK_DATA) };
-            if d < 0 {
-                let enxio = std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
-                out.push(if enxio {
-                    zero(p, len - p)
-                } else {
-                    data(p, len - p)
-                });
-                return;
-            }
-            let d = (d as u64).saturating_sub(host).max(p);
-            if d >= len {
-                out.push(zero(p, len - p));
-                return;
-            }
-            if d > p {
-                out.push(zero(p, d - p));
-            }
-            // SAFETY: as above.
-            let h = unsafe { libc::lseek(fd, (host + d) as libc::off_t, libc::SEEK_HOLE) };
-            let h = if h < 0 {
-                len
+        for run in crate::sparse::runs(&self.file, host..host + len).unknown_as_data() {
+            let (o, l) = (run.range.start - host, run.range.end - run.range.start);
+            out.push(if run.is_data() {
+                data(o, l)
             } else {
-                (h as u64).saturating_sub(host).clamp(d + 1, len)
-            };
-            out.push(data(d, h - d));
-            p = h;
+                zero(o, l)
+            });
         }
     }
 
