@@ -9,6 +9,61 @@
 //! removes what an interrupted export left behind. Nothing here knows the repository.
 //!
 //! The layout is documented in the README section "Export package layout".
+//!
+//! # Example
+//!
+//! Export one VM with one raw disk, then verify the package:
+//!
+//! ```
+//! use cosnap_cim::{CimType, Instance, Value};
+//! use cosnap_disk::{CancelToken, Format};
+//! use cosnap_export::{DiskPlan, ExportOptions, ExportPlan, VmPlan, verify_package, write_package};
+//!
+//! let work = tempfile::tempdir()?;
+//! let disk = work.path().join("disk.raw");
+//! std::fs::File::create(&disk)?.set_len(1 << 20)?;
+//! let out = work.path().join("exports");
+//! std::fs::create_dir(&out)?;
+//!
+//! let text = |s: &str| Some(Value::String(s.into()));
+//! let vm = VmPlan {
+//!     system: Instance::new("Msvm_ComputerSystem").with("Name", CimType::String, text("vm-1")),
+//!     settings: Instance::new("Msvm_VirtualSystemSettingData")
+//!         .with("InstanceID", CimType::String, text("snap-vssd-1")),
+//!     resources: vec![
+//!         Instance::new("Msvm_ProcessorSettingData")
+//!             .with("ResourceType", CimType::Uint16, Some(Value::Uint16(3)))
+//!             .with("VirtualQuantity", CimType::Uint64, Some(Value::Uint64(1))),
+//!         Instance::new("Msvm_MemorySettingData")
+//!             .with("ResourceType", CimType::Uint16, Some(Value::Uint16(4)))
+//!             .with("VirtualQuantity", CimType::Uint64, Some(Value::Uint64(256))),
+//!     ],
+//!     disks: vec![DiskPlan {
+//!         id: "disk-1".into(),
+//!         source: disk,
+//!         format: Format::Raw,
+//!         layers: Vec::new(),
+//!         base_layer: None,
+//!         base_export_file: None,
+//!         base_export_format: None,
+//!         resource_instance_id: None,
+//!     }],
+//! };
+//! let plan = ExportPlan {
+//!     collection: Instance::new("Msvm_VirtualSystemCollection")
+//!         .with("CollectionID", CimType::String, text("collection-1")),
+//!     snapshot: Instance::new("Msvm_SnapshotCollection")
+//!         .with("CollectionID", CimType::String, text("snapshot-1")),
+//!     vms: vec![vm],
+//!     differential: None,
+//!     fallback_to_full: None,
+//! };
+//!
+//! let opts = ExportOptions { create_subdirectory: true, ..Default::default() };
+//! let report = write_package(&plan, &out, &opts, &|_done, _total| {}, &CancelToken::new())?;
+//! assert!(verify_package(&report.path)?.ok());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod cimxml;
 mod commit;
