@@ -2,15 +2,18 @@
 //!
 //! Used as a dev-dependency only (`publish = false`). It depends on no cosnap crate, so
 //! any crate's tests can use it without a dependency cycle:
+//! - [`cli`]: run a program under test (the `cosnap` binary) with fixed leading arguments;
 //! - [`process`]: run a command and capture its exit code and output;
 //! - [`qemu`]: qemu-img as the oracle (check, compare) and [`require_qemu!`] for the tests
 //!   that skip where qemu is absent;
 //! - [`model`]: expected guest bytes, as a sparse raw file or in memory.
 
+pub mod cli;
 pub mod model;
 pub mod process;
 pub mod qemu;
 
+pub use cli::{Cli, Outcome};
 pub use model::{Model, RawModel, pattern};
 pub use process::{ok, p, run};
 pub use qemu::{
