@@ -20,9 +20,12 @@ use cosnap_disk::Format;
 use crate::cimxml::esc;
 use crate::names::{href_decode, href_encode};
 
+/// The OVF 2 envelope namespace.
 pub const OVF_NS: &str = "http://schemas.dmtf.org/ovf/envelope/2";
+/// The namespace of RASD elements (`rasd:` items of the hardware section).
 pub const RASD_NS: &str =
     "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData";
+/// The namespace of VSSD elements (the `vssd:` system of the hardware section).
 pub const VSSD_NS: &str =
     "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData";
 
@@ -35,22 +38,33 @@ pub struct OvfDisk {
     pub file: Option<OvfFile>,
     /// Guest-visible size in bytes.
     pub capacity: u64,
+    /// The disk's image format, written as `ovf:format`.
     pub format: Format,
+    /// The RASD `ElementName` of the disk's drive item.
     pub element_name: String,
 }
 
 #[derive(Debug, Clone)]
+/// One `File` of the descriptor's `References`.
 pub struct OvfFile {
+    /// `ovf:id`, unique in the descriptor.
     pub file_id: String,
+    /// The file's path relative to the package directory (written as the `ovf:href`).
     pub rel_path: String,
+    /// The file's size in bytes (`ovf:size`).
     pub size: u64,
 }
 
 #[derive(Debug, Clone)]
+/// One VM as the descriptor shows it: a `VirtualSystem` and its hardware.
 pub struct OvfVm {
+    /// The VM's id (`ovf:id` and the VSSD `VirtualSystemIdentifier`).
     pub id: String,
+    /// The VM's name.
     pub name: String,
+    /// The VM's resource settings at the snapshot (processors, memory, NICs).
     pub resources: Vec<Instance>,
+    /// The VM's disks.
     pub disks: Vec<OvfDisk>,
 }
 
