@@ -4,7 +4,7 @@ use std::path::Path;
 
 use cosnap_disk::ops::{self, CancelToken, FlattenJob};
 use cosnap_disk::{DiskError, Format};
-use cosnap_test_support::{RawModel, ok, p, qemu_check_clean, qemu_same};
+use cosnap_test_support::{RawModel, ok, p, qemu_check_clean, qemu_io, qemu_same};
 
 const MIB: u64 = 1 << 20;
 
@@ -17,17 +17,10 @@ fn chain(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::Path
         "qemu-img",
         &["create", "-q", "-f", "qcow2", p(&base), "256M"],
     );
-    ok(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0xaa 0 16M",
-            "-c",
-            "write -P 0xab 200M 4M",
-            p(&base),
-        ],
+    qemu_io(
+        &base,
+        "qcow2",
+        &["write -P 0xaa 0 16M", "write -P 0xab 200M 4M"],
     );
     ops::create_child(&base, &mid).unwrap();
     ops::write_pattern(&mid, 3 * MIB, MIB, 0x11).unwrap();
@@ -204,15 +197,10 @@ fn parallel_jobs_and_raw_sources() {
     for i in 0..3u8 {
         let src = d.path().join(format!("src{i}.raw"));
         ok("qemu-img", &["create", "-q", "-f", "raw", p(&src), "64M"]);
-        ok(
-            "qemu-io",
-            &[
-                "-f",
-                "raw",
-                "-c",
-                &format!("write -P {} {}M 3M", i + 1, i * 10 + 1),
-                p(&src),
-            ],
+        qemu_io(
+            &src,
+            "raw",
+            &[&format!("write -P {} {}M 3M", i + 1, i * 10 + 1)],
         );
         for fmt in [Format::Raw, Format::Qcow2] {
             jobs.push(FlattenJob {

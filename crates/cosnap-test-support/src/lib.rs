@@ -17,6 +17,6 @@ pub use cli::{Cli, Outcome};
 pub use model::{Model, RawModel, pattern};
 pub use process::{ok, p, run};
 pub use qemu::{
-    have_qemu, qcow2_overlay, qemu_check_as, qemu_check_clean, qemu_compare, qemu_compare_raw,
-    qemu_img, qemu_same,
+    have_qemu, qcow2_overlay, qcow2_rebase_unsafe, qemu_check_as, qemu_check_clean, qemu_compare,
+    qemu_compare_raw, qemu_img, qemu_io, qemu_same,
 };
