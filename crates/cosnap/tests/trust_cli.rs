@@ -6,7 +6,7 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cosnap_test_support::{Cli, qcow2_overlay, qemu_img};
+use cosnap_test_support::{Cli, qcow2_overlay};
 
 const MIB: u64 = 1 << 20;
 
@@ -115,17 +115,8 @@ fn define_refuses_a_format_the_file_disagrees_with_and_says_how_to_state_it() {
 
     // A qcow2 base with a backing file is refused: its parent is a path the file chose.
     let child = tmp.path().join("child.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        secret.to_str().unwrap(),
-        "-F",
-        "raw",
-        child.to_str().unwrap(),
-    ]);
+    // Sized like the secret, as qemu-img would size it from its backing file.
+    qcow2_overlay(&child, &secret, "raw", "1M");
     let out = cosnap(&data).output(&[
         "vm",
         "define",
