@@ -3,12 +3,14 @@
 //! Used as a dev-dependency only (`publish = false`). It depends on no cosnap crate, so
 //! any crate's tests can use it without a dependency cycle:
 //! - [`cli`]: run a program under test (the `cosnap` binary) with fixed leading arguments;
+//! - [`http`]: Basic credentials and response heads for raw HTTP exchanges;
 //! - [`process`]: run a command and capture its exit code and output;
 //! - [`qemu`]: qemu-img as the oracle (check, compare) and [`require_qemu!`] for the tests
 //!   that skip where qemu is absent;
 //! - [`model`]: expected guest bytes, as a sparse raw file or in memory.
 
 pub mod cli;
+pub mod http;
 pub mod model;
 pub mod process;
 pub mod qemu;
