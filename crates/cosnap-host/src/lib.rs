@@ -66,11 +66,12 @@ pub mod libvirt;
 pub mod model;
 pub mod modes;
 pub mod options;
-pub mod provider;
+
 pub mod repo;
 pub mod util;
 
 pub use cim::Resolved;
+pub use cim::provider;
 pub use error::{HostError, Result};
 pub use host::{Host, InUseGuard};
 pub use jobs::JobCtx;
