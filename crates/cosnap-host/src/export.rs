@@ -43,7 +43,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cosnap_cim::{CimError, Instance, MethodOutcome, ObjectPath, Value};
+use cosnap_cim::Instance;
 use cosnap_disk::Format;
 use cosnap_export::{
     BackupIntent, BaseKind, Differential, DiskPlan, ExportError, ExportOptions, ExportPlan, VmPlan,
@@ -51,12 +51,11 @@ use cosnap_export::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::dmtf;
-use crate::model::{ExportedDisk, LayerRef, Snapshot, job_type};
-use crate::{Host, HostError, Resolved};
+use crate::model::{Collection, ExportedDisk, LayerRef, Snapshot, SnapshotVm, job_type};
+use crate::{Host, HostError};
 
 /// The export method's Msvm-family refusals, named in the one table in [`crate::error`].
 pub use crate::error::msvm::{ACCESS_DENIED, IN_USE};
-pub const SETTING_DATA_CLASS: &str = "Msvm_CollectionSnapshotExportSettingData";
 
 /// A refusal before the job starts: the method's return code and why.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,7 +64,8 @@ pub struct Refusal {
     pub message: String,
 }
 
-fn refuse(code: u32, message: impl Into<String>) -> Refusal {
+/// A refusal with its return code (the CIM face refuses malformed parameters with it too).
+pub(crate) fn refuse(code: u32, message: impl Into<String>) -> Refusal {
     Refusal {
         code,
         message: message.into(),
@@ -138,201 +138,6 @@ pub fn configured_roots(host: &Host) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The provider's entry point: decodes the parameters, checks them, starts the job.
-pub fn export_snapshot(
-    host: &Host,
-    target: &ObjectPath,
-    params: &[(String, Value)],
-) -> Result<MethodOutcome, CimError> {
-    let _ = target;
-    let outcome = |code: u32, job: Option<String>| MethodOutcome {
-        return_value: code,
-        out_params: job
-            .map(|id| {
-                vec![(
-                    "Job".to_string(),
-                    Value::Reference(crate::cim::job_path(&id)),
-                )]
-            })
-            .unwrap_or_default(),
-    };
-    let req = match decode_request(host, params) {
-        Ok(r) => r,
-        Err(r) => {
-            tracing::info!(code = r.code, "ExportSnapshot refused: {}", r.message);
-            return Ok(outcome(r.code, None));
-        }
-    };
-    match start_export(host, &req, Roots::Configured) {
-        Ok(job) => Ok(outcome(dmtf::JOB_STARTED, Some(job))),
-        Err(r) => {
-            tracing::info!(code = r.code, "ExportSnapshot refused: {}", r.message);
-            Ok(outcome(r.code, None))
-        }
-    }
-}
-
-fn param<'a>(params: &'a [(String, Value)], name: &str) -> Option<&'a Value> {
-    params
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
-}
-
-fn parse_path(host: &Host, v: &Value, what: &str) -> Result<ObjectPath, Refusal> {
-    let _ = host;
-    match v {
-        Value::Reference(p) => Ok(p.clone()),
-        Value::String(s) => cosnap_cim::path_text::parse(s).ok().ok_or_else(|| {
-            refuse(
-                dmtf::INVALID_PARAMETER,
-                format!("{what}: {s:?} is not an object path"),
-            )
-        }),
-        _ => Err(refuse(
-            dmtf::INVALID_PARAMETER,
-            format!("{what} must be an object path"),
-        )),
-    }
-}
-
-fn bool_prop(inst: &Instance, name: &str, default: bool) -> Result<bool, Refusal> {
-    match inst.get(name) {
-        None => Ok(default),
-        Some(Value::Boolean(b)) => Ok(*b),
-        Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("true") => Ok(true),
-        Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("false") => Ok(false),
-        Some(other) => Err(refuse(
-            dmtf::INVALID_TYPE,
-            format!("{name} must be a boolean, not {other:?}"),
-        )),
-    }
-}
-
-/// Decodes the method's parameters into a request (no file system access yet).
-pub fn decode_request(host: &Host, params: &[(String, Value)]) -> Result<ExportRequest, Refusal> {
-    let snap_v = param(params, "SnapshotCollection")
-        .ok_or_else(|| refuse(dmtf::INVALID_PARAMETER, "SnapshotCollection is required"))?;
-    let snap_path = parse_path(host, snap_v, "SnapshotCollection")?;
-    let snapshot = match host.resolve_path(&snap_path) {
-        Ok(Resolved::SnapshotCollection(id)) => id,
-        Ok(_) => {
-            return Err(refuse(
-                dmtf::INVALID_PARAMETER,
-                "SnapshotCollection does not name a snapshot collection",
-            ));
-        }
-        Err(e) => {
-            return Err(refuse(
-                dmtf::INVALID_PARAMETER,
-                format!("SnapshotCollection: {e}"),
-            ));
-        }
-    };
-    let dir = match param(params, "ExportDirectory") {
-        Some(Value::String(s)) if !s.trim().is_empty() => PathBuf::from(s),
-        Some(Value::String(_)) | None => {
-            return Err(refuse(
-                dmtf::INVALID_PARAMETER,
-                "ExportDirectory is required",
-            ));
-        }
-        Some(_) => {
-            return Err(refuse(
-                dmtf::INVALID_TYPE,
-                "ExportDirectory must be a string",
-            ));
-        }
-    };
-    let mut req = ExportRequest::full(&snapshot, &dir);
-    let settings = match param(params, "ExportSettingData") {
-        None => None,
-        Some(Value::Instance(i)) => Some((**i).clone()),
-        Some(Value::String(s)) => cosnap_cim::embedded::decode_str(s, None).map_err(|e| {
-            refuse(
-                dmtf::INVALID_PARAMETER,
-                format!("ExportSettingData is not an embedded instance: {e}"),
-            )
-        })?,
-        Some(_) => {
-            return Err(refuse(
-                dmtf::INVALID_TYPE,
-                "ExportSettingData must be a string",
-            ));
-        }
-    };
-    if let Some(sd) = settings {
-        if !sd.class_name.eq_ignore_ascii_case(SETTING_DATA_CLASS) {
-            return Err(refuse(
-                dmtf::INVALID_PARAMETER,
-                format!(
-                    "ExportSettingData must be a {SETTING_DATA_CLASS}, not {}",
-                    sd.class_name
-                ),
-            ));
-        }
-        req.copy_storage = bool_prop(&sd, "CopyVmStorage", true)?;
-        req.create_subdirectory = bool_prop(&sd, "CreateVmExportSubdirectory", false)?;
-        req.allow_fallback_full = bool_prop(&sd, "AllowFullExportFallback", false)?;
-        req.intent = match sd.get("BackupIntent") {
-            None => BackupIntent::PreserveChain,
-            Some(v) => {
-                let n = match v {
-                    Value::String(s) => s.trim().parse::<u64>().map_err(|_| {
-                        refuse(
-                            dmtf::INVALID_TYPE,
-                            format!("BackupIntent must be an integer, not {s:?}"),
-                        )
-                    })?,
-                    other => other.as_u64().ok_or_else(|| {
-                        refuse(
-                            dmtf::INVALID_TYPE,
-                            format!("BackupIntent must be an integer, not {other:?}"),
-                        )
-                    })?,
-                };
-                BackupIntent::from_code(n).ok_or_else(|| {
-                    refuse(
-                        dmtf::INVALID_PARAMETER,
-                        format!("BackupIntent {n} is neither 1 (PreserveChain) nor 2 (Merge)"),
-                    )
-                })?
-            }
-        };
-        req.base = match sd.get("DifferentialBackupBase") {
-            None => None,
-            Some(Value::String(s)) if s.trim().is_empty() => None,
-            Some(v @ (Value::String(_) | Value::Reference(_))) => {
-                let p = parse_path(host, v, "DifferentialBackupBase")?;
-                match host.resolve_path(&p) {
-                    Ok(Resolved::SnapshotCollection(id)) | Ok(Resolved::RefPointCollection(id)) => {
-                        Some(id)
-                    }
-                    Ok(_) => {
-                        return Err(refuse(
-                            dmtf::INVALID_PARAMETER,
-                            "DifferentialBackupBase must name a Msvm_SnapshotCollection or Msvm_ReferencePointCollection",
-                        ));
-                    }
-                    Err(e) => {
-                        return Err(refuse(
-                            dmtf::INVALID_PARAMETER,
-                            format!("DifferentialBackupBase: {e}"),
-                        ));
-                    }
-                }
-            }
-            Some(other) => {
-                return Err(refuse(
-                    dmtf::INVALID_TYPE,
-                    format!("DifferentialBackupBase must be a string, not {other:?}"),
-                ));
-            }
-        };
-    }
-    Ok(req)
-}
-
 /// A differential still to be settled in the job: the base, per VM and disk the base
 /// export's file (PreserveChain), and a fallback reason already known.
 type PendingDiff = (Base, Vec<Vec<Option<PathBuf>>>, Option<String>);
@@ -393,22 +198,17 @@ fn load_base(host: &Host, id: &str) -> Result<Base, Refusal> {
     }
 }
 
-fn vm_system(host: &Host, vm_id: &str, fallback_name: &str) -> Instance {
-    match host.vm(vm_id) {
-        Ok(vm) => host.vm_instance(&vm),
-        // The VM was destroyed since the snapshot: its identity is all that is left.
-        Err(_) => Instance::new("Msvm_ComputerSystem")
-            .with(
-                "Name",
-                cosnap_cim::CimType::String,
-                Some(Value::String(vm_id.to_string())),
-            )
-            .with(
-                "ElementName",
-                cosnap_cim::CimType::String,
-                Some(Value::String(fallback_name.to_string())),
-            ),
-    }
+/// The CIM instances a package stores to describe what it holds (the CIM face,
+/// `cim::package`, builds them for [`Host`]): the export names only this trait.
+pub trait PackageInstances {
+    /// The VM's Msvm_ComputerSystem, or its identity alone if the VM is gone.
+    fn package_system(&self, vm_id: &str, fallback_name: &str) -> Instance;
+    /// A snapshot's per-VM settings and resource settings.
+    fn package_vm_settings(&self, snap: &Snapshot, vm: &SnapshotVm) -> (Instance, Vec<Instance>);
+    /// The exported VM collection.
+    fn package_collection(&self, collection: &Collection) -> Instance;
+    /// The exported snapshot collection.
+    fn package_snapshot(&self, snap: &Snapshot) -> Instance;
 }
 
 fn disk_plan(host: &Host, l: &LayerRef) -> Result<DiskPlan, Refusal> {
@@ -448,9 +248,9 @@ fn full_plan(host: &Host, snap: &Snapshot) -> Result<ExportPlan, Refusal> {
     })?;
     let mut vms = Vec::new();
     for v in &snap.vms {
-        let (settings, resources) = host.snapshot_vm_instances(snap, v);
+        let (settings, resources) = host.package_vm_settings(snap, v);
         vms.push(VmPlan {
-            system: vm_system(host, &v.vm_id, &v.settings.name),
+            system: host.package_system(&v.vm_id, &v.settings.name),
             settings,
             resources,
             disks: v
@@ -461,8 +261,8 @@ fn full_plan(host: &Host, snap: &Snapshot) -> Result<ExportPlan, Refusal> {
         });
     }
     Ok(ExportPlan {
-        collection: host.collection_instance(&coll),
-        snapshot: host.snapshot_collection_instance(snap),
+        collection: host.package_collection(&coll),
+        snapshot: host.package_snapshot(snap),
         vms,
         differential: None,
         fallback_to_full: None,

@@ -15,7 +15,7 @@ use cosnap_cim::{ObjectPath, Value};
 use crate::error::{HostError, Result};
 use crate::host::Host;
 use crate::model::*;
-use crate::util::{norm_id, wmi_path_text};
+use crate::util::norm_id;
 
 pub const SERVICES: &[(&str, &str)] = &[
     ("Msvm_VirtualSystemManagementService", "vmms"),
@@ -96,6 +96,15 @@ pub fn refpoint_path(instance_id: &str, vm_id: &str) -> ObjectPath {
 }
 pub fn job_path(id: &str) -> ObjectPath {
     key("Msvm_ConcreteJob", "InstanceID", id)
+}
+
+/// WMI object-path text of `path` on `host` in cosnap's namespace:
+/// `\\HOST\root\virtualization\v2:Class.Key="v"` (printed by [`cosnap_cim::path_text`]).
+pub fn wmi_path_text(host: &str, path: &ObjectPath) -> String {
+    let mut qualified = path.clone();
+    qualified.host = Some(host.to_string());
+    qualified.namespace = Some(cosnap_cim::NAMESPACE.to_string());
+    qualified.to_wmi_text()
 }
 
 impl Host {
@@ -231,5 +240,52 @@ impl Host {
         Err(HostError::invalid(format!(
             "{class} is not a class whose instances cosnap serves here"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_text_round_trip() {
+        let p = ObjectPath::new("Msvm_VirtualSystemSettingData")
+            .with_key("InstanceID", Value::String("Microsoft:A\\B\"c".into()));
+        let text = wmi_path_text("HOST", &p);
+        assert_eq!(
+            text,
+            "\\\\HOST\\root\\virtualization\\v2:Msvm_VirtualSystemSettingData.InstanceID=\"Microsoft:A\\\\B\\\"c\""
+        );
+        let back = cosnap_cim::path_text::parse(&text).unwrap();
+        assert_eq!(back.class_name, p.class_name);
+        assert_eq!(back.keys, p.keys);
+        assert_eq!(back.host.as_deref(), Some("HOST"));
+        assert_eq!(back.namespace.as_deref(), Some("root/virtualization/v2"));
+    }
+
+    /// Instance paths only: at least one key.
+    fn parse_instance_path(text: &str) -> Option<ObjectPath> {
+        cosnap_cim::path_text::parse(text)
+            .ok()
+            .filter(|p| !p.keys.is_empty())
+    }
+
+    #[test]
+    fn malformed_paths_are_rejected() {
+        for bad in [
+            "",
+            "Msvm_X",
+            "Msvm_X.",
+            "Msvm_X.Id=\"unterminated",
+            "Bad Class.Id=\"x\"",
+            "Msvm_X.Id=\"a\"junk",
+        ] {
+            assert!(parse_instance_path(bad).is_none(), "{bad}");
+        }
+        let two = parse_instance_path(
+            "Msvm_ReferencePointCollection.CollectionID=\"a\",VirtualSystemCollectionId=\"b\"",
+        )
+        .unwrap();
+        assert_eq!(two.keys.len(), 2);
     }
 }

@@ -65,7 +65,7 @@ impl Host {
         }
         if eq("Msvm_CollectionSnapshotService") {
             if m == "exportsnapshot" {
-                return crate::export::export_snapshot(self, target, params);
+                return crate::cim::export_request::export_snapshot(self, target, params);
             }
             let r = self.snapshot_method(&m, params);
             return Ok(r.unwrap_or_else(|e| {
