@@ -151,6 +151,16 @@ struct Base {
     layers: Vec<(String, u32, PathBuf)>,
 }
 
+impl Base {
+    /// The base's boundary layer of one VM's disk, if the disk existed at the base.
+    fn layer_of(&self, vm_id: &str, index: u32) -> Option<&PathBuf> {
+        self.layers
+            .iter()
+            .find(|(vm, i, _)| vm == vm_id && *i == index)
+            .map(|(_, _, layer)| layer)
+    }
+}
+
 fn load_base(host: &Host, id: &str) -> Result<Base, Refusal> {
     if let Ok(s) = host.snapshot(id) {
         let layers = s
@@ -330,10 +340,59 @@ pub fn start_export(host: &Host, req: &ExportRequest, roots: Roots) -> Result<St
         )
     })?;
     let export_dir = check_dir(&req.export_dir, &roots, host)?;
+
     // Opened once, now: the job writes through this handle whatever the path becomes.
     let dir = open_dir(&export_dir, req.create_subdirectory)?;
     let mut plan = full_plan(host, &snap)?;
-    let opts = ExportOptions {
+    let opts = export_options(host, req, &plan);
+
+    // Differential: ids, ordering, and (for PreserveChain) the base export's files.
+    let pending_diff = match &req.base {
+        Some(base_id) => Some(check_differential(host, req, &snap, base_id)?),
+        None => None,
+    };
+
+    // Collisions are refused now, before anything is written.
+    if !req.create_subdirectory {
+        cosnap_export::preflight_in(&plan, &dir, &opts).map_err(|e| match e {
+            ExportError::Collision(_) => refuse(dmtf::INVALID_STATE, e.to_string()),
+            other => refuse(dmtf::INVALID_PARAMETER, other.to_string()),
+        })?;
+    }
+
+    let snap_id = snap.id.clone();
+    let name = format!("Export snapshot {}", snap.name);
+    let description = format!(
+        "Exporting snapshot collection {} to {}",
+        snap.id,
+        req.export_dir.display()
+    );
+    let allow_fallback = req.allow_fallback_full;
+    let record_dir = host.data_dir().join("export-jobs");
+    let work = move |ctx: &crate::JobCtx| -> crate::Result<Vec<(String, String)>> {
+        let host = ctx.host();
+        let _guard = host.mark_in_use(&snap_id, ctx.job_id())?;
+        if let Some(pending) = pending_diff {
+            settle_differential(host, &mut plan, &snap, pending, allow_fallback)?;
+        }
+
+        let run = ExportRun {
+            plan: &plan,
+            dir: &dir,
+            opts: &opts,
+            snap: &snap,
+            record: record_dir.join(format!("{}.json", ctx.job_id())),
+        };
+        run.write_and_record(ctx)?;
+        Ok(vec![])
+    };
+    host.start_job(job_type::EXPORT, &name, &description, true, work)
+        .map_err(|e| refuse(dmtf::FAILED, format!("could not start the export job: {e}")))
+}
+
+/// The package writer's options for a request.
+fn export_options(host: &Host, req: &ExportRequest, plan: &ExportPlan) -> ExportOptions {
+    ExportOptions {
         copy_storage: req.copy_storage,
         create_subdirectory: req.create_subdirectory,
         intent: req.intent,
@@ -347,177 +406,171 @@ pub fn start_export(host: &Host, req: &ExportRequest, roots: Roots) -> Result<St
             .clamp(1, 4),
         file_mode: req.file_mode.unwrap_or(host.options().export_file_mode),
         export_id: Some(uuid::Uuid::new_v4().simple().to_string()),
-    };
-    // Differential: ids, ordering, and (for PreserveChain) the base export's files.
-    let mut pending_diff: Option<PendingDiff> = None;
-    if let Some(base_id) = &req.base {
-        let base = load_base(host, base_id)?;
-        if base.collection_id != snap.collection_id {
-            return Err(refuse(
-                dmtf::INVALID_PARAMETER,
-                format!(
-                    "DifferentialBackupBase {} belongs to another VM collection ({})",
-                    base.id, base.collection_id
-                ),
-            ));
-        }
-        if base.id == snap.id {
-            return Err(refuse(
-                dmtf::INVALID_PARAMETER,
-                "DifferentialBackupBase is the exported snapshot itself",
-            ));
-        }
-        if base.created_ms > snap.created_ms {
-            return Err(refuse(
-                dmtf::INVALID_PARAMETER,
-                format!(
-                    "DifferentialBackupBase {} is newer than the snapshot",
-                    base.id
-                ),
-            ));
-        }
-        // Newer on the layers: the snapshot's layer is a strict ancestor of the base's.
-        for v in &snap.vms {
-            for d in &v.disks {
-                if let Some((_, _, bl)) = base
-                    .layers
-                    .iter()
-                    .find(|(vm, i, _)| vm == &v.vm_id && *i == d.index)
-                    && bl != &d.path
-                    && host.change_base(bl, &d.path).is_ok()
-                {
-                    return Err(refuse(
-                        dmtf::INVALID_PARAMETER,
-                        format!(
-                            "DifferentialBackupBase {} is newer than the snapshot",
-                            base.id
-                        ),
-                    ));
-                }
-            }
-        }
-        let mut files = Vec::new();
-        let mut missing: Option<String> = None;
-        let records = host.exports_of(&base.id).unwrap_or_default();
-        for v in &snap.vms {
-            let mut per_vm = Vec::new();
-            for d in &v.disks {
-                let f = records.iter().find_map(|r| {
-                    r.disks
-                        .iter()
-                        .find(|x| x.vm_id == v.vm_id && x.disk_index == d.index && x.path.is_file())
-                        .map(|x| x.path.clone())
-                });
-                if f.is_none() && missing.is_none() {
-                    missing = Some(format!("VM {} disk {}", v.vm_id, d.index));
-                }
-                per_vm.push(f);
-            }
-            files.push(per_vm);
-        }
-        let mut fallback = None;
-        if req.copy_storage
-            && req.intent == BackupIntent::PreserveChain
-            && let Some(m) = missing
-        {
-            let msg = format!(
-                "PreserveChain needs the base's exported disks, and no recorded export of {} holds {m} (export the base with storage first, or use Merge)",
+    }
+}
+
+/// Checks a differential's base before the job starts: same VM collection, not the
+/// snapshot itself, not newer; for PreserveChain with storage, the base export's files.
+fn check_differential(
+    host: &Host,
+    req: &ExportRequest,
+    snap: &Snapshot,
+    base_id: &str,
+) -> Result<PendingDiff, Refusal> {
+    let base = load_base(host, base_id)?;
+    if base.collection_id != snap.collection_id {
+        return Err(refuse(
+            dmtf::INVALID_PARAMETER,
+            format!(
+                "DifferentialBackupBase {} belongs to another VM collection ({})",
+                base.id, base.collection_id
+            ),
+        ));
+    }
+    if base.id == snap.id {
+        return Err(refuse(
+            dmtf::INVALID_PARAMETER,
+            "DifferentialBackupBase is the exported snapshot itself",
+        ));
+    }
+    if base.created_ms > snap.created_ms || base_newer_on_layers(host, &base, snap) {
+        return Err(refuse(
+            dmtf::INVALID_PARAMETER,
+            format!(
+                "DifferentialBackupBase {} is newer than the snapshot",
                 base.id
-            );
-            if !req.allow_fallback_full {
-                return Err(refuse(dmtf::INVALID_STATE, msg));
-            }
-            fallback = Some(msg);
-        }
-        pending_diff = Some((base, files, fallback));
+            ),
+        ));
     }
-    // Collisions are refused now, before anything is written.
-    if !req.create_subdirectory {
-        cosnap_export::preflight_in(&plan, &dir, &opts).map_err(|e| match e {
-            ExportError::Collision(_) => refuse(dmtf::INVALID_STATE, e.to_string()),
-            other => refuse(dmtf::INVALID_PARAMETER, other.to_string()),
-        })?;
-    }
-    let snap_id = snap.id.clone();
-    let name = format!("Export snapshot {}", snap.name);
-    let description = format!(
-        "Exporting snapshot collection {} to {}",
-        snap.id,
-        req.export_dir.display()
-    );
-    let allow_fallback = req.allow_fallback_full;
-    let record_dir = host.data_dir().join("export-jobs");
-    let work = move |ctx: &crate::JobCtx| -> crate::Result<Vec<(String, String)>> {
-        let host = ctx.host();
-        let _guard = host.mark_in_use(&snap_id, ctx.job_id())?;
-        if let Some((base, files, fallback)) = pending_diff {
-            let mut gone: Option<String> = fallback;
-            if gone.is_none() {
-                'outer: for (vi, v) in snap.vms.iter().enumerate() {
-                    for (di, d) in v.disks.iter().enumerate() {
-                        let Some((_, _, bl)) = base
-                            .layers
-                            .iter()
-                            .find(|(vm, i, _)| vm == &v.vm_id && *i == d.index)
-                        else {
-                            gone = Some(format!(
-                                "VM {} disk {} did not exist at the base {}: the change information for it is gone",
-                                v.vm_id, d.index, base.id
-                            ));
-                            break 'outer;
-                        };
-                        match host.change_base(&d.path, bl) {
-                            Ok(layer) => {
-                                let dp = &mut plan.vms[vi].disks[di];
-                                dp.base_layer = Some(layer);
-                                dp.base_export_file = files[vi][di].clone();
-                                dp.base_export_format =
-                                    dp.base_export_file.as_deref().and_then(exported_format);
-                            }
-                            Err(HostError::ChangeInfoGone(m)) => {
-                                gone = Some(m);
-                                break 'outer;
-                            }
-                            Err(e) => return Err(e),
-                        }
-                    }
-                }
-            }
-            match gone {
-                Some(reason) if allow_fallback => {
-                    for d in plan.vms.iter_mut().flat_map(|v| v.disks.iter_mut()) {
-                        d.base_layer = None;
-                        d.base_export_file = None;
-                    }
-                    plan.fallback_to_full = Some(reason);
-                }
-                Some(reason) => {
-                    return Err(HostError::ChangeInfoGone(format!(
-                        "{reason}; a differential export against {} is impossible (ask for a full export, or allow the fallback with AllowFullExportFallback / --fallback-full)",
-                        base.id
-                    )));
-                }
-                None => {
-                    plan.differential = Some(Differential {
-                        base_id: base.id.clone(),
-                        base_kind: base.kind,
-                        base_export_id: None,
-                    });
-                }
-            }
+
+    let (files, missing) = base_export_files(host, &base, snap);
+    let mut fallback = None;
+    if req.copy_storage
+        && req.intent == BackupIntent::PreserveChain
+        && let Some(m) = missing
+    {
+        let msg = format!(
+            "PreserveChain needs the base's exported disks, and no recorded export of {} holds {m} (export the base with storage first, or use Merge)",
+            base.id
+        );
+        if !req.allow_fallback_full {
+            return Err(refuse(dmtf::INVALID_STATE, msg));
         }
-        let run = ExportRun {
-            plan: &plan,
-            dir: &dir,
-            opts: &opts,
-            snap: &snap,
-            record: record_dir.join(format!("{}.json", ctx.job_id())),
-        };
-        run.write_and_record(ctx)?;
-        Ok(vec![])
+        fallback = Some(msg);
+    }
+    Ok((base, files, fallback))
+}
+
+/// Newer on the layers: the snapshot's layer is a strict ancestor of the base's.
+fn base_newer_on_layers(host: &Host, base: &Base, snap: &Snapshot) -> bool {
+    snap.vms.iter().any(|v| {
+        v.disks.iter().any(|d| {
+            base.layer_of(&v.vm_id, d.index)
+                .is_some_and(|bl| bl != &d.path && host.change_base(bl, &d.path).is_ok())
+        })
+    })
+}
+
+/// Per VM and disk, the base's exported file (from its recorded exports), and the first
+/// disk no recorded export holds.
+fn base_export_files(
+    host: &Host,
+    base: &Base,
+    snap: &Snapshot,
+) -> (Vec<Vec<Option<PathBuf>>>, Option<String>) {
+    let mut files = Vec::new();
+    let mut missing: Option<String> = None;
+    let records = host.exports_of(&base.id).unwrap_or_default();
+    for v in &snap.vms {
+        let mut per_vm = Vec::new();
+        for d in &v.disks {
+            let f = records.iter().find_map(|r| {
+                r.disks
+                    .iter()
+                    .find(|x| x.vm_id == v.vm_id && x.disk_index == d.index && x.path.is_file())
+                    .map(|x| x.path.clone())
+            });
+            if f.is_none() && missing.is_none() {
+                missing = Some(format!("VM {} disk {}", v.vm_id, d.index));
+            }
+            per_vm.push(f);
+        }
+        files.push(per_vm);
+    }
+    (files, missing)
+}
+
+/// In the job: finds each disk's base layer (or why the change information is gone) and
+/// turns the plan into the differential, the full fallback, or a refusal.
+fn settle_differential(
+    host: &Host,
+    plan: &mut ExportPlan,
+    snap: &Snapshot,
+    (base, files, fallback): PendingDiff,
+    allow_fallback: bool,
+) -> crate::Result<()> {
+    let gone = match fallback {
+        Some(reason) => Some(reason),
+        None => differential_layers(host, plan, snap, &base, &files)?,
     };
-    host.start_job(job_type::EXPORT, &name, &description, true, work)
-        .map_err(|e| refuse(dmtf::FAILED, format!("could not start the export job: {e}")))
+
+    match gone {
+        Some(reason) if allow_fallback => {
+            for d in plan.vms.iter_mut().flat_map(|v| v.disks.iter_mut()) {
+                d.base_layer = None;
+                d.base_export_file = None;
+            }
+            plan.fallback_to_full = Some(reason);
+        }
+        Some(reason) => {
+            return Err(HostError::ChangeInfoGone(format!(
+                "{reason}; a differential export against {} is impossible (ask for a full export, or allow the fallback with AllowFullExportFallback / --fallback-full)",
+                base.id
+            )));
+        }
+        None => {
+            plan.differential = Some(Differential {
+                base_id: base.id.clone(),
+                base_kind: base.kind,
+                base_export_id: None,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Sets each disk's base layer and base export file in the plan; `Some(reason)` when the
+/// change information of a disk is gone.
+fn differential_layers(
+    host: &Host,
+    plan: &mut ExportPlan,
+    snap: &Snapshot,
+    base: &Base,
+    files: &[Vec<Option<PathBuf>>],
+) -> crate::Result<Option<String>> {
+    for (vi, v) in snap.vms.iter().enumerate() {
+        for (di, d) in v.disks.iter().enumerate() {
+            let Some(bl) = base.layer_of(&v.vm_id, d.index) else {
+                return Ok(Some(format!(
+                    "VM {} disk {} did not exist at the base {}: the change information for it is gone",
+                    v.vm_id, d.index, base.id
+                )));
+            };
+
+            match host.change_base(&d.path, bl) {
+                Ok(layer) => {
+                    let dp = &mut plan.vms[vi].disks[di];
+                    dp.base_layer = Some(layer);
+                    dp.base_export_file = files[vi][di].clone();
+                    dp.base_export_format =
+                        dp.base_export_file.as_deref().and_then(exported_format);
+                }
+                Err(HostError::ChangeInfoGone(m)) => return Ok(Some(m)),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The package directory an export job wrote (after the job completed).
