@@ -49,43 +49,54 @@ impl Host {
     }
 
     /// A VSSD (current settings of a VM, or a snapshot's) and its resource settings.
-    #[allow(clippy::too_many_arguments)]
     fn settings_instances(
         &self,
-        instance_id: &str,
-        vm_id: &str,
+        vssd: &VssdFacts,
         settings: &VmSettings,
-        system_type: &str,
-        created: Option<String>,
-        parent: Option<&str>,
-        disks: &[(u32, std::path::PathBuf, cosnap_disk::Format, String)],
+        disks: &[DiskSetting],
     ) -> (Instance, Vec<Instance>) {
-        let parent_text = parent.map(|p| self.path_text(&vssd_path(p)));
-        let vssd = Instance::new("Msvm_VirtualSystemSettingData")
-            .with("InstanceID", CimType::String, s(instance_id))
+        let vssd_instance = self.vssd_instance(vssd, settings);
+        let rasd = ResourceIds(vssd.instance_id);
+
+        let mut rasds = vec![
+            rasd.processor(settings.cpus),
+            rasd.memory(settings.memory_mb),
+        ];
+        rasds.extend(disks.iter().map(|d| rasd.disk(d)));
+        for (i, nic) in settings.nics.iter().enumerate() {
+            rasds.extend(rasd.nic(i, nic));
+        }
+        (vssd_instance, rasds)
+    }
+
+    /// The Msvm_VirtualSystemSettingData itself.
+    fn vssd_instance(&self, vssd: &VssdFacts, settings: &VmSettings) -> Instance {
+        let parent_text = vssd.parent.map(|p| self.path_text(&vssd_path(p)));
+        Instance::new("Msvm_VirtualSystemSettingData")
+            .with("InstanceID", CimType::String, s(vssd.instance_id))
             .with(
                 "Caption",
                 CimType::String,
-                s(if system_type == VST_REALIZED {
+                s(if vssd.system_type == VST_REALIZED {
                     "Virtual Machine Settings"
                 } else {
                     "Snapshot"
                 }),
             )
             .with("ElementName", CimType::String, s(&settings.name))
-            .with("VirtualSystemIdentifier", CimType::String, s(vm_id))
-            .with("VirtualSystemType", CimType::String, s(system_type))
+            .with("VirtualSystemIdentifier", CimType::String, s(vssd.vm_id))
+            .with("VirtualSystemType", CimType::String, s(vssd.system_type))
             .with(
                 "VirtualSystemSubType",
                 CimType::String,
                 s("Microsoft:Hyper-V:SubType:2"),
             )
             .with("Version", CimType::String, s("9.0"))
-            .with("ConfigurationID", CimType::String, s(vm_id))
+            .with("ConfigurationID", CimType::String, s(vssd.vm_id))
             .with(
                 "CreationTime",
                 CimType::Datetime,
-                created.map(Value::Datetime),
+                vssd.created.clone().map(Value::Datetime),
             )
             .with("Parent", CimType::String, parent_text.map(Value::String))
             .with("IsSaved", CimType::Boolean, Some(Value::Boolean(false)))
@@ -94,112 +105,7 @@ impl Host {
                 CimType::Boolean,
                 Some(Value::Boolean(true)),
             )
-            .with_path(vssd_path(instance_id));
-        let mut rasds = Vec::new();
-        let rid = |suffix: &str| format!("{instance_id}\\{suffix}");
-        let mk = |class: &str, id: String| {
-            Instance::new(class)
-                .with("InstanceID", CimType::String, s(&id))
-                .with_path(key(class, "InstanceID", &id))
-        };
-        rasds.push(
-            mk("Msvm_ProcessorSettingData", rid("Processor"))
-                .with("ElementName", CimType::String, s("Processor"))
-                .with("ResourceType", CimType::Uint16, u16v(3))
-                .with(
-                    "ResourceSubType",
-                    CimType::String,
-                    s("Microsoft:Hyper-V:Processor"),
-                )
-                .with(
-                    "VirtualQuantity",
-                    CimType::Uint64,
-                    Some(Value::Uint64(settings.cpus.into())),
-                )
-                .with("AllocationUnits", CimType::String, s("count")),
-        );
-        rasds.push(
-            mk("Msvm_MemorySettingData", rid("Memory"))
-                .with("ElementName", CimType::String, s("Memory"))
-                .with("ResourceType", CimType::Uint16, u16v(4))
-                .with(
-                    "ResourceSubType",
-                    CimType::String,
-                    s("Microsoft:Hyper-V:Memory"),
-                )
-                .with(
-                    "VirtualQuantity",
-                    CimType::Uint64,
-                    Some(Value::Uint64(settings.memory_mb)),
-                )
-                .with("AllocationUnits", CimType::String, s("byte * 2^20")),
-        );
-        for (idx, path, format, guid) in disks {
-            rasds.push(
-                mk(
-                    "Msvm_StorageAllocationSettingData",
-                    rid(&format!("{guid}\\0\\{idx}\\D")),
-                )
-                .with(
-                    "ElementName",
-                    CimType::String,
-                    s(&format!("Hard Disk Image {idx}")),
-                )
-                .with("ResourceType", CimType::Uint16, u16v(31))
-                .with(
-                    "ResourceSubType",
-                    CimType::String,
-                    s("Microsoft:Hyper-V:Virtual Hard Disk"),
-                )
-                .with(
-                    "HostResource",
-                    CimType::String,
-                    strs(&[path.to_string_lossy().into_owned()]),
-                )
-                .with("Address", CimType::String, s(&idx.to_string()))
-                .with("AddressOnParent", CimType::String, s(&idx.to_string()))
-                .with("ImageFormat", CimType::String, s(format.name())),
-            );
-        }
-        for (i, nic) in settings.nics.iter().enumerate() {
-            rasds.push(
-                mk(
-                    "Msvm_SyntheticEthernetPortSettingData",
-                    rid(&format!("Nic\\{i}")),
-                )
-                .with("ElementName", CimType::String, s("Network Adapter"))
-                .with("ResourceType", CimType::Uint16, u16v(10))
-                .with(
-                    "ResourceSubType",
-                    CimType::String,
-                    s("Microsoft:Hyper-V:Synthetic Ethernet Port"),
-                )
-                .with("Address", CimType::String, s(&nic.mac))
-                .with(
-                    "StaticMacAddress",
-                    CimType::Boolean,
-                    Some(Value::Boolean(true)),
-                ),
-            );
-            if let Some(switch) = &nic.switch_name {
-                rasds.push(
-                    mk(
-                        "Msvm_EthernetPortAllocationSettingData",
-                        rid(&format!("Nic\\{i}\\Connection")),
-                    )
-                    .with("ElementName", CimType::String, s("Ethernet Connection"))
-                    .with("ResourceType", CimType::Uint16, u16v(33))
-                    .with(
-                        "ResourceSubType",
-                        CimType::String,
-                        s("Microsoft:Hyper-V:Ethernet Connection"),
-                    )
-                    .with("Parent", CimType::String, s(&rid(&format!("Nic\\{i}"))))
-                    .with("SwitchName", CimType::String, s(switch)),
-                );
-            }
-        }
-        (vssd, rasds)
+            .with_path(vssd_path(vssd.instance_id))
     }
 
     /// A VM's current settings (VSSD + resource settings; disks at their active layers).
@@ -207,17 +113,21 @@ impl Host {
         let disks: Vec<_> = vm
             .disks
             .iter()
-            .map(|d| (d.index, d.path.clone(), d.format, d.tracking_guid.clone()))
+            .map(|d| DiskSetting {
+                index: d.index,
+                path: d.path.clone(),
+                format: d.format,
+                tracking_guid: d.tracking_guid.clone(),
+            })
             .collect();
-        self.settings_instances(
-            &vm_vssd_id(&vm.id),
-            &vm.id,
-            &vm.settings(),
-            VST_REALIZED,
-            None,
-            vm.parent_snapshot.as_deref(),
-            &disks,
-        )
+        let vssd = VssdFacts {
+            instance_id: &vm_vssd_id(&vm.id),
+            vm_id: &vm.id,
+            system_type: VST_REALIZED,
+            created: None,
+            parent: vm.parent_snapshot.as_deref(),
+        };
+        self.settings_instances(&vssd, &vm.settings(), &disks)
     }
 
     /// A snapshot's per-VM settings (VSSD with VirtualSystemType Snapshot:Realized or
@@ -235,13 +145,11 @@ impl Host {
         let disks: Vec<_> = vm
             .disks
             .iter()
-            .map(|d| {
-                (
-                    d.index,
-                    d.path.clone(),
-                    d.format,
-                    guids.get(d.index as usize).cloned().unwrap_or_default(),
-                )
+            .map(|d| DiskSetting {
+                index: d.index,
+                path: d.path.clone(),
+                format: d.format,
+                tracking_guid: guids.get(d.index as usize).cloned().unwrap_or_default(),
             })
             .collect();
         let ty = if snap.snapshot_type == SNAPSHOT_RECOVERY {
@@ -249,15 +157,14 @@ impl Host {
         } else {
             VST_SNAPSHOT_REALIZED
         };
-        self.settings_instances(
-            &vm.vssd_id,
-            &vm.vm_id,
-            &vm.settings,
-            ty,
-            Some(format_unix_ms(snap.created_ms)),
-            vm.parent_vssd.as_deref(),
-            &disks,
-        )
+        let vssd = VssdFacts {
+            instance_id: &vm.vssd_id,
+            vm_id: &vm.vm_id,
+            system_type: ty,
+            created: Some(format_unix_ms(snap.created_ms)),
+            parent: vm.parent_vssd.as_deref(),
+        };
+        self.settings_instances(&vssd, &vm.settings, &disks)
     }
 
     pub fn collection_instance(&self, c: &Collection) -> Instance {
@@ -525,5 +432,145 @@ fn job_status_text(state: u16) -> &'static str {
         job_state::KILLED => "Job was killed",
         job_state::EXCEPTION => "Job failed",
         _ => "Unknown",
+    }
+}
+
+/// What a VSSD says about its system beyond the settings themselves.
+struct VssdFacts<'a> {
+    instance_id: &'a str,
+    vm_id: &'a str,
+    /// `Microsoft:Hyper-V:System:Realized` or a snapshot type.
+    system_type: &'a str,
+    /// CIM datetime of a snapshot's creation.
+    created: Option<String>,
+    /// The parent snapshot's VSSD InstanceID.
+    parent: Option<&'a str>,
+}
+
+/// A disk as its Msvm_StorageAllocationSettingData shows it.
+struct DiskSetting {
+    index: u32,
+    /// The layer the settings point at (active, or frozen for a snapshot).
+    path: std::path::PathBuf,
+    format: cosnap_disk::Format,
+    /// The disk's tracking GUID (part of the InstanceID).
+    tracking_guid: String,
+}
+
+/// Builds the resource settings of one VSSD: InstanceID = `<VSSD InstanceID>\<suffix>`.
+struct ResourceIds<'a>(&'a str);
+
+impl ResourceIds<'_> {
+    fn instance(&self, class: &str, suffix: &str) -> Instance {
+        let id = format!("{}\\{suffix}", self.0);
+        Instance::new(class)
+            .with("InstanceID", CimType::String, s(&id))
+            .with_path(key(class, "InstanceID", &id))
+    }
+
+    fn processor(&self, cpus: u32) -> Instance {
+        self.instance("Msvm_ProcessorSettingData", "Processor")
+            .with("ElementName", CimType::String, s("Processor"))
+            .with("ResourceType", CimType::Uint16, u16v(3))
+            .with(
+                "ResourceSubType",
+                CimType::String,
+                s("Microsoft:Hyper-V:Processor"),
+            )
+            .with(
+                "VirtualQuantity",
+                CimType::Uint64,
+                Some(Value::Uint64(cpus.into())),
+            )
+            .with("AllocationUnits", CimType::String, s("count"))
+    }
+
+    fn memory(&self, memory_mb: u64) -> Instance {
+        self.instance("Msvm_MemorySettingData", "Memory")
+            .with("ElementName", CimType::String, s("Memory"))
+            .with("ResourceType", CimType::Uint16, u16v(4))
+            .with(
+                "ResourceSubType",
+                CimType::String,
+                s("Microsoft:Hyper-V:Memory"),
+            )
+            .with(
+                "VirtualQuantity",
+                CimType::Uint64,
+                Some(Value::Uint64(memory_mb)),
+            )
+            .with("AllocationUnits", CimType::String, s("byte * 2^20"))
+    }
+
+    fn disk(&self, d: &DiskSetting) -> Instance {
+        let idx = d.index;
+        self.instance(
+            "Msvm_StorageAllocationSettingData",
+            &format!("{}\\0\\{idx}\\D", d.tracking_guid),
+        )
+        .with(
+            "ElementName",
+            CimType::String,
+            s(&format!("Hard Disk Image {idx}")),
+        )
+        .with("ResourceType", CimType::Uint16, u16v(31))
+        .with(
+            "ResourceSubType",
+            CimType::String,
+            s("Microsoft:Hyper-V:Virtual Hard Disk"),
+        )
+        .with(
+            "HostResource",
+            CimType::String,
+            strs(&[d.path.to_string_lossy().into_owned()]),
+        )
+        .with("Address", CimType::String, s(&idx.to_string()))
+        .with("AddressOnParent", CimType::String, s(&idx.to_string()))
+        .with("ImageFormat", CimType::String, s(d.format.name()))
+    }
+
+    /// The NIC's port settings and, when it is connected, its Ethernet connection.
+    fn nic(&self, i: usize, nic: &Nic) -> Vec<Instance> {
+        let port = self
+            .instance(
+                "Msvm_SyntheticEthernetPortSettingData",
+                &format!("Nic\\{i}"),
+            )
+            .with("ElementName", CimType::String, s("Network Adapter"))
+            .with("ResourceType", CimType::Uint16, u16v(10))
+            .with(
+                "ResourceSubType",
+                CimType::String,
+                s("Microsoft:Hyper-V:Synthetic Ethernet Port"),
+            )
+            .with("Address", CimType::String, s(&nic.mac))
+            .with(
+                "StaticMacAddress",
+                CimType::Boolean,
+                Some(Value::Boolean(true)),
+            );
+        let Some(switch) = &nic.switch_name else {
+            return vec![port];
+        };
+
+        let connection = self
+            .instance(
+                "Msvm_EthernetPortAllocationSettingData",
+                &format!("Nic\\{i}\\Connection"),
+            )
+            .with("ElementName", CimType::String, s("Ethernet Connection"))
+            .with("ResourceType", CimType::Uint16, u16v(33))
+            .with(
+                "ResourceSubType",
+                CimType::String,
+                s("Microsoft:Hyper-V:Ethernet Connection"),
+            )
+            .with(
+                "Parent",
+                CimType::String,
+                s(&format!("{}\\Nic\\{i}", self.0)),
+            )
+            .with("SwitchName", CimType::String, s(switch));
+        vec![port, connection]
     }
 }
