@@ -153,41 +153,13 @@ impl Host {
             ));
         }
         if eq(class, "Msvm_VirtualSystemSettingData") {
-            let iid = need("InstanceID")?;
-            let tail = iid.strip_prefix("Microsoft:").unwrap_or(&iid);
-            if let Ok(vm) = self.vm(&norm_id(tail)) {
-                return Ok(Resolved::VmSettings(vm.id));
-            }
-            let snap = self.snapshot_of_vssd(&iid)?;
-            let vm = snap
-                .vms
-                .iter()
-                .find(|v| v.vssd_id.eq_ignore_ascii_case(&iid))
-                .map(|v| v.vm_id.clone())
-                .unwrap_or_default();
-            return Ok(Resolved::SnapshotSettings(snap.id, vm));
+            return self.resolve_settings(&need("InstanceID")?);
         }
         if eq(class, "Msvm_VirtualSystemCollection")
             || eq(class, "Msvm_ManagementCollection")
             || eq(class, "CIM_CollectionOfMSEs")
         {
-            let id = need("CollectionID")?;
-            let c = self
-                .collection(&norm_id(&id))
-                .map_err(|_| HostError::not_found(format!("no collection {id}")))?;
-            let want = if eq(class, "Msvm_VirtualSystemCollection") {
-                Some(COLLECTION_OF_VMS)
-            } else if eq(class, "Msvm_ManagementCollection") {
-                Some(COLLECTION_OF_COLLECTIONS)
-            } else {
-                None
-            };
-            if want.is_some_and(|k| k != c.kind) {
-                return Err(HostError::not_found(format!(
-                    "collection {id} is not a {class}"
-                )));
-            }
-            return Ok(Resolved::Collection(c.id, c.kind));
+            return self.resolve_collection(class, &need("CollectionID")?);
         }
         if eq(class, "Msvm_SnapshotCollection") {
             let id = need("CollectionID")?;
@@ -218,17 +190,7 @@ impl Host {
             )));
         }
         if eq(class, "Msvm_VirtualSystemReferencePoint") {
-            let iid = need("InstanceID")?;
-            for rp in self.refpoints(None)? {
-                if let Some(v) = rp
-                    .vms
-                    .iter()
-                    .find(|v| v.instance_id.eq_ignore_ascii_case(&iid))
-                {
-                    return Ok(Resolved::RefPoint(rp.id.clone(), v.vm_id.clone()));
-                }
-            }
-            return Err(HostError::not_found(format!("no reference point {iid}")));
+            return self.resolve_refpoint(&need("InstanceID")?);
         }
         if eq(class, "Msvm_ConcreteJob") || eq(class, "CIM_ConcreteJob") {
             let id = need("InstanceID")?;
@@ -240,6 +202,57 @@ impl Host {
         Err(HostError::invalid(format!(
             "{class} is not a class whose instances cosnap serves here"
         )))
+    }
+
+    /// A VSSD: a VM's current settings (`Microsoft:<vm>`) or a snapshot's.
+    fn resolve_settings(&self, iid: &str) -> Result<Resolved> {
+        let tail = iid.strip_prefix("Microsoft:").unwrap_or(iid);
+        if let Ok(vm) = self.vm(&norm_id(tail)) {
+            return Ok(Resolved::VmSettings(vm.id));
+        }
+        let snap = self.snapshot_of_vssd(iid)?;
+        let vm = snap
+            .vms
+            .iter()
+            .find(|v| v.vssd_id.eq_ignore_ascii_case(iid))
+            .map(|v| v.vm_id.clone())
+            .unwrap_or_default();
+        Ok(Resolved::SnapshotSettings(snap.id, vm))
+    }
+
+    /// A VM collection or collection of collections, of the kind the class names.
+    fn resolve_collection(&self, class: &str, id: &str) -> Result<Resolved> {
+        let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+        let c = self
+            .collection(&norm_id(id))
+            .map_err(|_| HostError::not_found(format!("no collection {id}")))?;
+        let want = if eq(class, "Msvm_VirtualSystemCollection") {
+            Some(COLLECTION_OF_VMS)
+        } else if eq(class, "Msvm_ManagementCollection") {
+            Some(COLLECTION_OF_COLLECTIONS)
+        } else {
+            None
+        };
+        if want.is_some_and(|k| k != c.kind) {
+            return Err(HostError::not_found(format!(
+                "collection {id} is not a {class}"
+            )));
+        }
+        Ok(Resolved::Collection(c.id, c.kind))
+    }
+
+    /// A per-VM reference point, by its InstanceID.
+    fn resolve_refpoint(&self, iid: &str) -> Result<Resolved> {
+        for rp in self.refpoints(None)? {
+            if let Some(v) = rp
+                .vms
+                .iter()
+                .find(|v| v.instance_id.eq_ignore_ascii_case(iid))
+            {
+                return Ok(Resolved::RefPoint(rp.id.clone(), v.vm_id.clone()));
+            }
+        }
+        Err(HostError::not_found(format!("no reference point {iid}")))
     }
 }
 
