@@ -24,6 +24,7 @@
 
 mod associations;
 mod enumerate;
+mod jobs;
 mod management;
 mod params;
 mod snapshots;
@@ -33,7 +34,7 @@ use cosnap_cim::{
     Value, schema,
 };
 
-use crate::error::{HostError, concrete_job, msvm};
+use crate::error::HostError;
 use crate::host::Host;
 use enumerate::*;
 use params::*;
@@ -81,57 +82,7 @@ impl Host {
             }));
         }
         if eq("Msvm_ConcreteJob") || eq("CIM_ConcreteJob") {
-            let id = target
-                .key_str("InstanceID")
-                .ok_or_else(|| CimError::invalid_parameter("job path lacks InstanceID"))?;
-            let job = self.job(id).map_err(|e| e.to_cim())?;
-            return match m.as_str() {
-                "requeststatechange" => {
-                    let state = uint_param(params, "RequestedState").map_err(|e| e.to_cim())?;
-                    if let Some(Value::Datetime(t) | Value::String(t)) =
-                        param(params, "TimeoutPeriod")
-                        && !t.trim().is_empty()
-                        && t.chars().any(|c| c.is_ascii_digit() && c != '0')
-                    {
-                        return Ok(outcome(concrete_job::TIMEOUT_NOT_SUPPORTED));
-                    }
-                    let Some(state) = state.and_then(|s| u16::try_from(s).ok()) else {
-                        return Ok(outcome(concrete_job::INVALID_PARAMETER));
-                    };
-                    Ok(outcome(
-                        self.request_job_state(&job.id, state)
-                            .map_err(|e| e.to_cim())?,
-                    ))
-                }
-                // Null (the out parameter left out) when the job did not fail (doc: "Null
-                // when OperationalStatus is 2 (OK)").
-                "geterror" => Ok(MethodOutcome {
-                    return_value: msvm::COMPLETED,
-                    out_params: self
-                        .job_error_instance(&job)
-                        .map(|i| ("Error".to_string(), Value::Instance(Box::new(i))))
-                        .into_iter()
-                        .collect(),
-                }),
-                "geterrorex" => Ok(MethodOutcome {
-                    return_value: msvm::COMPLETED,
-                    out_params: self
-                        .job_error_instance(&job)
-                        .map(|i| {
-                            (
-                                "Errors".to_string(),
-                                Value::Array(vec![Value::Instance(Box::new(i))]),
-                            )
-                        })
-                        .into_iter()
-                        .collect(),
-                }),
-                "killjob" => Ok(outcome(concrete_job::NOT_SUPPORTED)),
-                _ => Err(CimError::new(
-                    CimStatus::MethodNotFound,
-                    format!("Msvm_ConcreteJob has no method {method}"),
-                )),
-            };
+            return self.job_method(target, method, &m, params);
         }
         Err(CimError::new(
             CimStatus::MethodNotFound,
