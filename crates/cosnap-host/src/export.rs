@@ -1,5 +1,7 @@
-//! `Msvm_CollectionSnapshotService.ExportSnapshot`: argument checks with their return
-//! codes, the export job, and the package written through `cosnap-export`.
+//! The export domain behind `Msvm_CollectionSnapshotService.ExportSnapshot` and
+//! `cosnap export`: a plain [`ExportRequest`] checked with its return codes, the export
+//! job, and the package written through `cosnap-export`. The method's CIM parameters are
+//! decoded into an [`ExportRequest`] by the CIM face (`cim::export_request`).
 //!
 //! # Return codes (decided; the method's own table is only "0 / 4096 / other")
 //! DMTF style like its sibling methods, plus two Msvm codes the issue asks for:
