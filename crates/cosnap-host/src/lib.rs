@@ -3,6 +3,18 @@
 //! embedded SQLite repository, and the Hyper-V services' methods with their documented
 //! return codes.
 //!
+//! # Two layers
+//!
+//! * **The domain** (every module but [`cim`]): the repository, layers and journal, jobs,
+//!   export and import. It speaks plain Rust: [`export::ExportRequest`], [`HostError`],
+//!   the records of [`model`]. It never imports [`cim`].
+//! * **The CIM face** ([`cim`]): object paths and [`Resolved`], the objects as CIM
+//!   instances, the [`cosnap_cim::CimProvider`] implementation with one file per service,
+//!   ExportSnapshot's parameter decoding ([`cim::export_request`]) and the `CIM_ERR_*`
+//!   status of a [`HostError`]. Front ends (`cosnap-wbem`) reach the host through it.
+//!   Where the domain needs CIM instances (an export package stores them), it names a
+//!   trait of its own ([`export::PackageInstances`]) that the face implements.
+//!
 //! # Design (decisions taken; see also each module)
 //!
 //! * **Repository** ([`repo`]): SQLite, WAL, `<data-dir>/cosnap.db`, versioned migrations,
@@ -25,6 +37,8 @@
 //!   collection management and DefineSystem/DestroySystem ([`error`]).
 //!
 //! # API for the export / import code (in-crate `export.rs` / `import.rs`) and front ends
+//!
+//! (The object-path and instance methods below are defined by the CIM face.)
 //!
 //! * Open: [`Host::open`]`(data_dir)`.
 //! * Look-ups: [`Host::vm`], [`Host::vms`], [`Host::collection`], [`Host::collections`],
@@ -66,11 +80,12 @@ pub mod libvirt;
 pub mod model;
 pub mod modes;
 pub mod options;
-pub mod provider;
+
 pub mod repo;
 pub mod util;
 
 pub use cim::Resolved;
+pub use cim::provider;
 pub use error::{HostError, Result};
 pub use host::{Host, InUseGuard};
 pub use jobs::JobCtx;
