@@ -17,10 +17,13 @@ use cosnap_disk::CancelToken;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{HostError, Result, concrete_job};
-use crate::host::{Host, POLL};
+use crate::host::Host;
 use crate::model::{Job, job_state};
 use crate::repo;
 use crate::util::{new_guid, now_ms};
+
+/// How long [`Host::wait_job`] sleeps between polls.
+const POLL: std::time::Duration = std::time::Duration::from_millis(15);
 
 /// Finished jobs are kept this long (TimeBeforeRemoval).
 pub const KEEP_FINISHED_MS: i64 = 5 * 60 * 1000;

@@ -18,7 +18,7 @@
 //! * **Snapshots**: CreateSnapshot adds one differencing child per disk of every member VM
 //!   under the lock and switches every active layer in ONE transaction (group crash
 //!   consistent; cost independent of disk size). DestroySnapshot merges
-//!   (`host::release_layers`). ApplySnapshot branches from the frozen layers.
+//!   (`layers::release_layers`). ApplySnapshot branches from the frozen layers.
 //!   ConvertToReferencePoint keeps the frozen layers as change boundaries
 //!   ([`Host::change_base`]).
 //! * **Return codes**: DMTF style for collection snapshot / RP methods, Msvm style for
@@ -56,23 +56,32 @@
 
 pub mod chains;
 pub mod cim;
+mod collections;
 pub mod error;
 pub mod export;
+mod export_records;
 pub mod host;
 pub mod import;
 pub mod jobs;
 pub mod journal;
+mod layers;
 pub mod libvirt;
 pub mod model;
 pub mod modes;
 pub mod options;
 pub mod provider;
+mod recovery;
+mod refpoints;
 pub mod repo;
+mod rows;
+mod snapshots;
 pub mod util;
+mod vms;
 
 pub use cim::Resolved;
 pub use error::{HostError, Result};
-pub use host::{Host, InUseGuard};
+pub use host::Host;
 pub use jobs::JobCtx;
+pub use layers::InUseGuard;
 pub use model::*;
 pub use options::HostOptions;
