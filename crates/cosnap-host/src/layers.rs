@@ -14,6 +14,7 @@ use crate::journal::{self, Plan, Step};
 use crate::repo;
 use crate::rows::p2s;
 use crate::util::{crash_point, norm_id};
+use crate::work::Work;
 
 /// Extension of a differencing child of a layer in `parent_format`.
 pub(crate) fn child_ext(parent_format: Format) -> (&'static str, Format) {
@@ -94,13 +95,11 @@ impl Host {
         &self,
         jid: i64,
         plan: &Plan,
-        ctx: Option<&crate::JobCtx>,
+        work: &dyn Work,
         crash_label: &str,
     ) -> Result<()> {
-        if let Some(ctx) = ctx {
-            ctx.set_cancellable(false);
-            ctx.progress(10);
-        }
+        work.set_cancellable(false);
+        work.progress(10);
         crash_point(crash_label);
         if let Plan::Release { steps } = plan {
             journal::run_steps(steps)?;
@@ -194,12 +193,12 @@ pub(crate) fn journal_release(
     tx: &Connection,
     layers: &[PathBuf],
     kind: &str,
-    ctx: Option<&crate::JobCtx>,
+    work: &dyn Work,
 ) -> Result<(i64, Plan)> {
     let plan = Plan::Release {
         steps: release_layers(tx, layers)?,
     };
-    let jid = journal::insert(tx, kind, "committed", &plan, ctx.map(|c| c.job_id()))?;
+    let jid = journal::insert(tx, kind, "committed", &plan, work.job_id())?;
     Ok((jid, plan))
 }
 

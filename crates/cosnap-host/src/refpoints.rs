@@ -11,6 +11,7 @@ use crate::layers::journal_release;
 use crate::model::*;
 use crate::rows::{ids, load_refpoint, load_snapshot, p2s, resolve};
 use crate::util::{crash_point, new_guid, norm_id, now_ms, rfc3339};
+use crate::work::Work;
 
 impl Host {
     pub fn refpoint(&self, id: &str) -> Result<RefPoint> {
@@ -45,29 +46,12 @@ impl Host {
         Ok(snap)
     }
 
-    /// ConvertToReferencePoint as a job (JobType 200); created element: the new
-    /// `Msvm_ReferencePointCollection`.
-    pub fn start_convert_to_refpoint(&self, id: &str) -> Result<String> {
-        let snap = self.check_convert(id)?;
-        let sid = snap.id.clone();
-        self.start_job(
-            job_type::CONVERT_TO_RP,
-            "Convert snapshot to reference point",
-            &format!("Converting snapshot collection {sid}"),
-            true,
-            move |ctx| {
-                let rp = ctx.host().convert_to_refpoint_now(&sid, Some(ctx))?;
-                Ok(vec![("Msvm_ReferencePointCollection".to_string(), rp)])
-            },
-        )
-    }
-
     /// ConvertToReferencePoint, synchronously: the snapshot collection and its VSSDs go
     /// away; a reference point collection (ReferencePointType 2 "RCT based": the kept frozen
     /// layers are our change tracking; ConsistencyLevel 1 Crash Consistent in that class's
     /// numbering) keeps each disk's frozen layer as its change boundary. No file changes:
     /// one transaction, no journal.
-    pub fn convert_to_refpoint_now(&self, id: &str, ctx: Option<&crate::JobCtx>) -> Result<String> {
+    pub fn convert_to_refpoint(&self, id: &str, work: &dyn Work) -> Result<String> {
         let _lock = self.lock()?;
         let mut conn = self.db();
         let snap = load_snapshot(&conn, &norm_id(id))?;
@@ -78,9 +62,7 @@ impl Host {
             )));
         }
         Self::check_not_in_use(&conn, &snap.id, "snapshot collection")?;
-        if let Some(ctx) = ctx {
-            ctx.check_cancel()?;
-        }
+        work.check_cancel()?;
         let rp = new_guid();
         let now = now_ms();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -160,32 +142,14 @@ impl Host {
         Ok(rp)
     }
 
-    /// DestroyReferencePoint as a job (JobType 208).
-    pub fn start_destroy_refpoint(&self, id: &str) -> Result<String> {
-        let rp = self.check_destroy_refpoint(id)?;
-        let rid = rp.id.clone();
-        self.start_job(
-            job_type::DESTROY_RP_ON_COLLECTION,
-            "Destroy reference point collection",
-            &format!("Destroying reference point collection {rid}"),
-            true,
-            move |ctx| {
-                ctx.host().destroy_refpoint_now(&rid, Some(ctx))?;
-                Ok(vec![])
-            },
-        )
-    }
-
     /// DestroyReferencePoint: merges each boundary layer away exactly like a snapshot
     /// destroy. Nothing cascades (later reference points keep their own boundaries).
-    pub fn destroy_refpoint_now(&self, id: &str, ctx: Option<&crate::JobCtx>) -> Result<()> {
+    pub fn destroy_refpoint(&self, id: &str, work: &dyn Work) -> Result<()> {
         let _lock = self.lock()?;
         let mut conn = self.db();
         let rp = load_refpoint(&conn, &norm_id(id))?;
         Self::check_not_in_use(&conn, &rp.id, "reference point collection")?;
-        if let Some(ctx) = ctx {
-            ctx.check_cancel()?;
-        }
+        work.check_cancel()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let layers: Vec<PathBuf> = rp
             .vms
@@ -198,9 +162,9 @@ impl Host {
         )?;
         tx.execute("DELETE FROM refpoint_vms WHERE refpoint_id = ?1", [&rp.id])?;
         tx.execute("DELETE FROM refpoints WHERE id = ?1", [&rp.id])?;
-        let (jid, plan) = journal_release(&tx, &layers, "destroy-refpoint", ctx)?;
+        let (jid, plan) = journal_release(&tx, &layers, "destroy-refpoint", work)?;
         tx.commit()?;
         drop(conn);
-        self.run_release(jid, &plan, ctx, "destroy-rp.committed")
+        self.run_release(jid, &plan, work, "destroy-rp.committed")
     }
 }

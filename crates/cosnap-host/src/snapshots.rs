@@ -14,6 +14,7 @@ use crate::model::*;
 use crate::repo;
 use crate::rows::{ids, load_snapshot, load_vm, p2s, resolve};
 use crate::util::{crash_point, new_guid, norm_id, now_ms, rfc3339};
+use crate::work::Work;
 
 impl Host {
     pub fn snapshot(&self, id: &str) -> Result<Snapshot> {
@@ -80,25 +81,6 @@ impl Host {
         Ok(coll)
     }
 
-    /// CreateSnapshot as a job (JobType 198). The job's created element is the new
-    /// `Msvm_SnapshotCollection`.
-    pub fn start_create_snapshot(&self, collection: &str, snapshot_type: u16) -> Result<String> {
-        let coll = self.check_create_snapshot(collection, snapshot_type)?;
-        let cid = coll.id.clone();
-        self.start_job(
-            job_type::SNAPSHOT_COLLECTION,
-            "Snapshot collection",
-            &format!("Creating a snapshot of collection {cid}"),
-            true,
-            move |ctx| {
-                let sid = ctx
-                    .host()
-                    .create_snapshot_now(&cid, snapshot_type, Some(ctx))?;
-                Ok(vec![("Msvm_SnapshotCollection".to_string(), sid)])
-            },
-        )
-    }
-
     /// CreateSnapshot, synchronously (what the job runs). Returns the snapshot id.
     ///
     /// One point in time for the whole group: under the repository lock (no guest write or
@@ -106,11 +88,11 @@ impl Host {
     /// of its active layer; then ONE transaction records the snapshot (frozen layer = the old
     /// active layer) and switches every active layer to its child. Cost is independent of
     /// disk size: a child is a header and an empty table.
-    pub fn create_snapshot_now(
+    pub fn create_snapshot(
         &self,
         collection: &str,
         snapshot_type: u16,
-        ctx: Option<&crate::JobCtx>,
+        work: &dyn Work,
     ) -> Result<String> {
         let _lock = self.lock()?;
         let coll = self.check_create_snapshot(collection, snapshot_type)?;
@@ -135,13 +117,7 @@ impl Host {
         };
         let jid = {
             let conn = self.db();
-            journal::insert(
-                &conn,
-                "create-snapshot",
-                "pending",
-                &plan,
-                ctx.map(|c| c.job_id()),
-            )?
+            journal::insert(&conn, "create-snapshot", "pending", &plan, work.job_id())?
         };
         crash_point("create.journaled");
         let rollback = |host: &Host| {
@@ -153,9 +129,7 @@ impl Host {
         let total = children.len().max(1);
         for (i, (_, _, parent, child, _)) in children.iter().enumerate() {
             let step = (|| -> Result<()> {
-                if let Some(ctx) = ctx {
-                    ctx.check_cancel()?;
-                }
+                work.check_cancel()?;
                 self.create_layer_dir(child)?;
                 cosnap_disk::create_child_of(&self.disk_chain(parent)?, child)?;
                 crate::modes::make_private_file(child)?;
@@ -169,16 +143,12 @@ impl Host {
                 return Err(e);
             }
             crash_point("create.child");
-            if let Some(ctx) = ctx {
-                ctx.progress(((i + 1) * 90 / total) as u16);
-            }
+            work.progress(((i + 1) * 90 / total) as u16);
         }
         for vm in &vms {
             journal::sync_parent(&repo::vm_disk_dir(&self.inner.data_dir, &vm.id).join("x"));
         }
-        if let Some(ctx) = ctx
-            && let Err(e) = ctx.check_cancel()
-        {
+        if let Err(e) = work.check_cancel() {
             rollback(self);
             return Err(e);
         }
@@ -243,34 +213,16 @@ impl Host {
         Ok(snap)
     }
 
-    /// DestroySnapshot as a job (JobType 72).
-    pub fn start_destroy_snapshot(&self, id: &str) -> Result<String> {
-        let snap = self.check_destroy_snapshot(id)?;
-        let sid = snap.id.clone();
-        self.start_job(
-            job_type::DESTROY_SNAPSHOT,
-            "Destroy snapshot collection",
-            &format!("Destroying snapshot collection {sid}"),
-            true,
-            move |ctx| {
-                ctx.host().destroy_snapshot_now(&sid, Some(ctx))?;
-                Ok(vec![])
-            },
-        )
-    }
-
     /// DestroySnapshot, synchronously. Dependants: child snapshots are re-parented to the
     /// destroyed snapshot's parent (Hyper-V's behaviour); nothing cascades. Each frozen layer
     /// is released per `release_layers`. Cancellable until the single commit point;
     /// after it the merge always runs to the end (a half-merged layer cannot be un-merged).
-    pub fn destroy_snapshot_now(&self, id: &str, ctx: Option<&crate::JobCtx>) -> Result<()> {
+    pub fn destroy_snapshot(&self, id: &str, work: &dyn Work) -> Result<()> {
         let _lock = self.lock()?;
         let mut conn = self.db();
         let snap = load_snapshot(&conn, &norm_id(id))?;
         Self::check_not_in_use(&conn, &snap.id, "snapshot collection")?;
-        if let Some(ctx) = ctx {
-            ctx.check_cancel()?;
-        }
+        work.check_cancel()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let layers: Vec<PathBuf> = snap
             .vms
@@ -297,10 +249,10 @@ impl Host {
         )?;
         tx.execute("DELETE FROM snapshots WHERE id = ?1", [&snap.id])?;
         tx.execute("DELETE FROM exports WHERE source_id = ?1", [&snap.id])?;
-        let (jid, plan) = journal_release(&tx, &layers, "destroy-snapshot", ctx)?;
+        let (jid, plan) = journal_release(&tx, &layers, "destroy-snapshot", work)?;
         tx.commit()?;
         drop(conn);
-        self.run_release(jid, &plan, ctx, "destroy.committed")
+        self.run_release(jid, &plan, work, "destroy.committed")
     }
 
     pub fn check_apply_snapshot(&self, id: &str) -> Result<Snapshot> {
@@ -309,26 +261,10 @@ impl Host {
         Ok(snap)
     }
 
-    /// ApplySnapshot as a job (JobType 71).
-    pub fn start_apply_snapshot(&self, id: &str) -> Result<String> {
-        let snap = self.check_apply_snapshot(id)?;
-        let sid = snap.id.clone();
-        self.start_job(
-            job_type::APPLY_SNAPSHOT,
-            "Apply snapshot collection",
-            &format!("Applying snapshot collection {sid}"),
-            true,
-            move |ctx| {
-                ctx.host().apply_snapshot_now(&sid, Some(ctx))?;
-                Ok(vec![])
-            },
-        )
-    }
-
     /// ApplySnapshot, synchronously: every member VM of the snapshot gets a fresh child of
     /// its frozen layer as active layer, its settings back to the snapshot's, and its old
     /// active layer deleted (a leaf nothing else references). One transaction; journal.
-    pub fn apply_snapshot_now(&self, id: &str, ctx: Option<&crate::JobCtx>) -> Result<()> {
+    pub fn apply_snapshot(&self, id: &str, work: &dyn Work) -> Result<()> {
         let _lock = self.lock()?;
         let (snap, vms) = {
             let conn = self.db();
@@ -359,7 +295,7 @@ impl Host {
             "apply-snapshot",
             "pending",
             &plan,
-            ctx.map(|c| c.job_id()),
+            work.job_id(),
         )?;
         crash_point("apply.journaled");
         let rollback = |host: &Host| {
@@ -371,9 +307,7 @@ impl Host {
         let total = created.len().max(1);
         for (i, (_, _, frozen, child, _)) in created.iter().enumerate() {
             let step = (|| -> Result<()> {
-                if let Some(ctx) = ctx {
-                    ctx.check_cancel()?;
-                }
+                work.check_cancel()?;
                 self.create_layer_dir(child)?;
                 cosnap_disk::create_child_of(&self.disk_chain(frozen)?, child)?;
                 crate::modes::make_private_file(child)?;
@@ -385,13 +319,9 @@ impl Host {
                 return Err(e);
             }
             crash_point("apply.child");
-            if let Some(ctx) = ctx {
-                ctx.progress(((i + 1) * 80 / total) as u16);
-            }
+            work.progress(((i + 1) * 80 / total) as u16);
         }
-        if let Some(ctx) = ctx
-            && let Err(e) = ctx.check_cancel()
-        {
+        if let Err(e) = work.check_cancel() {
             rollback(self);
             return Err(e);
         }
@@ -454,9 +384,7 @@ impl Host {
                 return Err(e);
             }
         };
-        if let Some(ctx) = ctx {
-            ctx.set_cancellable(false);
-        }
+        work.set_cancellable(false);
         crash_point("apply.committed");
         for f in &delete_after {
             journal::delete_file(f)?;
