@@ -16,22 +16,7 @@ use crate::rows::p2s;
 use crate::util::{crash_point, norm_id};
 use crate::work::Work;
 
-/// Extension of a differencing child of a layer in `parent_format`.
-pub(crate) fn child_ext(parent_format: Format) -> (&'static str, Format) {
-    match parent_format {
-        Format::Vhdx => ("avhdx", Format::Vhdx),
-        _ => ("qcow2", Format::Qcow2),
-    }
-}
-
 impl Host {
-    /// Creates `<data-dir>/disks/<vm>/`, the directory of a new layer `child`, owner-only.
-    pub(crate) fn create_layer_dir(&self, child: &Path) -> Result<()> {
-        crate::modes::create_private_dir(&self.inner.data_dir.join("disks"))?;
-        crate::modes::create_private_dir(child.parent().unwrap_or(Path::new(".")))?;
-        Ok(())
-    }
-
     /// Objects some live export is reading (in-use marks whose owner still runs).
     pub(crate) fn in_use_ids(conn: &Connection) -> Result<HashSet<String>> {
         let mut stmt = conn.prepare("SELECT object_id, owner_pid, owner_start FROM in_use")?;

@@ -69,6 +69,7 @@ mod layers;
 pub mod libvirt;
 pub mod model;
 pub mod modes;
+mod new_layers;
 pub mod options;
 pub mod provider;
 mod recovery;

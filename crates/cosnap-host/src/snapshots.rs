@@ -3,14 +3,14 @@
 
 use std::path::PathBuf;
 
-use cosnap_disk::Format;
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{HostError, Result};
 use crate::host::Host;
 use crate::journal::{self, Plan};
-use crate::layers::{child_ext, journal_release};
+use crate::layers::journal_release;
 use crate::model::*;
+use crate::new_layers::{NewLayer, activate_new_layers};
 use crate::repo;
 use crate::rows::{ids, load_snapshot, load_vm, p2s, resolve};
 use crate::util::{crash_point, new_guid, norm_id, now_ms, rfc3339};
@@ -103,108 +103,82 @@ impl Host {
                 .map(|m| load_vm(&conn, m))
                 .collect::<Result<_>>()?
         };
-        let mut children: Vec<(String, u32, PathBuf, PathBuf, Format)> = Vec::new(); // vm, idx, parent, child, fmt
-        for vm in &vms {
-            let dir = repo::vm_disk_dir(&self.inner.data_dir, &vm.id);
-            for d in &vm.disks {
-                let (ext, fmt) = child_ext(d.format);
-                let child = dir.join(format!("{}.{ext}", new_guid().to_ascii_lowercase()));
-                children.push((vm.id.clone(), d.index, d.path.clone(), child, fmt));
-            }
-        }
+
+        let children: Vec<NewLayer> = vms
+            .iter()
+            .flat_map(|vm| {
+                vm.disks.iter().map(|d| {
+                    NewLayer::above(&self.inner.data_dir, &vm.id, d.index, &d.path, d.format)
+                })
+            })
+            .collect();
         let plan = Plan::Create {
-            created: children.iter().map(|c| c.3.clone()).collect(),
+            created: children.iter().map(|c| c.path.clone()).collect(),
         };
-        let jid = {
-            let conn = self.db();
-            journal::insert(&conn, "create-snapshot", "pending", &plan, work.job_id())?
-        };
+        let jid = journal::insert(
+            &self.db(),
+            "create-snapshot",
+            "pending",
+            &plan,
+            work.job_id(),
+        )?;
         crash_point("create.journaled");
-        let rollback = |host: &Host| {
-            for c in &children {
-                let _ = journal::delete_file(&c.3);
-            }
-            let _ = journal::remove(&host.db(), jid);
-        };
-        let total = children.len().max(1);
-        for (i, (_, _, parent, child, _)) in children.iter().enumerate() {
-            let step = (|| -> Result<()> {
-                work.check_cancel()?;
-                self.create_layer_dir(child)?;
-                cosnap_disk::create_child_of(&self.disk_chain(parent)?, child)?;
-                crate::modes::make_private_file(child)?;
-                if let Ok(f) = std::fs::File::open(child) {
-                    f.sync_all()?;
+
+        let created = self
+            .create_new_layers(&children, work, 90, "create.child")
+            .and_then(|()| {
+                for vm in &vms {
+                    journal::sync_parent(
+                        &repo::vm_disk_dir(&self.inner.data_dir, &vm.id).join("x"),
+                    );
                 }
-                Ok(())
-            })();
-            if let Err(e) = step {
-                rollback(self);
-                return Err(e);
-            }
-            crash_point("create.child");
-            work.progress(((i + 1) * 90 / total) as u16);
-        }
-        for vm in &vms {
-            journal::sync_parent(&repo::vm_disk_dir(&self.inner.data_dir, &vm.id).join("x"));
-        }
-        if let Err(e) = work.check_cancel() {
-            rollback(self);
-            return Err(e);
-        }
+                work.check_cancel()
+            });
+
         let sid = new_guid();
-        let now = now_ms();
-        let result = (|| -> Result<()> {
-            let mut conn = self.db();
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let seq: i64 =
-                tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM snapshots", [], |r| {
-                    r.get(0)
-                })?;
-            let name = format!("{} - ({})", coll.name, rfc3339(now));
-            tx.execute(
-                "INSERT INTO snapshots (id, collection_id, name, snapshot_type, created, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![sid, coll.id, name, snapshot_type, now, seq],
-            )?;
-            for vm in &vms {
-                let vssd = format!("Microsoft:{}", new_guid());
-                let settings = serde_json::to_string(&vm.settings())
-                    .map_err(|e| HostError::Failed(e.to_string()))?;
-                tx.execute(
-                    "INSERT INTO snapshot_vms (snapshot_id, vm_id, vssd_id, parent_vssd, settings, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![sid, vm.id, vssd, vm.parent_snapshot, settings, now],
-                )?;
-                tx.execute(
-                    "UPDATE vms SET parent_vssd = ?2 WHERE id = ?1",
-                    params![vm.id, vssd],
-                )?;
-                for d in &vm.disks {
-                    tx.execute(
-                        "INSERT INTO snapshot_disks (snapshot_id, vm_id, idx, layer) VALUES (?1, ?2, ?3, ?4)",
-                        params![sid, vm.id, d.index, p2s(&d.path)],
-                    )?;
-                }
-            }
-            for (vm_id, idx, parent, child, fmt) in &children {
-                tx.execute(
-                    "INSERT INTO layers (path, vm_id, disk_idx, parent, format, owned) VALUES (?1, ?2, ?3, ?4, ?5, 1)",
-                    params![p2s(child), vm_id, idx, p2s(parent), fmt.name()],
-                )?;
-                tx.execute(
-                    "UPDATE vm_disks SET active_layer = ?3 WHERE vm_id = ?1 AND idx = ?2",
-                    params![vm_id, idx, p2s(child)],
-                )?;
-            }
-            journal::remove(&tx, jid)?;
-            tx.commit()?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            rollback(self);
+        let recorded = created.and_then(|()| {
+            self.record_snapshot(&NewSnapshot {
+                id: &sid,
+                collection: &coll,
+                snapshot_type,
+                vms: &vms,
+                children: &children,
+                journal_id: jid,
+            })
+        });
+        if let Err(e) = recorded {
+            self.roll_back_new_layers(&children, jid);
             return Err(e);
         }
         crash_point("create.committed");
         Ok(sid)
+    }
+
+    /// The commit point of a CreateSnapshot: one transaction records the snapshot, each
+    /// member VM's settings and frozen layers, switches every active layer to its new child
+    /// and drops the journal entry.
+    fn record_snapshot(&self, snap: &NewSnapshot) -> Result<()> {
+        let now = now_ms();
+        let mut conn = self.db();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let seq: i64 =
+            tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM snapshots", [], |r| {
+                r.get(0)
+            })?;
+        let name = format!("{} - ({})", snap.collection.name, rfc3339(now));
+        tx.execute(
+            "INSERT INTO snapshots (id, collection_id, name, snapshot_type, created, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![snap.id, snap.collection.id, name, snap.snapshot_type, now, seq],
+        )?;
+
+        for vm in snap.vms {
+            record_snapshot_vm(&tx, snap.id, vm, now)?;
+        }
+        activate_new_layers(&tx, snap.children)?;
+
+        journal::remove(&tx, snap.journal_id)?;
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn check_destroy_snapshot(&self, id: &str) -> Result<Snapshot> {
@@ -277,17 +251,18 @@ impl Host {
                 .collect::<Result<Vec<_>>>()?;
             (snap, vms)
         };
-        let mut created = Vec::new(); // (vm, idx, frozen, child, fmt)
-        for sv in &snap.vms {
-            let dir = repo::vm_disk_dir(&self.inner.data_dir, &sv.vm_id);
-            for d in &sv.disks {
-                let (ext, fmt) = child_ext(d.format);
-                let child = dir.join(format!("{}.{ext}", new_guid().to_ascii_lowercase()));
-                created.push((sv.vm_id.clone(), d.index, d.path.clone(), child, fmt));
-            }
-        }
+
+        let children: Vec<NewLayer> = snap
+            .vms
+            .iter()
+            .flat_map(|sv| {
+                sv.disks.iter().map(|d| {
+                    NewLayer::above(&self.inner.data_dir, &sv.vm_id, d.index, &d.path, d.format)
+                })
+            })
+            .collect();
         let mut plan = Plan::Apply {
-            created: created.iter().map(|c| c.3.clone()).collect(),
+            created: children.iter().map(|c| c.path.clone()).collect(),
             delete_after: vec![],
         };
         let jid = journal::insert(
@@ -298,92 +273,19 @@ impl Host {
             work.job_id(),
         )?;
         crash_point("apply.journaled");
-        let rollback = |host: &Host| {
-            for c in &created {
-                let _ = journal::delete_file(&c.3);
-            }
-            let _ = journal::remove(&host.db(), jid);
-        };
-        let total = created.len().max(1);
-        for (i, (_, _, frozen, child, _)) in created.iter().enumerate() {
-            let step = (|| -> Result<()> {
-                work.check_cancel()?;
-                self.create_layer_dir(child)?;
-                cosnap_disk::create_child_of(&self.disk_chain(frozen)?, child)?;
-                crate::modes::make_private_file(child)?;
-                std::fs::File::open(child)?.sync_all()?;
-                Ok(())
-            })();
-            if let Err(e) = step {
-                rollback(self);
-                return Err(e);
-            }
-            crash_point("apply.child");
-            work.progress(((i + 1) * 80 / total) as u16);
-        }
-        if let Err(e) = work.check_cancel() {
-            rollback(self);
-            return Err(e);
-        }
-        let result = (|| -> Result<Vec<PathBuf>> {
-            let mut conn = self.db();
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut delete_after = Vec::new();
-            for vm in &vms {
-                for d in &vm.disks {
-                    let referenced: i64 = tx.query_row(
-                        "SELECT (SELECT COUNT(*) FROM snapshot_disks WHERE layer = ?1) + (SELECT COUNT(*) FROM refpoint_disks WHERE layer = ?1)
-                         + (SELECT COUNT(*) FROM layers WHERE parent = ?1) + (SELECT COUNT(*) FROM layers WHERE path = ?1 AND owned = 0)",
-                        [p2s(&d.path)],
-                        |r| r.get(0),
-                    )?;
-                    if referenced == 0 {
-                        tx.execute("DELETE FROM layers WHERE path = ?1", [p2s(&d.path)])?;
-                        delete_after.push(d.path.clone());
-                    }
-                }
-            }
-            for (vm_id, idx, frozen, child, fmt) in &created {
-                tx.execute(
-                    "INSERT INTO layers (path, vm_id, disk_idx, parent, format, owned) VALUES (?1, ?2, ?3, ?4, ?5, 1)",
-                    params![p2s(child), vm_id, idx, p2s(frozen), fmt.name()],
-                )?;
-                tx.execute(
-                    "UPDATE vm_disks SET active_layer = ?3 WHERE vm_id = ?1 AND idx = ?2",
-                    params![vm_id, idx, p2s(child)],
-                )?;
-            }
-            for sv in &snap.vms {
-                let s = &sv.settings;
-                tx.execute(
-                    "UPDATE vms SET name = ?2, cpus = ?3, memory_mb = ?4, parent_vssd = ?5 WHERE id = ?1",
-                    params![sv.vm_id, s.name, s.cpus, s.memory_mb as i64, sv.vssd_id],
-                )?;
-                tx.execute("DELETE FROM vm_nics WHERE vm_id = ?1", [&sv.vm_id])?;
-                for (i, nic) in s.nics.iter().enumerate() {
-                    tx.execute(
-                        "INSERT INTO vm_nics (vm_id, idx, mac, switch_name) VALUES (?1, ?2, ?3, ?4)",
-                        params![sv.vm_id, i as i64, nic.mac, nic.switch_name],
-                    )?;
-                }
-            }
-            if let Plan::Apply {
-                delete_after: d, ..
-            } = &mut plan
-            {
-                *d = delete_after.clone();
-            }
-            journal::set_phase(&tx, jid, "committed", &plan)?;
-            tx.commit()?;
-            Ok(delete_after)
-        })();
-        let delete_after = match result {
+
+        let committed = self
+            .create_new_layers(&children, work, 80, "apply.child")
+            .and_then(|()| work.check_cancel())
+            .and_then(|()| self.commit_apply(&snap, &vms, &children, &mut plan, jid));
+        let delete_after = match committed {
             Ok(d) => d,
             Err(e) => {
-                rollback(self);
+                self.roll_back_new_layers(&children, jid);
                 return Err(e);
             }
         };
+
         work.set_cancellable(false);
         crash_point("apply.committed");
         for f in &delete_after {
@@ -393,4 +295,108 @@ impl Host {
         journal::remove(&self.db(), jid)?;
         Ok(())
     }
+
+    /// The commit point of an ApplySnapshot: one transaction drops the VMs' old active
+    /// layers nothing else references, activates the new children, restores the settings
+    /// and marks the journal entry committed with the files to delete. Returns those files.
+    fn commit_apply(
+        &self,
+        snap: &Snapshot,
+        vms: &[Vm],
+        children: &[NewLayer],
+        plan: &mut Plan,
+        jid: i64,
+    ) -> Result<Vec<PathBuf>> {
+        let mut conn = self.db();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let delete_after = forget_unreferenced_active_layers(&tx, vms)?;
+        activate_new_layers(&tx, children)?;
+        for sv in &snap.vms {
+            restore_settings(&tx, sv)?;
+        }
+
+        if let Plan::Apply {
+            delete_after: d, ..
+        } = plan
+        {
+            *d = delete_after.clone();
+        }
+        journal::set_phase(&tx, jid, "committed", plan)?;
+        tx.commit()?;
+        Ok(delete_after)
+    }
+}
+
+/// What [`Host::record_snapshot`] commits: the new snapshot of `collection`, the member
+/// VMs as they are now, and the children that become their active layers.
+struct NewSnapshot<'a> {
+    id: &'a str,
+    collection: &'a Collection,
+    snapshot_type: u16,
+    vms: &'a [Vm],
+    children: &'a [NewLayer],
+    journal_id: i64,
+}
+
+/// Records one member VM in a new snapshot: its VSSD with the settings of now, the VM's
+/// parent snapshot pointer moved to that VSSD, and its active layers as frozen layers.
+fn record_snapshot_vm(tx: &Connection, sid: &str, vm: &Vm, now: i64) -> Result<()> {
+    let vssd = format!("Microsoft:{}", new_guid());
+    let settings =
+        serde_json::to_string(&vm.settings()).map_err(|e| HostError::Failed(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO snapshot_vms (snapshot_id, vm_id, vssd_id, parent_vssd, settings, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![sid, vm.id, vssd, vm.parent_snapshot, settings, now],
+    )?;
+    tx.execute(
+        "UPDATE vms SET parent_vssd = ?2 WHERE id = ?1",
+        params![vm.id, vssd],
+    )?;
+    for d in &vm.disks {
+        tx.execute(
+            "INSERT INTO snapshot_disks (snapshot_id, vm_id, idx, layer) VALUES (?1, ?2, ?3, ?4)",
+            params![sid, vm.id, d.index, p2s(&d.path)],
+        )?;
+    }
+    Ok(())
+}
+
+/// Inside an apply's transaction: forgets each VM's active layer that nothing else
+/// references (no snapshot, reference point or child, and cosnap's own file) and returns
+/// those files, to delete once the transaction commits.
+fn forget_unreferenced_active_layers(tx: &Connection, vms: &[Vm]) -> Result<Vec<PathBuf>> {
+    let mut delete_after = Vec::new();
+    for vm in vms {
+        for d in &vm.disks {
+            let referenced: i64 = tx.query_row(
+                "SELECT (SELECT COUNT(*) FROM snapshot_disks WHERE layer = ?1) + (SELECT COUNT(*) FROM refpoint_disks WHERE layer = ?1)
+                 + (SELECT COUNT(*) FROM layers WHERE parent = ?1) + (SELECT COUNT(*) FROM layers WHERE path = ?1 AND owned = 0)",
+                [p2s(&d.path)],
+                |r| r.get(0),
+            )?;
+            if referenced == 0 {
+                tx.execute("DELETE FROM layers WHERE path = ?1", [p2s(&d.path)])?;
+                delete_after.push(d.path.clone());
+            }
+        }
+    }
+    Ok(delete_after)
+}
+
+/// Inside an apply's transaction: a VM's name, processors, memory and NICs back to what
+/// the snapshot recorded, and its parent snapshot pointer to the applied VSSD.
+fn restore_settings(tx: &Connection, sv: &SnapshotVm) -> Result<()> {
+    let s = &sv.settings;
+    tx.execute(
+        "UPDATE vms SET name = ?2, cpus = ?3, memory_mb = ?4, parent_vssd = ?5 WHERE id = ?1",
+        params![sv.vm_id, s.name, s.cpus, s.memory_mb as i64, sv.vssd_id],
+    )?;
+    tx.execute("DELETE FROM vm_nics WHERE vm_id = ?1", [&sv.vm_id])?;
+    for (i, nic) in s.nics.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO vm_nics (vm_id, idx, mac, switch_name) VALUES (?1, ?2, ?3, ?4)",
+            params![sv.vm_id, i as i64, nic.mac, nic.switch_name],
+        )?;
+    }
+    Ok(())
 }
