@@ -10,6 +10,7 @@ pub mod chain;
 pub mod copy;
 pub mod digest;
 pub mod error;
+pub mod extents;
 pub mod image;
 pub mod ops;
 pub mod paths;
@@ -21,6 +22,7 @@ pub mod report;
 pub mod vhdx;
 
 pub use chain::{LayerSpec, open_chain};
+pub use copy::{FlattenJob, FlattenReport, flatten_all, flatten_all_digested};
 pub use error::{DiskError, Result};
 pub use image::{Extent, ExtentState, Format, Image};
 pub use ops::*;

@@ -418,37 +418,6 @@ pub struct Qcow2Image {
 }
 
 impl Qcow2Image {
-    /// Opens `path` and its backing chain (read-only).
-    pub fn open(path: &Path, writable: bool) -> Result<Qcow2Image> {
-        Self::open_in_chain(path, writable, &mut Vec::new())
-    }
-
-    /// Opens `path`; `seen` holds the layers above it (canonical paths) to detect loops.
-    /// Follows the backing file the header names (probing its format when the header
-    /// records none): only for images a person named, never for repository layers (see
-    /// [`crate::chain`](mod@crate::chain)).
-    pub fn open_in_chain(
-        path: &Path,
-        writable: bool,
-        seen: &mut Vec<PathBuf>,
-    ) -> Result<Qcow2Image> {
-        let mut img = Self::open_layer(path, writable)?;
-        if let Some(name) = img.hdr.backing_file.clone() {
-            let backing_path = resolve_backing(path, &name);
-            let fmt = match img.hdr.backing_format.as_deref() {
-                None => None,
-                Some(f) => Some(Format::from_name(f).ok_or_else(|| {
-                    DiskError::unsupported(path, format!("backing file format {f:?}"))
-                })?),
-            };
-            seen.push(canonical(path));
-            let opened = crate::probe::open_backing(path, &backing_path, fmt, seen);
-            seen.pop();
-            img.backing = Some(opened?);
-        }
-        Ok(img)
-    }
-
     /// Opens this one layer without its backing chain (unallocated clusters read as
     /// zeros until [`Qcow2Image::attach_backing`] gives it one).
     pub fn open_layer(path: &Path, writable: bool) -> Result<Qcow2Image> {

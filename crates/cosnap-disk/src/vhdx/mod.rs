@@ -103,7 +103,7 @@ pub fn rebase(image: &Path, new_parent: Option<&Path>) -> Result<()> {
 }
 
 /// Structural check: corruptions vs leaks.
-pub fn check(path: &Path) -> Result<crate::CheckReport> {
+pub fn check(path: &Path) -> Result<crate::report::CheckReport> {
     chain::check(path)
 }
 
