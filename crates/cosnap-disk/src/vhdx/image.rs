@@ -283,7 +283,24 @@ impl VhdxImage {
             .open(path)
             .map_err(io(path))?;
         let real_len = file.metadata().map_err(io(path))?.len();
-        let mut img = VhdxImage {
+        let mut img = VhdxImage::unparsed(path, file, writable, real_len);
+
+        img.refuse_short_file(real_len)?;
+        let (h, slot) = img.read_current_header()?;
+        img.header = h;
+        img.header_slot = slot;
+        img.replay_log()?;
+
+        img.load_region_table()?;
+        img.load_metadata()?;
+        img.load_bat()?;
+        Ok(img)
+    }
+
+    /// An image over `file` whose structures are not read yet: every field holds a
+    /// placeholder until the open steps fill it.
+    fn unparsed(path: &Path, file: File, writable: bool, real_len: u64) -> VhdxImage {
+        VhdxImage {
             path: path.to_path_buf(),
             file,
             writable,
@@ -324,11 +341,17 @@ impl VhdxImage {
             data_guid_rotated: false,
             next_data_write_guid: None,
             data_written: false,
-        };
+        }
+    }
+
+    /// A file shorter than the 1 MiB header section is refused, saying whether it is a
+    /// VHDX file at all.
+    fn refuse_short_file(&self, real_len: u64) -> Result<()> {
+        let path = self.path.as_path();
         if real_len < HEADER_SECTION_SIZE {
             let mut sig = [0u8; 8];
             if real_len >= 8 {
-                img.read_raw(&mut sig, 0)?;
+                self.read_raw(&mut sig, 0)?;
             }
             if &sig != SIG_FILE {
                 return Err(DiskError::corrupt(
@@ -343,8 +366,14 @@ impl VhdxImage {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The current of the two headers (the valid one with the higher sequence number).
+    fn read_current_header(&self) -> Result<(Header, usize)> {
+        let path = self.path.as_path();
         let mut hs = vec![0u8; 320 * 1024];
-        img.read_raw(&mut hs, 0)?;
+        self.read_raw(&mut hs, 0)?;
         if &hs[0..8] != SIG_FILE {
             return Err(DiskError::corrupt(
                 path,
@@ -362,15 +391,16 @@ impl VhdxImage {
                 format!("VHDX header version {}", h.version),
             ));
         }
-        img.header = h;
-        img.header_slot = slot;
-        img.replay_log()?;
+        Ok((h, slot))
+    }
 
-        // Region table (through the overlay: a logged update may have changed it).
+    /// The region table, read through the log overlay: a logged update may have changed it.
+    fn load_region_table(&mut self) -> Result<()> {
+        let path = self.path.as_path();
         let mut rt = vec![0u8; REGION_TABLE_SIZE];
         let mut regions = None;
         for off in REGION_TABLE_OFFSETS {
-            img.read_raw(&mut rt, off)?;
+            self.read_raw(&mut rt, off)?;
             if let Some(r) = region::parse(path, &rt)? {
                 regions = Some(r);
                 break;
@@ -382,11 +412,15 @@ impl VhdxImage {
                 "both region tables are invalid (bad signature or CRC-32C)",
             )
         })?;
-        img.validate_regions(&regions)?;
-        img.regions = regions;
+        self.validate_regions(&regions)?;
+        self.regions = regions;
+        Ok(())
+    }
 
-        // Metadata region.
-        let (moff, mlen) = img.meta_region;
+    /// The metadata region's table and the items it names.
+    fn load_metadata(&mut self) -> Result<()> {
+        let path = self.path.as_path();
+        let (moff, mlen) = self.meta_region;
         if mlen < METADATA_TABLE_SIZE as u64 {
             return Err(DiskError::corrupt(
                 path,
@@ -394,15 +428,14 @@ impl VhdxImage {
             ));
         }
         let mut table = vec![0u8; METADATA_TABLE_SIZE];
-        img.read_raw(&mut table, moff)?;
+        self.read_raw(&mut table, moff)?;
         let meta = metadata::parse(path, &table, mlen, |off, len| {
             let mut b = vec![0u8; len];
-            img.read_raw(&mut b, moff + off)?;
+            self.read_raw(&mut b, moff + off)?;
             Ok(b)
         })?;
-        img.meta = meta;
-        img.load_bat()?;
-        Ok(img)
+        self.meta = meta;
+        Ok(())
     }
 
     /// Replays a dirty log: in memory (read-only) or on disk (writable), per MS-VHDX 2.3.3.
@@ -411,17 +444,34 @@ impl VhdxImage {
         if h.log_guid.is_nil() {
             return Ok(());
         }
-        let path = self.path.clone();
+
+        let (lo, ll) = self.checked_log_region()?;
+        let (replay, limit) = self.read_active_log(lo, ll)?;
+        self.check_log_targets(&replay, lo, ll, limit)?;
+
+        if !self.writable {
+            self.overlay = replay.ops;
+            self.file_len = limit;
+            return Ok(());
+        }
+        self.replay_on_disk(&replay)
+    }
+
+    /// The log's offset and length, refused unless a supported version, 1 MiB aligned
+    /// after the header section, at most 16 MiB and inside the file.
+    fn checked_log_region(&self) -> Result<(u64, u64)> {
+        let h = self.header;
+        let path = self.path.as_path();
         if h.log_version != 0 {
             return Err(DiskError::unsupported(
-                &path,
+                path,
                 format!("log version {}", h.log_version),
             ));
         }
         let (lo, ll) = (h.log_offset, h.log_length as u64);
         if lo % MIB != 0 || ll % MIB != 0 || lo < HEADER_SECTION_SIZE || ll == 0 {
             return Err(DiskError::corrupt(
-                &path,
+                path,
                 format!(
                     "log at offset {lo} length {ll} is not 1 MiB-aligned after the header section"
                 ),
@@ -429,30 +479,38 @@ impl VhdxImage {
         }
         if ll > MAX_LOG_LENGTH {
             return Err(DiskError::unsupported(
-                &path,
+                path,
                 format!("log of {ll} bytes (cosnap replays logs up to 16 MiB)"),
             ));
         }
         if lo.checked_add(ll).is_none_or(|e| e > self.file_len) {
             return Err(DiskError::corrupt(
-                &path,
+                path,
                 format!(
                     "log at {lo}+{ll} lies past the end of the file ({} bytes)",
                     self.file_len
                 ),
             ));
         }
+        Ok((lo, ll))
+    }
+
+    /// The log's active entry sequence, and the file length reads may see once it is
+    /// applied. Refuses a log whose file was truncated below what it flushed.
+    fn read_active_log(&self, lo: u64, ll: u64) -> Result<(log::Replay, u64)> {
+        let h = self.header;
+        let path = self.path.as_path();
         let mut logbuf = vec![0u8; ll as usize];
         self.read_raw(&mut logbuf, lo)?;
         let replay = log::find_active(&logbuf, &h.log_guid).ok_or_else(|| {
             DiskError::corrupt(
-                &path,
+                path,
                 "the header names a log (LogGuid set) but the log has no valid entry sequence",
             )
         })?;
         if self.file_len < replay.flushed_file_offset {
             return Err(DiskError::corrupt(
-                &path,
+                path,
                 format!(
                     "truncated: the log says the file was at least {} bytes, it is {}",
                     replay.flushed_file_offset, self.file_len
@@ -462,17 +520,23 @@ impl VhdxImage {
         let limit = self.file_len.max(replay.last_file_offset);
         if replay.last_file_offset > MAX_VIRTUAL_SIZE * 2 {
             return Err(DiskError::corrupt(
-                &path,
+                path,
                 format!("log LastFileOffset {} is absurd", replay.last_file_offset),
             ));
         }
+        Ok((replay, limit))
+    }
+
+    /// Every logged write must land in the metadata area below `limit`, never in the log.
+    fn check_log_targets(&self, replay: &log::Replay, lo: u64, ll: u64, limit: u64) -> Result<()> {
+        let path = self.path.as_path();
         for op in &replay.ops {
             let start = match op {
                 LogOp::Zero { offset, .. } | LogOp::Data { offset, .. } => *offset,
             };
             if start < REGION_TABLE_OFFSETS[0] || op.end() > limit {
                 return Err(DiskError::corrupt(
-                    &path,
+                    path,
                     format!(
                         "log entry writes at {start}..{} outside the file's metadata area",
                         op.end()
@@ -481,17 +545,18 @@ impl VhdxImage {
             }
             if start < lo + ll && op.end() > lo {
                 return Err(DiskError::corrupt(
-                    &path,
+                    path,
                     "log entry writes into the log itself",
                 ));
             }
         }
-        if !self.writable {
-            self.overlay = replay.ops;
-            self.file_len = limit;
-            return Ok(());
-        }
-        // Writable: new FileWriteGuid before the first modification, replay, then clear.
+        Ok(())
+    }
+
+    /// Applies the log to the file: a new FileWriteGuid before the first modification,
+    /// the logged writes, the logged file length, then a header without the log.
+    fn replay_on_disk(&mut self, replay: &log::Replay) -> Result<()> {
+        let path = self.path.clone();
         let mut nh = self.header;
         nh.file_write_guid = Uuid::new_v4();
         self.write_header(nh)?;
@@ -598,6 +663,24 @@ impl VhdxImage {
     /// Reads the BAT and validates every entry: states, offsets inside the file, no
     /// overlap with each other or with the header section, log and regions.
     fn load_bat(&mut self) -> Result<()> {
+        self.read_bat()?;
+
+        let mut spans = self.metadata_spans();
+        let partial_chunks = self.check_bat_entries(&mut spans)?;
+        self.check_partial_chunks(partial_chunks)?;
+        check_overlaps(&self.path, &mut spans)?;
+
+        let end = spans
+            .iter()
+            .map(|s| s.1)
+            .max()
+            .unwrap_or(HEADER_SECTION_SIZE);
+        self.next_free = round_up(end.max(self.file_len), MIB);
+        Ok(())
+    }
+
+    /// The geometry the metadata implies, and the raw BAT, which the BAT region must hold.
+    fn read_bat(&mut self) -> Result<()> {
         let path = self.path.clone();
         let m = &self.meta;
         self.geo = Geometry::new(
@@ -622,6 +705,11 @@ impl VhdxImage {
         let mut raw = vec![0u8; round_up(need, LOG_SECTOR as u64) as usize];
         self.read_raw(&mut raw, self.bat_region.0)?;
         self.bat_raw = raw;
+        Ok(())
+    }
+
+    /// The file spans that are not payload: header section, log and regions.
+    fn metadata_spans(&self) -> Vec<(u64, u64, String)> {
         let mut spans: Vec<(u64, u64, String)> =
             vec![(0, HEADER_SECTION_SIZE, "header section".into())];
         if self.header.log_length > 0 {
@@ -638,6 +726,13 @@ impl VhdxImage {
                 format!("region {}", r.guid),
             ));
         }
+        spans
+    }
+
+    /// Checks every BAT entry's state and span, adding each allocated block to `spans`.
+    /// Returns the chunks that hold partially present blocks.
+    fn check_bat_entries(&self, spans: &mut Vec<(u64, u64, String)>) -> Result<BTreeSet<u64>> {
+        let path = self.path.as_path();
         let bs = self.geo.block_size;
         let has_parent = self.meta.has_parent;
         let mut partial_chunks = BTreeSet::new();
@@ -659,7 +754,7 @@ impl VhdxImage {
                     }
                     SB_PRESENT => {
                         return Err(DiskError::corrupt(
-                            &path,
+                            path,
                             format!(
                                 "BAT entry {i}: sector bitmap block present in a file without a parent"
                             ),
@@ -667,7 +762,7 @@ impl VhdxImage {
                     }
                     s => {
                         return Err(DiskError::corrupt(
-                            &path,
+                            path,
                             format!("BAT entry {i}: invalid sector bitmap state {s}"),
                         ));
                     }
@@ -688,7 +783,7 @@ impl VhdxImage {
                     if state == PAYLOAD_PARTIALLY_PRESENT {
                         if !has_parent {
                             return Err(DiskError::corrupt(
-                                &path,
+                                path,
                                 format!(
                                     "BAT entry {i}: block {block} is partially present in a file without a parent"
                                 ),
@@ -701,27 +796,25 @@ impl VhdxImage {
                 }
                 s => {
                     return Err(DiskError::corrupt(
-                        &path,
+                        path,
                         format!("BAT entry {i}: invalid payload block state {s}"),
                     ));
                 }
             }
         }
+        Ok(partial_chunks)
+    }
+
+    /// A chunk with partially present blocks needs its sector bitmap block.
+    fn check_partial_chunks(&self, partial_chunks: BTreeSet<u64>) -> Result<()> {
         for c in partial_chunks {
             if bat_state(self.entry(self.geo.bitmap_index(c))) != SB_PRESENT {
                 return Err(DiskError::corrupt(
-                    &path,
+                    &self.path,
                     format!("chunk {c} has partially present blocks but no sector bitmap block"),
                 ));
             }
         }
-        check_overlaps(&path, &mut spans)?;
-        let end = spans
-            .iter()
-            .map(|s| s.1)
-            .max()
-            .unwrap_or(HEADER_SECTION_SIZE);
-        self.next_free = round_up(end.max(self.file_len), MIB);
         Ok(())
     }
 
