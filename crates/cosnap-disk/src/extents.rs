@@ -59,9 +59,13 @@ pub fn changed_ranges_open(img: &dyn Image, stop: usize) -> Result<Vec<Range<u64
 /// layer's depth (0 = top). Inherited extents have `depth` = the chain length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainExtent {
+    /// First guest byte.
     pub offset: u64,
+    /// Length in bytes.
     pub len: u64,
+    /// What the topmost layer holding the range says.
     pub state: ExtentState,
+    /// That layer's depth (0 = top; the chain length when no layer holds it).
     pub depth: usize,
 }
 

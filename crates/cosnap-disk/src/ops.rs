@@ -461,8 +461,11 @@ pub fn changed_ranges_of(chain: &[LayerSpec], depth: usize) -> Result<Vec<Range<
 /// Facts about one image and its chain.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImageInfo {
+    /// The top layer's file.
     pub path: PathBuf,
+    /// Its format.
     pub format: Format,
+    /// Guest-visible size in bytes.
     pub virtual_size: u64,
     /// VHDX block size or qcow2 cluster size; 4096 for raw.
     pub block_size: u64,
@@ -472,6 +475,7 @@ pub struct ImageInfo {
     pub chain: Vec<PathBuf>,
 }
 
+/// Format, size and chain of the image at `path` (probed: for paths a person typed).
 pub fn info(path: &Path) -> Result<ImageInfo> {
     info_open(path, open(path, false)?)
 }

@@ -50,7 +50,31 @@ fn open_format(
     })
 }
 
-/// Opens an image and its whole parent chain (parents read-only).
+/// Opens an image and its whole parent chain (parents read-only), the format of each
+/// layer probed from its magic bytes: for paths a person named. Layers the repository
+/// records open with [`crate::open_chain`] instead.
+///
+/// # Examples
+///
+/// ```
+/// use cosnap_disk::{Format, Image, ops};
+///
+/// let dir = tempfile::tempdir()?;
+/// let base = dir.path().join("base.qcow2");
+/// let top = dir.path().join("top.qcow2");
+/// ops::create(&base, Format::Qcow2, 64 << 20)?;
+/// ops::write_pattern(&base, 0, 4096, 0xab)?;
+/// ops::create_child(&base, &top)?;
+///
+/// // Reads of the child fall through to what its parent holds.
+/// let image = ops::open(&top, false)?;
+/// let mut first = [0u8; 4];
+/// image.read_at(&mut first, 0)?;
+/// assert_eq!(image.format(), Format::Qcow2);
+/// assert_eq!(first, [0xab; 4]);
+/// assert!(image.parent().is_some());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn open(path: &Path, writable: bool) -> Result<Box<dyn Image>> {
     let format = detect_format(path)?;
     open_format(path, format, writable, &mut Vec::new())

@@ -15,21 +15,37 @@ use crate::error::{DiskError, Result};
 /// The parsed, validated header.
 #[derive(Debug, Clone)]
 pub struct Header {
+    /// 2 or 3.
     pub version: u32,
+    /// log2 of the cluster size (9..=21).
     pub cluster_bits: u32,
+    /// Guest-visible size in bytes.
     pub size: u64,
+    /// Entries in the L1 table.
     pub l1_size: u32,
+    /// Host offset of the L1 table.
     pub l1_table_offset: u64,
+    /// Host offset of the refcount table.
     pub refcount_table_offset: u64,
+    /// Clusters the refcount table spans.
     pub refcount_table_clusters: u32,
+    /// Number of internal snapshots.
     pub nb_snapshots: u32,
+    /// Host offset of the snapshot table.
     pub snapshots_offset: u64,
+    /// Incompatible feature bits (version 3).
     pub incompatible: u64,
+    /// Compatible feature bits (version 3).
     pub compatible: u64,
+    /// Autoclear feature bits (version 3; bit 0 = consistent bitmaps).
     pub autoclear: u64,
+    /// log2 of the refcount width in bits.
     pub refcount_order: u32,
+    /// Length of the fixed header (72 for version 2).
     pub header_length: u32,
+    /// The backing file name as recorded, if any.
     pub backing_file: Option<String>,
+    /// The backing file format extension, if any.
     pub backing_format: Option<String>,
     /// Bitmaps extension: (nb_bitmaps, directory_size, directory_offset).
     pub bitmaps: Option<(u32, u64, u64)>,
@@ -38,6 +54,7 @@ pub struct Header {
 }
 
 impl Header {
+    /// Cluster size in bytes.
     pub fn cluster_size(&self) -> u64 {
         1 << self.cluster_bits
     }

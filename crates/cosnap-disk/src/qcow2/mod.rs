@@ -5,7 +5,7 @@
 //! `allocation` the refcounts and the crash-ordered write path; `create` creates images
 //! and rewrites backing links; `check` checks and repairs refcounts; `compressed`
 //! inflates compressed clusters. Opening a qcow2 image with its backing chain lives in
-//! [`crate::probe`] (the probing policy) and [`crate::chain`] (recorded chains).
+//! [`crate::probe`] (the probing policy) and [`crate::chain`](mod@crate::chain) (recorded chains).
 //!
 //! Own code rather than `imago`: imago clears the autoclear feature bits on every writable
 //! open, which silently invalidates persistent dirty bitmaps (the bitmaps decision below).
@@ -48,6 +48,7 @@ pub use create::{CreateOptions, create, set_backing};
 use header::refuse_writable;
 pub use header::{Header, read_header};
 
+/// The first four bytes of every qcow2 file.
 pub const MAGIC: [u8; 4] = *b"QFI\xfb";
 const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const OFLAG_COPIED: u64 = 1 << 63;
@@ -169,10 +170,12 @@ impl Qcow2Image {
         self.backing = Some(parent);
     }
 
+    /// The validated header.
     pub fn header(&self) -> &Header {
         &self.hdr
     }
 
+    /// Cluster size in bytes.
     pub fn cluster_size(&self) -> u64 {
         self.hdr.cluster_size()
     }

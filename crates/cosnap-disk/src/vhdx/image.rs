@@ -1391,12 +1391,15 @@ impl VhdxImage {
     pub fn is_differencing(&self) -> bool {
         self.meta.has_parent
     }
+    /// Payload block size in bytes.
     pub fn block_size(&self) -> u32 {
         self.meta.block_size
     }
+    /// Logical sector size (512 or 4096).
     pub fn logical_sector_size(&self) -> u32 {
         self.meta.logical_sector_size
     }
+    /// Physical sector size (512 or 4096).
     pub fn physical_sector_size(&self) -> u32 {
         self.meta.physical_sector_size
     }
@@ -1404,6 +1407,7 @@ impl VhdxImage {
     pub fn data_write_guid(&self) -> Uuid {
         self.header.data_write_guid
     }
+    /// The VirtualDiskId metadata item.
     pub fn virtual_disk_id(&self) -> Uuid {
         self.meta.virtual_disk_id
     }
