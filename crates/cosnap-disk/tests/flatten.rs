@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use cosnap_disk::ops::{self, CancelToken, FlattenJob};
+use cosnap_disk::FlattenJob;
+use cosnap_disk::ops::{self, CancelToken};
 use cosnap_disk::{DiskError, Format};
 use cosnap_test_support::{RawModel, ok, p, qemu_check_clean, qemu_io, qemu_same};
 
@@ -102,7 +103,7 @@ fn flatten_chain_to_every_format() {
     for fmt in [Format::Raw, Format::Qcow2] {
         let dest = d.path().join(format!("flat.{fmt}"));
         let log = ProgressLog::default();
-        let reports = ops::flatten_all(
+        let reports = cosnap_disk::flatten_all(
             &[FlattenJob {
                 source: top.clone(),
                 base: None,
@@ -140,7 +141,7 @@ fn flatten_only_above_base() {
     ok("qemu-img", &["convert", "-O", "raw", p(&top), p(&expect)]);
     // Standalone delta: only the changed ranges, zeros elsewhere.
     let delta = d.path().join("delta.qcow2");
-    let rep = ops::flatten_all(
+    let rep = cosnap_disk::flatten_all(
         &[FlattenJob {
             source: top.clone(),
             base: Some(base.clone()),
@@ -170,7 +171,7 @@ fn flatten_only_above_base() {
         &["convert", "-O", "qcow2", p(&base), p(&base_copy)],
     );
     let diff = d.path().join("diff.qcow2");
-    ops::flatten_all(
+    cosnap_disk::flatten_all(
         &[FlattenJob {
             source: top.clone(),
             base: Some(base.clone()),
@@ -214,7 +215,7 @@ fn parallel_jobs_and_raw_sources() {
             });
         }
     }
-    let reports = ops::flatten_all(&jobs, 3, &|_, _| {}, &CancelToken::new()).unwrap();
+    let reports = cosnap_disk::flatten_all(&jobs, 3, &|_, _| {}, &CancelToken::new()).unwrap();
     assert_eq!(reports.len(), 6);
     for j in &jobs {
         assert_eq!(ops::compare(&j.source, &j.dest).unwrap(), None);
@@ -247,9 +248,9 @@ fn cancellation_and_failure_remove_outputs() {
             }
         };
         let r = if digested {
-            ops::flatten_all_digested(&job, 1, &stop, &cancel)
+            cosnap_disk::flatten_all_digested(&job, 1, &stop, &cancel)
         } else {
-            ops::flatten_all(&job, 1, &stop, &cancel)
+            cosnap_disk::flatten_all(&job, 1, &stop, &cancel)
         };
         assert!(
             matches!(r, Err(DiskError::Cancelled)),
@@ -261,7 +262,7 @@ fn cancellation_and_failure_remove_outputs() {
     let existing = d.path().join("existing.raw");
     std::fs::write(&existing, b"keep me").unwrap();
     let fresh = d.path().join("fresh.raw");
-    let r = ops::flatten_all(
+    let r = cosnap_disk::flatten_all(
         &[
             FlattenJob {
                 source: top.clone(),
@@ -354,7 +355,8 @@ fn digested_flatten_reports_the_outputs_sha256() {
     });
     let log = ProgressLog::default();
     let reports =
-        ops::flatten_all_digested(&jobs, 3, &|d, t| log.record(d, t), &CancelToken::new()).unwrap();
+        cosnap_disk::flatten_all_digested(&jobs, 3, &|d, t| log.record(d, t), &CancelToken::new())
+            .unwrap();
     log.assert_complete();
     for (job, rep) in jobs.iter().zip(&reports) {
         let name = job.dest.display();

@@ -3,8 +3,9 @@
 //! same bytes.
 //! One test per binary: it sets a process-wide environment variable.
 
+use cosnap_disk::FlattenJob;
 use cosnap_disk::Format;
-use cosnap_disk::ops::{self, CancelToken, FlattenJob};
+use cosnap_disk::ops::CancelToken;
 use cosnap_test_support::{ok, p, qemu_check_clean, qemu_io, qemu_same};
 
 #[test]
@@ -54,9 +55,9 @@ fn read_write_fallback_gives_the_same_bytes() {
                 dest_parent_format: None,
             }];
             let flatten = if digested {
-                ops::flatten_all_digested
+                cosnap_disk::flatten_all_digested
             } else {
-                ops::flatten_all
+                cosnap_disk::flatten_all
             };
             let reports = flatten(&job, 1, &|_, _| {}, &CancelToken::new()).unwrap();
             qemu_same(&dest, fmt.name(), &expect);
