@@ -31,9 +31,10 @@ use crate::digest::DigestAlgorithm;
 
 mod ordered;
 use crate::error::{DiskError, Result};
+use crate::extents::{chain_map, changed_ranges_open, layers, merge_ranges};
 use crate::image::{ExtentState, Format, Image};
-use crate::ops::{self, chain_map, layers, merge_ranges};
 use crate::paths::relative_path;
+use crate::probe;
 use crate::progress::{CancelToken, Progress};
 use crate::qcow2::{self, Qcow2Image};
 use crate::raw::{self, RawImage};
@@ -79,9 +80,11 @@ pub struct FlattenJob {
     /// Top layer of the chain to read.
     pub source: PathBuf,
     /// Only the ranges that changed above this ancestor are written (see
-    /// [`ops::changed_ranges`]); `None` = every allocated range of the whole chain.
+    /// [`crate::ops::changed_ranges`]); `None` = every allocated range of the whole chain.
     pub base: Option<PathBuf>,
+    /// The image to create (it must not exist).
     pub dest: PathBuf,
+    /// Its format.
     pub dest_format: Format,
     /// Makes `dest` a differencing image of this parent (VHDX child for a VHDX parent,
     /// qcow2 overlay otherwise), named by a path relative to `dest`'s directory. Ranges not
@@ -98,7 +101,7 @@ pub struct FlattenJob {
 impl FlattenJob {
     fn open_source(&self) -> Result<Box<dyn Image>> {
         if self.source_layers.is_empty() {
-            return ops::open(&self.source, false);
+            return probe::open(&self.source, false);
         }
         if self.source_layers[0].path != self.source {
             return Err(DiskError::invalid(
@@ -112,7 +115,7 @@ impl FlattenJob {
     fn dest_parent_format(&self, parent: &Path) -> Result<Format> {
         match self.dest_parent_format {
             Some(f) => Ok(f),
-            None => ops::detect_format(parent),
+            None => probe::detect_format(parent),
         }
     }
 }
@@ -120,8 +123,11 @@ impl FlattenJob {
 /// What a flatten wrote.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FlattenReport {
+    /// The image written.
     pub dest: PathBuf,
+    /// Its format.
     pub format: Format,
+    /// Its virtual size (the source's, rounded up to 512 bytes for qcow2).
     pub virtual_size: u64,
     /// Guest bytes written as data.
     pub data_bytes: u64,
@@ -187,7 +193,7 @@ fn plan(job: &FlattenJob) -> Result<Plan> {
                         format!("{} is not in this image's chain", base.display()),
                     )
                 })?;
-            ops::changed_ranges_open(source.as_ref(), depth)?
+            changed_ranges_open(source.as_ref(), depth)?
         }
     };
     let mut segs = Vec::new();

@@ -16,6 +16,7 @@ use crate::sparse;
 /// Allocation granularity reported for raw files (the usual file-system block).
 pub const RAW_GRANULARITY: u64 = 4096;
 
+/// An open raw image (a regular file or a block device).
 pub struct RawImage {
     path: PathBuf,
     file: File,
@@ -24,6 +25,7 @@ pub struct RawImage {
 }
 
 impl RawImage {
+    /// Opens the raw image at `path`, read-write if `writable`.
     pub fn open(path: &Path, writable: bool) -> Result<RawImage> {
         let file = OpenOptions::new()
             .read(true)

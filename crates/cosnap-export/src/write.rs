@@ -28,7 +28,9 @@ use crate::{ExportError, Result, cimxml, manifest, ovf};
 /// an error aborts the export), `step` names each step of the commit (the crash harness
 /// kills the process there).
 pub struct CommitHooks<'a> {
+    /// Runs once, right before the commit point; an error aborts the export.
     pub before_commit: &'a (dyn Fn(&PackageReport) -> Result<()> + Sync),
+    /// Called with the name of each commit step as it starts.
     pub step: &'a (dyn Fn(&str) + Sync),
 }
 
