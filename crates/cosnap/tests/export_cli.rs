@@ -281,6 +281,39 @@ fn full_export_import_round_trip() {
 }
 
 #[test]
+fn blake3_manifest_is_written_and_verified() {
+    let env = Env::new();
+    let (coll, vms) = env.demo();
+    let snap = env.snapshot(&coll);
+    let out = env.root.join("out-b3");
+    std::fs::create_dir(&out).unwrap();
+
+    let (path, meta) = env.export(&snap, &out, &["--subdirectory", "--digest", "blake3"]);
+    assert_eq!(meta["digest_algorithm"], "BLAKE3");
+    let mf_name = meta["manifest"].as_str().unwrap();
+    let manifest = std::fs::read_to_string(path.join(mf_name)).unwrap();
+    assert!(!manifest.is_empty());
+    for line in manifest.lines() {
+        let (tag, rest) = line.split_once('(').unwrap();
+        assert_eq!(tag, "BLAKE3", "{line}");
+        let (rel, hex) = rest.rsplit_once(")= ").unwrap();
+        let bytes = std::fs::read(path.join(rel)).unwrap();
+        assert_eq!(hex, blake3::hash(&bytes).to_hex().as_str(), "{rel}");
+    }
+    let disk = vm_disk_file(&path, &meta, &vms[0]);
+    qemu_compare(&env.frozen(&snap, &vms[0]), &disk);
+    assert!(verify(&path), "a BLAKE3 package verifies");
+
+    // One byte changed in a disk: verify checks the BLAKE3 digests, not only their form.
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"X", 0).unwrap();
+    assert!(!verify(&path), "a changed byte fails verification");
+
+    let bad = env.run(&["export", &snap, out.to_str().unwrap(), "--digest", "md5"]);
+    assert!(!bad.status.success(), "an unknown digest is refused");
+}
+
+#[test]
 fn differential_exports_against_snapshot_and_refpoint() {
     let env = Env::new();
     let (coll, vms) = env.demo();
