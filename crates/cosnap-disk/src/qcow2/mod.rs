@@ -26,12 +26,14 @@ use std::sync::{Arc, Mutex};
 use crate::error::{DiskError, Result};
 use crate::image::{Extent, ExtentState, Format, Image};
 
+pub mod bitmaps;
 mod check;
 mod compressed;
 mod create;
 
 pub use crate::image::push_extent;
 pub use crate::paths::{canonical, relative_path, resolve_backing};
+pub use bitmaps::{BitmapInfo, ChangeInfo, LostReason, dirty_ranges, list_bitmaps};
 pub use check::{check, open_standalone, repair_leaks};
 use compressed::inflate_raw;
 pub use create::{CreateOptions, create, set_backing};
