@@ -5,11 +5,13 @@
 //! - [`process`]: run a command and capture its exit code and output;
 //! - [`qemu`]: qemu-img as the oracle (check, compare) and [`require_qemu!`] for the tests
 //!   that skip where qemu is absent;
-//! - [`model`]: expected guest bytes, as a sparse raw file or in memory.
+//! - [`model`]: expected guest bytes, as a sparse raw file or in memory;
+//! - [`records`]: the consistency checker for the test guest's records.
 
 pub mod model;
 pub mod process;
 pub mod qemu;
+pub mod records;
 
 pub use model::{Model, RawModel, pattern};
 pub use process::{ok, p, run};
