@@ -86,7 +86,12 @@ pub enum RecordError {
 impl fmt::Display for RecordError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RecordError::Torn { vm, disk, index, why } => {
+            RecordError::Torn {
+                vm,
+                disk,
+                index,
+                why,
+            } => {
                 write!(f, "{vm}/{disk}: record {index} is torn: {why}")
             }
             RecordError::Gap {
@@ -284,6 +289,12 @@ pub fn check_cause(leader: &VmRecords, follower: &VmRecords) -> Result<(), Recor
     }
 }
 
+/// A reader over a raw image file (e.g. `qemu-img convert -U -O raw` output).
+pub fn file_reader(file: &std::fs::File) -> impl FnMut(&mut [u8], u64) -> io::Result<()> + '_ {
+    use std::os::unix::fs::FileExt;
+    move |buf, offset| file.read_exact_at(buf, offset)
+}
+
 /// A reader over an in-memory disk, for tests that build images by hand.
 pub fn slice_reader(bytes: &[u8]) -> impl FnMut(&mut [u8], u64) -> io::Result<()> + '_ {
     move |buf, offset| {
@@ -307,8 +318,12 @@ mod tests {
         let mut bytes = vec![0u8; DISK as usize];
         for n in 0..count {
             let at = (n * RECORD_BYTES) as usize;
-            bytes[at..at + RECORD_BYTES as usize]
-                .copy_from_slice(&record_bytes(vm, disk, n, n + peer_offset));
+            bytes[at..at + RECORD_BYTES as usize].copy_from_slice(&record_bytes(
+                vm,
+                disk,
+                n,
+                n + peer_offset,
+            ));
         }
         bytes
     }
@@ -426,8 +441,14 @@ mod tests {
         check_vm(&vm("a", &[5, 4], None)).unwrap();
         check_vm(&vm("a", &[5, 5, 4], None)).unwrap();
         assert!(check_vm(&vm("a", &[5, 3], None)).is_err(), "2 apart");
-        assert!(check_vm(&vm("a", &[4, 5], None)).is_err(), "later disk ahead");
-        assert!(check_vm(&vm("a", &[5, 4, 5], None)).is_err(), "out of order");
+        assert!(
+            check_vm(&vm("a", &[4, 5], None)).is_err(),
+            "later disk ahead"
+        );
+        assert!(
+            check_vm(&vm("a", &[5, 4, 5], None)).is_err(),
+            "out of order"
+        );
     }
 
     #[test]
@@ -437,7 +458,14 @@ mod tests {
         check_cause(&leader, &vm("foll", &[0, 0], None)).unwrap();
         let err = check_cause(&leader, &vm("foll", &[4, 4], Some(9))).unwrap_err();
         assert!(
-            matches!(err, RecordError::PeerAhead { peer: 9, leader_min_count: 9, .. }),
+            matches!(
+                err,
+                RecordError::PeerAhead {
+                    peer: 9,
+                    leader_min_count: 9,
+                    ..
+                }
+            ),
             "{err}"
         );
     }
