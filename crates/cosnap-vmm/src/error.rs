@@ -51,7 +51,11 @@ pub enum VmmError {
     Graph { vm: String, what: String },
 
     #[error("VM {vm}: block job {job} failed: {desc}")]
-    Job { vm: String, job: String, desc: String },
+    Job {
+        vm: String,
+        job: String,
+        desc: String,
+    },
 
     #[error("VM {vm}: {what} timed out after {seconds} s")]
     Timeout {

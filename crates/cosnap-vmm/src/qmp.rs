@@ -99,7 +99,11 @@ macro_rules! qmp_command {
 pub struct QueryNamedBlockNodes {
     pub flat: bool,
 }
-qmp_command!(QueryNamedBlockNodes, "query-named-block-nodes", Vec<NamedNode>);
+qmp_command!(
+    QueryNamedBlockNodes,
+    "query-named-block-nodes",
+    Vec<NamedNode>
+);
 
 #[derive(Debug, Deserialize)]
 pub struct NamedNode {

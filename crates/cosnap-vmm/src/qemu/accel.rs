@@ -42,8 +42,25 @@ pub fn probe(kernel: &Path) -> Accelerator {
     }
 
     let spawned = Command::new(QEMU_PROGRAM)
-        .args(["-machine", "q35,accel=kvm", "-cpu", "host", "-m", "128", "-smp", "1"])
-        .args(["-nodefaults", "-display", "none", "-vga", "none", "-no-reboot", "-kernel"])
+        .args([
+            "-machine",
+            "q35,accel=kvm",
+            "-cpu",
+            "host",
+            "-m",
+            "128",
+            "-smp",
+            "1",
+        ])
+        .args([
+            "-nodefaults",
+            "-display",
+            "none",
+            "-vga",
+            "none",
+            "-no-reboot",
+            "-kernel",
+        ])
         .arg(kernel)
         .args(["-append", "panic=-1 root=/dev/null"])
         .stdin(Stdio::null())

@@ -196,7 +196,12 @@ fn serial_args(launch: &VmLaunch, run: &RunPaths) -> Vec<String> {
                 escape_opt(&path_text(path))
             ),
         };
-        args.extend(["-chardev".into(), chardev, "-serial".into(), "chardev:com2".into()]);
+        args.extend([
+            "-chardev".into(),
+            chardev,
+            "-serial".into(),
+            "chardev:com2".into(),
+        ]);
     }
     args
 }
@@ -208,7 +213,8 @@ fn disk_args(disk: usize, chain: &DiskChain, boot_from_it: bool) -> Vec<String> 
     for (index, layer) in chain.layers.iter().enumerate() {
         let node = layer_node(disk, index);
         let file = json!({"driver": "file", "filename": path_text(&layer.path), "node-name": format!("{node}f")});
-        let mut format = json!({"driver": layer.format.driver(), "file": format!("{node}f"), "node-name": node});
+        let mut format =
+            json!({"driver": layer.format.driver(), "file": format!("{node}f"), "node-name": node});
         if layer.format == LayerFormat::Qcow2 {
             format["backing"] = match index {
                 0 => serde_json::Value::Null,
@@ -290,13 +296,29 @@ mod tests {
     #[test]
     fn chain_layers_become_named_nodes_with_explicit_backing() {
         let chain = DiskChain {
-            layers: vec![layer("/d/base.vhdx", LayerFormat::Vhdx), layer("/d/top.qcow2", LayerFormat::Qcow2)],
+            layers: vec![
+                layer("/d/base.vhdx", LayerFormat::Vhdx),
+                layer("/d/top.qcow2", LayerFormat::Qcow2),
+            ],
         };
-        let args = qemu_args(&launch(vec![chain]), Accelerator::Tcg, &RunPaths::new(Path::new("/run/x"))).unwrap();
+        let args = qemu_args(
+            &launch(vec![chain]),
+            Accelerator::Tcg,
+            &RunPaths::new(Path::new("/run/x")),
+        )
+        .unwrap();
         let text = args.join(" ");
 
-        assert!(text.contains(r#"{"driver":"vhdx","file":"d0l0f","node-name":"d0l0"}"#), "{text}");
-        assert!(text.contains(r#"{"backing":"d0l0","driver":"qcow2","file":"d0l1f","node-name":"d0l1"}"#), "{text}");
+        assert!(
+            text.contains(r#"{"driver":"vhdx","file":"d0l0f","node-name":"d0l0"}"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"{"backing":"d0l0","driver":"qcow2","file":"d0l1f","node-name":"d0l1"}"#
+            ),
+            "{text}"
+        );
         assert!(text.contains("virtio-blk-pci,drive=d0l1,id=disk0"));
         assert!(text.contains("accel=tcg"));
         assert!(text.contains("path=/run/x/com2,,s,server=on"));
@@ -305,9 +327,14 @@ mod tests {
 
     #[test]
     fn relative_and_vhdx_child_layers_are_refused() {
-        let relative = DiskChain { layers: vec![layer("base.qcow2", LayerFormat::Qcow2)] };
+        let relative = DiskChain {
+            layers: vec![layer("base.qcow2", LayerFormat::Qcow2)],
+        };
         let vhdx_child = DiskChain {
-            layers: vec![layer("/b.vhdx", LayerFormat::Vhdx), layer("/c.avhdx", LayerFormat::Vhdx)],
+            layers: vec![
+                layer("/b.vhdx", LayerFormat::Vhdx),
+                layer("/c.avhdx", LayerFormat::Vhdx),
+            ],
         };
         let run = RunPaths::new(Path::new("/run/x"));
 
@@ -317,8 +344,15 @@ mod tests {
 
     #[test]
     fn a_qcow2_base_opens_no_backing_from_its_header() {
-        let chain = DiskChain { layers: vec![layer("/d/a.qcow2", LayerFormat::Qcow2)] };
-        let args = qemu_args(&launch(vec![chain]), Accelerator::Kvm, &RunPaths::new(Path::new("/run/x"))).unwrap();
+        let chain = DiskChain {
+            layers: vec![layer("/d/a.qcow2", LayerFormat::Qcow2)],
+        };
+        let args = qemu_args(
+            &launch(vec![chain]),
+            Accelerator::Kvm,
+            &RunPaths::new(Path::new("/run/x")),
+        )
+        .unwrap();
 
         assert!(args.iter().any(|a| a.contains(r#""backing":null"#)));
         assert!(args.join(" ").contains("-cpu host"));

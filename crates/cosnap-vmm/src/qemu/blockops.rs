@@ -81,7 +81,9 @@ fn finish_job(q: &mut QmpClient, job: &str) -> Result<()> {
         .into_iter()
         .find(|j| j.id == job)
         .and_then(|j| j.error);
-    q.execute(&qmp::job_dismiss { id: job.to_string() })?;
+    q.execute(&qmp::job_dismiss {
+        id: job.to_string(),
+    })?;
     match error {
         Some(desc) => Err(VmmError::Job {
             vm: q.vm().to_string(),
@@ -138,10 +140,12 @@ pub fn merge_bitmaps(
     let node = graph::node_of_path(q, layer)?;
     let mut bitmaps = Vec::with_capacity(sources.len());
     for (source_layer, name) in sources {
-        bitmaps.push(qmp::BlockDirtyBitmapOrStr::external(qmp::BlockDirtyBitmap {
-            node: graph::node_of_path(q, source_layer)?,
-            name: name.clone(),
-        }));
+        bitmaps.push(qmp::BlockDirtyBitmapOrStr::external(
+            qmp::BlockDirtyBitmap {
+                node: graph::node_of_path(q, source_layer)?,
+                name: name.clone(),
+            },
+        ));
     }
     q.execute(&qmp::block_dirty_bitmap_merge(qmp::BlockDirtyBitmapMerge {
         node,

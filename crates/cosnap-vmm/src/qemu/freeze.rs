@@ -51,12 +51,19 @@ pub fn group_freeze(hv: &QemuHypervisor, requests: &[FreezeRequest]) -> Result<F
     let mut pause = PauseGuard::new(clients);
     let switched = pause.switch(requests, &plans);
     let resumed = pause.resume_all();
-    finish(requests, &plans, pause, switched, resumed)
+    let outcome = finish(requests, &plans, pause, switched, resumed);
+
+    // Connections live for one operation (see `Session`).
+    guards.iter_mut().for_each(|guard| **guard = None);
+    outcome
 }
 
 fn check_distinct(requests: &[FreezeRequest]) -> Result<()> {
     for (index, request) in requests.iter().enumerate() {
-        if requests[..index].iter().any(|r| r.vm.run_dir == request.vm.run_dir) {
+        if requests[..index]
+            .iter()
+            .any(|r| r.vm.run_dir == request.vm.run_dir)
+        {
             return Err(VmmError::InvalidLaunch(format!(
                 "VM {} is listed twice in one group freeze",
                 request.vm.name
@@ -227,7 +234,10 @@ impl Drop for PauseGuard<'_> {
     fn drop(&mut self) {
         for (client, paused) in self.clients.iter_mut().zip(&self.paused) {
             if *paused && let Err(error) = client.execute(&qmp::cont {}) {
-                tracing::error!(vm = client.vm(), "could not resume a VM after a group freeze: {error}");
+                tracing::error!(
+                    vm = client.vm(),
+                    "could not resume a VM after a group freeze: {error}"
+                );
             }
         }
     }
@@ -240,7 +250,12 @@ fn finish(
     switched: Switched,
     resumed: Vec<Result<Instant>>,
 ) -> Result<FreezeReport> {
-    let names = |upto: usize| requests[..upto].iter().map(|r| r.vm.name.clone()).collect::<Vec<_>>();
+    let names = |upto: usize| {
+        requests[..upto]
+            .iter()
+            .map(|r| r.vm.name.clone())
+            .collect::<Vec<_>>()
+    };
 
     if let Some((index, error)) = switched.failure {
         let count = switched.count;

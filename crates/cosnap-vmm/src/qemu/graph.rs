@@ -65,7 +65,10 @@ pub fn active_node(q: &mut QmpClient, disk: usize) -> Result<String> {
     q.execute(&QueryBlock {})?
         .into_iter()
         .filter(|block| {
-            block.qdev.as_deref().is_some_and(|qdev| qdev == device || qdev.starts_with(&prefix))
+            block
+                .qdev
+                .as_deref()
+                .is_some_and(|qdev| qdev == device || qdev.starts_with(&prefix))
         })
         .find_map(|block| block.inserted.and_then(|i| i.node_name))
         .ok_or_else(|| VmmError::Graph {

@@ -26,7 +26,9 @@ use args::RunPaths;
 /// How long a forced stop waits for QEMU to exit after `quit` before SIGKILL.
 const QUIT_GRACE: Duration = Duration::from_secs(10);
 
-/// One VM's QMP session, connected on first use and dropped when the connection breaks.
+/// One VM's QMP session slot. QEMU serves one QMP client at a time, and other cosnap processes
+/// (the CLI beside the server, a restarted cosnap) need the socket too, so a connection lives
+/// for one operation only; the mutex serialises this process's operations on the VM.
 type Session = Arc<Mutex<Option<QmpClient>>>;
 
 /// The QEMU/QMP [`Hypervisor`].
@@ -50,17 +52,17 @@ impl QemuHypervisor {
         Arc::clone(sessions.entry(vm.run_dir.clone()).or_default())
     }
 
-    /// Runs `work` on the VM's QMP session, connecting first if needed. A VM whose process is
-    /// gone is [`VmmError::NotRunning`]; a broken connection is dropped so the next call
-    /// reconnects.
-    fn with_qmp<T>(&self, vm: &VmHandle, work: impl FnOnce(&mut QmpClient) -> Result<T>) -> Result<T> {
+    /// Runs `work` on a QMP connection to the VM, closed again afterwards. A VM whose process
+    /// is gone is [`VmmError::NotRunning`].
+    fn with_qmp<T>(
+        &self,
+        vm: &VmHandle,
+        work: impl FnOnce(&mut QmpClient) -> Result<T>,
+    ) -> Result<T> {
         let session = self.session(vm);
         let mut guard = lock(&session);
-        let client = connected(vm, &mut guard)?;
-        let result = work(client);
-        if matches!(result, Err(VmmError::QmpIo { .. })) {
-            *guard = None;
-        }
+        let result = connected(vm, &mut guard).and_then(work);
+        *guard = None;
         result
     }
 }
@@ -74,7 +76,9 @@ fn connected<'a>(vm: &VmHandle, slot: &'a mut Option<QmpClient>) -> Result<&'a m
     let run = RunPaths::new(&vm.run_dir);
     if !process::is_our_qemu(vm.pid, &run) {
         *slot = None;
-        return Err(VmmError::NotRunning { vm: vm.name.clone() });
+        return Err(VmmError::NotRunning {
+            vm: vm.name.clone(),
+        });
     }
     if slot.is_none() {
         *slot = Some(QmpClient::connect(&vm.name, &run.qmp_socket())?);
@@ -96,8 +100,6 @@ impl Hypervisor for QemuHypervisor {
         let pid = process::spawn(&launch.name, &qemu_args, &run)?;
         tracing::info!(vm = %launch.name, pid, accel = accel.name(), "started QEMU");
 
-        // A stale session of an earlier run of this directory must not be reused.
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&run_dir);
         Ok(VmHandle {
             name: launch.name.clone(),
             run_dir,
@@ -161,7 +163,8 @@ impl Hypervisor for QemuHypervisor {
                 }
                 Err(VmmError::Timeout {
                     vm: vm.name.clone(),
-                    what: "guest shutdown (the guest ignored the power button; stop it by force)".into(),
+                    what: "guest shutdown (the guest ignored the power button; stop it by force)"
+                        .into(),
                     seconds: timeout.as_secs(),
                 })
             }

@@ -23,10 +23,16 @@ const SOCKET_TIMEOUT: Duration = Duration::from_secs(60);
 pub fn spawn(vm: &str, args: &[String], run: &RunPaths) -> Result<i32> {
     prepare_run_dir(run)?;
     let log = File::create(run.stderr_log()).map_err(|e| VmmError::io(run.stderr_log(), e))?;
-    let log_err = log.try_clone().map_err(|e| VmmError::io(run.stderr_log(), e))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| VmmError::io(run.stderr_log(), e))?;
 
     let mut command = Command::new(QEMU_PROGRAM);
-    command.args(args).stdin(Stdio::null()).stdout(log).stderr(log_err);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err);
     // SAFETY: setsid is async-signal-safe; the child leaves cosnap's session so that a signal
     // to cosnap's process group (Ctrl-C, a test harness) does not take the VM with it.
     unsafe {
@@ -62,7 +68,9 @@ fn prepare_run_dir(run: &RunPaths) -> Result<()> {
 
     for stale in [run.qmp_socket(), run.console_socket(), run.pidfile()] {
         match fs::remove_file(&stale) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(VmmError::io(stale, e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(VmmError::io(stale, e));
+            }
             _ => {}
         }
     }
@@ -98,7 +106,9 @@ pub fn is_our_qemu(pid: i32, run: &RunPaths) -> bool {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
     if matches!(state, Some('Z' | 'X') | None) {
         return false;
     }
