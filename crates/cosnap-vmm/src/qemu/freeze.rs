@@ -161,9 +161,37 @@ fn transaction(plan: &[PlannedDisk]) -> qmp::transaction {
 
 /// What happened between the pause and the resume.
 struct Switched {
-    /// How many VMs (in request order) were switched before a failure.
-    count: usize,
+    /// Per VM (request order): whether its transaction committed.
+    done: Vec<bool>,
+    /// The first failure, by request index.
     failure: Option<(usize, VmmError)>,
+}
+
+/// Runs `step` on every client at once, one thread each: a phase of the freeze costs the
+/// slowest VM's answer, not the sum of all.
+fn each_vm<T: Send>(
+    clients: &mut [&mut QmpClient],
+    step: impl Fn(usize, &mut QmpClient) -> T + Sync,
+) -> Vec<T> {
+    if let [client] = clients {
+        return vec![step(0, client)];
+    }
+    std::thread::scope(|scope| {
+        let step = &step;
+        let threads: Vec<_> = clients
+            .iter_mut()
+            .enumerate()
+            .map(|(index, client)| scope.spawn(move || step(index, client)))
+            .collect();
+        threads
+            .into_iter()
+            .map(|thread| {
+                thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
 }
 
 /// Holds the paused VMs; whatever happens, dropping it resumes every VM still paused.
@@ -185,47 +213,56 @@ impl<'a> PauseGuard<'a> {
         }
     }
 
-    /// Pauses every VM, then switches them one transaction each; stops at the first failure.
+    /// Pauses every VM; once all stand still, runs every VM's transaction.
     fn switch(&mut self, requests: &[FreezeRequest], plans: &[Vec<PlannedDisk>]) -> Switched {
+        let count = self.clients.len();
         self.started = Instant::now();
-        for index in 0..self.clients.len() {
-            if let Err(error) = self.clients[index].execute(&qmp::stop {}) {
-                return Switched {
-                    count: 0,
-                    failure: Some((index, error)),
-                };
+        let stops = each_vm(&mut self.clients, |_, client| {
+            client.execute(&qmp::stop {}).map(|_| Instant::now())
+        });
+        let mut failure = None;
+        for (index, stop) in stops.into_iter().enumerate() {
+            match stop {
+                Ok(at) => {
+                    self.paused[index] = true;
+                    self.paused_at[index] = Some(at);
+                }
+                Err(error) => failure = failure.or(Some((index, error))),
             }
-            self.paused[index] = true;
-            self.paused_at[index] = Some(Instant::now());
+        }
+        if failure.is_some() {
+            return Switched {
+                done: vec![false; count],
+                failure,
+            };
         }
 
-        for (index, plan) in plans.iter().enumerate() {
-            if let Err(error) = self.clients[index].execute(&transaction(plan)) {
-                tracing::warn!(vm = %requests[index].vm.name, "group freeze transaction failed: {error}");
-                return Switched {
-                    count: index,
-                    failure: Some((index, error)),
-                };
+        let results = each_vm(&mut self.clients, |index, client| {
+            client.execute(&transaction(&plans[index]))
+        });
+        let mut done = vec![false; count];
+        for (index, result) in results.into_iter().enumerate() {
+            match result {
+                Ok(_) => done[index] = true,
+                Err(error) => {
+                    tracing::warn!(vm = %requests[index].vm.name, "group freeze transaction failed: {error}");
+                    failure = failure.or(Some((index, error)));
+                }
             }
         }
-        Switched {
-            count: plans.len(),
-            failure: None,
-        }
+        Switched { done, failure }
     }
 
     /// Resumes every paused VM; per VM the time its `cont` was answered, or the error.
     fn resume_all(&mut self) -> Vec<Result<Instant>> {
-        let mut resumed = Vec::with_capacity(self.clients.len());
-        for index in 0..self.clients.len() {
-            if !self.paused[index] {
-                resumed.push(Ok(Instant::now()));
-                continue;
+        let paused = self.paused.clone();
+        let resumed = each_vm(&mut self.clients, |index, client| {
+            if !paused[index] {
+                return Ok(Instant::now());
             }
-            let result = self.clients[index].execute(&qmp::cont {});
-            self.paused[index] = false;
-            resumed.push(result.map(|_| Instant::now()));
-        }
+            client.execute(&qmp::cont {}).map(|_| Instant::now())
+        });
+        self.paused.iter_mut().for_each(|p| *p = false);
         resumed
     }
 }
@@ -250,19 +287,22 @@ fn finish(
     switched: Switched,
     resumed: Vec<Result<Instant>>,
 ) -> Result<FreezeReport> {
-    let names = |upto: usize| {
-        requests[..upto]
-            .iter()
-            .map(|r| r.vm.name.clone())
-            .collect::<Vec<_>>()
-    };
+    let switched_names: Vec<String> = requests
+        .iter()
+        .zip(&switched.done)
+        .filter(|(_, done)| **done)
+        .map(|(request, _)| request.vm.name.clone())
+        .collect();
 
     if let Some((index, error)) = switched.failure {
-        let count = switched.count;
-        remove_overlays(&mut pause.clients[count..], &plans[count..]);
+        for (position, client) in pause.clients.iter_mut().enumerate() {
+            if !switched.done[position] {
+                remove_overlays(&mut [&mut **client], std::slice::from_ref(&plans[position]));
+            }
+        }
         return Err(VmmError::Freeze {
             vm: requests[index].vm.name.clone(),
-            switched: names(count),
+            switched: switched_names,
             source: Box::new(error),
         });
     }
@@ -272,7 +312,7 @@ fn finish(
     for (index, result) in resumed.into_iter().enumerate() {
         let at = result.map_err(|error| VmmError::Freeze {
             vm: requests[index].vm.name.clone(),
-            switched: names(requests.len()),
+            switched: switched_names.clone(),
             source: Box::new(error),
         })?;
         last_resume = last_resume.max(at);
