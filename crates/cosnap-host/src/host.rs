@@ -147,6 +147,7 @@ impl Host {
     fn recover(&self) -> Result<()> {
         let _lock = self.lock()?;
         let conn = self.db();
+        self.recover_live_creates(&conn)?;
         journal::recover(&conn)?;
         let now = now_ms();
         // Jobs whose owner process is gone.
@@ -687,17 +688,24 @@ impl Host {
                 .map(|m| load_vm(&conn, m))
                 .collect::<Result<_>>()?
         };
+        let running = self.running_members(&vms)?;
         let mut children: Vec<(String, u32, PathBuf, PathBuf, Format)> = Vec::new(); // vm, idx, parent, child, fmt
         for vm in &vms {
             let dir = repo::vm_disk_dir(&self.inner.data_dir, &vm.id);
             for d in &vm.disks {
-                let (ext, fmt) = child_ext(d.format);
+                let (ext, fmt) = if running.contains_key(&vm.id) {
+                    crate::live::overlay_format()
+                } else {
+                    child_ext(d.format)
+                };
                 let child = dir.join(format!("{}.{ext}", new_guid().to_ascii_lowercase()));
                 children.push((vm.id.clone(), d.index, d.path.clone(), child, fmt));
             }
         }
+        let members = crate::live::members(&vms, &running, &children);
         let plan = Plan::Create {
             created: children.iter().map(|c| c.3.clone()).collect(),
+            live: crate::live::switches(&vms, &members),
         };
         let jid = {
             let conn = self.db();
@@ -717,13 +725,17 @@ impl Host {
             let _ = journal::remove(&host.db(), jid);
         };
         let total = children.len().max(1);
-        for (i, (_, _, parent, child, _)) in children.iter().enumerate() {
+        for (i, (vm_id, _, parent, child, _)) in children.iter().enumerate() {
             let step = (|| -> Result<()> {
                 if let Some(ctx) = ctx {
                     ctx.check_cancel()?;
                 }
                 self.create_layer_dir(child)?;
-                cosnap_disk::create_child_of(&self.disk_chain(parent)?, child)?;
+                if running.contains_key(vm_id) {
+                    cosnap_disk::create_qcow2_overlay_of(&self.disk_chain(parent)?, child)?;
+                } else {
+                    cosnap_disk::create_child_of(&self.disk_chain(parent)?, child)?;
+                }
                 crate::modes::make_private_file(child)?;
                 if let Ok(f) = std::fs::File::open(child) {
                     f.sync_all()?;
@@ -749,6 +761,21 @@ impl Host {
             return Err(e);
         }
         let sid = new_guid();
+        let bitmap =
+            (snapshot_type == SNAPSHOT_RECOVERY).then(|| crate::live::snapshot_bitmap(&sid));
+        crash_point("create.before-freeze");
+        let frozen = match self.freeze_running(&members, bitmap.as_deref()) {
+            Ok(report) => report,
+            Err((e, kept)) => {
+                for c in children.iter().filter(|c| !kept.contains(&c.3)) {
+                    let _ = journal::delete_file(&c.3);
+                }
+                let _ = journal::remove(&self.db(), jid);
+                return Err(e);
+            }
+        };
+        crash_point("create.frozen");
+        let pause_window_us = frozen.as_ref().map(|r| r.pause_window_us as i64);
         let now = now_ms();
         let result = (|| -> Result<()> {
             let mut conn = self.db();
@@ -759,8 +786,8 @@ impl Host {
                 })?;
             let name = format!("{} - ({})", coll.name, rfc3339(now));
             tx.execute(
-                "INSERT INTO snapshots (id, collection_id, name, snapshot_type, created, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![sid, coll.id, name, snapshot_type, now, seq],
+                "INSERT INTO snapshots (id, collection_id, name, snapshot_type, created, seq, pause_window_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![sid, coll.id, name, snapshot_type, now, seq, pause_window_us],
             )?;
             for vm in &vms {
                 let vssd = format!("Microsoft:{}", new_guid());
@@ -796,7 +823,16 @@ impl Host {
             Ok(())
         })();
         if let Err(e) = result {
-            rollback(self);
+            if frozen.is_none() {
+                rollback(self);
+            } else {
+                // The running members write to their overlays now: those stay, recorded.
+                let kept = self.keep_switched_overlays(&members)?;
+                for c in children.iter().filter(|c| !kept.contains(&c.3)) {
+                    let _ = journal::delete_file(&c.3);
+                }
+                let _ = journal::remove(&self.db(), jid);
+            }
             return Err(e);
         }
         crash_point("create.committed");
@@ -888,6 +924,8 @@ impl Host {
     /// after it the merge always runs to the end (a half-merged layer cannot be un-merged).
     pub fn destroy_snapshot_now(&self, id: &str, ctx: Option<&crate::JobCtx>) -> Result<()> {
         let _lock = self.lock()?;
+        let members = self.snapshot_members(&self.snapshot(id)?)?;
+        self.refuse_while_running(&members, "DestroySnapshot")?;
         let mut conn = self.db();
         let snap = load_snapshot(&conn, &norm_id(id))?;
         Self::check_not_in_use(&conn, &snap.id, "snapshot collection")?;
@@ -950,6 +988,7 @@ impl Host {
     pub fn check_apply_snapshot(&self, id: &str) -> Result<Snapshot> {
         let snap = self.snapshot(id)?;
         Self::check_not_in_use(&self.db(), &snap.id, "snapshot collection")?;
+        self.refuse_while_running(&self.snapshot_members(&snap)?, "ApplySnapshot")?;
         Ok(snap)
     }
 
@@ -985,6 +1024,7 @@ impl Host {
                 .collect::<Result<Vec<_>>>()?;
             (snap, vms)
         };
+        self.refuse_while_running(&vms, "ApplySnapshot")?;
         let mut created = Vec::new(); // (vm, idx, frozen, child, fmt)
         for sv in &snap.vms {
             let dir = repo::vm_disk_dir(&self.inner.data_dir, &sv.vm_id);
@@ -1738,11 +1778,17 @@ fn settings_of(text: &str) -> Result<VmSettings> {
 }
 
 pub(crate) fn load_snapshot(conn: &Connection, id: &str) -> Result<Snapshot> {
-    let (collection_id, name, snapshot_type, created_ms): (String, String, u16, i64) = conn
+    let (collection_id, name, snapshot_type, created_ms, pause_window_us): (
+        String,
+        String,
+        u16,
+        i64,
+        Option<i64>,
+    ) = conn
         .query_row(
-            "SELECT collection_id, name, snapshot_type, created FROM snapshots WHERE id = ?1",
+            "SELECT collection_id, name, snapshot_type, created, pause_window_us FROM snapshots WHERE id = ?1",
             [id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
         .optional()?
         .ok_or_else(|| HostError::not_found(format!("no snapshot collection with id {id}")))?;
@@ -1802,6 +1848,7 @@ pub(crate) fn load_snapshot(conn: &Connection, id: &str) -> Result<Snapshot> {
         created: rfc3339(created_ms),
         created_ms,
         vms,
+        pause_window_us: pause_window_us.map(|us| us as u64),
     })
 }
 

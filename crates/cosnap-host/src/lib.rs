@@ -63,6 +63,7 @@ pub mod import;
 pub mod jobs;
 pub mod journal;
 pub mod libvirt;
+pub mod live;
 pub mod model;
 pub mod modes;
 pub mod options;

@@ -182,6 +182,9 @@ pub struct Snapshot {
     pub created: String,
     pub created_ms: i64,
     pub vms: Vec<SnapshotVm>,
+    /// For a snapshot of running VMs: from the first pause to the last resume, in µs.
+    #[serde(default)]
+    pub pause_window_us: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

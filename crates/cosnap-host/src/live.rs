@@ -1,0 +1,433 @@
+//! Collection-snapshot steps for member VMs whose QEMU runs, through the `Hypervisor` trait:
+//! which members run, their new qcow2 layers, and the group freeze that switches them all at
+//! one point in time.
+//!
+//! A running VM's new active layer is always a qcow2 overlay (QEMU cannot run on `.avhdx`),
+//! created by cosnap beforehand with the recorded parent path and format, so the repository
+//! stays the source of formats and parents. For a recovery snapshot the new layer gets a
+//! persistent dirty bitmap named after the snapshot in the same QMP transaction: the change
+//! information the next differential export reads.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cosnap_disk::{ExtentState, Format, Image};
+use cosnap_vmm::{
+    DiskFreeze, FreezeReport, FreezeRequest, Hypervisor, VmHandle, VmState, VmmError,
+};
+use rusqlite::{Connection, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+
+use crate::Host;
+use crate::error::{HostError, Result};
+use crate::journal::Plan;
+use crate::model::Vm;
+
+/// Where a VM's QEMU keeps its pid file, sockets and logs.
+pub fn vm_run_dir(data_dir: &Path, vm_id: &str) -> PathBuf {
+    data_dir.join("run").join(vm_id)
+}
+
+/// The name of the persistent bitmap a recovery snapshot puts on each new layer.
+pub fn snapshot_bitmap(snapshot_id: &str) -> String {
+    format!("cosnap-{}", snapshot_id.to_ascii_lowercase())
+}
+
+/// The hypervisor the host drives, shared by the jobs that use it.
+#[derive(Clone)]
+pub struct HypervisorHandle(pub Arc<dyn Hypervisor>);
+
+impl std::fmt::Debug for HypervisorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HypervisorHandle")
+    }
+}
+
+/// A hypervisor failure as a host error; a VM that is gone is an invalid state.
+pub fn vmm_error(error: VmmError) -> HostError {
+    match error {
+        VmmError::NotRunning { .. } => HostError::state(error.to_string()),
+        other => HostError::Failed(other.to_string()),
+    }
+}
+
+/// The VM's handle when its QEMU runs (running or paused); `None` when it is off.
+pub fn running_handle(hv: &dyn Hypervisor, data_dir: &Path, vm: &Vm) -> Result<Option<VmHandle>> {
+    let run_dir = vm_run_dir(data_dir, &vm.id);
+    let handle = match hv.attach(&vm.name, &run_dir) {
+        Ok(handle) => handle,
+        Err(VmmError::NotAttached { .. } | VmmError::NotRunning { .. }) => return Ok(None),
+        Err(VmmError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None);
+        }
+        Err(other) => return Err(vmm_error(other)),
+    };
+
+    match hv.state(&handle).map_err(vmm_error)? {
+        VmState::Off => Ok(None),
+        VmState::Running | VmState::Paused => Ok(Some(handle)),
+    }
+}
+
+/// One disk of a running member: its active layer and the overlay that will replace it.
+#[derive(Debug, Clone)]
+pub struct LiveDisk {
+    /// The disk's slot in the repository.
+    pub index: u32,
+    /// Its position in the VM's launch order (the hypervisor's disk number).
+    pub position: usize,
+    pub active: PathBuf,
+    pub overlay: PathBuf,
+}
+
+/// A running member VM and its disks' new layers.
+#[derive(Debug, Clone)]
+pub struct LiveMember {
+    pub vm_id: String,
+    pub handle: VmHandle,
+    pub disks: Vec<LiveDisk>,
+}
+
+/// The format and file name extension of a running VM's new layer, whatever its parent is.
+pub fn overlay_format() -> (&'static str, Format) {
+    ("qcow2", Format::Qcow2)
+}
+
+/// Switches every running member onto its overlays at one point in time (pause all, one
+/// transaction per VM, resume all; the hypervisor resumes them on every path).
+///
+/// On a failure after some VMs switched, returns the ids of those VMs with the error: their
+/// disks now write to the overlays, which the caller must record as their active layers.
+pub fn freeze(
+    hv: &dyn Hypervisor,
+    members: &[LiveMember],
+    bitmap: Option<&str>,
+) -> std::result::Result<FreezeReport, FreezeFailure> {
+    let requests: Vec<FreezeRequest> = members
+        .iter()
+        .map(|m| FreezeRequest {
+            vm: m.handle.clone(),
+            disks: m
+                .disks
+                .iter()
+                .map(|d| DiskFreeze {
+                    disk: d.position,
+                    overlay: d.overlay.clone(),
+                    bitmap: bitmap.map(str::to_owned),
+                })
+                .collect(),
+        })
+        .collect();
+
+    hv.group_freeze(&requests).map_err(|error| {
+        let switched_names = match &error {
+            VmmError::Freeze { switched, .. } => switched.clone(),
+            _ => Vec::new(),
+        };
+        let switched = members
+            .iter()
+            .filter(|m| switched_names.contains(&m.handle.name))
+            .map(|m| m.vm_id.clone())
+            .collect();
+        FreezeFailure {
+            switched,
+            error: vmm_error(error),
+        }
+    })
+}
+
+/// A group freeze that failed; `switched` members' disks did switch to their overlays.
+#[derive(Debug)]
+pub struct FreezeFailure {
+    pub switched: Vec<String>,
+    pub error: HostError,
+}
+
+/// One running VM of an interrupted CreateSnapshot, as its journal row keeps it: recovery asks
+/// the hypervisor which overlays became active before it deletes any.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LiveSwitch {
+    pub vm_id: String,
+    pub vm_name: String,
+    /// (disk slot, old active layer, overlay).
+    pub disks: Vec<(u32, PathBuf, PathBuf)>,
+}
+
+impl Host {
+    fn hypervisor(&self) -> Option<&dyn Hypervisor> {
+        self.options().hypervisor.as_ref().map(|h| h.0.as_ref())
+    }
+
+    /// The handles of the VMs among `vms` whose QEMU runs, by VM id.
+    pub fn running_members(&self, vms: &[Vm]) -> Result<HashMap<String, VmHandle>> {
+        let Some(hv) = self.hypervisor() else {
+            return Ok(HashMap::new());
+        };
+        let mut running = HashMap::new();
+        for vm in vms {
+            if let Some(handle) = running_handle(hv, self.data_dir(), vm)? {
+                running.insert(vm.id.clone(), handle);
+            }
+        }
+        Ok(running)
+    }
+
+    /// Refuses `what` with invalid state while any of `vms` runs (its files are open in QEMU).
+    pub fn refuse_while_running(&self, vms: &[Vm], what: &str) -> Result<()> {
+        let running = self.running_members(vms)?;
+        if let Some(vm) = vms.iter().find(|vm| running.contains_key(&vm.id)) {
+            return Err(HostError::state(format!(
+                "{what} is refused while member VM {} ({}) runs; stop it first",
+                vm.name, vm.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Group-freezes the running members onto their overlays. On a failure the VMs that
+    /// did switch get their overlays recorded as active layers (no snapshot): repository and
+    /// QEMU keep agreeing, and nothing a guest wrote is deleted.
+    ///
+    /// The error comes with the overlays so recorded: the caller must not delete them.
+    pub(crate) fn freeze_running(
+        &self,
+        members: &[LiveMember],
+        bitmap: Option<&str>,
+    ) -> std::result::Result<Option<FreezeReport>, (HostError, Vec<PathBuf>)> {
+        if members.is_empty() {
+            return Ok(None);
+        }
+        let Some(hv) = self.hypervisor() else {
+            return Err((
+                HostError::Failed("running VMs but no hypervisor".into()),
+                vec![],
+            ));
+        };
+
+        match freeze(hv, members, bitmap) {
+            Ok(report) => Ok(Some(report)),
+            Err(failure) => {
+                let switched: Vec<&LiveMember> = members
+                    .iter()
+                    .filter(|m| failure.switched.contains(&m.vm_id))
+                    .collect();
+                match self.record_switched_overlays(&switched) {
+                    Ok(kept) => Err((failure.error, kept)),
+                    Err(e) => Err((e, overlays_of(&switched))),
+                }
+            }
+        }
+    }
+
+    /// After a freeze that switched every member, when the snapshot could not be recorded:
+    /// the overlays become the active layers all the same. Returns them.
+    pub(crate) fn keep_switched_overlays(&self, members: &[LiveMember]) -> Result<Vec<PathBuf>> {
+        self.record_switched_overlays(&members.iter().collect::<Vec<_>>())
+    }
+
+    /// Makes each member's overlays its disks' active layers in the repository.
+    fn record_switched_overlays(&self, members: &[&LiveMember]) -> Result<Vec<PathBuf>> {
+        let mut conn = self.db();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for member in members {
+            for disk in &member.disks {
+                record_active_overlay(&tx, &member.vm_id, disk.index, &disk.active, &disk.overlay)?;
+            }
+        }
+        tx.commit()?;
+        Ok(overlays_of(members))
+    }
+
+    /// Before the journal's roll-back: the overlays of interrupted live CreateSnapshots that
+    /// became active layers are recorded and taken out of the files to delete.
+    pub(crate) fn recover_live_creates(&self, conn: &Connection) -> Result<()> {
+        let rows: Vec<(i64, String)> = {
+            let mut stmt =
+                conn.prepare("SELECT id, plan FROM journal WHERE op = 'create-snapshot'")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<std::result::Result<_, _>>()?
+        };
+        for (id, text) in rows {
+            let Ok(Plan::Create { created, live }) = serde_json::from_str::<Plan>(&text) else {
+                continue;
+            };
+            if live.is_empty() {
+                continue;
+            }
+            let kept = self.recover_live_switches(conn, &live)?;
+            let plan = Plan::Create {
+                created: created.into_iter().filter(|f| !kept.contains(f)).collect(),
+                live: vec![],
+            };
+            let text =
+                serde_json::to_string(&plan).map_err(|e| HostError::Failed(e.to_string()))?;
+            conn.execute(
+                "UPDATE journal SET plan = ?2 WHERE id = ?1",
+                params![id, text],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Recovery of an interrupted live CreateSnapshot: every VM it froze is resumed, and each
+    /// overlay that became a VM's active layer (QEMU says so, or the VM is off and the overlay
+    /// holds data) is recorded as such. Returns the overlays recorded: they must not be
+    /// deleted by the roll-back.
+    pub(crate) fn recover_live_switches(
+        &self,
+        conn: &Connection,
+        switches: &[LiveSwitch],
+    ) -> Result<Vec<PathBuf>> {
+        let mut kept = Vec::new();
+        for switch in switches {
+            let active = self.active_overlays(switch)?;
+            for (index, parent, overlay) in &switch.disks {
+                if active.contains(overlay) {
+                    record_active_overlay(conn, &switch.vm_id, *index, parent, overlay)?;
+                    kept.push(overlay.clone());
+                }
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Which of the switch's overlays are the VM's active layers now; resumes a VM left paused.
+    fn active_overlays(&self, switch: &LiveSwitch) -> Result<Vec<PathBuf>> {
+        let run_dir = vm_run_dir(self.data_dir(), &switch.vm_id);
+        let attached = self
+            .hypervisor()
+            .map(|hv| (hv, hv.attach(&switch.vm_name, &run_dir)));
+        let Some((hv, Ok(handle))) = attached else {
+            return Ok(overlays_with_data(switch));
+        };
+
+        if hv.state(&handle).map_err(vmm_error)? == VmState::Paused {
+            tracing::warn!(vm = %switch.vm_name, "resuming a VM an interrupted snapshot left paused");
+            hv.resume(&handle).map_err(vmm_error)?;
+        }
+        let nodes = hv.block_nodes(&handle).map_err(vmm_error)?;
+        Ok(switch
+            .disks
+            .iter()
+            .filter(|(_, _, overlay)| {
+                nodes
+                    .iter()
+                    .any(|n| Path::new(&n.file) == overlay.as_path() && n.backing_file.is_some())
+            })
+            .map(|(_, _, overlay)| overlay.clone())
+            .collect())
+    }
+}
+
+/// With the VM gone, an overlay that holds data was switched to (and written); an empty one
+/// loses nothing when deleted.
+fn overlays_with_data(switch: &LiveSwitch) -> Vec<PathBuf> {
+    switch
+        .disks
+        .iter()
+        .filter(|(_, _, overlay)| {
+            cosnap_disk::qcow2::open_standalone(overlay)
+                .and_then(|image| {
+                    let size = image.virtual_size();
+                    image.layer_map(0, size)
+                })
+                .map(|map| map.iter().any(|e| e.state != ExtentState::Inherited))
+                .unwrap_or(false)
+        })
+        .map(|(_, _, overlay)| overlay.clone())
+        .collect()
+}
+
+/// Records `overlay` (qcow2, owned) above `parent` as the active layer of disk `index`.
+fn record_active_overlay(
+    conn: &Connection,
+    vm_id: &str,
+    index: u32,
+    parent: &Path,
+    overlay: &Path,
+) -> Result<()> {
+    let text = |p: &Path| p.to_string_lossy().into_owned();
+    conn.execute(
+        "INSERT OR IGNORE INTO layers (path, vm_id, disk_idx, parent, format, owned) VALUES (?1, ?2, ?3, ?4, 'qcow2', 1)",
+        params![text(overlay), vm_id, index, text(parent)],
+    )?;
+    conn.execute(
+        "UPDATE vm_disks SET active_layer = ?3 WHERE vm_id = ?1 AND idx = ?2",
+        params![vm_id, index, text(overlay)],
+    )?;
+    Ok(())
+}
+
+fn overlays_of(members: &[&LiveMember]) -> Vec<PathBuf> {
+    members
+        .iter()
+        .flat_map(|m| m.disks.iter().map(|d| d.overlay.clone()))
+        .collect()
+}
+
+/// The running members among `vms` with their disks' new layers (from `children`: vm id,
+/// slot, old active layer, new layer, format).
+pub(crate) fn members(
+    vms: &[Vm],
+    running: &HashMap<String, VmHandle>,
+    children: &[(String, u32, PathBuf, PathBuf, Format)],
+) -> Vec<LiveMember> {
+    vms.iter()
+        .filter_map(|vm| {
+            let handle = running.get(&vm.id)?;
+            let disks = vm
+                .disks
+                .iter()
+                .enumerate()
+                .filter_map(|(position, disk)| {
+                    let child = children
+                        .iter()
+                        .find(|c| c.0 == vm.id && c.1 == disk.index)?;
+                    Some(LiveDisk {
+                        index: disk.index,
+                        position,
+                        active: child.2.clone(),
+                        overlay: child.3.clone(),
+                    })
+                })
+                .collect();
+            Some(LiveMember {
+                vm_id: vm.id.clone(),
+                handle: handle.clone(),
+                disks,
+            })
+        })
+        .collect()
+}
+
+/// What the journal keeps of the running members, for recovery.
+pub(crate) fn switches(vms: &[Vm], members: &[LiveMember]) -> Vec<LiveSwitch> {
+    members
+        .iter()
+        .map(|m| LiveSwitch {
+            vm_id: m.vm_id.clone(),
+            vm_name: vms
+                .iter()
+                .find(|v| v.id == m.vm_id)
+                .map(|v| v.name.clone())
+                .unwrap_or_default(),
+            disks: m
+                .disks
+                .iter()
+                .map(|d| (d.index, d.active.clone(), d.overlay.clone()))
+                .collect(),
+        })
+        .collect()
+}
+
+impl Host {
+    /// The VMs a snapshot holds that still exist.
+    pub fn snapshot_members(&self, snapshot: &crate::model::Snapshot) -> Result<Vec<Vm>> {
+        Ok(snapshot
+            .vms
+            .iter()
+            .filter_map(|v| self.vm(&v.vm_id).ok())
+            .collect())
+    }
+}
