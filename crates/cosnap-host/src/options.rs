@@ -24,6 +24,8 @@ pub struct HostOptions {
     pub export_roots: Vec<PathBuf>,
     /// Mode of every exported file (directories get the matching search bits).
     pub export_file_mode: u32,
+    /// What runs the VMs (QEMU by default).
+    pub hypervisor: crate::running::SharedHypervisor,
 }
 
 impl Default for HostOptions {
@@ -32,6 +34,7 @@ impl Default for HostOptions {
             storage_roots: Vec::new(),
             export_roots: Vec::new(),
             export_file_mode: DEFAULT_EXPORT_FILE_MODE,
+            hypervisor: Default::default(),
         }
     }
 }

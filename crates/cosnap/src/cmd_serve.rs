@@ -167,6 +167,7 @@ pub fn run_serve(ctx: &Context, args: ServeArgs) -> CmdResult {
         storage_roots: existing_dirs(&args.storage_roots, "storage root")?,
         export_roots: existing_dirs(&args.export_roots, "export root")?,
         export_file_mode: args.export_mode,
+        ..HostOptions::default()
     };
 
     std::fs::create_dir_all(&ctx.data_dir)
