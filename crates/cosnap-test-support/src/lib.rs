@@ -5,12 +5,15 @@
 //! - [`process`]: run a command and capture its exit code and output;
 //! - [`qemu`]: qemu-img as the oracle (check, compare) and [`require_qemu!`] for the tests
 //!   that skip where qemu is absent;
-//! - [`model`]: expected guest bytes, as a sparse raw file or in memory.
+//! - [`model`]: expected guest bytes, as a sparse raw file or in memory;
+//! - [`guest`]: the running-VM test guest (built on first use), serial waits, pid guards.
 
+pub mod guest;
 pub mod model;
 pub mod process;
 pub mod qemu;
 
+pub use guest::{PidGuard, guest, wait_for_text};
 pub use model::{Model, RawModel, pattern};
 pub use process::{ok, p, run};
 pub use qemu::{
