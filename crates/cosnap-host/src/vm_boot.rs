@@ -82,14 +82,17 @@ impl Host {
     }
 }
 
+/// kernel, initrd, cmdline, com2 (a NULL kernel: firmware boot).
+type BootRow = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 /// A VM's run settings; a VM without a row boots from firmware and has no COM2.
 pub(crate) fn load_run_settings(conn: &Connection, vm_id: &str) -> Result<VmRunSettings> {
-    let row: Option<(
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    )> = conn
+    let row: Option<BootRow> = conn
         .query_row(
             "SELECT kernel, initrd, cmdline, com2 FROM vm_boot WHERE vm_id = ?1",
             [vm_id],
