@@ -68,7 +68,7 @@ impl Host {
         let options = HostOptions {
             storage_roots: crate::options::canonical_roots(&options.storage_roots, "storage"),
             export_roots: crate::options::canonical_roots(&options.export_roots, "export"),
-            ..options
+            ..options.clone()
         };
         let conn = repo::open_db(&data_dir)?;
         let reader = repo::open_reader(&data_dir)?;
@@ -311,6 +311,11 @@ impl Host {
         let _lock = self.lock()?;
         let mut conn = self.db();
         let id = resolve(&conn, "vms", id_or_name, "VM")?;
+        if self.running_vm(&id).is_some() {
+            return Err(HostError::InvalidState(format!(
+                "VM {id} is running; stop it first"
+            )));
+        }
         let snaps: i64 = conn.query_row(
             "SELECT COUNT(*) FROM snapshot_vms WHERE vm_id = ?1",
             [&id],
@@ -334,7 +339,7 @@ impl Host {
                 .collect::<Result<_, _>>()?
         };
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for table in ["vm_disks", "vm_nics", "layers"] {
+        for table in ["vm_disks", "vm_nics", "layers", "vm_boot"] {
             tx.execute(&format!("DELETE FROM {table} WHERE vm_id = ?1"), [&id])?;
         }
         tx.execute("DELETE FROM collection_members WHERE member_id = ?1", [&id])?;
@@ -1729,6 +1734,8 @@ pub(crate) fn load_vm(conn: &Connection, id: &str) -> Result<Vm> {
         nics,
         parent_snapshot: parent,
         collections,
+        run: crate::vm_boot::load_run_settings(conn, id)?,
+        state: None,
     })
 }
 

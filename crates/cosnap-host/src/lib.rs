@@ -69,7 +69,10 @@ pub mod modes;
 pub mod options;
 pub mod provider;
 pub mod repo;
+pub mod running;
 pub mod util;
+pub mod vm_boot;
+pub mod vm_state_cim;
 
 pub use cim::Resolved;
 pub use error::{HostError, Result};
@@ -77,3 +80,5 @@ pub use host::{Host, InUseGuard};
 pub use jobs::JobCtx;
 pub use model::*;
 pub use options::HostOptions;
+pub use running::SharedHypervisor;
+pub use vm_boot::{VmBoot, VmRunSettings};

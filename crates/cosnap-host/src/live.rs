@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use cosnap_disk::{ExtentState, Format, Image};
 use cosnap_vmm::{
@@ -23,51 +22,11 @@ use crate::Host;
 use crate::error::{HostError, Result};
 use crate::journal::Plan;
 use crate::model::Vm;
-
-/// Where a VM's QEMU keeps its pid file, sockets and logs.
-pub fn vm_run_dir(data_dir: &Path, vm_id: &str) -> PathBuf {
-    data_dir.join("run").join(vm_id)
-}
+use crate::running::vmm_error;
 
 /// The name of the persistent bitmap a recovery snapshot puts on each new layer.
 pub fn snapshot_bitmap(snapshot_id: &str) -> String {
     format!("cosnap-{}", snapshot_id.to_ascii_lowercase())
-}
-
-/// The hypervisor the host drives, shared by the jobs that use it.
-#[derive(Clone)]
-pub struct HypervisorHandle(pub Arc<dyn Hypervisor>);
-
-impl std::fmt::Debug for HypervisorHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HypervisorHandle")
-    }
-}
-
-/// A hypervisor failure as a host error; a VM that is gone is an invalid state.
-pub fn vmm_error(error: VmmError) -> HostError {
-    match error {
-        VmmError::NotRunning { .. } => HostError::state(error.to_string()),
-        other => HostError::Failed(other.to_string()),
-    }
-}
-
-/// The VM's handle when its QEMU runs (running or paused); `None` when it is off.
-pub fn running_handle(hv: &dyn Hypervisor, data_dir: &Path, vm: &Vm) -> Result<Option<VmHandle>> {
-    let run_dir = vm_run_dir(data_dir, &vm.id);
-    let handle = match hv.attach(&vm.name, &run_dir) {
-        Ok(handle) => handle,
-        Err(VmmError::NotAttached { .. } | VmmError::NotRunning { .. }) => return Ok(None),
-        Err(VmmError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(None);
-        }
-        Err(other) => return Err(vmm_error(other)),
-    };
-
-    match hv.state(&handle).map_err(vmm_error)? {
-        VmState::Off => Ok(None),
-        VmState::Running | VmState::Paused => Ok(Some(handle)),
-    }
 }
 
 /// One disk of a running member: its active layer and the overlay that will replace it.
@@ -155,18 +114,14 @@ pub struct LiveSwitch {
 }
 
 impl Host {
-    fn hypervisor(&self) -> Option<&dyn Hypervisor> {
-        self.options().hypervisor.as_ref().map(|h| h.0.as_ref())
-    }
-
-    /// The handles of the VMs among `vms` whose QEMU runs, by VM id.
+    /// The handles of the VMs among `vms` whose QEMU runs (running or paused), by VM id.
     pub fn running_members(&self, vms: &[Vm]) -> Result<HashMap<String, VmHandle>> {
-        let Some(hv) = self.hypervisor() else {
-            return Ok(HashMap::new());
-        };
         let mut running = HashMap::new();
         for vm in vms {
-            if let Some(handle) = running_handle(hv, self.data_dir(), vm)? {
+            let Some(handle) = self.running_vm(&vm.id) else {
+                continue;
+            };
+            if self.hypervisor().state(&handle).map_err(vmm_error)? != VmState::Off {
                 running.insert(vm.id.clone(), handle);
             }
         }
@@ -198,14 +153,7 @@ impl Host {
         if members.is_empty() {
             return Ok(None);
         }
-        let Some(hv) = self.hypervisor() else {
-            return Err((
-                HostError::Failed("running VMs but no hypervisor".into()),
-                vec![],
-            ));
-        };
-
-        match freeze(hv, members, bitmap) {
+        match freeze(self.hypervisor(), members, bitmap) {
             Ok(report) => Ok(Some(report)),
             Err(failure) => {
                 let switched: Vec<&LiveMember> = members
@@ -294,11 +242,8 @@ impl Host {
 
     /// Which of the switch's overlays are the VM's active layers now; resumes a VM left paused.
     fn active_overlays(&self, switch: &LiveSwitch) -> Result<Vec<PathBuf>> {
-        let run_dir = vm_run_dir(self.data_dir(), &switch.vm_id);
-        let attached = self
-            .hypervisor()
-            .map(|hv| (hv, hv.attach(&switch.vm_name, &run_dir)));
-        let Some((hv, Ok(handle))) = attached else {
+        let hv = self.hypervisor();
+        let Some(handle) = self.running_vm(&switch.vm_id) else {
             return Ok(overlays_with_data(switch));
         };
 

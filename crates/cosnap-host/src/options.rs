@@ -24,9 +24,8 @@ pub struct HostOptions {
     pub export_roots: Vec<PathBuf>,
     /// Mode of every exported file (directories get the matching search bits).
     pub export_file_mode: u32,
-    /// What runs the VMs (default: cosnap's own QEMU backend, which finds a running VM by
-    /// its run directory); `None`: every VM is treated as off.
-    pub hypervisor: Option<crate::live::HypervisorHandle>,
+    /// What runs the VMs (QEMU by default).
+    pub hypervisor: crate::running::SharedHypervisor,
 }
 
 impl Default for HostOptions {
@@ -35,9 +34,7 @@ impl Default for HostOptions {
             storage_roots: Vec::new(),
             export_roots: Vec::new(),
             export_file_mode: DEFAULT_EXPORT_FILE_MODE,
-            hypervisor: Some(crate::live::HypervisorHandle(std::sync::Arc::new(
-                cosnap_vmm::QemuHypervisor::new(),
-            ))),
+            hypervisor: Default::default(),
         }
     }
 }

@@ -179,6 +179,16 @@ CREATE TABLE journal (
 );
 "#,
     r#"
+-- How a VM boots (kernel NULL = the firmware boots disk 0) and its COM2 socket (running VMs).
+CREATE TABLE vm_boot (
+    vm_id TEXT PRIMARY KEY,
+    kernel TEXT,
+    initrd TEXT,
+    cmdline TEXT,
+    com2 TEXT
+);
+"#,
+    r#"
 -- Running VMs: how long the group stood paused for a live snapshot (NULL: offline).
 ALTER TABLE snapshots ADD COLUMN pause_window_us INTEGER;
 "#,

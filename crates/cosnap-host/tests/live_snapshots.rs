@@ -5,17 +5,15 @@
 //! counts at most 1 apart, and no follower record without its cause in the leader's images.
 //! Snapshotting the VMs one after another (no group pause) must be caught.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cosnap_disk::{Format, open_chain};
 use cosnap_host::export::{ExportRequest, Roots, exported_path, start_export};
-use cosnap_host::live::{HypervisorHandle, vm_run_dir};
-use cosnap_host::{DiskSpec, Host, HostError, HostOptions, Vm, VmSpec};
+use cosnap_host::{DiskSpec, Host, HostError, HostOptions, SharedHypervisor, Vm, VmSpec};
 use cosnap_test_support::records::{DiskRecords, VmRecords, check_cause, check_vm, scan_disk};
+use cosnap_test_support::{PidGuard, guest, wait_for_text};
 use cosnap_vmm::{
     Accelerator, Boot, DiskChain, DiskLayer, Hypervisor, LayerFormat, QemuHypervisor, SerialSocket,
     VmHandle, VmLaunch,
@@ -23,52 +21,7 @@ use cosnap_vmm::{
 
 const MIB: u64 = 1 << 20;
 const DISK_BYTES: u64 = 32 * MIB;
-/// Under TCG on two loaded cores the guest needs 2–25 s to reach its /init.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const GUEST_DISKS: [&str; 2] = ["vda", "vdb"];
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The test guest's kernel and initrd, built by scripts/guest/build.sh when absent. `None`
-/// (the test skips) only where QEMU is absent and could not be installed.
-fn guest() -> Option<(PathBuf, PathBuf)> {
-    let dir = std::env::var_os("COSNAP_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/guest"));
-    let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initrd.gz"));
-    let ready = || kernel.is_file() && initrd.is_file() && QemuHypervisor::available();
-    if !ready() {
-        std::fs::create_dir_all(&dir).unwrap();
-        let lock = File::create(dir.join(".build-lock")).unwrap();
-        // SAFETY: flock on an fd this function owns; one build at a time across tests.
-        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
-        let _ = Command::new("bash")
-            .arg(repo_root().join("scripts/guest/build.sh"))
-            .arg(&dir)
-            .status();
-    }
-    if ready() {
-        return Some((kernel, initrd));
-    }
-    assert!(
-        !QemuHypervisor::available(),
-        "qemu-system-x86_64 is installed but the guest could not be built"
-    );
-    eprintln!("SKIP: qemu-system-x86_64 is absent and could not be installed");
-    None
-}
-
-/// A started VM, SIGKILLed by pid when the guard goes away, whatever the test did.
-struct VmGuard(VmHandle);
-
-impl Drop for VmGuard {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) of the pid this test started; a gone process makes it a no-op.
-        unsafe { libc::kill(self.0.pid, libc::SIGKILL) };
-    }
-}
 
 /// The host's view of a VM's disks as the chains QEMU runs.
 fn chains_of(host: &Host, vm: &Vm) -> Vec<DiskChain> {
@@ -95,11 +48,18 @@ fn chains_of(host: &Host, vm: &Vm) -> Vec<DiskChain> {
 }
 
 /// Starts the guest for `vm` in the host's run directory; `knobs` adds `cosnap.*` options.
-fn start_vm(hv: &QemuHypervisor, host: &Host, vm: &Vm, knobs: &str, com2: SerialSocket) -> VmGuard {
+fn start_vm(
+    hv: &QemuHypervisor,
+    host: &Host,
+    vm: &Vm,
+    knobs: &str,
+    com2: SerialSocket,
+) -> (PidGuard, VmHandle) {
     let (kernel, initrd) = guest().expect("checked by the caller");
     let launch = VmLaunch {
-        name: vm.name.clone(),
-        run_dir: vm_run_dir(host.data_dir(), &vm.id),
+        // As the host's VM room names and places it, so the host finds it running.
+        name: vm.id.clone(),
+        run_dir: host.data_dir().join("run").join(&vm.id),
         cpus: 1,
         memory_mb: 256,
         disks: chains_of(host, vm),
@@ -115,24 +75,8 @@ fn start_vm(hv: &QemuHypervisor, host: &Host, vm: &Vm, knobs: &str, com2: Serial
         user_nic: false,
         accelerator: Some(Accelerator::Tcg),
     };
-    VmGuard(hv.start(&launch).expect("start VM"))
-}
-
-fn wait_serial(hv: &QemuHypervisor, vm: &VmHandle, pattern: &str) {
-    let log = hv.serial_log(vm);
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains(pattern) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never showed {pattern:?}:\n{text}",
-            vm.name
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let handle = hv.start(&launch).expect("start VM");
+    (PidGuard(handle.pid), handle)
 }
 
 /// Two VMs (lead: qcow2 + VHDX base, foll: VHDX + qcow2 base) in one collection.
@@ -251,7 +195,7 @@ fn group_snapshots_of_running_writers_are_consistent_and_sequential_ones_are_cau
     std::fs::create_dir_all(&images).unwrap();
     let hv = Arc::new(QemuHypervisor::new());
     let options = HostOptions {
-        hypervisor: Some(HypervisorHandle(hv.clone())),
+        hypervisor: SharedHypervisor(hv.clone()),
         ..HostOptions::default()
     };
     let host = Host::open_with(root.path().join("data"), options).unwrap();
@@ -272,8 +216,8 @@ fn group_snapshots_of_running_writers_are_consistent_and_sequential_ones_are_cau
         "cosnap.mode=follower cosnap.peer=ttyS1",
         SerialSocket::Client(link),
     );
-    wait_serial(&hv, &lead_vm.0, "COSNAP-READY");
-    wait_serial(&hv, &foll_vm.0, "COSNAP-READY");
+    wait_for_text(&hv.serial_log(&lead_vm.1), "COSNAP-READY");
+    wait_for_text(&hv.serial_log(&foll_vm.1), "COSNAP-READY");
     std::thread::sleep(Duration::from_secs(2));
 
     // Five group snapshots at random moments while both write flat out.

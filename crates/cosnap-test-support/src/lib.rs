@@ -6,13 +6,16 @@
 //! - [`qemu`]: qemu-img as the oracle (check, compare) and [`require_qemu!`] for the tests
 //!   that skip where qemu is absent;
 //! - [`model`]: expected guest bytes, as a sparse raw file or in memory;
-//! - [`records`]: the consistency checker for the test guest's records.
+//! - [`records`]: the consistency checker for the test guest's records;
+//! - [`guest`]: the running-VM test guest (built on first use), serial waits, pid guards.
 
+pub mod guest;
 pub mod model;
 pub mod process;
 pub mod qemu;
 pub mod records;
 
+pub use guest::{PidGuard, guest, wait_for_text};
 pub use model::{Model, RawModel, pattern};
 pub use process::{ok, p, run};
 pub use qemu::{

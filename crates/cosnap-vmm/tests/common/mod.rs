@@ -1,67 +1,18 @@
-//! The running-VM test rig: the busybox guest (built by scripts/guest/build.sh on first use), a
+//! The running-VM test rig on top of cosnap-test-support's guest: launches of the guest, a
 //! guard that kills every started VM by pid on every exit path, and a reader of the guest's
 //! records in a frozen image.
 
 #![allow(dead_code)]
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use cosnap_vmm::{
     Accelerator, Boot, DiskChain, DiskLayer, Hypervisor, LayerFormat, QemuHypervisor, VmHandle,
     VmLaunch,
 };
 
-/// Under TCG on two loaded cores the guest needs 2–25 s to reach its /init.
-pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The guest's kernel and initrd, building them (and installing QEMU) when absent. `None`, with
-/// a message, only where QEMU is absent and the install step could not run.
-pub fn guest() -> Option<(PathBuf, PathBuf)> {
-    let dir = std::env::var_os("COSNAP_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/guest"));
-    let kernel = dir.join("vmlinuz");
-    let initrd = dir.join("initrd.gz");
-    if !(kernel.is_file() && initrd.is_file() && QemuHypervisor::available()) {
-        build_guest(&dir);
-    }
-
-    if kernel.is_file() && initrd.is_file() && QemuHypervisor::available() {
-        return Some((kernel, initrd));
-    }
-    assert!(
-        !QemuHypervisor::available(),
-        "qemu-system-x86_64 is installed but the test guest could not be built in {}",
-        dir.display()
-    );
-    eprintln!(
-        "SKIP: qemu-system-x86_64 is absent and scripts/guest/build.sh could not install it \
-         (needs root or sudo and a Debian package source)"
-    );
-    None
-}
-
-/// One build at a time across test processes (nextest runs each test in its own).
-fn build_guest(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let lock = File::create(dir.join(".build-lock")).unwrap();
-    // SAFETY: flock on an fd this function owns.
-    unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
-    let status = Command::new("bash")
-        .arg(repo_root().join("scripts/guest/build.sh"))
-        .arg(dir)
-        .status();
-    if !matches!(status, Ok(s) if s.success()) {
-        eprintln!("scripts/guest/build.sh failed: {status:?}");
-    }
-}
+pub use cosnap_test_support::guest;
 
 /// A started VM that is SIGKILLed by pid when the guard goes away, whatever the test did.
 pub struct VmGuard {
@@ -103,20 +54,7 @@ pub fn start(hv: &QemuHypervisor, launch: &VmLaunch) -> VmGuard {
 
 /// Waits until the serial log shows `pattern`.
 pub fn wait_serial(hv: &QemuHypervisor, vm: &VmHandle, pattern: &str) {
-    let log = hv.serial_log(vm);
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains(pattern) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never showed {pattern:?}:\n{text}",
-            vm.name
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cosnap_test_support::wait_for_text(&hv.serial_log(vm), pattern);
 }
 
 /// An empty image of 64 MiB in `format`.
