@@ -21,8 +21,11 @@ use serde::{Deserialize, Serialize};
 use crate::Host;
 use crate::error::{HostError, Result};
 use crate::journal::Plan;
-use crate::model::Vm;
+use crate::model::{SNAPSHOT_RECOVERY, Vm, VmDisk};
+use crate::new_layers::NewLayer;
 use crate::running::vmm_error;
+use crate::snapshots::NewSnapshot;
+use crate::util::{crash_point, new_guid};
 
 /// The name of the persistent bitmap a recovery snapshot puts on each new layer.
 pub fn snapshot_bitmap(snapshot_id: &str) -> String {
@@ -311,12 +314,28 @@ fn overlays_of(members: &[&LiveMember]) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The running members among `vms` with their disks' new layers (from `children`: vm id,
-/// slot, old active layer, new layer, format).
+/// The new layer of one disk: for a running VM a qcow2 overlay whatever the parent's format,
+/// else the usual differencing child.
+pub(crate) fn new_layer(data_dir: &Path, vm: &Vm, disk: &VmDisk, running: bool) -> NewLayer {
+    if !running {
+        return NewLayer::above(data_dir, &vm.id, disk.index, &disk.path, disk.format);
+    }
+    let (ext, format) = overlay_format();
+    NewLayer {
+        vm_id: vm.id.clone(),
+        disk_index: disk.index,
+        parent: disk.path.clone(),
+        path: crate::repo::vm_disk_dir(data_dir, &vm.id)
+            .join(format!("{}.{ext}", new_guid().to_ascii_lowercase())),
+        format,
+    }
+}
+
+/// The running members among `vms` with their disks' new layers.
 pub(crate) fn members(
     vms: &[Vm],
     running: &HashMap<String, VmHandle>,
-    children: &[(String, u32, PathBuf, PathBuf, Format)],
+    children: &[NewLayer],
 ) -> Vec<LiveMember> {
     vms.iter()
         .filter_map(|vm| {
@@ -328,12 +347,12 @@ pub(crate) fn members(
                 .filter_map(|(position, disk)| {
                     let child = children
                         .iter()
-                        .find(|c| c.0 == vm.id && c.1 == disk.index)?;
+                        .find(|c| c.vm_id == vm.id && c.disk_index == disk.index)?;
                     Some(LiveDisk {
                         index: disk.index,
                         position,
-                        active: child.2.clone(),
-                        overlay: child.3.clone(),
+                        active: child.parent.clone(),
+                        overlay: child.path.clone(),
                     })
                 })
                 .collect();
@@ -347,16 +366,12 @@ pub(crate) fn members(
 }
 
 /// What the journal keeps of the running members, for recovery.
-pub(crate) fn switches(vms: &[Vm], members: &[LiveMember]) -> Vec<LiveSwitch> {
+pub(crate) fn switches(members: &[LiveMember]) -> Vec<LiveSwitch> {
     members
         .iter()
         .map(|m| LiveSwitch {
             vm_id: m.vm_id.clone(),
-            vm_name: vms
-                .iter()
-                .find(|v| v.id == m.vm_id)
-                .map(|v| v.name.clone())
-                .unwrap_or_default(),
+            vm_name: m.handle.name.clone(),
             disks: m
                 .disks
                 .iter()
@@ -364,6 +379,38 @@ pub(crate) fn switches(vms: &[Vm], members: &[LiveMember]) -> Vec<LiveSwitch> {
                 .collect(),
         })
         .collect()
+}
+
+impl Host {
+    /// CreateSnapshot's commit for a group with running members: the group freeze (for a
+    /// recovery snapshot with a persistent bitmap on each new layer), then the one
+    /// transaction that records the snapshot with its pause window. On an error comes the
+    /// list of overlays running VMs write to by now (recorded as their active layers): the
+    /// caller deletes the other new layers only.
+    pub(crate) fn freeze_and_record(
+        &self,
+        mut snapshot: NewSnapshot,
+        members: &[LiveMember],
+    ) -> std::result::Result<(), (HostError, Vec<PathBuf>)> {
+        let bitmap =
+            (snapshot.snapshot_type == SNAPSHOT_RECOVERY).then(|| snapshot_bitmap(snapshot.id));
+        crash_point("create.before-freeze");
+        let report = self.freeze_running(members, bitmap.as_deref())?;
+        crash_point("create.frozen");
+
+        snapshot.pause_window_us = report.as_ref().map(|r| r.pause_window_us);
+        match self.record_snapshot(&snapshot) {
+            Ok(()) => Ok(()),
+            Err(e) if report.is_none() => Err((e, vec![])),
+            Err(e) => {
+                let all: Vec<&LiveMember> = members.iter().collect();
+                let kept = self
+                    .keep_switched_overlays(members)
+                    .unwrap_or_else(|_| overlays_of(&all));
+                Err((e, kept))
+            }
+        }
+    }
 }
 
 impl Host {

@@ -44,6 +44,7 @@ const ENTRY_RESERVED: u64 = 0xff00_0000_0000_01fe;
 /// One entry of an image's bitmap directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BitmapInfo {
+    /// The bitmap's name (unique in the image).
     pub name: String,
     /// Bytes of guest data one bit covers.
     pub granularity: u64,
@@ -54,7 +55,9 @@ pub struct BitmapInfo {
     /// Whether cosnap can read the entry's bits: a dirty-tracking bitmap with no extra data
     /// it would have to understand.
     pub readable: bool,
+    /// Where its bitmap table starts in the file.
     pub table_offset: u64,
+    /// Entries in its bitmap table.
     pub table_entries: u32,
 }
 
@@ -98,8 +101,11 @@ impl fmt::Display for LostReason {
 /// Geometry the directory and tables are checked against.
 #[derive(Debug, Clone, Copy)]
 pub struct ImageGeometry {
+    /// The image's cluster size (bitmap tables and data clusters are aligned to it).
     pub cluster_size: u64,
+    /// Guest bytes the bitmaps cover.
     pub virtual_size: u64,
+    /// Length of the image file: every table and cluster must lie inside it.
     pub file_len: u64,
 }
 
