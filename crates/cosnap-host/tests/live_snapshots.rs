@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cosnap_disk::{Format, open_chain};
+use cosnap_disk::qcow2::{self, ChangeInfo};
+use cosnap_disk::{ExtentState, Format, merge_ranges, open_chain};
 use cosnap_host::export::{ExportRequest, Roots, exported_path, start_export};
+use cosnap_host::live::snapshot_bitmap;
 use cosnap_host::{DiskSpec, Host, HostError, HostOptions, SharedHypervisor, Vm, VmSpec};
 use cosnap_test_support::records::{DiskRecords, VmRecords, check_cause, check_vm, scan_disk};
 use cosnap_test_support::{PidGuard, guest, wait_for_text};
@@ -272,6 +274,17 @@ fn group_snapshots_of_running_writers_are_consistent_and_sequential_ones_are_cau
         );
     }
 
+    // Each recovery snapshot put a persistent bitmap on the layers it created; once the
+    // next snapshot froze those layers, QEMU stored the bitmaps, and they mark exactly the
+    // clusters the guest wrote into the layer.
+    for pair in snapshots.windows(2) {
+        for vm in [&lead, &foll] {
+            for layer in frozen_layers(&host, &pair[1], &vm.id) {
+                assert_bitmap_matches_layer(&host, &layer, &snapshot_bitmap(&pair[0]));
+            }
+        }
+    }
+
     let pick = |vm_id: &str| -> Vec<PathBuf> {
         exported
             .iter()
@@ -284,6 +297,36 @@ fn group_snapshots_of_running_writers_are_consistent_and_sequential_ones_are_cau
     check_vm(&leader).unwrap();
     check_vm(&follower).unwrap();
     check_cause(&leader, &follower).unwrap();
+}
+
+/// The bitmap `name` on `layer` (read by cosnap's reader) covers exactly the layer's own
+/// allocated clusters (the overlay's clusters are the bitmap's 64 KiB granules).
+fn assert_bitmap_matches_layer(host: &Host, layer: &Path, name: &str) {
+    let listed = qcow2::list_bitmaps(layer).unwrap();
+    let bitmap = listed.iter().find(|b| b.name == name);
+    assert!(
+        bitmap.is_some_and(|b| !b.in_use),
+        "{}: {listed:?}",
+        layer.display()
+    );
+
+    let ChangeInfo::Known(dirty) = qcow2::dirty_ranges(layer, name).unwrap() else {
+        panic!("{}: change information lost", layer.display());
+    };
+    let image = open_chain(&host.disk_chain(layer).unwrap(), false).unwrap();
+    let written: Vec<_> = image
+        .layer_map(0, image.virtual_size())
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.state != ExtentState::Inherited)
+        .map(|e| e.offset..e.offset + e.len)
+        .collect();
+    assert!(
+        !dirty.is_empty(),
+        "{}: the guest wrote into it",
+        layer.display()
+    );
+    assert_eq!(dirty, merge_ranges(written), "{}", layer.display());
 }
 
 /// Negative control: each VM snapshotted on its own (no group pause), the leader first, then
