@@ -96,6 +96,7 @@ pub mod journal;
 mod layers;
 pub mod libvirt;
 pub mod live;
+mod live_merge;
 pub mod model;
 pub mod modes;
 mod new_layers;

@@ -205,7 +205,7 @@ impl Host {
     pub fn destroy_snapshot(&self, id: &str, work: &dyn Work) -> Result<()> {
         let _lock = self.lock()?;
         let members = self.snapshot_members(&self.snapshot(id)?)?;
-        self.refuse_while_running(&members, "DestroySnapshot")?;
+        let running = self.running_layers(&members)?;
         let mut conn = self.db();
         let snap = load_snapshot(&conn, &norm_id(id))?;
         Self::check_not_in_use(&conn, &snap.id, "snapshot collection")?;
@@ -236,10 +236,18 @@ impl Host {
         )?;
         tx.execute("DELETE FROM snapshots WHERE id = ?1", [&snap.id])?;
         tx.execute("DELETE FROM exports WHERE source_id = ?1", [&snap.id])?;
-        let (jid, plan) = journal_release(&tx, &layers, "destroy-snapshot", work)?;
+        let kind = match running.is_empty() {
+            true => "destroy-snapshot",
+            false => crate::live_merge::LIVE_RELEASE_OP,
+        };
+        let (jid, plan) = journal_release(&tx, &layers, kind, work)?;
+        running.check_release(&plan)?;
         tx.commit()?;
         drop(conn);
-        self.run_release(jid, &plan, work, "destroy.committed")
+        match running.is_empty() {
+            true => self.run_release(jid, &plan, work, "destroy.committed"),
+            false => self.run_live_release(jid, &plan, &running, work),
+        }
     }
 
     pub fn check_apply_snapshot(&self, id: &str) -> Result<Snapshot> {

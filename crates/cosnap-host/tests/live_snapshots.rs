@@ -13,12 +13,12 @@ use cosnap_disk::qcow2::{self, ChangeInfo};
 use cosnap_disk::{ExtentState, Format, merge_ranges, open_chain};
 use cosnap_host::export::{ExportRequest, Roots, exported_path, start_export};
 use cosnap_host::live::snapshot_bitmap;
-use cosnap_host::{DiskSpec, Host, HostError, HostOptions, SharedHypervisor, Vm, VmSpec};
+use cosnap_host::{DiskSpec, Host, HostError, HostOptions, NoJob, SharedHypervisor, Vm, VmSpec};
 use cosnap_test_support::records::{DiskRecords, VmRecords, check_cause, check_vm, scan_disk};
-use cosnap_test_support::{PidGuard, guest, wait_for_text};
+use cosnap_test_support::{PidGuard, guest, qemu_check_clean, wait_for_text};
 use cosnap_vmm::{
     Accelerator, Boot, DiskChain, DiskLayer, Hypervisor, LayerFormat, QemuHypervisor, SerialSocket,
-    VmHandle, VmLaunch,
+    VmHandle, VmLaunch, VmState,
 };
 
 const MIB: u64 = 1 << 20;
@@ -251,8 +251,40 @@ fn group_snapshots_of_running_writers_are_consistent_and_sequential_ones_are_cau
         "sequential snapshots caught with the follower frozen {caught_after:?} after the leader"
     );
 
+    // DestroySnapshot while they run: the oldest snapshot's layers merge down inside the
+    // running chains (QEMU's block-commit), then a fresh snapshot is destroyed at once, which
+    // merges each active layer into its parent with a pivot.
+    host.destroy_snapshot(&snapshots.remove(0), &NoJob).unwrap();
+    let fresh = host.create_snapshot(&coll, 1, &NoJob).unwrap();
+    let before: Vec<PathBuf> = frozen_layers(&host, &fresh, &lead.id);
+    host.destroy_snapshot(&fresh, &NoJob).unwrap();
+    let lead_now = host.vm(&lead.id).unwrap();
+    let active: Vec<PathBuf> = lead_now.disks.iter().map(|d| d.path.clone()).collect();
+    assert_eq!(
+        active, before,
+        "the active layers pivoted onto their parents"
+    );
+    for vm in [&lead, &foll] {
+        assert_eq!(
+            host.vm_state(&vm.id).unwrap(),
+            VmState::Running,
+            "{} keeps running",
+            vm.name
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+
+    // QEMU closes the images cleanly (quit): chains on disk and in the repository agree.
+    host.stop_vm(&foll.id, true).unwrap();
+    host.stop_vm(&lead.id, true).unwrap();
     drop(foll_vm);
     drop(lead_vm);
+    assert_eq!(host.verify().unwrap(), Vec::<String>::new());
+    for vm in [&lead, &foll] {
+        for disk in host.vm(&vm.id).unwrap().disks {
+            qemu_check_clean(&disk.path);
+        }
+    }
 
     let mut last_lead_count = 0;
     for sid in &snapshots {
