@@ -15,6 +15,7 @@
 //! * [`server`] — hyper on tokio: listeners, connection caps and timeouts, graceful
 //!   shutdown;
 //! * [`admission`] — per-source and total connection caps;
+//! * [`limits`] — the server's timeouts and caps ([`ServerLimits`]);
 //! * [`http`] — the protocol-neutral request gates (authentication, throttling, limits,
 //!   bounded body) and dispatch by path to a [`http::Protocol`];
 //! * [`cimxml`] — CIM-XML at `/cimom` as one such protocol;
@@ -28,6 +29,7 @@ pub mod admission;
 pub mod auth;
 pub mod cimxml;
 pub mod http;
+pub mod limits;
 pub mod memory;
 pub mod ops;
 pub mod request;
