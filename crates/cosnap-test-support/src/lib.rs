@@ -6,7 +6,7 @@
 //! - [`qemu`]: qemu-img as the oracle (check, compare) and [`require_qemu!`] for the tests
 //!   that skip where qemu is absent;
 //! - [`model`]: expected guest bytes, as a sparse raw file or in memory;
-//! - [`guest`]: the running-VM test guest (built on first use), serial waits, pid guards.
+//! - [`guest`](mod@guest): the running-VM test guest (built on first use), serial waits, pid guards.
 
 pub mod guest;
 pub mod model;
