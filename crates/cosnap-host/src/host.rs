@@ -66,7 +66,7 @@ impl Host {
         let options = HostOptions {
             storage_roots: crate::options::canonical_roots(&options.storage_roots, "storage"),
             export_roots: crate::options::canonical_roots(&options.export_roots, "export"),
-            ..options.clone()
+            ..options
         };
         let conn = repo::open_db(&data_dir)?;
         let reader = repo::open_reader(&data_dir)?;

@@ -81,6 +81,12 @@
 //!   ([`JobCtx::progress`], [`JobCtx::check_cancel`], [`JobCtx::cancel_token`] for
 //!   cosnap-disk); [`Host::job`], [`Host::jobs`], [`Host::wait_job`],
 //!   [`Host::request_job_state`].
+//! * Running VMs (`running.rs`): [`Host::start_vm`], [`Host::stop_vm`], [`Host::pause_vm`],
+//!   [`Host::resume_vm`], [`Host::reset_vm`], [`Host::vm_state`], [`Host::vm_with_state`];
+//!   for live snapshot work [`Host::running_vm`]`(vm_id)` → the [`cosnap_vmm::VmHandle`] of a
+//!   running or paused VM (`None` when off) and [`Host::hypervisor`] → the
+//!   [`cosnap_vmm::Hypervisor`] (group freeze, live commit, bitmaps, all by layer path).
+//!   Run settings: [`Host::set_run_settings`], [`Host::check_api_run_settings`].
 
 pub mod chains;
 pub mod cim;
@@ -109,7 +115,6 @@ pub mod running;
 mod snapshots;
 pub mod util;
 pub mod vm_boot;
-pub mod vm_state_cim;
 mod vms;
 pub mod work;
 

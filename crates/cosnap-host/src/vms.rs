@@ -212,6 +212,13 @@ impl Host {
     ) -> Result<()> {
         let _lock = self.lock()?;
         let vm = self.vm(vm)?;
+        if self.running_vm(&vm.id).is_some() {
+            // QEMU owns the active layer while the VM runs: the guest writes it itself.
+            return Err(HostError::InvalidState(format!(
+                "VM {} is running; its guest writes its disks",
+                vm.name
+            )));
+        }
         let disk = vm.disks.get(index as usize).ok_or_else(|| {
             HostError::invalid(format!(
                 "VM {} has {} disk(s); no disk {index}",

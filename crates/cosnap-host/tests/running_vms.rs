@@ -66,6 +66,23 @@ fn request_state(host: &Host, id: &str, state: u16) {
     assert!(job.succeeded(), "{job:?}");
 }
 
+/// Waits until the guest has reached its /init `count` times (the serial log is appended to).
+fn wait_for_boots(log: &Path, count: usize) {
+    let deadline = std::time::Instant::now() + cosnap_test_support::guest::BOOT_TIMEOUT;
+    while std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("COSNAP-READY")
+        .count()
+        < count
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest did not boot {count} times"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn qemu_pid(data: &Path, id: &str) -> PidGuard {
     PidGuard::from_pidfile(&data.join("run").join(id).join("qemu.pid")).expect("qemu.pid")
 }
@@ -112,6 +129,13 @@ fn a_vm_runs_pauses_and_stops_through_request_state_change_and_reports_the_truth
     );
     request_state(&host, &id, 2);
     assert_eq!(enabled_state(&host, &id), 2);
+    request_state(&host, &id, 10);
+    assert_eq!(
+        enabled_state(&host, &id),
+        2,
+        "a reboot keeps the VM running"
+    );
+    wait_for_boots(&data.join("run").join(&id).join("serial.log"), 2);
 
     // A restarted host finds the running VM again from its run directory.
     drop(host);

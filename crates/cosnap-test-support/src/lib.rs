@@ -9,7 +9,7 @@
 //!   that skip where qemu is absent;
 //! - [`model`]: expected guest bytes, as a sparse raw file or in memory;
 //! - [`records`]: the consistency checker for the test guest's records;
-//! - [`guest`]: the running-VM test guest (built on first use), serial waits, pid guards.
+//! - [`guest`](mod@guest): the running-VM test guest (built on first use), serial waits, pid guards.
 
 pub mod cli;
 pub mod guest;

@@ -217,3 +217,84 @@ fn node_files(hv: &QemuHypervisor, vm: &common::VmGuard) -> Vec<std::path::PathB
     nodes.sort_by_key(|n| n.node_name.clone());
     nodes.into_iter().map(|n| n.file.into()).collect()
 }
+
+#[test]
+fn a_failed_transaction_resumes_every_vm_and_names_the_vms_that_switched() {
+    let Some(_) = common::guest() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let hv = QemuHypervisor::new();
+    let mut vms = Vec::new();
+    let mut bases = Vec::new();
+    for name in ["fa", "fb"] {
+        let base = image(dir.path(), &format!("{name}.qcow2"), LayerFormat::Qcow2);
+        let run = dir.path().join(format!("run-{name}"));
+        vms.push(start(
+            &hv,
+            &launch(
+                name,
+                &run,
+                vec![chain(&base)],
+                "cosnap.mode=idle cosnap.disks=vda",
+            ),
+        ));
+        bases.push(base);
+    }
+    for vm in &vms {
+        wait_serial(&hv, &vm.handle, "COSNAP-READY");
+    }
+
+    // VM fb asks for its one disk twice: QEMU refuses the second snapshot of the same node and
+    // rolls that VM's whole transaction back.
+    let freeze = |vm: &common::VmGuard, base: &DiskLayer, overlays: &[&str]| FreezeRequest {
+        vm: vm.handle.clone(),
+        disks: overlays
+            .iter()
+            .map(|name| DiskFreeze {
+                disk: 0,
+                overlay: overlay(&dir.path().join(name), base),
+                bitmap: None,
+            })
+            .collect(),
+    };
+    let requests = [
+        freeze(&vms[0], &bases[0], &["fa.s1.qcow2"]),
+        freeze(&vms[1], &bases[1], &["fb.s1.qcow2", "fb.s2.qcow2"]),
+    ];
+    let error = hv.group_freeze(&requests).unwrap_err();
+
+    let cosnap_vmm::VmmError::Freeze { vm, switched, .. } = &error else {
+        panic!("{error}")
+    };
+    assert_eq!(
+        (vm.as_str(), switched.as_slice()),
+        ("fb", &["fa".to_string()][..]),
+        "{error}"
+    );
+    for vm in &vms {
+        assert_eq!(
+            hv.state(&vm.handle).unwrap(),
+            VmState::Running,
+            "resumed after the failure"
+        );
+    }
+    let fb_files: Vec<_> = hv
+        .block_nodes(&vms[1].handle)
+        .unwrap()
+        .into_iter()
+        .map(|n| n.file)
+        .collect();
+    assert!(
+        fb_files.iter().all(|f| !f.contains("fb.s")),
+        "fb's unused overlays are gone: {fb_files:?}"
+    );
+    let fa_files: Vec<_> = hv
+        .block_nodes(&vms[0].handle)
+        .unwrap()
+        .into_iter()
+        .map(|n| n.file)
+        .collect();
+    assert!(
+        fa_files.iter().any(|f| f.ends_with("fa.s1.qcow2")),
+        "fa switched: {fa_files:?}"
+    );
+}

@@ -142,13 +142,14 @@ fn machine_args(launch: &VmLaunch, accel: Accelerator) -> Vec<String> {
     args.push(launch.memory_mb.to_string());
     args.push("-smp".into());
     args.push(launch.cpus.max(1).to_string());
+    // No -no-reboot: with it QEMU turns every reset (QMP system_reset included) into an exit,
+    // and a VM's reboot keeps it running, as on Hyper-V.
     args.extend(strings(&[
         "-nodefaults",
         "-display",
         "none",
         "-vga",
         "none",
-        "-no-reboot",
     ]));
     args
 }

@@ -55,7 +55,14 @@ pub fn spawn(vm: &str, args: &[String], run: &RunPaths) -> Result<i32> {
         flag.store(true, Ordering::SeqCst);
     });
 
-    wait_for_socket(vm, run, &exited)?;
+    if let Err(error) = wait_for_socket(vm, run, &exited) {
+        // A QEMU that never answered is not left running with the disks open.
+        // SAFETY: kill(2) of the child spawned above.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        return Err(error);
+    }
     Ok(pid)
 }
 

@@ -1,4 +1,4 @@
-//! The CIM face of running VMs: `Msvm_ComputerSystem.EnabledState` from the hypervisor, and
+//! The CIM face of running VMs (the VM room is `running.rs`): `Msvm_ComputerSystem.EnabledState` from the hypervisor, and
 //! `Msvm_ComputerSystem.RequestStateChange` run as a job (Hyper-V returns 4096 with a job).
 
 use cosnap_cim::{CimError, MethodOutcome, ObjectPath, Value};
