@@ -111,17 +111,30 @@ pub fn create_child_of(parent_chain: &[LayerSpec], child: &Path) -> Result<Forma
             Ok(Format::Vhdx)
         }
         Format::Qcow2 | Format::Raw => {
-            qcow2::create(
-                child,
-                &qcow2::CreateOptions {
-                    virtual_size: size.div_ceil(512) * 512,
-                    cluster_bits: qcow2::DEFAULT_CLUSTER_BITS,
-                    backing: Some((relative_name(child, &parent.path)?, parent.format)),
-                },
-            )?;
+            write_qcow2_overlay(child, parent, size)?;
             Ok(Format::Qcow2)
         }
     }
+}
+
+/// A qcow2 overlay at `child` over the top of a recorded chain of any format: the new active
+/// layer of a running VM (QEMU runs qcow2 overlays above VHDX bases; it cannot open
+/// `.avhdx`). The child names its parent relative to its own directory, with the parent's
+/// recorded format. Fails if `child` exists.
+pub fn create_qcow2_overlay_of(parent_chain: &[LayerSpec], child: &Path) -> Result<()> {
+    let size = open_chain(parent_chain, false)?.virtual_size();
+    write_qcow2_overlay(child, &parent_chain[0], size)
+}
+
+fn write_qcow2_overlay(child: &Path, parent: &LayerSpec, virtual_size: u64) -> Result<()> {
+    qcow2::create(
+        child,
+        &qcow2::CreateOptions {
+            virtual_size: virtual_size.div_ceil(512) * 512,
+            cluster_bits: qcow2::DEFAULT_CLUSTER_BITS,
+            backing: Some((relative_name(child, &parent.path)?, parent.format)),
+        },
+    )
 }
 
 /// The direct parent file of `image`, or `None` for a base image.

@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use cosnap_disk::{Format, LayerSpec, open_chain};
-use cosnap_test_support::{qcow2_overlay, qcow2_rebase_unsafe};
+use cosnap_test_support::{qcow2_overlay, qcow2_rebase_unsafe, qemu_img};
 
 const MIB: u64 = 1 << 20;
 
@@ -121,4 +121,40 @@ fn vhdx_parent_locators_must_match_the_record() {
     assert!(e.contains("no parent is recorded"), "{e}");
     let e = err(&[spec(&a, Format::Vhdx), spec(&b, Format::Vhdx)]);
     assert!(e.contains("not a differencing image"), "{e}");
+}
+
+#[test]
+fn a_qcow2_overlay_goes_over_any_recorded_format() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, format) in [("base.vhdx", Format::Vhdx), ("base.raw", Format::Raw)] {
+        let base = tmp.path().join(name);
+        cosnap_disk::create(&base, format, 8 * MIB).unwrap();
+        cosnap_disk::write_pattern(&base, MIB, 4096, 0x5a).unwrap();
+        let overlay = tmp.path().join(format!("{name}.overlay.qcow2"));
+
+        cosnap_disk::create_qcow2_overlay_of(&[spec(&base, format)], &overlay).unwrap();
+
+        let info = qemu_img(&["info", "--output=json", overlay.to_str().unwrap()]);
+        let info = String::from_utf8_lossy(&info.stdout);
+        assert!(
+            info.contains(&format!(
+                "\"backing-filename-format\": \"{}\"",
+                format.name()
+            )),
+            "{info}"
+        );
+        assert!(
+            info.contains(&format!("\"backing-filename\": \"{name}\"")),
+            "relative: {info}"
+        );
+        let chain = [spec(&overlay, Format::Qcow2), spec(&base, format)];
+        let img = open_chain(&chain, false).unwrap();
+        let mut buf = vec![0u8; 4096];
+        img.read_at(&mut buf, MIB).unwrap();
+        assert!(buf.iter().all(|&b| b == 0x5a));
+        assert!(
+            cosnap_disk::create_qcow2_overlay_of(&[spec(&base, format)], &overlay).is_err(),
+            "exists"
+        );
+    }
 }

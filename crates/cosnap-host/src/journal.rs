@@ -27,8 +27,14 @@ use crate::util::crash_point;
 /// What an operation will do to files.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Plan {
-    /// CreateSnapshot: new differencing children (deleted on roll-back).
-    Create { created: Vec<PathBuf> },
+    /// CreateSnapshot: new differencing children (deleted on roll-back), except overlays
+    /// that recovery finds active in a running member's QEMU (`live`): those are recorded as
+    /// active layers first (`Host::recover_live_switches`).
+    Create {
+        created: Vec<PathBuf>,
+        #[serde(default)]
+        live: Vec<crate::live::LiveSwitch>,
+    },
     /// ApplySnapshot: new children (roll-back deletes them); once committed, the old
     /// active layers to delete.
     Apply {
@@ -244,7 +250,7 @@ pub fn recover(conn: &Connection) -> Result<usize> {
         let plan: Plan = serde_json::from_str(&text)
             .map_err(|e| crate::HostError::Failed(format!("journal row {id} unreadable: {e}")))?;
         match (&plan, phase.as_str()) {
-            (Plan::Create { created }, _) | (Plan::Apply { created, .. }, "pending") => {
+            (Plan::Create { created, .. }, _) | (Plan::Apply { created, .. }, "pending") => {
                 for f in created {
                     delete_file(f)?;
                 }

@@ -81,6 +81,12 @@
 //!   ([`JobCtx::progress`], [`JobCtx::check_cancel`], [`JobCtx::cancel_token`] for
 //!   cosnap-disk); [`Host::job`], [`Host::jobs`], [`Host::wait_job`],
 //!   [`Host::request_job_state`].
+//! * Running VMs (`running.rs`): [`Host::start_vm`], [`Host::stop_vm`], [`Host::pause_vm`],
+//!   [`Host::resume_vm`], [`Host::reset_vm`], [`Host::vm_state`], [`Host::vm_with_state`];
+//!   for live snapshot work [`Host::running_vm`]`(vm_id)` → the [`cosnap_vmm::VmHandle`] of a
+//!   running or paused VM (`None` when off) and [`Host::hypervisor`] → the
+//!   [`cosnap_vmm::Hypervisor`] (group freeze, live commit, bitmaps, all by layer path).
+//!   Run settings: [`Host::set_run_settings`], [`Host::check_api_run_settings`].
 
 pub mod chains;
 pub mod cim;
@@ -95,6 +101,8 @@ pub mod jobs;
 pub mod journal;
 mod layers;
 pub mod libvirt;
+pub mod live;
+mod live_merge;
 pub mod model;
 pub mod modes;
 mod new_layers;
@@ -103,8 +111,10 @@ mod recovery;
 mod refpoints;
 pub mod repo;
 mod rows;
+pub mod running;
 mod snapshots;
 pub mod util;
+pub mod vm_boot;
 mod vms;
 pub mod work;
 
@@ -116,4 +126,6 @@ pub use jobs::JobCtx;
 pub use layers::InUseGuard;
 pub use model::*;
 pub use options::HostOptions;
+pub use running::SharedHypervisor;
+pub use vm_boot::{VmBoot, VmRunSettings};
 pub use work::{NoJob, Work};

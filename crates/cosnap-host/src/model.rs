@@ -121,6 +121,12 @@ pub struct Vm {
     pub parent_snapshot: Option<String>,
     /// Ids of the collections it belongs to.
     pub collections: Vec<String>,
+    /// How it boots and its second serial port.
+    #[serde(default)]
+    pub run: crate::vm_boot::VmRunSettings,
+    /// `running`, `paused` or `off`, when asked for ([`Host::vm_with_state`](crate::Host::vm_with_state)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
 }
 
 impl Vm {
@@ -182,6 +188,9 @@ pub struct Snapshot {
     pub created: String,
     pub created_ms: i64,
     pub vms: Vec<SnapshotVm>,
+    /// For a snapshot of running VMs: from the first pause to the last resume, in µs.
+    #[serde(default)]
+    pub pause_window_us: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -70,7 +70,14 @@ impl Host {
         for (i, layer) in layers.iter().enumerate() {
             work.check_cancel()?;
             self.create_layer_dir(&layer.path)?;
-            cosnap_disk::create_child_of(&self.disk_chain(&layer.parent)?, &layer.path)?;
+            let parent_chain = self.disk_chain(&layer.parent)?;
+            // A qcow2 layer goes over any parent (a running VM's overlay above VHDX too).
+            match layer.format {
+                Format::Qcow2 => cosnap_disk::create_qcow2_overlay_of(&parent_chain, &layer.path)?,
+                _ => {
+                    cosnap_disk::create_child_of(&parent_chain, &layer.path)?;
+                }
+            }
             crate::modes::make_private_file(&layer.path)?;
             std::fs::File::open(&layer.path)?.sync_all()?;
             crash_point(crash_label);

@@ -28,6 +28,8 @@ pub struct HostOptions {
     /// BLAKE3 (`cosnap serve --export-digest`, `cosnap export --digest`). Not a Hyper-V
     /// field, so it is the host's setting, not the request's.
     pub export_digest: cosnap_export::DigestAlgorithm,
+    /// What runs the VMs (QEMU by default).
+    pub hypervisor: crate::running::SharedHypervisor,
 }
 
 impl Default for HostOptions {
@@ -37,6 +39,7 @@ impl Default for HostOptions {
             export_roots: Vec::new(),
             export_file_mode: DEFAULT_EXPORT_FILE_MODE,
             export_digest: cosnap_export::DigestAlgorithm::Sha256,
+            hypervisor: Default::default(),
         }
     }
 }

@@ -28,6 +28,8 @@ impl Host {
     fn recover(&self) -> Result<()> {
         let _lock = self.lock()?;
         let conn = self.db();
+        self.recover_live_creates(&conn)?;
+        self.recover_live_releases(&conn)?;
         journal::recover(&conn)?;
 
         mark_orphan_jobs_interrupted(&conn)?;

@@ -20,7 +20,8 @@ use crate::error::{HostError, Result};
 
 /// Schema migrations; index + 1 = the `user_version` after applying it. Never edit a
 /// shipped entry: append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE vms (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -176,7 +177,22 @@ CREATE TABLE journal (
     plan TEXT NOT NULL,
     job_id TEXT
 );
-"#];
+"#,
+    r#"
+-- How a VM boots (kernel NULL = the firmware boots disk 0) and its COM2 socket (running VMs).
+CREATE TABLE vm_boot (
+    vm_id TEXT PRIMARY KEY,
+    kernel TEXT,
+    initrd TEXT,
+    cmdline TEXT,
+    com2 TEXT
+);
+"#,
+    r#"
+-- Running VMs: how long the group stood paused for a live snapshot (NULL: offline).
+ALTER TABLE snapshots ADD COLUMN pause_window_us INTEGER;
+"#,
+];
 
 /// Opens (creating if needed) the repository database and brings its schema up to date.
 /// A read-only connection to the repository (after [`open_db`] created and migrated it).

@@ -113,6 +113,8 @@ pub(crate) fn load_vm(conn: &Connection, id: &str) -> Result<Vm> {
         nics,
         parent_snapshot: parent,
         collections,
+        run: crate::vm_boot::load_run_settings(conn, id)?,
+        state: None,
     })
 }
 
@@ -162,11 +164,12 @@ pub(crate) fn settings_of(text: &str) -> Result<VmSettings> {
 }
 
 pub(crate) fn load_snapshot(conn: &Connection, id: &str) -> Result<Snapshot> {
-    let (collection_id, name, snapshot_type, created_ms): (String, String, u16, i64) = conn
+    type Head = (String, String, u16, i64, Option<i64>);
+    let (collection_id, name, snapshot_type, created_ms, pause_window_us): Head = conn
         .query_row(
-            "SELECT collection_id, name, snapshot_type, created FROM snapshots WHERE id = ?1",
+            "SELECT collection_id, name, snapshot_type, created, pause_window_us FROM snapshots WHERE id = ?1",
             [id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
         .optional()?
         .ok_or_else(|| HostError::not_found(format!("no snapshot collection with id {id}")))?;
@@ -226,6 +229,7 @@ pub(crate) fn load_snapshot(conn: &Connection, id: &str) -> Result<Snapshot> {
         created: rfc3339(created_ms),
         created_ms,
         vms,
+        pause_window_us: pause_window_us.map(|us| us as u64),
     })
 }
 

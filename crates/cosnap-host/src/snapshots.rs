@@ -104,16 +104,20 @@ impl Host {
                 .collect::<Result<_>>()?
         };
 
+        let running = self.running_members(&vms)?;
         let children: Vec<NewLayer> = vms
             .iter()
             .flat_map(|vm| {
-                vm.disks.iter().map(|d| {
-                    NewLayer::above(&self.inner.data_dir, &vm.id, d.index, &d.path, d.format)
-                })
+                let live = running.contains_key(&vm.id);
+                vm.disks
+                    .iter()
+                    .map(move |d| crate::live::new_layer(&self.inner.data_dir, vm, d, live))
             })
             .collect();
+        let members = crate::live::members(&vms, &running, &children);
         let plan = Plan::Create {
             created: children.iter().map(|c| c.path.clone()).collect(),
+            live: crate::live::switches(&members),
         };
         let jid = journal::insert(
             &self.db(),
@@ -136,18 +140,25 @@ impl Host {
             });
 
         let sid = new_guid();
-        let recorded = created.and_then(|()| {
-            self.record_snapshot(&NewSnapshot {
-                id: &sid,
-                collection: &coll,
-                snapshot_type,
-                vms: &vms,
-                children: &children,
-                journal_id: jid,
-            })
-        });
-        if let Err(e) = recorded {
-            self.roll_back_new_layers(&children, jid);
+        let snapshot = NewSnapshot {
+            id: &sid,
+            collection: &coll,
+            snapshot_type,
+            vms: &vms,
+            children: &children,
+            journal_id: jid,
+            pause_window_us: None,
+        };
+        let recorded = match created {
+            Ok(()) => self.freeze_and_record(snapshot, &members),
+            Err(e) => Err((e, vec![])),
+        };
+        if let Err((e, switched)) = recorded {
+            // Overlays a running VM writes to now stay (recorded as its active layers).
+            let (_, unused): (Vec<NewLayer>, Vec<NewLayer>) = children
+                .into_iter()
+                .partition(|c| switched.contains(&c.path));
+            self.roll_back_new_layers(&unused, jid);
             return Err(e);
         }
         crash_point("create.committed");
@@ -157,7 +168,7 @@ impl Host {
     /// The commit point of a CreateSnapshot: one transaction records the snapshot, each
     /// member VM's settings and frozen layers, switches every active layer to its new child
     /// and drops the journal entry.
-    fn record_snapshot(&self, snap: &NewSnapshot) -> Result<()> {
+    pub(crate) fn record_snapshot(&self, snap: &NewSnapshot) -> Result<()> {
         let now = now_ms();
         let mut conn = self.db();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -167,8 +178,8 @@ impl Host {
             })?;
         let name = format!("{} - ({})", snap.collection.name, rfc3339(now));
         tx.execute(
-            "INSERT INTO snapshots (id, collection_id, name, snapshot_type, created, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![snap.id, snap.collection.id, name, snap.snapshot_type, now, seq],
+            "INSERT INTO snapshots (id, collection_id, name, snapshot_type, created, seq, pause_window_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![snap.id, snap.collection.id, name, snap.snapshot_type, now, seq, snap.pause_window_us.map(|us| us as i64)],
         )?;
 
         for vm in snap.vms {
@@ -193,6 +204,8 @@ impl Host {
     /// after it the merge always runs to the end (a half-merged layer cannot be un-merged).
     pub fn destroy_snapshot(&self, id: &str, work: &dyn Work) -> Result<()> {
         let _lock = self.lock()?;
+        let members = self.snapshot_members(&self.snapshot(id)?)?;
+        let running = self.running_layers(&members)?;
         let mut conn = self.db();
         let snap = load_snapshot(&conn, &norm_id(id))?;
         Self::check_not_in_use(&conn, &snap.id, "snapshot collection")?;
@@ -223,15 +236,24 @@ impl Host {
         )?;
         tx.execute("DELETE FROM snapshots WHERE id = ?1", [&snap.id])?;
         tx.execute("DELETE FROM exports WHERE source_id = ?1", [&snap.id])?;
-        let (jid, plan) = journal_release(&tx, &layers, "destroy-snapshot", work)?;
+        let kind = match running.is_empty() {
+            true => "destroy-snapshot",
+            false => crate::live_merge::LIVE_RELEASE_OP,
+        };
+        let (jid, plan) = journal_release(&tx, &layers, kind, work)?;
+        running.check_release(&plan)?;
         tx.commit()?;
         drop(conn);
-        self.run_release(jid, &plan, work, "destroy.committed")
+        match running.is_empty() {
+            true => self.run_release(jid, &plan, work, "destroy.committed"),
+            false => self.run_live_release(jid, &plan, &running, work),
+        }
     }
 
     pub fn check_apply_snapshot(&self, id: &str) -> Result<Snapshot> {
         let snap = self.snapshot(id)?;
         Self::check_not_in_use(&self.db(), &snap.id, "snapshot collection")?;
+        self.refuse_while_running(&self.snapshot_members(&snap)?, "ApplySnapshot")?;
         Ok(snap)
     }
 
@@ -251,6 +273,7 @@ impl Host {
                 .collect::<Result<Vec<_>>>()?;
             (snap, vms)
         };
+        self.refuse_while_running(&vms, "ApplySnapshot")?;
 
         let children: Vec<NewLayer> = snap
             .vms
@@ -329,13 +352,15 @@ impl Host {
 
 /// What [`Host::record_snapshot`] commits: the new snapshot of `collection`, the member
 /// VMs as they are now, and the children that become their active layers.
-struct NewSnapshot<'a> {
-    id: &'a str,
-    collection: &'a Collection,
-    snapshot_type: u16,
-    vms: &'a [Vm],
-    children: &'a [NewLayer],
-    journal_id: i64,
+pub(crate) struct NewSnapshot<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) collection: &'a Collection,
+    pub(crate) snapshot_type: u16,
+    pub(crate) vms: &'a [Vm],
+    pub(crate) children: &'a [NewLayer],
+    pub(crate) journal_id: i64,
+    /// For running members: how long the group stood paused, in µs.
+    pub(crate) pause_window_us: Option<u64>,
 }
 
 /// Records one member VM in a new snapshot: its VSSD with the settings of now, the VM's

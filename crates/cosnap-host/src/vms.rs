@@ -151,6 +151,11 @@ impl Host {
         let _lock = self.lock()?;
         let mut conn = self.db();
         let id = resolve(&conn, "vms", id_or_name, "VM")?;
+        if self.running_vm(&id).is_some() {
+            return Err(HostError::InvalidState(format!(
+                "VM {id} is running; stop it first"
+            )));
+        }
         let snaps: i64 = conn.query_row(
             "SELECT COUNT(*) FROM snapshot_vms WHERE vm_id = ?1",
             [&id],
@@ -174,7 +179,7 @@ impl Host {
                 .collect::<Result<_, _>>()?
         };
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for table in ["vm_disks", "vm_nics", "layers"] {
+        for table in ["vm_disks", "vm_nics", "layers", "vm_boot"] {
             tx.execute(&format!("DELETE FROM {table} WHERE vm_id = ?1"), [&id])?;
         }
         tx.execute("DELETE FROM collection_members WHERE member_id = ?1", [&id])?;
@@ -207,6 +212,13 @@ impl Host {
     ) -> Result<()> {
         let _lock = self.lock()?;
         let vm = self.vm(vm)?;
+        if self.running_vm(&vm.id).is_some() {
+            // QEMU owns the active layer while the VM runs: the guest writes it itself.
+            return Err(HostError::InvalidState(format!(
+                "VM {} is running; its guest writes its disks",
+                vm.name
+            )));
+        }
         let disk = vm.disks.get(index as usize).ok_or_else(|| {
             HostError::invalid(format!(
                 "VM {} has {} disk(s); no disk {index}",

@@ -7,15 +7,20 @@
 //! - [`process`]: run a command and capture its exit code and output;
 //! - [`qemu`]: qemu-img as the oracle (check, compare) and [`require_qemu!`] for the tests
 //!   that skip where qemu is absent;
-//! - [`model`]: expected guest bytes, as a sparse raw file or in memory.
+//! - [`model`]: expected guest bytes, as a sparse raw file or in memory;
+//! - [`records`]: the consistency checker for the test guest's records;
+//! - [`guest`](mod@guest): the running-VM test guest (built on first use), serial waits, pid guards.
 
 pub mod cli;
+pub mod guest;
 pub mod http;
 pub mod model;
 pub mod process;
 pub mod qemu;
+pub mod records;
 
 pub use cli::{Cli, Outcome};
+pub use guest::{PidGuard, guest, wait_for_text};
 pub use model::{Model, RawModel, pattern};
 pub use process::{ok, p, run};
 pub use qemu::{

@@ -38,6 +38,8 @@ pub enum VmCmd {
         /// Keep this id (a GUID) instead of generating one.
         #[arg(long)]
         id: Option<String>,
+        #[command(flatten)]
+        run: crate::cmd_vm_run::RunArgs,
     },
     /// Define a VM from a libvirt domain XML file.
     ImportLibvirt { file: PathBuf },
@@ -45,8 +47,22 @@ pub enum VmCmd {
     List,
     /// Show a VM (disks at their active layers, in slot order).
     Show { vm: String },
-    /// Destroy a VM (its snapshots must be destroyed first).
+    /// Destroy a VM (its snapshots must be destroyed first; it must be off).
     Destroy { vm: String },
+    /// Start a VM under QEMU.
+    Start { vm: String },
+    /// Stop a running VM: the guest shuts down (--force: QEMU quits at once).
+    Stop {
+        vm: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Pause a running VM.
+    Pause { vm: String },
+    /// Resume a paused VM.
+    Resume { vm: String },
+    /// Attach the terminal to a running VM's first serial port (end with Ctrl-D).
+    Console { vm: String },
     /// A guest write onto the VM's active layer: LENGTH bytes of PATTERN at OFFSET.
     Write {
         vm: String,
@@ -285,6 +301,7 @@ pub fn run_vm(ctx: &Context, cmd: VmCmd) -> CmdResult {
             disk_formats,
             nics,
             id,
+            run,
         } => {
             let spec = VmSpec {
                 id,
@@ -295,6 +312,7 @@ pub fn run_vm(ctx: &Context, cmd: VmCmd) -> CmdResult {
                 nics: nics.iter().map(|n| parse_nic(n)).collect(),
             };
             let vm = host.define_vm(&spec).map_err(fail)?;
+            let vm = crate::cmd_vm_run::apply_run_args(&host, vm, run)?;
             print_vm_id(ctx, &vm);
         }
         VmCmd::ImportLibvirt { file } => {
@@ -309,15 +327,16 @@ pub fn run_vm(ctx: &Context, cmd: VmCmd) -> CmdResult {
             print_vm_id(ctx, &vm);
         }
         VmCmd::List => {
-            let vms = host.vms().map_err(fail)?;
+            let vms = host.vms_with_state().map_err(fail)?;
             if ctx.json {
                 print_json(&vms);
             } else {
                 for vm in vms {
                     println!(
-                        "{}  {:<20} cpus={} memory={}MB disks={}",
+                        "{}  {:<20} {:<8} cpus={} memory={}MB disks={}",
                         vm.id,
                         vm.name,
+                        vm.state.as_deref().unwrap_or("-"),
                         vm.cpus,
                         vm.memory_mb,
                         vm.disks.len()
@@ -326,7 +345,7 @@ pub fn run_vm(ctx: &Context, cmd: VmCmd) -> CmdResult {
             }
         }
         VmCmd::Show { vm } => {
-            let vm = host.vm(&vm).map_err(fail)?;
+            let vm = host.vm_with_state(&vm).map_err(fail)?;
             if ctx.json {
                 print_json(&vm);
             } else {
@@ -334,6 +353,14 @@ pub fn run_vm(ctx: &Context, cmd: VmCmd) -> CmdResult {
             }
         }
         VmCmd::Destroy { vm } => host.destroy_vm(&vm).map_err(fail)?,
+        VmCmd::Start { vm } => print_state(ctx, &host.start_vm(&vm).map_err(fail)?),
+        VmCmd::Stop { vm, force } => print_state(ctx, &host.stop_vm(&vm, force).map_err(fail)?),
+        VmCmd::Pause { vm } => print_state(ctx, &host.pause_vm(&vm).map_err(fail)?),
+        VmCmd::Resume { vm } => print_state(ctx, &host.resume_vm(&vm).map_err(fail)?),
+        VmCmd::Console { vm } => {
+            let socket = host.console_socket(&vm).map_err(fail)?;
+            crate::cmd_vm_run::console(&socket)?;
+        }
         VmCmd::Write {
             vm,
             disk,
@@ -364,10 +391,23 @@ fn print_vm_id(ctx: &Context, vm: &Vm) {
     }
 }
 
+/// After a state change: the VM as JSON, or its new state.
+fn print_state(ctx: &Context, vm: &Vm) {
+    if ctx.json {
+        print_json(vm);
+    } else {
+        println!("{} {}", vm.id, vm.state.as_deref().unwrap_or("-"));
+    }
+}
+
 fn print_vm(vm: &Vm) {
     println!(
-        "{}  {}\n  cpus {}  memory {} MB",
-        vm.id, vm.name, vm.cpus, vm.memory_mb
+        "{}  {}  {}\n  cpus {}  memory {} MB",
+        vm.id,
+        vm.name,
+        vm.state.as_deref().unwrap_or("-"),
+        vm.cpus,
+        vm.memory_mb
     );
     for d in &vm.disks {
         println!(

@@ -176,6 +176,7 @@ pub fn run_serve(ctx: &Context, args: ServeArgs) -> CmdResult {
         export_roots: existing_dirs(&args.export_roots, "export root")?,
         export_file_mode: args.export_mode,
         export_digest: args.export_digest,
+        ..HostOptions::default()
     };
 
     std::fs::create_dir_all(&ctx.data_dir)

@@ -5,6 +5,7 @@ mod cmd_disk;
 mod cmd_export;
 mod cmd_host;
 mod cmd_serve;
+mod cmd_vm_run;
 mod exit;
 
 use std::path::PathBuf;

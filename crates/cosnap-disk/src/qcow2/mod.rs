@@ -34,6 +34,7 @@ use crate::error::{DiskError, Result};
 use crate::image::{Extent, ExtentState, Format, Image};
 
 mod allocation;
+pub mod bitmaps;
 mod check;
 mod compressed;
 mod create;
@@ -43,6 +44,7 @@ mod tables;
 pub use crate::image::push_extent;
 pub use crate::paths::{canonical, relative_path, resolve_backing};
 use allocation::get_entry;
+pub use bitmaps::{BitmapInfo, ChangeInfo, LostReason, dirty_ranges, list_bitmaps};
 pub use check::{check, open_standalone, repair_leaks};
 pub use create::{CreateOptions, create, set_backing};
 use header::refuse_writable;

@@ -36,7 +36,11 @@ impl Host {
                 s("Microsoft Virtual Machine"),
             )
             .with("ElementName", CimType::String, s(&vm.name))
-            .with("EnabledState", CimType::Uint16, u16v(3))
+            .with(
+                "EnabledState",
+                CimType::Uint16,
+                u16v(self.enabled_state(&vm.id)),
+            )
             .with("HealthState", CimType::Uint16, u16v(5))
             .with("Name", CimType::String, s(&vm.id))
             .with("NumberOfNumaNodes", CimType::Uint16, u16v(1))

@@ -21,5 +21,6 @@ pub mod instances;
 mod package;
 pub mod paths;
 pub mod provider;
+pub mod vm_state;
 
 pub use paths::*;

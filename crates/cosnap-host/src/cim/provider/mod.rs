@@ -81,6 +81,10 @@ impl Host {
                 outcome(e.dmtf_code())
             }));
         }
+        if eq("Msvm_ComputerSystem") && m == "requeststatechange" {
+            let requested = uint_param(params, "RequestedState").map_err(|e| e.to_cim())?;
+            return self.request_vm_state(target, requested);
+        }
         if eq("Msvm_ConcreteJob") || eq("CIM_ConcreteJob") {
             return self.job_method(target, method, &m, params);
         }

@@ -1,0 +1,388 @@
+//! The consistency proof on running VMs: two guests with two disks each (qcow2 and VHDX
+//! bases) write numbered O_DIRECT records, the second one a follower of the first over their
+//! serial link; cosnap takes group snapshots at random moments while they write. Every frozen
+//! image and a full export must hold a gap-free prefix of intact records per disk, one VM's
+//! counts at most 1 apart, and no follower record without its cause in the leader's images.
+//! Snapshotting the VMs one after another (no group pause) must be caught.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cosnap_disk::qcow2::{self, ChangeInfo};
+use cosnap_disk::{ExtentState, Format, merge_ranges, open_chain};
+use cosnap_host::export::{ExportRequest, Roots, exported_path, start_export};
+use cosnap_host::live::snapshot_bitmap;
+use cosnap_host::{DiskSpec, Host, HostError, HostOptions, NoJob, SharedHypervisor, Vm, VmSpec};
+use cosnap_test_support::records::{DiskRecords, VmRecords, check_cause, check_vm, scan_disk};
+use cosnap_test_support::{PidGuard, guest, qemu_check_clean, wait_for_text};
+use cosnap_vmm::{
+    Accelerator, Boot, DiskChain, DiskLayer, Hypervisor, LayerFormat, QemuHypervisor, SerialSocket,
+    VmHandle, VmLaunch, VmState,
+};
+
+const MIB: u64 = 1 << 20;
+const DISK_BYTES: u64 = 32 * MIB;
+const GUEST_DISKS: [&str; 2] = ["vda", "vdb"];
+
+/// The host's view of a VM's disks as the chains QEMU runs.
+fn chains_of(host: &Host, vm: &Vm) -> Vec<DiskChain> {
+    vm.disks
+        .iter()
+        .map(|d| {
+            let mut layers: Vec<DiskLayer> = host
+                .disk_chain(&d.path)
+                .unwrap()
+                .into_iter()
+                .map(|l| DiskLayer {
+                    path: l.path,
+                    format: match l.format {
+                        Format::Qcow2 => LayerFormat::Qcow2,
+                        Format::Vhdx => LayerFormat::Vhdx,
+                        Format::Raw => LayerFormat::Raw,
+                    },
+                })
+                .collect();
+            layers.reverse();
+            DiskChain { layers }
+        })
+        .collect()
+}
+
+/// Starts the guest for `vm` in the host's run directory; `knobs` adds `cosnap.*` options.
+fn start_vm(
+    hv: &QemuHypervisor,
+    host: &Host,
+    vm: &Vm,
+    knobs: &str,
+    com2: SerialSocket,
+) -> (PidGuard, VmHandle) {
+    let (kernel, initrd) = guest().expect("checked by the caller");
+    let launch = VmLaunch {
+        // As the host's VM room names and places it, so the host finds it running.
+        name: vm.id.clone(),
+        run_dir: host.data_dir().join("run").join(&vm.id),
+        cpus: 1,
+        memory_mb: 256,
+        disks: chains_of(host, vm),
+        boot: Boot::Kernel {
+            kernel,
+            initrd: Some(initrd),
+            cmdline: format!(
+                "console=ttyS0 quiet panic=-1 cosnap.vm={} cosnap.disks=vda,vdb {knobs}",
+                vm.name
+            ),
+        },
+        com2: Some(com2),
+        user_nic: false,
+        accelerator: Some(Accelerator::Tcg),
+    };
+    let handle = hv.start(&launch).expect("start VM");
+    (PidGuard(handle.pid), handle)
+}
+
+/// Two VMs (lead: qcow2 + VHDX base, foll: VHDX + qcow2 base) in one collection.
+fn define_group(host: &Host, images: &Path) -> (String, Vm, Vm) {
+    let coll = host.define_collection("writers", None, 0).unwrap().id;
+    let mut vms = Vec::new();
+    for (name, formats) in [
+        ("lead", [Format::Qcow2, Format::Vhdx]),
+        ("foll", [Format::Vhdx, Format::Qcow2]),
+    ] {
+        let disks = formats
+            .iter()
+            .enumerate()
+            .map(|(i, format)| {
+                let path = images.join(format!("{name}-{i}.{}", format.name()));
+                cosnap_disk::create(&path, *format, DISK_BYTES).unwrap();
+                DiskSpec {
+                    path,
+                    format: Some(*format),
+                }
+            })
+            .collect();
+        let vm = host
+            .define_vm(&VmSpec {
+                id: None,
+                name: name.into(),
+                cpus: 1,
+                memory_mb: 256,
+                disks,
+                nics: vec![],
+            })
+            .unwrap();
+        host.add_member(&coll, &vm.id).unwrap();
+        vms.push(vm);
+    }
+    let foll = vms.pop().unwrap();
+    let lead = vms.pop().unwrap();
+    (coll, lead, foll)
+}
+
+/// Checks (a) on every disk of one VM's frozen layers, read through cosnap's readers.
+fn frozen_records(host: &Host, vm_name: &str, layers: &[PathBuf]) -> VmRecords {
+    let disks = layers
+        .iter()
+        .zip(GUEST_DISKS)
+        .map(|(layer, disk)| {
+            let image = open_chain(&host.disk_chain(layer).unwrap(), false).unwrap();
+            let mut read = |buf: &mut [u8], offset: u64| {
+                image.read_at(buf, offset).map_err(std::io::Error::other)
+            };
+            scan_disk(vm_name, disk, image.virtual_size(), &mut read)
+                .unwrap_or_else(|e| panic!("{}: {e}", layer.display()))
+        })
+        .collect();
+    VmRecords {
+        vm: vm_name.into(),
+        disks,
+    }
+}
+
+/// (a) on every disk of an exported image (probed: the test reads what the package holds).
+fn exported_records(vm_name: &str, images: &[PathBuf]) -> VmRecords {
+    let disks: Vec<DiskRecords> = images
+        .iter()
+        .zip(GUEST_DISKS)
+        .map(|(path, disk)| {
+            let image = cosnap_disk::open(path, false).unwrap();
+            let mut read = |buf: &mut [u8], offset: u64| {
+                image.read_at(buf, offset).map_err(std::io::Error::other)
+            };
+            scan_disk(vm_name, disk, image.virtual_size(), &mut read)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        })
+        .collect();
+    VmRecords {
+        vm: vm_name.into(),
+        disks,
+    }
+}
+
+/// The frozen layers of `vm` in snapshot `sid`, in disk order.
+fn frozen_layers(host: &Host, sid: &str, vm_id: &str) -> Vec<PathBuf> {
+    let snap = host.snapshot(sid).unwrap();
+    let vm = snap.vms.iter().find(|v| v.vm_id == vm_id).unwrap();
+    vm.disks.iter().map(|d| d.path.clone()).collect()
+}
+
+/// A pause of 0.2–2 s, different each round (a cheap generator is enough here).
+fn random_gap(round: u64) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    Duration::from_millis(200 + (nanos / 1000 + round * 7919) % 1800)
+}
+
+fn full_export(host: &Host, sid: &str, dir: &Path) -> Vec<(String, PathBuf)> {
+    std::fs::create_dir_all(dir).unwrap();
+    let job = start_export(host, &ExportRequest::full(sid, dir), Roots::Caller).unwrap();
+    let done = host.wait_job(&job).unwrap();
+    assert!(done.succeeded(), "{done:?}");
+    exported_path(host, sid, &job).expect("export recorded");
+    let record = host.exports_of(sid).unwrap().pop().unwrap();
+    record
+        .disks
+        .into_iter()
+        .map(|d| (d.vm_id, d.path))
+        .collect()
+}
+
+#[test]
+fn group_snapshots_of_running_writers_are_consistent_and_sequential_ones_are_caught() {
+    let Some(_) = guest() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let images = root.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let hv = Arc::new(QemuHypervisor::new());
+    let options = HostOptions {
+        hypervisor: SharedHypervisor(hv.clone()),
+        ..HostOptions::default()
+    };
+    let host = Host::open_with(root.path().join("data"), options).unwrap();
+    let (coll, lead, foll) = define_group(&host, &images);
+
+    let link = root.path().join("link.sock");
+    let lead_vm = start_vm(
+        &hv,
+        &host,
+        &lead,
+        "cosnap.peer=ttyS1",
+        SerialSocket::Server(link.clone()),
+    );
+    let foll_vm = start_vm(
+        &hv,
+        &host,
+        &foll,
+        "cosnap.mode=follower cosnap.peer=ttyS1",
+        SerialSocket::Client(link),
+    );
+    wait_for_text(&hv.serial_log(&lead_vm.1), "COSNAP-READY");
+    wait_for_text(&hv.serial_log(&foll_vm.1), "COSNAP-READY");
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Five group snapshots at random moments while both write flat out.
+    let mut snapshots = Vec::new();
+    for round in 0..5 {
+        std::thread::sleep(random_gap(round));
+        let sid = host.create_snapshot_now(&coll, 2, None).unwrap();
+        let snap = host.snapshot(&sid).unwrap();
+        assert!(
+            snap.pause_window_us.is_some(),
+            "a live snapshot keeps its pause window"
+        );
+        snapshots.push(sid);
+    }
+
+    // A full export of the last snapshot while the VMs keep running.
+    let exported = full_export(
+        &host,
+        snapshots.last().unwrap(),
+        &root.path().join("export"),
+    );
+
+    // ApplySnapshot is refused while a member runs.
+    let refused = host.check_apply_snapshot(&snapshots[0]).unwrap_err();
+    assert!(matches!(refused, HostError::InvalidState(_)), "{refused}");
+
+    let caught_after = negative_control(&host, &lead, &foll);
+    eprintln!(
+        "sequential snapshots caught with the follower frozen {caught_after:?} after the leader"
+    );
+
+    // DestroySnapshot while they run: the oldest snapshot's layers merge down inside the
+    // running chains (QEMU's block-commit), then a fresh snapshot is destroyed at once, which
+    // merges each active layer into its parent with a pivot.
+    host.destroy_snapshot(&snapshots.remove(0), &NoJob).unwrap();
+    let fresh = host.create_snapshot(&coll, 1, &NoJob).unwrap();
+    let before: Vec<PathBuf> = frozen_layers(&host, &fresh, &lead.id);
+    host.destroy_snapshot(&fresh, &NoJob).unwrap();
+    let lead_now = host.vm(&lead.id).unwrap();
+    let active: Vec<PathBuf> = lead_now.disks.iter().map(|d| d.path.clone()).collect();
+    assert_eq!(
+        active, before,
+        "the active layers pivoted onto their parents"
+    );
+    for vm in [&lead, &foll] {
+        assert_eq!(
+            host.vm_state(&vm.id).unwrap(),
+            VmState::Running,
+            "{} keeps running",
+            vm.name
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+
+    // QEMU closes the images cleanly (quit): chains on disk and in the repository agree.
+    host.stop_vm(&foll.id, true).unwrap();
+    host.stop_vm(&lead.id, true).unwrap();
+    drop(foll_vm);
+    drop(lead_vm);
+    assert_eq!(host.verify().unwrap(), Vec::<String>::new());
+    for vm in [&lead, &foll] {
+        for disk in host.vm(&vm.id).unwrap().disks {
+            qemu_check_clean(&disk.path);
+        }
+    }
+
+    let mut last_lead_count = 0;
+    for sid in &snapshots {
+        let leader = frozen_records(&host, "lead", &frozen_layers(&host, sid, &lead.id));
+        let follower = frozen_records(&host, "foll", &frozen_layers(&host, sid, &foll.id));
+        check_vm(&leader).unwrap();
+        check_vm(&follower).unwrap();
+        check_cause(&leader, &follower).unwrap();
+        assert!(
+            leader.min_count() > last_lead_count,
+            "the writers advanced between snapshots"
+        );
+        last_lead_count = leader.min_count();
+        eprintln!(
+            "snapshot {sid}: lead {:?} foll {:?} peer max {:?}",
+            leader.disks.iter().map(|d| d.count).collect::<Vec<_>>(),
+            follower.disks.iter().map(|d| d.count).collect::<Vec<_>>(),
+            follower.max_peer()
+        );
+    }
+
+    // Each recovery snapshot put a persistent bitmap on the layers it created; once the
+    // next snapshot froze those layers, QEMU stored the bitmaps, and they mark exactly the
+    // clusters the guest wrote into the layer.
+    for pair in snapshots.windows(2) {
+        for vm in [&lead, &foll] {
+            for layer in frozen_layers(&host, &pair[1], &vm.id) {
+                assert_bitmap_matches_layer(&host, &layer, &snapshot_bitmap(&pair[0]));
+            }
+        }
+    }
+
+    let pick = |vm_id: &str| -> Vec<PathBuf> {
+        exported
+            .iter()
+            .filter(|(v, _)| v == vm_id)
+            .map(|(_, p)| p.clone())
+            .collect()
+    };
+    let leader = exported_records("lead", &pick(&lead.id));
+    let follower = exported_records("foll", &pick(&foll.id));
+    check_vm(&leader).unwrap();
+    check_vm(&follower).unwrap();
+    check_cause(&leader, &follower).unwrap();
+}
+
+/// The bitmap `name` on `layer` (read by cosnap's reader) covers exactly the layer's own
+/// allocated clusters (the overlay's clusters are the bitmap's 64 KiB granules).
+fn assert_bitmap_matches_layer(host: &Host, layer: &Path, name: &str) {
+    let listed = qcow2::list_bitmaps(layer).unwrap();
+    let bitmap = listed.iter().find(|b| b.name == name);
+    assert!(
+        bitmap.is_some_and(|b| !b.in_use),
+        "{}: {listed:?}",
+        layer.display()
+    );
+
+    let ChangeInfo::Known(dirty) = qcow2::dirty_ranges(layer, name).unwrap() else {
+        panic!("{}: change information lost", layer.display());
+    };
+    let image = open_chain(&host.disk_chain(layer).unwrap(), false).unwrap();
+    let written: Vec<_> = image
+        .layer_map(0, image.virtual_size())
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.state != ExtentState::Inherited)
+        .map(|e| e.offset..e.offset + e.len)
+        .collect();
+    assert!(
+        !dirty.is_empty(),
+        "{}: the guest wrote into it",
+        layer.display()
+    );
+    assert_eq!(dirty, merge_ranges(written), "{}", layer.display());
+}
+
+/// Negative control: each VM snapshotted on its own (no group pause), the leader first, then
+/// the follower once a second. The follower lags its leader by a number of steps (its serial
+/// input queues), so the cut breaks once the follower has consumed past the leader's frozen
+/// count: the check must say so within 60 s. Returns how long after the leader it did.
+fn negative_control(host: &Host, lead: &Vm, foll: &Vm) -> Duration {
+    let lead_only = host.define_collection("lead-only", None, 0).unwrap().id;
+    host.add_member(&lead_only, &lead.id).unwrap();
+    let foll_only = host.define_collection("foll-only", None, 0).unwrap().id;
+    host.add_member(&foll_only, &foll.id).unwrap();
+
+    let early = host.create_snapshot_now(&lead_only, 2, None).unwrap();
+    let frozen_at = Instant::now();
+    let leader = frozen_records(host, "lead", &frozen_layers(host, &early, &lead.id));
+    check_vm(&leader).unwrap();
+    while frozen_at.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_secs(1));
+        let late = host.create_snapshot_now(&foll_only, 2, None).unwrap();
+        let follower = frozen_records(host, "foll", &frozen_layers(host, &late, &foll.id));
+        check_vm(&follower).unwrap();
+        if check_cause(&leader, &follower).is_err() {
+            return frozen_at.elapsed();
+        }
+    }
+    panic!("sequential snapshots a minute apart were never caught: the check has no teeth");
+}
