@@ -24,6 +24,10 @@ pub enum CimStatus {
     MethodNotAvailable = 16,
     MethodNotFound = 17,
     InvalidEnumerationContext = 21,
+    InvalidOperationTimeout = 22,
+    FilteredEnumerationNotSupported = 25,
+    ContinuationOnErrorNotSupported = 26,
+    ServerLimitsExceeded = 27,
 }
 
 impl CimStatus {
@@ -52,6 +56,14 @@ impl CimStatus {
             CimStatus::MethodNotAvailable => "CIM_ERR_METHOD_NOT_AVAILABLE",
             CimStatus::MethodNotFound => "CIM_ERR_METHOD_NOT_FOUND",
             CimStatus::InvalidEnumerationContext => "CIM_ERR_INVALID_ENUMERATION_CONTEXT",
+            CimStatus::InvalidOperationTimeout => "CIM_ERR_INVALID_OPERATION_TIMEOUT",
+            CimStatus::FilteredEnumerationNotSupported => {
+                "CIM_ERR_FILTERED_ENUMERATION_NOT_SUPPORTED"
+            }
+            CimStatus::ContinuationOnErrorNotSupported => {
+                "CIM_ERR_CONTINUATION_ON_ERROR_NOT_SUPPORTED"
+            }
+            CimStatus::ServerLimitsExceeded => "CIM_ERR_SERVER_LIMITS_EXCEEDED",
         }
     }
 }

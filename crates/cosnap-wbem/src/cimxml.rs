@@ -10,6 +10,7 @@ use hyper::Response;
 use hyper::body::Bytes;
 use hyper::header::{self, HeaderValue};
 
+use crate::enumerations::Enumerations;
 use crate::http::{Admitted, HttpResponse, Protocol, header_text, plain};
 use crate::request::{DecodeLimits, RequestError, decode_request};
 
@@ -20,6 +21,8 @@ pub struct CimXml {
     provider: Arc<dyn CimProvider>,
     host_name: String,
     limits: DecodeLimits,
+    /// Pull enumerations waiting for their next Pull.
+    enumerations: Enumerations,
 }
 
 impl CimXml {
@@ -28,6 +31,7 @@ impl CimXml {
             provider,
             host_name,
             limits,
+            enumerations: Enumerations::default(),
         }
     }
 }
@@ -49,7 +53,13 @@ impl Protocol for CimXml {
             .map(|(n, v)| (n.as_str(), v.as_bytes()));
         match decode_request(headers, &request.body, &self.limits) {
             Ok(req) => {
-                let xml = crate::ops::handle(&*self.provider, &self.host_name, req);
+                let session = crate::ops::Session {
+                    provider: &*self.provider,
+                    host_name: &self.host_name,
+                    enumerations: &self.enumerations,
+                    user: &request.user,
+                };
+                let xml = crate::ops::handle_in(&session, req);
                 method_response(xml)
             }
             Err(e) => request_error(&e),

@@ -6,9 +6,11 @@
 //! * [`request`] — decodes one request (headers + body) into a [`request::Request`]; pure,
 //!   bounded, fuzzed;
 //! * [`ops`] — runs it against a provider (intrinsic operations, WQL ExecQuery, extrinsic
-//!   method calls typed against the class's method definition) and writes the response;
+//!   method calls typed against the class's method definition, the pull operations) and
+//!   writes the response;
 //! * [`response`] — the message-level CIM-XML writer (elements come from
 //!   [`cosnap_cim::xml`]);
+//! * [`enumerations`] — open pull enumerations (cursors waiting for the next Pull);
 //! * [`wql`] — the WQL subset ExecQuery accepts;
 //! * [`auth`] — users in `<data-dir>/users.json` (PBKDF2-HMAC-SHA256) and Basic checks;
 //! * [`tls`] — rustls configuration and the self-signed certificate;
@@ -27,6 +29,7 @@
 pub mod admission;
 pub mod auth;
 pub mod cimxml;
+pub mod enumerations;
 pub mod http;
 pub mod memory;
 pub mod ops;

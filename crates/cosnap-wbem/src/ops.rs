@@ -6,8 +6,9 @@
 //! unknown class → `CIM_ERR_INVALID_CLASS` 5; no such instance → 6; an unknown
 //! intrinsic parameter, a parameter of the wrong type or an unknown method parameter →
 //! `CIM_ERR_INVALID_PARAMETER` 4; unknown extrinsic method → `CIM_ERR_METHOD_NOT_FOUND` 17;
-//! the pull operations, the write operations and the qualifier operations →
-//! `CIM_ERR_NOT_SUPPORTED` 7 (pywbemcli then falls back to EnumerateInstances);
+//! OpenQueryInstances, PullInstances, EnumerationCount, the write operations and the
+//! qualifier operations → `CIM_ERR_NOT_SUPPORTED` 7; the other pull operations are served
+//! by [`pull`];
 //! ExecQuery with a language other than WQL → 14, a query that does not parse → 15.
 //!
 //! Decisions on vague points:
@@ -29,15 +30,44 @@ use cosnap_cim::{
     AssocFilter, CimError, CimProvider, CimStatus, CimType, ClassDef, Instance, ObjectPath, Value,
 };
 
+use crate::enumerations::Enumerations;
 use crate::request::{Call, Request};
 use crate::response::{self, Kind, ResponseWriter};
 use crate::wql;
 
+mod pull;
+
 type Result<T> = std::result::Result<T, CimError>;
+
+/// Runs a request with enumerations that live only as long as this call (pull operations
+/// still answer, but nothing can be pulled later): the form for tests and the fuzz target.
+pub fn handle(provider: &dyn CimProvider, host_name: &str, req: Request) -> String {
+    let session = Session {
+        provider,
+        host_name,
+        enumerations: &Enumerations::default(),
+        user: "",
+    };
+    handle_in(&session, req)
+}
+
+/// What a request runs against: the provider, this server's name, and the open pull
+/// enumerations with the user asking (who owns the ones they open).
+pub struct Session<'a> {
+    pub provider: &'a dyn CimProvider,
+    pub host_name: &'a str,
+    pub enumerations: &'a Enumerations,
+    pub user: &'a str,
+}
 
 /// Runs a request and returns the complete response body (also for CIM errors, which
 /// travel inside a 200 response).
-pub fn handle(provider: &dyn CimProvider, host_name: &str, req: Request) -> String {
+pub fn handle_in(session: &Session, req: Request) -> String {
+    let Session {
+        provider,
+        host_name,
+        ..
+    } = *session;
     let kind = match req.call {
         Call::Intrinsic { .. } => Kind::Intrinsic,
         Call::Extrinsic { .. } => Kind::Extrinsic,
@@ -57,6 +87,8 @@ pub fn handle(provider: &dyn CimProvider, host_name: &str, req: Request) -> Stri
                     provider,
                     host_name,
                     params,
+                    enumerations: session.enumerations,
+                    user: session.user,
                 }
                 .run(&name, w.buf())?;
             }
@@ -137,20 +169,13 @@ struct Intrinsic<'a> {
     provider: &'a dyn CimProvider,
     host_name: &'a str,
     params: Vec<ParamValue>,
+    enumerations: &'a Enumerations,
+    user: &'a str,
 }
 
 const NOT_SUPPORTED_OPS: &[&str] = &[
-    "OpenEnumerateInstances",
-    "OpenEnumerateInstancePaths",
-    "OpenAssociatorInstances",
-    "OpenAssociatorInstancePaths",
-    "OpenReferenceInstances",
-    "OpenReferenceInstancePaths",
     "OpenQueryInstances",
-    "PullInstancesWithPath",
-    "PullInstancePaths",
     "PullInstances",
-    "CloseEnumeration",
     "EnumerationCount",
     "CreateInstance",
     "ModifyInstance",
@@ -227,6 +252,7 @@ impl Intrinsic<'_> {
                 "PropertyList",
             ],
             "ReferenceNames" => &["ObjectName", "ResultClass", "Role"],
+            _ if pull::is_pull_operation(op) => pull::parameters(op),
             _ if NOT_SUPPORTED_OPS.iter().any(|n| n.eq_ignore_ascii_case(op)) => {
                 return Err(CimError::not_supported(format!(
                     "{op} is not supported by cosnap"
@@ -266,7 +292,8 @@ impl Intrinsic<'_> {
             "Associators" => self.associators(out, true, false),
             "AssociatorNames" => self.associators(out, true, true),
             "References" => self.associators(out, false, false),
-            _ => self.associators(out, false, true),
+            "ReferenceNames" => self.associators(out, false, true),
+            _ => self.run_pull(op, out),
         }
     }
 
@@ -517,41 +544,8 @@ impl Intrinsic<'_> {
     }
 
     fn associators(mut self, out: &mut String, associators: bool, names_only: bool) -> Result<()> {
-        let object = self.object_name("ObjectName")?;
-        let mut filter = AssocFilter {
-            assoc_class: if associators {
-                self.class_name("AssocClass")?
-            } else {
-                None
-            },
-            result_class: self.class_name("ResultClass")?,
-            role: self.string("Role")?,
-            result_role: if associators {
-                self.string("ResultRole")?
-            } else {
-                None
-            },
-        };
-        for flag in ["IncludeQualifiers", "IncludeClassOrigin"] {
-            self.boolean(flag, false)?;
-        }
+        let (path, filter) = self.association_target("ObjectName", associators)?;
         let props = self.property_list()?;
-        if object.keys.is_empty() {
-            // Validate the class first so that a typo gets the right code.
-            class_for(self.provider, &object.class_name)?;
-            return Err(CimError::not_supported(
-                "association operations on classes are not supported; name an instance",
-            ));
-        }
-        for c in [&mut filter.assoc_class, &mut filter.result_class]
-            .into_iter()
-            .flatten()
-        {
-            *c = class_for(self.provider, c)
-                .map_err(|_| CimError::invalid_parameter(format!("class {c} does not exist")))?
-                .name;
-        }
-        let (path, _) = resolve_path(self.provider, object)?;
         let found = if associators {
             self.provider.associators(&path, &filter)?
         } else {
@@ -577,6 +571,53 @@ impl Intrinsic<'_> {
         }
         out.push_str("</IRETURNVALUE>");
         Ok(())
+    }
+}
+
+impl Intrinsic<'_> {
+    /// The instance and filters of an association operation (the object named by
+    /// `object_param`), checked: filter classes exist, the object is an instance path of
+    /// this namespace. Consumes the flags the operations accept and ignore.
+    fn association_target(
+        &mut self,
+        object_param: &str,
+        associators: bool,
+    ) -> Result<(ObjectPath, AssocFilter)> {
+        let object = self.object_name(object_param)?;
+        let mut filter = AssocFilter {
+            assoc_class: if associators {
+                self.class_name("AssocClass")?
+            } else {
+                None
+            },
+            result_class: self.class_name("ResultClass")?,
+            role: self.string("Role")?,
+            result_role: if associators {
+                self.string("ResultRole")?
+            } else {
+                None
+            },
+        };
+        for flag in ["IncludeQualifiers", "IncludeClassOrigin"] {
+            self.boolean(flag, false)?;
+        }
+        if object.keys.is_empty() {
+            // Validate the class first so that a typo gets the right code.
+            class_for(self.provider, &object.class_name)?;
+            return Err(CimError::not_supported(
+                "association operations on classes are not supported; name an instance",
+            ));
+        }
+        for c in [&mut filter.assoc_class, &mut filter.result_class]
+            .into_iter()
+            .flatten()
+        {
+            *c = class_for(self.provider, c)
+                .map_err(|_| CimError::invalid_parameter(format!("class {c} does not exist")))?
+                .name;
+        }
+        let (path, _) = resolve_path(self.provider, object)?;
+        Ok((path, filter))
     }
 }
 
