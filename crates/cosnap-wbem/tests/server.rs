@@ -261,7 +261,7 @@ fn intrinsic_operations_and_errors() {
     let (_, _, b) = post(s.port, &cim_headers("GetInstance", ns, &a), &gi("nope"));
     assert!(b.contains(r#"<ERROR CODE="6""#), "{b}");
 
-    // Unknown namespace (3), unknown class (5 / GetClass 6), pull (7), WQL (14).
+    // Unknown namespace (3), unknown class (5 / GetClass 6), query pulls (7), WQL (14).
     let other = envelope(
         "1",
         r#"<IMETHODCALL NAME="EnumerateInstances"><LOCALNAMESPACEPATH><NAMESPACE NAME="root"/><NAMESPACE NAME="cimv2"/></LOCALNAMESPACEPATH><IPARAMVALUE NAME="ClassName"><CLASSNAME NAME="Msvm_ConcreteJob"/></IPARAMVALUE></IMETHODCALL>"#,
@@ -275,7 +275,8 @@ fn intrinsic_operations_and_errors() {
     for (op, code) in [
         ("EnumerateInstances", 5),
         ("GetClass", 6),
-        ("OpenEnumerateInstances", 7),
+        ("OpenEnumerateInstances", 5),
+        ("OpenQueryInstances", 7),
     ] {
         let body = envelope(
             "1",
@@ -295,6 +296,61 @@ fn intrinsic_operations_and_errors() {
     let (_, _, b) = post(s.port, &cim_headers("ExecQuery", ns, &a), &q);
     assert_eq!(b.matches("<VALUE.OBJECTWITHPATH>").count(), 1, "{b}");
     assert!(b.contains("J-2") && !b.contains("JobState"), "{b}");
+}
+
+#[test]
+fn pull_enumeration_in_batches_to_its_end() {
+    let s = start();
+    let a = auth("u", "p w");
+    let ns = "root/virtualization/v2";
+    let open = envelope(
+        "1",
+        &format!(
+            r#"<IMETHODCALL NAME="OpenEnumerateInstances">{NS_XML}<IPARAMVALUE NAME="ClassName"><CLASSNAME NAME="Msvm_ConcreteJob"/></IPARAMVALUE><IPARAMVALUE NAME="MaxObjectCount"><VALUE>1</VALUE></IPARAMVALUE></IMETHODCALL>"#
+        ),
+    );
+    let (st, _, b) = post(
+        s.port,
+        &cim_headers("OpenEnumerateInstances", ns, &a),
+        &open,
+    );
+    assert_eq!(st, 200);
+    assert_eq!(b.matches("<VALUE.INSTANCEWITHPATH>").count(), 1, "{b}");
+    assert!(
+        b.contains(r#"<PARAMVALUE NAME="EndOfSequence" PARAMTYPE="boolean"><VALUE>FALSE</VALUE>"#),
+        "{b}"
+    );
+    let context = b
+        .split(r#"<PARAMVALUE NAME="EnumerationContext" PARAMTYPE="string"><VALUE>"#)
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .expect("an EnumerationContext")
+        .to_string();
+
+    let pull = |context: &str| {
+        envelope(
+            "2",
+            &format!(
+                r#"<IMETHODCALL NAME="PullInstancesWithPath">{NS_XML}<IPARAMVALUE NAME="EnumerationContext"><VALUE>{context}</VALUE></IPARAMVALUE><IPARAMVALUE NAME="MaxObjectCount"><VALUE>10</VALUE></IPARAMVALUE></IMETHODCALL>"#
+            ),
+        )
+    };
+    let headers = cim_headers("PullInstancesWithPath", ns, &a);
+    let (_, _, b) = post(s.port, &headers, &pull(&context));
+    assert_eq!(b.matches("<VALUE.INSTANCEWITHPATH>").count(), 1, "{b}");
+    assert!(
+        b.contains(r#"<PARAMVALUE NAME="EndOfSequence" PARAMTYPE="boolean"><VALUE>TRUE</VALUE>"#),
+        "{b}"
+    );
+    assert!(
+        b.contains(r#"<PARAMVALUE NAME="EnumerationContext" PARAMTYPE="string"></PARAMVALUE>"#),
+        "{b}"
+    );
+    let (_, _, b) = post(s.port, &headers, &pull(&context));
+    assert!(
+        b.contains(r#"<ERROR CODE="21""#),
+        "the ended context is gone: {b}"
+    );
 }
 
 #[test]
