@@ -12,6 +12,8 @@ use cosnap_host::{COLLECTION_OF_VMS, DiskSpec, Host, VmSpec};
 
 /// VMs per collection (2,000 VMs → 200 collections and 200 snapshots).
 const VMS_PER_COLLECTION: usize = 10;
+/// CreateSnapshot's SnapshotType for a recovery snapshot.
+const RECOVERY: u16 = 2;
 /// Size of each raw disk (sparse).
 const DISK_BYTES: u64 = 1024 * 1024;
 
@@ -50,7 +52,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for vm in members {
             host.add_member(&collection.id, vm)?;
         }
-        host.create_snapshot_now(&collection.id, 2, None)?;
+        let job = host.start_create_snapshot(&collection.id, RECOVERY)?;
+        if !host.wait_job(&job)?.succeeded() {
+            return Err(format!("the snapshot of {} failed", collection.name).into());
+        }
     }
     eprintln!(
         "built {count} VMs, {} collections and snapshots in {:.1} s",

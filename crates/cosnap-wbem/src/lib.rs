@@ -17,6 +17,7 @@
 //! * [`server`] — hyper on tokio: listeners, connection caps and timeouts, graceful
 //!   shutdown;
 //! * [`admission`] — per-source and total connection caps;
+//! * [`body`] — response bodies, whole or streamed in chunks;
 //! * [`http`] — the protocol-neutral request gates (authentication, throttling, limits,
 //!   bounded body) and dispatch by path to a [`http::Protocol`];
 //! * [`cimxml`] — CIM-XML at `/cimom` as one such protocol;
@@ -28,6 +29,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod body;
 pub mod cimxml;
 pub mod enumerations;
 pub mod http;
