@@ -74,7 +74,7 @@ impl Protocol for CimXml {
 impl CimXml {
     /// Answers with the head now and the rest of the list produced on the blocking pool
     /// while the client reads (see [`crate::body`]).
-    fn stream(&self, mut unfinished: Unfinished) -> HttpResponse {
+    fn stream(&self, mut unfinished: Box<Unfinished>) -> HttpResponse {
         let (body, tx) = Body::streamed();
         let provider = self.provider.clone();
         let head = std::mem::take(&mut unfinished.head);

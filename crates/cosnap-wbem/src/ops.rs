@@ -62,7 +62,7 @@ pub fn handle(provider: &dyn CimProvider, host_name: &str, req: Request) -> Stri
 /// A response: whole, or begun with the rest still to produce (a large result list).
 pub enum Answer {
     Whole(String),
-    Streamed(Unfinished),
+    Streamed(Box<Unfinished>),
 }
 
 /// What a request runs against: the provider, this server's name, and the open pull
@@ -118,7 +118,7 @@ pub fn handle_in(session: &Session, req: Request) -> Answer {
         }
         Ok(match rest {
             None => Answer::Whole(w.finish()),
-            Some(rest) => Answer::Streamed(w.unfinished(rest)),
+            Some(rest) => Answer::Streamed(Box::new(w.unfinished(rest))),
         })
     };
     match catch_unwind(AssertUnwindSafe(run)) {
