@@ -5,7 +5,8 @@ For each size N (default 20, 200 and 2,000 VMs) it builds a host with the librar
 (`scale_host` example: N VMs with a 1 MiB raw disk each, one collection per ten VMs, one
 recovery snapshot of each collection), starts `cosnap serve`, and times through pywbem:
 
-* EnumerateInstances of every Msvm_ class (median of 3, ms, with the instance count);
+* EnumerateInstances of the classes a backup application reads (median of 3, ms, with the
+  instance count; --all-classes: every Msvm_ class with instances);
 * Associators(VM, Msvm_SnapshotOfVirtualSystem) and Associators(VM, Msvm_SettingsDefineState)
   per call (mean over up to 50 VMs spread over the host, ms);
 * the backup walk: every VM → its snapshots and its settings (both Associators above),
@@ -42,6 +43,8 @@ NS = "root/virtualization/v2"
 USER, PASSWORD = "bench", "bench pw 13"
 ASSOCS = ["Msvm_SnapshotOfVirtualSystem", "Msvm_SettingsDefineState"]
 SAMPLE_VMS = 50
+CLASSES = ["Msvm_ComputerSystem", "Msvm_VirtualSystemSettingData", "Msvm_VirtualSystemCollection",
+           "Msvm_SnapshotCollection", "Msvm_SnapshotOfVirtualSystem", "Msvm_SettingsDefineState"]
 
 
 def free_port():
@@ -112,12 +115,13 @@ def timed(fn, *a, **kw):
     return time.perf_counter() - t0, r
 
 
-def enumerations(conn):
-    """{class: (median ms, count)} for every Msvm_ class with instances, and Msvm_ComputerSystem."""
+def enumerations(conn, all_classes):
+    """{class: (median ms, count)} for CLASSES (or every Msvm_ class with instances)."""
     out = {}
-    for cls in sorted(conn.EnumerateClassNames(DeepInheritance=True)):
-        if not cls.startswith("Msvm_"):
-            continue
+    classes = CLASSES
+    if all_classes:
+        classes = [c for c in sorted(conn.EnumerateClassNames(DeepInheritance=True)) if c.startswith("Msvm_")]
+    for cls in classes:
         runs = [timed(conn.EnumerateInstances, cls) for _ in range(3)]
         count = len(runs[0][1])
         if count or cls == "Msvm_ComputerSystem":
@@ -182,7 +186,7 @@ def measure(args, n):
             vms = conn.EnumerateInstanceNames("Msvm_ComputerSystem")
             result = {
                 "build_s": build_s,
-                "enum": enumerations(conn),
+                "enum": enumerations(conn, args.all_classes),
                 "assoc": association_costs(conn, vms),
                 "walk": backup_walk(conn, args.walk_budget),
                 "rss": memory(conn, pull_conn, proc.pid),
@@ -238,6 +242,7 @@ def main():
                    help="the scale_host example (cargo build --release -p cosnap-host --example scale_host)")
     p.add_argument("--walk-budget", type=float, default=120.0,
                    help="seconds after which the walk stops and is extrapolated")
+    p.add_argument("--all-classes", action="store_true", help="enumerate every Msvm_ class, not only CLASSES")
     args = p.parse_args()
     for exe in (args.bin, args.builder):
         if not os.access(exe, os.X_OK):
@@ -248,7 +253,8 @@ def main():
     for n in sizes:
         print(f"measuring N={n} …", file=sys.stderr, flush=True)
         results[n] = measure(args, n)
-    report(sizes, results)
+        report(list(results), results)  # the table so far, in case a later size is cut short
+        print(flush=True)
 
 
 if __name__ == "__main__":

@@ -164,3 +164,16 @@ def test_iter_query_falls_back(server, conn, world):
     got = list(pc.IterQueryInstances("WQL", "SELECT * FROM Msvm_ComputerSystem").generator)
     assert pc._use_query_pull_operations is False
     assert len(got) == VMS
+
+
+def test_wql_on_keys_is_a_lookup_with_the_same_answer(conn, world):
+    vm = world["vms"][3]
+    for spelled in [vm, vm.lower()]:
+        q = f"SELECT * FROM Msvm_ComputerSystem WHERE Name = '{spelled}' AND CreationClassName = 'Msvm_ComputerSystem'"
+        got = conn.ExecQuery("WQL", q)
+        assert [i["Name"] for i in got] == [vm]
+        assert dict(got[0].items()) == dict(conn.GetInstance(got[0].path).items())
+    q = "SELECT * FROM Msvm_ComputerSystem WHERE Name = 'no-such-vm' AND CreationClassName = 'Msvm_ComputerSystem'"
+    assert conn.ExecQuery("WQL", q) == []
+    q = f"SELECT ElementName FROM Msvm_ComputerSystem WHERE Name = '{vm}' AND CreationClassName = 'Msvm_ComputerSystem' AND EnabledState = 2"
+    assert conn.ExecQuery("WQL", q) == []  # the rest of the clause still applies

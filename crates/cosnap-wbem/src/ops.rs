@@ -554,7 +554,10 @@ impl Intrinsic<'_> {
         let query = wql::parse(&text).map_err(invalid)?;
         let class = class_for(self.provider, &query.class_name)?;
         query.check(&class).map_err(invalid)?;
-        let instances = self.provider.enumerate_instances(&class.name)?;
+        let instances = match self.lookup_by_key(&query, &class) {
+            Some(found) => found,
+            None => self.provider.enumerate_instances(&class.name)?,
+        };
         out.push_str("<IRETURNVALUE>");
         for mut inst in instances {
             if query.matches(&inst).map_err(invalid)? {
@@ -564,6 +567,28 @@ impl Intrinsic<'_> {
         }
         out.push_str("</IRETURNVALUE>");
         Ok(())
+    }
+
+    /// A WHERE clause that names every key of a class without subclasses is a key lookup,
+    /// not a scan. A miss (the key spelled in another case than stored, say) falls back to
+    /// the scan, which compares as WQL does.
+    fn lookup_by_key(&self, query: &wql::Query, class: &ClassDef) -> Option<Vec<Instance>> {
+        let path = query.key_path(class)?;
+        let has_subclasses = self.provider.class_names().iter().any(|n| {
+            self.provider
+                .get_class(n)
+                .ok()
+                .and_then(|c| c.superclass)
+                .is_some_and(|s| s.eq_ignore_ascii_case(&class.name))
+        });
+        if has_subclasses {
+            return None;
+        }
+        let (path, _) = resolve_path(self.provider, path).ok()?;
+        self.provider
+            .get_instance(&path)
+            .ok()
+            .map(|inst| vec![inst])
     }
 
     fn associators(
