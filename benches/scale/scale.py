@@ -109,10 +109,20 @@ def start_server(args, work, data):
     sys.exit("cosnap serve did not start")
 
 
+SERVER_PID = None
+
+
+def server_cpu_s():
+    """CPU seconds (user + system) the server has used so far."""
+    fields = pathlib.Path(f"/proc/{SERVER_PID}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed(fn, *a, **kw):
-    t0 = time.perf_counter()
+    """(wall seconds, server CPU seconds, result) of one call."""
+    c0, t0 = server_cpu_s(), time.perf_counter()
     r = fn(*a, **kw)
-    return time.perf_counter() - t0, r
+    return time.perf_counter() - t0, server_cpu_s() - c0, r
 
 
 def enumerations(conn, all_classes):
@@ -123,28 +133,31 @@ def enumerations(conn, all_classes):
         classes = [c for c in sorted(conn.EnumerateClassNames(DeepInheritance=True)) if c.startswith("Msvm_")]
     for cls in classes:
         runs = [timed(conn.EnumerateInstances, cls) for _ in range(3)]
-        count = len(runs[0][1])
+        count = len(runs[0][2])
         if count or cls == "Msvm_ComputerSystem":
-            out[cls] = (statistics.median(t for t, _ in runs) * 1000, count)
+            wall = statistics.median(t for t, _, _ in runs) * 1000
+            cpu = statistics.median(c for _, c, _ in runs) * 1000
+            out[cls] = (wall, cpu, count)
     return out
 
 
 def association_costs(conn, vms):
-    """{assoc: mean ms per Associators call} over up to SAMPLE_VMS VMs spread over the host."""
+    """{assoc: (mean wall ms, mean server CPU ms) per Associators call} over up to
+    SAMPLE_VMS VMs spread over the host."""
     step = max(1, len(vms) // SAMPLE_VMS)
     sample = vms[::step][:SAMPLE_VMS]
     out = {}
     for assoc in ASSOCS:
         conn.Associators(sample[0], AssocClass=assoc)  # warm
-        times = [timed(conn.Associators, vm, AssocClass=assoc)[0] for vm in sample]
-        out[assoc] = statistics.mean(times) * 1000
+        runs = [timed(conn.Associators, vm, AssocClass=assoc) for vm in sample]
+        out[assoc] = (statistics.mean(t for t, _, _ in runs) * 1000, statistics.mean(c for _, c, _ in runs) * 1000)
     return out
 
 
 def backup_walk(conn, budget):
-    """Seconds for every VM → Associators for its snapshots and its settings; (seconds, VMs
-    walked, extrapolated?)."""
-    t0 = time.perf_counter()
+    """Seconds for every VM → Associators for its snapshots and its settings; (wall seconds,
+    server CPU seconds, VMs walked, extrapolated?)."""
+    c0, t0 = server_cpu_s(), time.perf_counter()
     vms = conn.EnumerateInstanceNames("Msvm_ComputerSystem")
     done = 0
     for vm in vms:
@@ -153,10 +166,11 @@ def backup_walk(conn, budget):
         done += 1
         if time.perf_counter() - t0 > budget:
             break
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, server_cpu_s() - c0
     if done < len(vms):
-        return elapsed / done * len(vms), done, True
-    return elapsed, done, False
+        scale = len(vms) / done
+        return elapsed * scale, cpu * scale, done, True
+    return elapsed, cpu, done, False
 
 
 def memory(conn, pull_conn, pid):
@@ -178,6 +192,8 @@ def measure(args, n):
     try:
         data, build_s = build_host(args, work, n)
         proc, port = start_server(args, work, data)
+        global SERVER_PID
+        SERVER_PID = proc.pid
         try:
             url = f"http://127.0.0.1:{port}"
             conn = pywbem.WBEMConnection(url, (USER, PASSWORD), default_namespace=NS, timeout=600)
@@ -200,8 +216,8 @@ def measure(args, n):
 
 
 def report(sizes, results):
-    col = 18
-    head = "".ljust(46) + "".join(f"N={n}".rjust(col) for n in sizes)
+    col = 24
+    head = "(wall / server CPU)".ljust(46) + "".join(f"N={n}".rjust(col) for n in sizes)
     print(head)
     print("-" * len(head))
 
@@ -213,19 +229,20 @@ def report(sizes, results):
     for cls in classes:
         cells = []
         for n in sizes:
-            ms, count = results[n]["enum"].get(cls, (float("nan"), 0))
-            cells.append(f"{ms:.1f} ms ({count})")
+            ms, cpu, count = results[n]["enum"].get(cls, (float("nan"), float("nan"), 0))
+            cells.append(f"{ms:.0f} / {cpu:.0f} ms ({count})")
         row(f"EnumerateInstances {cls}", cells)
     first, last = sizes[0], sizes[-1]
     for assoc in ASSOCS:
-        cells = [f"{results[n]['assoc'][assoc]:.2f} ms" for n in sizes]
-        ratio = results[last]["assoc"][assoc] / results[first]["assoc"][assoc]
+        cells = [f"{results[n]['assoc'][assoc][0]:.1f} / {results[n]['assoc'][assoc][1]:.1f} ms" for n in sizes]
+        wall = results[last]["assoc"][assoc][0] / results[first]["assoc"][assoc][0]
+        cpu = results[last]["assoc"][assoc][1] / max(results[first]["assoc"][assoc][1], 1e-9)
         row(f"Associators(VM, {assoc})", cells)
-        row(f"  ratio N={last} / N={first}", [""] * (len(sizes) - 1) + [f"{ratio:.2f}x"])
+        row(f"  ratio N={last} / N={first}", [""] * (len(sizes) - 1) + [f"{wall:.2f}x / {cpu:.2f}x"])
     cells = []
     for n in sizes:
-        s, done, extrapolated = results[n]["walk"]
-        cells.append(f"{s:.1f} s" + (f" (est. {done})" if extrapolated else ""))
+        s, cpu, done, extrapolated = results[n]["walk"]
+        cells.append(f"{s:.1f} / {cpu:.1f} s" + (f" (est.{done})" if extrapolated else ""))
     row("backup walk (every VM: snapshots, settings)", cells)
     for key, label in [("idle", "server RSS idle (MiB)"), ("pull", "RSS peak, pull enum of all VMs (MiB)"),
                        ("enumerate", "RSS peak, EnumerateInstances (MiB)")]:
