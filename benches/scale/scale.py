@@ -141,11 +141,11 @@ def enumerations(conn, all_classes):
     return out
 
 
-def association_costs(conn, vms):
+def association_costs(conn, vms, sample_size):
     """{assoc: (mean wall ms, mean server CPU ms) per Associators call} over up to
     SAMPLE_VMS VMs spread over the host."""
-    step = max(1, len(vms) // SAMPLE_VMS)
-    sample = vms[::step][:SAMPLE_VMS]
+    step = max(1, len(vms) // sample_size)
+    sample = vms[::step][:sample_size]
     out = {}
     for assoc in ASSOCS:
         conn.Associators(sample[0], AssocClass=assoc)  # warm
@@ -203,7 +203,7 @@ def measure(args, n):
             result = {
                 "build_s": build_s,
                 "enum": enumerations(conn, args.all_classes),
-                "assoc": association_costs(conn, vms),
+                "assoc": association_costs(conn, vms, args.sample),
                 "walk": backup_walk(conn, args.walk_budget),
                 "rss": memory(conn, pull_conn, proc.pid),
             }
@@ -259,6 +259,7 @@ def main():
                    help="the scale_host example (cargo build --release -p cosnap-host --example scale_host)")
     p.add_argument("--walk-budget", type=float, default=120.0,
                    help="seconds after which the walk stops and is extrapolated")
+    p.add_argument("--sample", type=int, default=SAMPLE_VMS, help="VMs whose Associators calls are timed")
     p.add_argument("--all-classes", action="store_true", help="enumerate every Msvm_ class, not only CLASSES")
     args = p.parse_args()
     for exe in (args.bin, args.builder):
