@@ -7,7 +7,7 @@ import pywbem
 
 from conftest import NS, CosnapServer, serving
 
-VMS = 7
+VMS = 9
 OTHER_USER, OTHER_PASSWORD = "other", "other pw 3"
 
 
@@ -20,7 +20,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def world(server):
-    """Seven VMs with raw disks, one collection of all of them, two snapshots of it."""
+    """Nine VMs with raw disks, one collection of all of them, two snapshots of it."""
     disks = server.base / "disks"
     disks.mkdir()
     vms = []
@@ -77,6 +77,8 @@ def test_iter_enumerate_instances_pulls_and_matches(server, conn, world, max_obj
         assert pc._use_enum_path_pull_operations is True
         assert keys(paths) == keys(conn.EnumerateInstanceNames(cls))
     assert len(list(pc.IterEnumerateInstances("Msvm_ComputerSystem"))) == VMS
+    # More than one stream batch (100): the plain form above came as a chunked response.
+    assert len(conn.EnumerateInstances("CIM_ManagedElement")) > 100
 
 
 def test_iter_associators_and_references_pull_and_match(server, conn, world):
