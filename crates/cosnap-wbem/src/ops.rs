@@ -8,7 +8,7 @@
 //! `CIM_ERR_INVALID_PARAMETER` 4; unknown extrinsic method → `CIM_ERR_METHOD_NOT_FOUND` 17;
 //! OpenQueryInstances, PullInstances, EnumerationCount, the write operations and the
 //! qualifier operations → `CIM_ERR_NOT_SUPPORTED` 7; the other pull operations are served
-//! by [`pull`];
+//! by the `pull` module;
 //! ExecQuery with a language other than WQL → 14, a query that does not parse → 15.
 //!
 //! Decisions on vague points:
