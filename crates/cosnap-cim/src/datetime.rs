@@ -12,20 +12,31 @@ use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 /// Why a CIM datetime string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DateTimeError {
+    /// The text is not 25 characters long; holds the text.
     #[error("CIM datetime {0:?} must be 25 characters long")]
     Length(String),
     #[error("CIM datetime {0:?}: wildcards ('*') are not supported")]
+    /// The text uses `*` wildcards, which cosnap does not accept; holds the text.
     Wildcard(String),
     #[error("CIM datetime {text:?}: {reason}")]
-    Invalid { text: String, reason: &'static str },
+    /// A field of the text is malformed or out of its range.
+    Invalid {
+        /// The datetime text as received.
+        text: String,
+        /// Which field is wrong, and how.
+        reason: &'static str,
+    },
     #[error("CIM datetime out of range: {0}")]
+    /// The value does not fit the time types cosnap computes with; holds what overflowed.
     Range(String),
 }
 
 /// A parsed CIM datetime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CimDateTime {
+    /// A point in time with its UTC offset (`yyyymmddHHMMSS.mmmmmmsUUU`).
     Timestamp(OffsetDateTime),
+    /// A time interval (`ddddddddHHMMSS.mmmmmm:000`).
     Interval(Duration),
 }
 

@@ -6,23 +6,41 @@ use thiserror::Error;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum CimStatus {
+    /// `CIM_ERR_FAILED`: a general failure not covered by another code.
     Failed = 1,
+    /// `CIM_ERR_ACCESS_DENIED`: the client may not perform the operation.
     AccessDenied = 2,
+    /// `CIM_ERR_INVALID_NAMESPACE`: the namespace does not exist.
     InvalidNamespace = 3,
+    /// `CIM_ERR_INVALID_PARAMETER`: a parameter is missing, unknown or out of range.
     InvalidParameter = 4,
+    /// `CIM_ERR_INVALID_CLASS`: the class does not exist.
     InvalidClass = 5,
+    /// `CIM_ERR_NOT_FOUND`: no instance has the given path.
     NotFound = 6,
+    /// `CIM_ERR_NOT_SUPPORTED`: the operation is not implemented.
     NotSupported = 7,
+    /// `CIM_ERR_CLASS_HAS_CHILDREN`: the class cannot be deleted while it has subclasses.
     ClassHasChildren = 8,
+    /// `CIM_ERR_CLASS_HAS_INSTANCES`: the class cannot be deleted while it has instances.
     ClassHasInstances = 9,
+    /// `CIM_ERR_INVALID_SUPERCLASS`: the named superclass does not exist.
     InvalidSuperclass = 10,
+    /// `CIM_ERR_ALREADY_EXISTS`: an object with that name already exists.
     AlreadyExists = 11,
+    /// `CIM_ERR_NO_SUCH_PROPERTY`: the class has no property of that name.
     NoSuchProperty = 12,
+    /// `CIM_ERR_TYPE_MISMATCH`: a value does not have the property's type.
     TypeMismatch = 13,
+    /// `CIM_ERR_QUERY_LANGUAGE_NOT_SUPPORTED`: the query language is not supported.
     QueryLanguageNotSupported = 14,
+    /// `CIM_ERR_INVALID_QUERY`: the query is not valid.
     InvalidQuery = 15,
+    /// `CIM_ERR_METHOD_NOT_AVAILABLE`: the extrinsic method cannot run now.
     MethodNotAvailable = 16,
+    /// `CIM_ERR_METHOD_NOT_FOUND`: the class has no extrinsic method of that name.
     MethodNotFound = 17,
+    /// `CIM_ERR_INVALID_ENUMERATION_CONTEXT`: a pull operation's context is unknown or expired.
     InvalidEnumerationContext = 21,
     InvalidOperationTimeout = 22,
     FilteredEnumerationNotSupported = 25,
@@ -31,6 +49,7 @@ pub enum CimStatus {
 }
 
 impl CimStatus {
+    /// The numeric status code sent on the wire (`CIMStatusCode`).
     pub fn code(self) -> u32 {
         self as u32
     }
@@ -76,29 +95,37 @@ impl CimStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{} ({}): {description}", status.symbol(), status.code())]
 pub struct CimError {
+    /// The status code of the failure.
     pub status: CimStatus,
+    /// What failed, for a person to read (`CIMStatusCodeDescription`).
     pub description: String,
 }
 
 impl CimError {
+    /// A CIM error with the given status and description.
     pub fn new(status: CimStatus, description: impl Into<String>) -> Self {
         Self {
             status,
             description: description.into(),
         }
     }
+    /// `CIM_ERR_NOT_FOUND` with a description.
     pub fn not_found(description: impl Into<String>) -> Self {
         Self::new(CimStatus::NotFound, description)
     }
+    /// `CIM_ERR_INVALID_PARAMETER` with a description.
     pub fn invalid_parameter(description: impl Into<String>) -> Self {
         Self::new(CimStatus::InvalidParameter, description)
     }
+    /// `CIM_ERR_INVALID_CLASS` with a description.
     pub fn invalid_class(description: impl Into<String>) -> Self {
         Self::new(CimStatus::InvalidClass, description)
     }
+    /// `CIM_ERR_FAILED` with a description.
     pub fn failed(description: impl Into<String>) -> Self {
         Self::new(CimStatus::Failed, description)
     }
+    /// `CIM_ERR_NOT_SUPPORTED` with a description.
     pub fn not_supported(description: impl Into<String>) -> Self {
         Self::new(CimStatus::NotSupported, description)
     }

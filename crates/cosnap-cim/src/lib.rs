@@ -11,6 +11,8 @@
 //! * [`embedded`] — embedded-instance strings in every producer variant;
 //! * [`mof`] + [`schema`](mod@schema) — `schema/cosnap.mof`, parsed and resolved.
 
+#![warn(missing_docs)]
+
 pub mod class;
 pub mod datetime;
 pub mod embedded;

@@ -17,34 +17,48 @@ const MAX_ARRAY: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("MOF line {line}: {message}")]
+/// Why a MOF text was refused, with the line it was refused at.
 pub struct MofError {
+    /// The 1-based line of the MOF text the error is on.
     pub line: usize,
+    /// What is wrong there.
     pub message: String,
 }
 
 /// A qualifier value as written, before typing against its declaration.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MofValue {
+    /// The `NULL` literal.
     Null,
+    /// `true` or `false`.
     Bool(bool),
+    /// An integer literal (decimal or `0x` hex), wide enough for every CIM integer type.
     Int(i128),
+    /// A real-number literal.
     Real(f64),
+    /// A string literal, escapes resolved and adjacent literals joined.
     Str(String),
+    /// A `{…}` array of literals.
     Array(Vec<MofValue>),
 }
 
 /// `[Name(value)]` as written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MofQualifier {
+    /// The qualifier's name.
     pub name: String,
+    /// The value in parentheses or braces; `None` when written bare (`[Key]`).
     pub value: Option<MofValue>,
 }
 
 /// Qualifier flavors (DSP0004): defaults EnableOverride, ToSubclass, not Translatable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Flavor {
+    /// EnableOverride: subclasses may give the qualifier another value.
     pub overridable: bool,
+    /// ToSubclass: the qualifier propagates to subclasses.
     pub tosubclass: bool,
+    /// Translatable: the qualifier's value may be localised.
     pub translatable: bool,
 }
 
@@ -61,54 +75,86 @@ impl Default for Flavor {
 /// `Qualifier Name : type[] = default, Scope(...), Flavor(...);`
 #[derive(Debug, Clone, PartialEq)]
 pub struct QualifierDecl {
+    /// The declared qualifier's name.
     pub name: String,
+    /// The qualifier's CIM type.
     pub ty: CimType,
+    /// Whether the qualifier takes an array of `ty`.
     pub is_array: bool,
+    /// The value a bare use of the qualifier takes.
     pub default: Option<MofValue>,
+    /// The elements the qualifier may be put on (`class`, `property`, `method`, …).
     pub scopes: Vec<String>,
+    /// The qualifier's flavors.
     pub flavor: Flavor,
 }
 
 #[derive(Debug, Clone, PartialEq)]
+/// A method parameter as written in MOF, before resolution against the schema.
 pub struct MofParameter {
+    /// The qualifiers written on the parameter.
     pub qualifiers: Vec<MofQualifier>,
+    /// The parameter's CIM type (element type for arrays).
     pub ty: CimType,
+    /// For `ClassName REF` parameters: the class referred to.
     pub reference_class: Option<String>,
+    /// The parameter's name.
     pub name: String,
+    /// Whether the parameter is declared with `[]`.
     pub is_array: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
+/// A class property as written in MOF, before resolution against the schema.
 pub struct MofProperty {
+    /// The qualifiers written on the property.
     pub qualifiers: Vec<MofQualifier>,
+    /// The property's CIM type (element type for arrays).
     pub ty: CimType,
+    /// For `ClassName REF` properties: the class referred to.
     pub reference_class: Option<String>,
+    /// The property's name.
     pub name: String,
+    /// Whether the property is declared with `[]`.
     pub is_array: bool,
+    /// The default value after `=`, when written.
     pub default: Option<MofValue>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
+/// An extrinsic method as written in MOF.
 pub struct MofMethod {
+    /// The qualifiers written on the method.
     pub qualifiers: Vec<MofQualifier>,
+    /// The method's return type.
     pub return_type: CimType,
+    /// The method's name.
     pub name: String,
+    /// The method's parameters, in declaration order.
     pub parameters: Vec<MofParameter>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
+/// A class declaration as written in MOF: only its own members, not inherited ones.
 pub struct MofClass {
+    /// The qualifiers written on the class.
     pub qualifiers: Vec<MofQualifier>,
+    /// The class's name.
     pub name: String,
+    /// The class after `:`, when it derives from one.
     pub superclass: Option<String>,
+    /// The properties the class itself declares.
     pub properties: Vec<MofProperty>,
+    /// The methods the class itself declares.
     pub methods: Vec<MofMethod>,
 }
 
 /// Everything a MOF file declares, in order.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct MofFile {
+    /// The qualifier declarations, in order.
     pub qualifiers: Vec<QualifierDecl>,
+    /// The class declarations, in order.
     pub classes: Vec<MofClass>,
 }
 

@@ -8,15 +8,18 @@ use crate::value::Value;
 /// An instance path (keys non-empty) or a class path (keys empty).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ObjectPath {
+    /// The host part (`\\HOST` or the WBEM URI authority), when given.
     pub host: Option<String>,
     /// Canonical slash form (`root/virtualization/v2`) when present.
     pub namespace: Option<String>,
+    /// The name of the class of the instance, or the class itself for a class path.
     pub class_name: String,
     /// Key bindings in the order they were given or defined.
     pub keys: Vec<(String, Value)>,
 }
 
 impl ObjectPath {
+    /// A class path in no namespace; add keys with [`ObjectPath::with_key`].
     pub fn new(class_name: impl Into<String>) -> Self {
         Self {
             class_name: class_name.into(),
@@ -24,11 +27,13 @@ impl ObjectPath {
         }
     }
 
+    /// Adds a key binding (builder form).
     pub fn with_key(mut self, name: impl Into<String>, value: Value) -> Self {
         self.keys.push((name.into(), value));
         self
     }
 
+    /// Sets the namespace (builder form); pass the canonical slash form.
     pub fn with_namespace(mut self, ns: impl Into<String>) -> Self {
         self.namespace = Some(ns.into());
         self

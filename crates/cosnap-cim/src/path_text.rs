@@ -47,14 +47,31 @@ pub const MAX_NESTING: usize = 8;
 /// Why a path text could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PathError {
+    /// The text is empty.
     #[error("object path is empty")]
     Empty,
     #[error("object path is {len} bytes long; at most {max} are accepted")]
-    TooLong { len: usize, max: usize },
+    /// The text is longer than the parser accepts.
+    TooLong {
+        /// The length of the text, in bytes.
+        len: usize,
+        /// The most bytes accepted.
+        max: usize,
+    },
     #[error("object path has more than {max} keys")]
-    TooManyKeys { max: usize },
+    /// The path binds more keys than the parser accepts.
+    TooManyKeys {
+        /// The most key bindings accepted.
+        max: usize,
+    },
     #[error("object path {path:?}: {reason}")]
-    Syntax { path: String, reason: String },
+    /// The text is not a WMI object path or WBEM URI.
+    Syntax {
+        /// The path text as received.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 fn syntax(path: &str, reason: impl Into<String>) -> PathError {

@@ -10,9 +10,13 @@ use crate::value::{Instance, Value};
 /// Filters of the association operations (Associators, References and their Names forms).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AssocFilter {
+    /// AssocClass: only associations of this class (or its subclasses).
     pub assoc_class: Option<String>,
+    /// ResultClass: only associated objects of this class (or its subclasses).
     pub result_class: Option<String>,
+    /// Role: the role the source object plays in the association.
     pub role: Option<String>,
+    /// ResultRole: the role the associated object plays in the association.
     pub result_role: Option<String>,
 }
 
@@ -20,7 +24,9 @@ pub struct AssocFilter {
 /// or a documented error code) and its out parameters (e.g. `Job`, a reference).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MethodOutcome {
+    /// The method's return code (`ReturnValue`).
     pub return_value: u32,
+    /// The out parameters by name, in the order the method declares them.
     pub out_params: Vec<(String, Value)>,
 }
 
@@ -34,6 +40,7 @@ pub trait CimProvider: Send + Sync {
     fn class_names(&self) -> Vec<String>;
     /// Instances of a class and (deep) of its subclasses.
     fn enumerate_instances(&self, class_name: &str) -> Result<Vec<Instance>, CimError>;
+    /// The instance `path` names, or `CIM_ERR_NOT_FOUND`.
     fn get_instance(&self, path: &ObjectPath) -> Result<Instance, CimError>;
     /// Objects associated with `path` through association instances matching `filter`.
     fn associators(

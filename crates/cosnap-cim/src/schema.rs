@@ -27,8 +27,11 @@ pub const COSNAP_MOF: &str = include_str!("../../../schema/cosnap.mof");
 /// Where a qualifier sits, for [`Schema::is_propagated_qualifier`].
 #[derive(Debug, Clone, Copy)]
 pub enum QualifiedMember<'a> {
+    /// A qualifier on the class itself.
     Class,
+    /// A qualifier on the named property.
     Property(&'a str),
+    /// A qualifier on the named method.
     Method(&'a str),
     /// (method, parameter)
     Parameter(&'a str, &'a str),

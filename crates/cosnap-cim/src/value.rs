@@ -5,20 +5,35 @@ use crate::path::ObjectPath;
 /// The CIM intrinsic data types (DSP0004), plus `Reference`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CimType {
+    /// `boolean`.
     Boolean,
+    /// `string`.
     String,
+    /// `char16`: one UCS-2 character.
     Char16,
+    /// `uint8`.
     Uint8,
+    /// `sint8`.
     Sint8,
+    /// `uint16`.
     Uint16,
+    /// `sint16`.
     Sint16,
+    /// `uint32`.
     Uint32,
+    /// `sint32`.
     Sint32,
+    /// `uint64`.
     Uint64,
+    /// `sint64`.
     Sint64,
+    /// `real32`: an IEEE 754 single.
     Real32,
+    /// `real64`: an IEEE 754 double.
     Real64,
+    /// `datetime`: a timestamp or an interval in DMTF text form.
     Datetime,
+    /// `reference`: an object path naming another instance.
     Reference,
 }
 
@@ -71,33 +86,51 @@ impl CimType {
 /// (a string property or parameter qualified `EmbeddedInstance`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// A `boolean` value.
     Boolean(bool),
+    /// A `string` value.
     String(String),
+    /// A `char16` value.
     Char16(char),
+    /// A `uint8` value.
     Uint8(u8),
+    /// A `sint8` value.
     Sint8(i8),
+    /// A `uint16` value.
     Uint16(u16),
+    /// A `sint16` value.
     Sint16(i16),
+    /// A `uint32` value.
     Uint32(u32),
+    /// A `sint32` value.
     Sint32(i32),
+    /// A `uint64` value.
     Uint64(u64),
+    /// A `sint64` value.
     Sint64(i64),
+    /// A `real32` value.
     Real32(f32),
+    /// A `real64` value.
     Real64(f64),
     /// DMTF datetime text (`yyyymmddHHMMSS.mmmmmmsUUU` or interval `ddddddddHHMMSS.mmmmmm:000`).
     Datetime(String),
+    /// A reference: the path of another instance.
     Reference(ObjectPath),
+    /// An embedded instance, carried in a string qualified `EmbeddedInstance`.
     Instance(Box<Instance>),
+    /// An array of scalars of one type.
     Array(Vec<Value>),
 }
 
 impl Value {
+    /// The text of a string or datetime value.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::String(s) | Value::Datetime(s) => Some(s),
             _ => None,
         }
     }
+    /// The value of a boolean.
     pub fn as_bool(&self) -> Option<bool> {
         match self {
             Value::Boolean(b) => Some(*b),
@@ -118,18 +151,21 @@ impl Value {
             _ => None,
         }
     }
+    /// The path a reference value holds.
     pub fn as_reference(&self) -> Option<&ObjectPath> {
         match self {
             Value::Reference(p) => Some(p),
             _ => None,
         }
     }
+    /// The instance an embedded-instance value holds.
     pub fn as_instance(&self) -> Option<&Instance> {
         match self {
             Value::Instance(i) => Some(i),
             _ => None,
         }
     }
+    /// The elements of an array value.
     pub fn as_array(&self) -> Option<&[Value]> {
         match self {
             Value::Array(v) => Some(v),
@@ -141,15 +177,20 @@ impl Value {
 /// A named, typed property. `value: None` is CIM NULL.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Property {
+    /// The property's name as its class declares it.
     pub name: String,
+    /// The property's CIM type (element type for arrays).
     pub ty: CimType,
+    /// Whether the property holds an array of `ty`.
     pub is_array: bool,
+    /// The property's value; `None` is CIM NULL.
     pub value: Option<Value>,
     /// Class name from an `EmbeddedInstance("…")` qualifier, when the string holds one.
     pub embedded_class: Option<String>,
 }
 
 impl Property {
+    /// A property with no embedded class; `is_array` follows the value given.
     pub fn new(name: impl Into<String>, ty: CimType, value: Option<Value>) -> Self {
         let is_array = matches!(value, Some(Value::Array(_)));
         Self {
@@ -166,12 +207,16 @@ impl Property {
 /// serves) the object path that names it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Instance {
+    /// The name of the instance's class.
     pub class_name: String,
+    /// The instance's properties, in the order they were set.
     pub properties: Vec<Property>,
+    /// The object path naming the instance, when it has one.
     pub path: Option<ObjectPath>,
 }
 
 impl Instance {
+    /// An instance of the class with no properties and no path.
     pub fn new(class_name: impl Into<String>) -> Self {
         Self {
             class_name: class_name.into(),
@@ -212,6 +257,7 @@ impl Instance {
         self
     }
 
+    /// Sets the object path naming the instance (builder form).
     pub fn with_path(mut self, path: ObjectPath) -> Self {
         self.path = Some(path);
         self

@@ -32,11 +32,14 @@ pub const MAX_CHAIN_DEPTH: usize = 64;
 /// One layer of a chain as the caller's records know it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerSpec {
+    /// The layer's file.
     pub path: PathBuf,
+    /// The format the records give it (never probed).
     pub format: Format,
 }
 
 impl LayerSpec {
+    /// A layer at `path` in `format`.
     pub fn new(path: impl Into<PathBuf>, format: Format) -> Self {
         Self {
             path: path.into(),

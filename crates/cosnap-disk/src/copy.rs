@@ -28,9 +28,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::chain::{LayerSpec, open_chain};
 use crate::error::{DiskError, Result};
+use crate::extents::{chain_map, changed_ranges_open, layers, merge_ranges};
 use crate::image::{ExtentState, Format, Image};
-use crate::ops::{self, chain_map, layers, merge_ranges};
 use crate::paths::relative_path;
+use crate::probe;
 use crate::progress::{CancelToken, Progress};
 use crate::qcow2::{self, Qcow2Image};
 use crate::raw::{self, RawImage};
@@ -74,7 +75,7 @@ pub struct FlattenJob {
     /// Top layer of the chain to read.
     pub source: PathBuf,
     /// Only the ranges that changed above this ancestor are written (see
-    /// [`ops::changed_ranges`]); `None` = every allocated range of the whole chain.
+    /// [`crate::ops::changed_ranges`]); `None` = every allocated range of the whole chain.
     pub base: Option<PathBuf>,
     pub dest: PathBuf,
     pub dest_format: Format,
@@ -93,7 +94,7 @@ pub struct FlattenJob {
 impl FlattenJob {
     fn open_source(&self) -> Result<Box<dyn Image>> {
         if self.source_layers.is_empty() {
-            return ops::open(&self.source, false);
+            return probe::open(&self.source, false);
         }
         if self.source_layers[0].path != self.source {
             return Err(DiskError::invalid(
@@ -107,7 +108,7 @@ impl FlattenJob {
     fn dest_parent_format(&self, parent: &Path) -> Result<Format> {
         match self.dest_parent_format {
             Some(f) => Ok(f),
-            None => ops::detect_format(parent),
+            None => probe::detect_format(parent),
         }
     }
 }
@@ -170,7 +171,7 @@ fn plan(job: &FlattenJob) -> Result<Plan> {
                         format!("{} is not in this image's chain", base.display()),
                     )
                 })?;
-            ops::changed_ranges_open(source.as_ref(), depth)?
+            changed_ranges_open(source.as_ref(), depth)?
         }
     };
     let mut segs = Vec::new();

@@ -11,12 +11,16 @@ use crate::error::Result;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
+    /// VHDX (`.vhdx`, and `.avhdx` differencing children).
     Vhdx,
+    /// qcow2 (version 2 read, version 3 read and write).
     Qcow2,
+    /// A raw byte-for-byte image.
     Raw,
 }
 
 impl Format {
+    /// The lowercase name qemu-img and the repository use.
     pub fn name(self) -> &'static str {
         match self {
             Format::Vhdx => "vhdx",
@@ -24,6 +28,7 @@ impl Format {
             Format::Raw => "raw",
         }
     }
+    /// The format `name` names (`avhdx` is VHDX), ignoring case.
     pub fn from_name(name: &str) -> Option<Format> {
         match name.to_ascii_lowercase().as_str() {
             "vhdx" | "avhdx" => Some(Format::Vhdx),
@@ -47,7 +52,10 @@ pub enum ExtentState {
     /// This layer holds the bytes. `host_offset` is where they start in this layer's file
     /// when they are stored contiguously there for the whole extent (enables
     /// `copy_file_range`); `None` when the layout does not allow a direct copy.
-    Data { host_offset: Option<u64> },
+    Data {
+        /// Where the extent starts in this layer's file, when stored contiguously.
+        host_offset: Option<u64>,
+    },
     /// This layer says the bytes read as zeros (explicit zeros, hiding any parent).
     Zero,
     /// This layer does not hold the bytes: they come from the parent, or read as zeros when
@@ -58,8 +66,11 @@ pub enum ExtentState {
 /// A run of guest bytes `[offset, offset + len)` in one state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Extent {
+    /// First guest byte.
     pub offset: u64,
+    /// Length in bytes.
     pub len: u64,
+    /// What this layer holds there.
     pub state: ExtentState,
 }
 
@@ -87,10 +98,13 @@ impl Extent {
 /// Reads go through the chain; writes go to this layer only. Parents are never opened
 /// writable.
 pub trait Image: Send + Sync {
+    /// This layer's format.
     fn format(&self) -> Format;
+    /// This layer's file.
     fn path(&self) -> &Path;
     /// The layer's own file (for sparse copies and fsync).
     fn file(&self) -> &File;
+    /// Guest-visible size in bytes.
     fn virtual_size(&self) -> u64;
     /// Allocation granularity of this layer (VHDX block size, qcow2 cluster size, 4 KiB for raw).
     fn granularity(&self) -> u64;

@@ -2,7 +2,8 @@
 //! child, merge, rebase, changed ranges, flatten (the copy engine), compare, check, info.
 //!
 //! These are the calls the host and the export crates make; format details stay in the
-//! format modules. The copy engine lives in [`crate::copy`].
+//! format modules. The copy engine lives in [`crate::copy`] (its entry points are re-exported at
+//! the crate root), the allocation vocabulary both share in [`crate::extents`].
 //!
 //! Decisions:
 //! - Chains are opened top-down; each backing file must be a regular file or a block
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::chain::MAX_CHAIN_DEPTH;
 use crate::chain::{LayerSpec, open_chain};
 use crate::error::{DiskError, Result};
+pub use crate::extents::{ChainExtent, chain_map, changed_ranges_open, layers, merge_ranges};
 use crate::image::push_extent;
 use crate::image::{Extent, ExtentState, Format, Image};
 use crate::paths::{canonical, relative_path};
@@ -427,31 +429,6 @@ pub fn chain(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Layers of an open chain, top first.
-pub fn layers(img: &dyn Image) -> Vec<&dyn Image> {
-    let mut out = Vec::new();
-    let mut cur: Option<&dyn Image> = Some(img);
-    while let Some(layer) = cur {
-        out.push(layer);
-        cur = layer.parent();
-    }
-    out
-}
-
-/// Sorted, merged union of ranges.
-pub fn merge_ranges(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
-    ranges.retain(|r| r.start < r.end);
-    ranges.sort_by_key(|r| r.start);
-    let mut out: Vec<Range<u64>> = Vec::new();
-    for r in ranges {
-        match out.last_mut() {
-            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-            _ => out.push(r),
-        }
-    }
-    out
-}
-
 /// The depth of `ancestor` in `img`'s chain (0 = `img` itself).
 fn ancestor_depth(img: &dyn Image, ancestor: &Path) -> Result<usize> {
     let want = canonical(ancestor);
@@ -464,26 +441,6 @@ fn ancestor_depth(img: &dyn Image, ancestor: &Path) -> Result<usize> {
                 format!("{} is not in this image's chain", ancestor.display()),
             )
         })
-}
-
-/// Changed ranges of an open chain above the layer at depth `stop` (exclusive): the union
-/// of what layers `0..stop` hold.
-pub fn changed_ranges_open(img: &dyn Image, stop: usize) -> Result<Vec<Range<u64>>> {
-    let size = img.virtual_size();
-    let mut ranges = Vec::new();
-    for layer in layers(img).into_iter().take(stop) {
-        let n = layer.virtual_size().min(size);
-        for e in layer.layer_map(0, n)? {
-            if e.state != ExtentState::Inherited {
-                ranges.push(e.offset..e.offset + e.len);
-            }
-        }
-        if n < size {
-            // The layer ends early: everything past its end reads as zeros through it.
-            ranges.push(n..size);
-        }
-    }
-    Ok(merge_ranges(ranges))
 }
 
 /// The exact guest byte ranges that may differ between `top` and `ancestor` (a layer in
@@ -501,121 +458,14 @@ pub fn changed_ranges_of(chain: &[LayerSpec], depth: usize) -> Result<Vec<Range<
     changed_ranges_open(img.as_ref(), depth)
 }
 
-/// One extent of a whole-chain map: `state` as the topmost layer holding it says, and that
-/// layer's depth (0 = top). Inherited extents have `depth` = the chain length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChainExtent {
-    pub offset: u64,
-    pub len: u64,
-    pub state: ExtentState,
-    pub depth: usize,
-}
-
-impl ChainExtent {
-    fn extent(&self) -> Extent {
-        Extent {
-            offset: self.offset,
-            len: self.len,
-            state: self.state,
-        }
-    }
-}
-
-/// Whole-chain map of `[offset, offset + len)`: for each range, the topmost layer that
-/// holds it (data or zeros); `Inherited` where no layer does (reads as zeros).
-pub fn chain_map(img: &dyn Image, offset: u64, len: u64) -> Result<Vec<ChainExtent>> {
-    let mut out = Vec::new();
-    chain_map_into(img, offset, len, 0, &mut out)?;
-    Ok(out)
-}
-
-fn chain_map_into(
-    img: &dyn Image,
-    offset: u64,
-    len: u64,
-    depth: usize,
-    out: &mut Vec<ChainExtent>,
-) -> Result<()> {
-    let push = |out: &mut Vec<ChainExtent>, e: ChainExtent| {
-        if e.len == 0 {
-            return;
-        }
-        if let Some(last) = out.last_mut()
-            && last.depth == e.depth
-            && last.extent().continues_into(&e.extent())
-        {
-            last.len += e.len;
-            return;
-        }
-        out.push(e);
-    };
-    let own_len = len.min(img.virtual_size().saturating_sub(offset));
-    let chain_len = layers(img).len();
-    for e in img.layer_map(offset, own_len)? {
-        match (e.state, img.parent()) {
-            (ExtentState::Inherited, Some(parent)) => {
-                let pend = parent.virtual_size();
-                let in_parent = if e.offset < pend {
-                    (pend - e.offset).min(e.len)
-                } else {
-                    0
-                };
-                if in_parent > 0 {
-                    chain_map_into(parent, e.offset, in_parent, depth + 1, out)?;
-                }
-                if in_parent < e.len {
-                    push(
-                        out,
-                        ChainExtent {
-                            offset: e.offset + in_parent,
-                            len: e.len - in_parent,
-                            state: ExtentState::Inherited,
-                            depth: depth + chain_len,
-                        },
-                    );
-                }
-            }
-            (ExtentState::Inherited, None) => push(
-                out,
-                ChainExtent {
-                    offset: e.offset,
-                    len: e.len,
-                    state: e.state,
-                    depth: depth + 1,
-                },
-            ),
-            (state, _) => push(
-                out,
-                ChainExtent {
-                    offset: e.offset,
-                    len: e.len,
-                    state,
-                    depth,
-                },
-            ),
-        }
-    }
-    if own_len < len {
-        push(
-            out,
-            ChainExtent {
-                offset: offset + own_len,
-                len: len - own_len,
-                state: ExtentState::Inherited,
-                depth,
-            },
-        );
-    }
-    Ok(())
-}
-
-pub use crate::copy::{FlattenJob, FlattenReport, flatten_all, flatten_all_digested};
-
 /// Facts about one image and its chain.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImageInfo {
+    /// The top layer's file.
     pub path: PathBuf,
+    /// Its format.
     pub format: Format,
+    /// Guest-visible size in bytes.
     pub virtual_size: u64,
     /// VHDX block size or qcow2 cluster size; 4096 for raw.
     pub block_size: u64,
@@ -625,6 +475,7 @@ pub struct ImageInfo {
     pub chain: Vec<PathBuf>,
 }
 
+/// Format, size and chain of the image at `path` (probed: for paths a person typed).
 pub fn info(path: &Path) -> Result<ImageInfo> {
     info_open(path, open(path, false)?)
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::chain::MAX_CHAIN_DEPTH;
 use crate::error::{DiskError, Result};
 use crate::image::{Format, Image};
-use crate::paths::canonical;
+use crate::paths::{canonical, resolve_backing};
 use crate::qcow2::{self, Qcow2Image};
 use crate::raw::RawImage;
 use crate::vhdx;
@@ -50,7 +50,31 @@ fn open_format(
     })
 }
 
-/// Opens an image and its whole parent chain (parents read-only).
+/// Opens an image and its whole parent chain (parents read-only), the format of each
+/// layer probed from its magic bytes: for paths a person named. Layers the repository
+/// records open with [`crate::open_chain`] instead.
+///
+/// # Examples
+///
+/// ```
+/// use cosnap_disk::{Format, Image, ops};
+///
+/// let dir = tempfile::tempdir()?;
+/// let base = dir.path().join("base.qcow2");
+/// let top = dir.path().join("top.qcow2");
+/// ops::create(&base, Format::Qcow2, 64 << 20)?;
+/// ops::write_pattern(&base, 0, 4096, 0xab)?;
+/// ops::create_child(&base, &top)?;
+///
+/// // Reads of the child fall through to what its parent holds.
+/// let image = ops::open(&top, false)?;
+/// let mut first = [0u8; 4];
+/// image.read_at(&mut first, 0)?;
+/// assert_eq!(image.format(), Format::Qcow2);
+/// assert_eq!(first, [0xab; 4]);
+/// assert!(image.parent().is_some());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn open(path: &Path, writable: bool) -> Result<Box<dyn Image>> {
     let format = detect_format(path)?;
     open_format(path, format, writable, &mut Vec::new())
@@ -108,4 +132,39 @@ pub fn open_backing(
         None => detect_format(backing)?,
     };
     open_format(backing, format, false, seen)
+}
+
+/// The probing opens of a qcow2 image live here, beside the policy they follow, so the
+/// qcow2 module never reaches back up to the format dispatch.
+impl Qcow2Image {
+    /// Opens `path` and its backing chain (read-only).
+    pub fn open(path: &Path, writable: bool) -> Result<Qcow2Image> {
+        Self::open_in_chain(path, writable, &mut Vec::new())
+    }
+
+    /// Opens `path`; `seen` holds the layers above it (canonical paths) to detect loops.
+    /// Follows the backing file the header names (probing its format when the header
+    /// records none): only for images a person named, never for repository layers (see
+    /// [`crate::chain`](mod@crate::chain)).
+    pub fn open_in_chain(
+        path: &Path,
+        writable: bool,
+        seen: &mut Vec<PathBuf>,
+    ) -> Result<Qcow2Image> {
+        let mut img = Self::open_layer(path, writable)?;
+        if let Some(name) = img.header().backing_file.clone() {
+            let backing_path = resolve_backing(path, &name);
+            let fmt = match img.header().backing_format.as_deref() {
+                None => None,
+                Some(f) => Some(Format::from_name(f).ok_or_else(|| {
+                    DiskError::unsupported(path, format!("backing file format {f:?}"))
+                })?),
+            };
+            seen.push(canonical(path));
+            let opened = open_backing(path, &backing_path, fmt, seen);
+            seen.pop();
+            img.attach_backing(opened?);
+        }
+        Ok(img)
+    }
 }

@@ -4,15 +4,12 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use cosnap_disk::{DiskError, Format, ops};
-use cosnap_test_support::{ok, p};
+use cosnap_test_support::{ok, p, qemu_io};
 
 fn good_qcow2(dir: &Path, name: &str) -> std::path::PathBuf {
     let img = dir.join(name);
     ok("qemu-img", &["create", "-q", "-f", "qcow2", p(&img), "64M"]);
-    ok(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -P 0xaa 0 1M", p(&img)],
-    );
+    qemu_io(&img, "qcow2", &["write -P 0xaa 0 1M"]);
     img
 }
 

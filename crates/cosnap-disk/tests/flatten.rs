@@ -2,9 +2,10 @@
 
 use std::path::Path;
 
-use cosnap_disk::ops::{self, CancelToken, FlattenJob};
+use cosnap_disk::FlattenJob;
+use cosnap_disk::ops::{self, CancelToken};
 use cosnap_disk::{DiskError, Format};
-use cosnap_test_support::{RawModel, ok, p, qemu_check_clean, qemu_same};
+use cosnap_test_support::{RawModel, ok, p, qemu_check_clean, qemu_io, qemu_same};
 
 const MIB: u64 = 1 << 20;
 
@@ -17,17 +18,10 @@ fn chain(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::Path
         "qemu-img",
         &["create", "-q", "-f", "qcow2", p(&base), "256M"],
     );
-    ok(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0xaa 0 16M",
-            "-c",
-            "write -P 0xab 200M 4M",
-            p(&base),
-        ],
+    qemu_io(
+        &base,
+        "qcow2",
+        &["write -P 0xaa 0 16M", "write -P 0xab 200M 4M"],
     );
     ops::create_child(&base, &mid).unwrap();
     ops::write_pattern(&mid, 3 * MIB, MIB, 0x11).unwrap();
@@ -109,7 +103,7 @@ fn flatten_chain_to_every_format() {
     for fmt in [Format::Raw, Format::Qcow2] {
         let dest = d.path().join(format!("flat.{fmt}"));
         let log = ProgressLog::default();
-        let reports = ops::flatten_all(
+        let reports = cosnap_disk::flatten_all(
             &[FlattenJob {
                 source: top.clone(),
                 base: None,
@@ -147,7 +141,7 @@ fn flatten_only_above_base() {
     ok("qemu-img", &["convert", "-O", "raw", p(&top), p(&expect)]);
     // Standalone delta: only the changed ranges, zeros elsewhere.
     let delta = d.path().join("delta.qcow2");
-    let rep = ops::flatten_all(
+    let rep = cosnap_disk::flatten_all(
         &[FlattenJob {
             source: top.clone(),
             base: Some(base.clone()),
@@ -177,7 +171,7 @@ fn flatten_only_above_base() {
         &["convert", "-O", "qcow2", p(&base), p(&base_copy)],
     );
     let diff = d.path().join("diff.qcow2");
-    ops::flatten_all(
+    cosnap_disk::flatten_all(
         &[FlattenJob {
             source: top.clone(),
             base: Some(base.clone()),
@@ -204,15 +198,10 @@ fn parallel_jobs_and_raw_sources() {
     for i in 0..3u8 {
         let src = d.path().join(format!("src{i}.raw"));
         ok("qemu-img", &["create", "-q", "-f", "raw", p(&src), "64M"]);
-        ok(
-            "qemu-io",
-            &[
-                "-f",
-                "raw",
-                "-c",
-                &format!("write -P {} {}M 3M", i + 1, i * 10 + 1),
-                p(&src),
-            ],
+        qemu_io(
+            &src,
+            "raw",
+            &[&format!("write -P {} {}M 3M", i + 1, i * 10 + 1)],
         );
         for fmt in [Format::Raw, Format::Qcow2] {
             jobs.push(FlattenJob {
@@ -226,7 +215,7 @@ fn parallel_jobs_and_raw_sources() {
             });
         }
     }
-    let reports = ops::flatten_all(&jobs, 3, &|_, _| {}, &CancelToken::new()).unwrap();
+    let reports = cosnap_disk::flatten_all(&jobs, 3, &|_, _| {}, &CancelToken::new()).unwrap();
     assert_eq!(reports.len(), 6);
     for j in &jobs {
         assert_eq!(ops::compare(&j.source, &j.dest).unwrap(), None);
@@ -259,9 +248,9 @@ fn cancellation_and_failure_remove_outputs() {
             }
         };
         let r = if digested {
-            ops::flatten_all_digested(&job, 1, &stop, &cancel)
+            cosnap_disk::flatten_all_digested(&job, 1, &stop, &cancel)
         } else {
-            ops::flatten_all(&job, 1, &stop, &cancel)
+            cosnap_disk::flatten_all(&job, 1, &stop, &cancel)
         };
         assert!(
             matches!(r, Err(DiskError::Cancelled)),
@@ -273,7 +262,7 @@ fn cancellation_and_failure_remove_outputs() {
     let existing = d.path().join("existing.raw");
     std::fs::write(&existing, b"keep me").unwrap();
     let fresh = d.path().join("fresh.raw");
-    let r = ops::flatten_all(
+    let r = cosnap_disk::flatten_all(
         &[
             FlattenJob {
                 source: top.clone(),
@@ -366,7 +355,8 @@ fn digested_flatten_reports_the_outputs_sha256() {
     });
     let log = ProgressLog::default();
     let reports =
-        ops::flatten_all_digested(&jobs, 3, &|d, t| log.record(d, t), &CancelToken::new()).unwrap();
+        cosnap_disk::flatten_all_digested(&jobs, 3, &|d, t| log.record(d, t), &CancelToken::new())
+            .unwrap();
     log.assert_complete();
     for (job, rep) in jobs.iter().zip(&reports) {
         let name = job.dest.display();

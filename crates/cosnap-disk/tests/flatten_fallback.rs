@@ -3,9 +3,10 @@
 //! same bytes.
 //! One test per binary: it sets a process-wide environment variable.
 
+use cosnap_disk::FlattenJob;
 use cosnap_disk::Format;
-use cosnap_disk::ops::{self, CancelToken, FlattenJob};
-use cosnap_test_support::{ok, p, qemu_check_clean, qemu_same};
+use cosnap_disk::ops::CancelToken;
+use cosnap_test_support::{ok, p, qemu_check_clean, qemu_io, qemu_same};
 
 #[test]
 fn read_write_fallback_gives_the_same_bytes() {
@@ -18,17 +19,10 @@ fn read_write_fallback_gives_the_same_bytes() {
         "qemu-img",
         &["create", "-q", "-f", "qcow2", p(&base), "128M"],
     );
-    ok(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0xaa 0 5M",
-            "-c",
-            "write -P 0xab 64M 3M",
-            p(&base),
-        ],
+    qemu_io(
+        &base,
+        "qcow2",
+        &["write -P 0xaa 0 5M", "write -P 0xab 64M 3M"],
     );
     ok(
         "qemu-img",
@@ -44,18 +38,7 @@ fn read_write_fallback_gives_the_same_bytes() {
             p(&top),
         ],
     );
-    ok(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0x11 1M 100k",
-            "-c",
-            "write -z 65M 1M",
-            p(&top),
-        ],
-    );
+    qemu_io(&top, "qcow2", &["write -P 0x11 1M 100k", "write -z 65M 1M"]);
     let expect = d.path().join("expect.raw");
     ok("qemu-img", &["convert", "-O", "raw", p(&top), p(&expect)]);
     // Plain and digesting copies (the latter without O_DIRECT source reads either).
@@ -72,9 +55,9 @@ fn read_write_fallback_gives_the_same_bytes() {
                 dest_parent_format: None,
             }];
             let flatten = if digested {
-                ops::flatten_all_digested
+                cosnap_disk::flatten_all_digested
             } else {
-                ops::flatten_all
+                cosnap_disk::flatten_all
             };
             let reports = flatten(&job, 1, &|_, _| {}, &CancelToken::new()).unwrap();
             qemu_same(&dest, fmt.name(), &expect);

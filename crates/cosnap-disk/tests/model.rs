@@ -119,8 +119,8 @@ fn run_case(base_format: Format, cluster_bits: u32, ops_list: Vec<Op>) {
         assert_eq!(ops::compare(top, &expect).unwrap(), None);
         // Flattened by cosnap, the result is checked by qemu.
         let flat = d.path().join("flat.vhdx");
-        ops::flatten_all(
-            &[ops::FlattenJob {
+        cosnap_disk::flatten_all(
+            &[cosnap_disk::FlattenJob {
                 source: top.clone(),
                 base: None,
                 dest: flat.clone(),

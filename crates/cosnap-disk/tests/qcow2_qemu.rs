@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use cosnap_disk::{ExtentState, Format, ops};
-use cosnap_test_support::{RawModel, ok, p, qemu_check_clean, qemu_same, run};
+use cosnap_test_support::{RawModel, ok, p, qemu_check_clean, qemu_io, qemu_same, run};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -64,17 +64,10 @@ fn overlays_on_qcow2_and_raw_bases() {
             "qemu-img",
             &["create", "-q", "-f", base_fmt, p(&base), "256M"],
         );
-        ok(
-            "qemu-io",
-            &[
-                "-f",
-                base_fmt,
-                "-c",
-                "write -P 0xaa 0 4M",
-                "-c",
-                "write -P 0x55 100M 1M",
-                p(&base),
-            ],
+        qemu_io(
+            &base,
+            base_fmt,
+            &["write -P 0xaa 0 4M", "write -P 0x55 100M 1M"],
         );
         let raw = d.path().join("expect.raw");
         let model = RawModel::new(&raw, 256 * MIB);
@@ -114,18 +107,13 @@ fn reads_qemu_images_byte_for_byte() {
                 "5G",
             ],
         );
-        ok(
-            "qemu-io",
+        qemu_io(
+            &base,
+            "qcow2",
             &[
-                "-f",
-                "qcow2",
-                "-c",
                 "write -P 0xaa 0 3M",
-                "-c",
                 "write -P 0x5a 4294967000 70000",
-                "-c",
                 "write -P 0x42 5000M 1M",
-                p(&base),
             ],
         );
         ok(
@@ -144,18 +132,13 @@ fn reads_qemu_images_byte_for_byte() {
                 p(&top),
             ],
         );
-        ok(
-            "qemu-io",
+        qemu_io(
+            &top,
+            "qcow2",
             &[
-                "-f",
-                "qcow2",
-                "-c",
                 "write -P 0x11 1M 64k",
-                "-c",
                 "write -z 5000M 512k",
-                "-c",
                 "write -P 0x12 4294967296 4096",
-                p(&top),
             ],
         );
         let flat = d.path().join("flat.raw");
@@ -166,10 +149,7 @@ fn reads_qemu_images_byte_for_byte() {
             "cluster {cluster}"
         );
         // A differing byte is found at its offset.
-        ok(
-            "qemu-io",
-            &["-f", "raw", "-c", "write -P 0x99 4294967300 1", p(&flat)],
-        );
+        qemu_io(&flat, "raw", &["write -P 0x99 4294967300 1"]);
         assert_eq!(
             ops::compare(&top, &flat).unwrap(),
             Some(4294967300),
@@ -263,18 +243,7 @@ fn raw_map_agrees_with_qemu() {
     let d = tempfile::tempdir().unwrap();
     let img = d.path().join("d.raw");
     ok("qemu-img", &["create", "-q", "-f", "raw", p(&img), "64M"]);
-    ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-c",
-            "write -P 1 1M 1M",
-            "-c",
-            "write -P 2 10M 64k",
-            p(&img),
-        ],
-    );
+    qemu_io(&img, "raw", &["write -P 1 1M 1M", "write -P 2 10M 64k"]);
     let out = ok("qemu-img", &["map", "--output=json", "-f", "raw", p(&img)]);
     let qemu: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     let data_q: Vec<(u64, u64)> = qemu
@@ -309,17 +278,10 @@ fn compressed_clusters_are_read() {
     let d = tempfile::tempdir().unwrap();
     let src = d.path().join("src.raw");
     ok("qemu-img", &["create", "-q", "-f", "raw", p(&src), "32M"]);
-    ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-c",
-            "write -P 0x61 0 3M",
-            "-c",
-            "write -P 0x62 20M 100k",
-            p(&src),
-        ],
+    qemu_io(
+        &src,
+        "raw",
+        &["write -P 0x61 0 3M", "write -P 0x62 20M 100k"],
     );
     let comp = d.path().join("c.qcow2");
     ok(
@@ -351,17 +313,10 @@ fn commit_pull_rebase_keep_guest_bytes() {
         "qemu-img",
         &["create", "-q", "-f", "qcow2", p(&base), "128M"],
     );
-    ok(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0xaa 0 8M",
-            "-c",
-            "write -P 0xbb 64M 2M",
-            p(&base),
-        ],
+    qemu_io(
+        &base,
+        "qcow2",
+        &["write -P 0xaa 0 8M", "write -P 0xbb 64M 2M"],
     );
     ops::create_child(&base, &mid).unwrap();
     ops::write_pattern(&mid, 4 * MIB, 2 * MIB + 17, 0x11).unwrap();
@@ -521,10 +476,7 @@ fn qcow2_overlay_on_a_vhdx_base() {
     let d = tempfile::tempdir().unwrap();
     let base = d.path().join("base.vhdx");
     ok("qemu-img", &["create", "-q", "-f", "vhdx", p(&base), "64M"]);
-    ok(
-        "qemu-io",
-        &["-f", "vhdx", "-c", "write -P 0xaa 0 3M", p(&base)],
-    );
+    qemu_io(&base, "vhdx", &["write -P 0xaa 0 3M"]);
     let top = d.path().join("top.qcow2");
     ops::create_qcow2_overlay(&base, &top).unwrap();
     ops::write_pattern(&top, MIB, 4096, 0x42).unwrap();

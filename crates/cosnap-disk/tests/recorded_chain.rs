@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use cosnap_disk::{Format, LayerSpec, open_chain};
-use cosnap_test_support::{qcow2_overlay, qemu_img};
+use cosnap_test_support::{qcow2_overlay, qcow2_rebase_unsafe};
 
 const MIB: u64 = 1 << 20;
 
@@ -73,32 +73,12 @@ fn qcow2_backing_references_must_match_the_record() {
     assert!(e.contains("not a recorded parent"), "{e}");
 
     // Rewritten to another file.
-    qemu_img(&[
-        "rebase",
-        "-u",
-        "-f",
-        "qcow2",
-        "-b",
-        other.to_str().unwrap(),
-        "-F",
-        "raw",
-        top.to_str().unwrap(),
-    ]);
+    qcow2_rebase_unsafe(&top, &other, "raw");
     let e = err(&chain);
     assert!(e.contains("refusing to follow"), "{e}");
     // Rewritten without a backing format (its header extension renamed to an unknown
     // one, which readers skip): nothing is guessed.
-    qemu_img(&[
-        "rebase",
-        "-u",
-        "-f",
-        "qcow2",
-        "-b",
-        base.to_str().unwrap(),
-        "-F",
-        "qcow2",
-        top.to_str().unwrap(),
-    ]);
+    qcow2_rebase_unsafe(&top, &base, "qcow2");
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

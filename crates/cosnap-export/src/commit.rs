@@ -245,6 +245,7 @@ fn finish_remaining(dir: &DirHandle, j: &Journal) -> Result<()> {
 /// What [`recover_export_dir`] cleaned up.
 #[derive(Debug, Clone, Default)]
 pub struct RecoveryReport {
+    /// Entries removed (staging directories, journals, unused name reservations).
     pub removed: Vec<PathBuf>,
     /// Exports whose commit had passed its commit point (their packages are in place).
     pub completed: Vec<String>,

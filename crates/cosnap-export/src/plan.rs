@@ -20,6 +20,7 @@ pub enum BackupIntent {
 }
 
 impl BackupIntent {
+    /// The intent for a `BackupIntent` code; `None` for codes not defined.
     pub fn from_code(code: u64) -> Option<Self> {
         match code {
             1 => Some(BackupIntent::PreserveChain),
@@ -27,6 +28,7 @@ impl BackupIntent {
             _ => None,
         }
     }
+    /// The `BackupIntent` code.
     pub fn code(self) -> u16 {
         match self {
             BackupIntent::PreserveChain => 1,
@@ -39,14 +41,18 @@ impl BackupIntent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BaseKind {
+    /// The base is a snapshot.
     Snapshot,
+    /// The base is a reference point.
     ReferencePoint,
 }
 
 /// A differential export's base, as recorded in the package.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Differential {
+    /// The base's id (a snapshot's or reference point's `InstanceID`).
     pub base_id: String,
+    /// Whether the base is a snapshot or a reference point.
     pub base_kind: BaseKind,
     /// Id of the package that exported the base (its `export_id`), when one is on record.
     pub base_export_id: Option<String>,
@@ -59,6 +65,7 @@ pub struct DiskPlan {
     pub id: String,
     /// Top layer of the disk's chain frozen at the snapshot (read only).
     pub source: PathBuf,
+    /// The format of `source`, as the repository records it.
     pub format: Format,
     /// The source's chain as the repository records it (top first, `source` on top), so
     /// every layer is opened with its recorded format and parent and nothing is probed.
@@ -86,6 +93,7 @@ pub struct VmPlan {
     pub settings: Instance,
     /// Resource settings at the snapshot (processor, memory, disks, NICs, …).
     pub resources: Vec<Instance>,
+    /// The VM's disks, each with its frozen layer.
     pub disks: Vec<DiskPlan>,
 }
 
@@ -96,6 +104,7 @@ pub struct ExportPlan {
     pub collection: Instance,
     /// `Msvm_SnapshotCollection` (`CollectionID`, `ElementName`).
     pub snapshot: Instance,
+    /// The collection's VMs at the snapshot.
     pub vms: Vec<VmPlan>,
     /// Set for a differential export.
     pub differential: Option<Differential>,
@@ -114,6 +123,7 @@ pub struct ExportOptions {
     pub copy_storage: bool,
     /// `CreateVmExportSubdirectory`: one sub-directory per export.
     pub create_subdirectory: bool,
+    /// PreserveChain or Merge, for differential exports.
     pub intent: BackupIntent,
     /// Disks copied at once.
     pub threads: usize,

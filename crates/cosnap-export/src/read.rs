@@ -27,9 +27,11 @@ pub const MAX_PACKAGE_JSON_BYTES: u64 = 16 << 20;
 pub const MAX_TEXT_BYTES: u64 = cosnap_cim::xml::MAX_DOCUMENT_BYTES as u64;
 /// Most VMs in one package, and disks in one VM.
 pub const MAX_VMS: usize = 4096;
+/// Most disks in one VM of a package.
 pub const MAX_DISKS_PER_VM: usize = 1024;
 /// Most files in one package, and the deepest directory nesting walked.
 pub const MAX_FILES: usize = 100_000;
+/// The deepest directory nesting walked in a package.
 pub const MAX_WALK_DEPTH: usize = 16;
 
 /// Opens a package directory a person or client named: resolved once (symlinks in the

@@ -1,6 +1,7 @@
 //! The host's typed errors and how each maps onto the two return-code families of
 //! docs/decisions.md, "Method return-code families" (DMTF style 1..6, Msvm style
-//! 32768..32779, CIM_ConcreteJob 4096..4098) and onto CLI exit codes.
+//! 32768..32779, CIM_ConcreteJob 4096..4098) and onto CLI exit codes. The CIM status of each lives in the CIM face
+//! (`cim::errors`): this module stays free of protocol types.
 
 use thiserror::Error;
 
@@ -125,24 +126,6 @@ impl HostError {
             HostError::AccessDenied(_) => msvm::ACCESS_DENIED,
             _ => msvm::FAILED,
         }
-    }
-
-    /// CIM_ERR_* status for intrinsic operations (GetInstance of a missing object, …).
-    pub fn cim_status(&self) -> cosnap_cim::CimStatus {
-        use cosnap_cim::CimStatus;
-        match self {
-            HostError::NotFound(_) => CimStatus::NotFound,
-            HostError::InvalidParameter(_) | HostError::InvalidType(_) => {
-                CimStatus::InvalidParameter
-            }
-            HostError::AlreadyExists(_) => CimStatus::AlreadyExists,
-            HostError::AccessDenied(_) => CimStatus::AccessDenied,
-            _ => CimStatus::Failed,
-        }
-    }
-
-    pub fn to_cim(&self) -> cosnap_cim::CimError {
-        cosnap_cim::CimError::new(self.cim_status(), self.to_string())
     }
 
     pub fn not_found(what: impl Into<String>) -> Self {

@@ -1,5 +1,7 @@
-//! `Msvm_CollectionSnapshotService.ExportSnapshot`: argument checks with their return
-//! codes, the export job, and the package written through `cosnap-export`.
+//! The export domain behind `Msvm_CollectionSnapshotService.ExportSnapshot` and
+//! `cosnap export`: a plain [`ExportRequest`] checked with its return codes, the export
+//! job, and the package written through `cosnap-export`. The method's CIM parameters are
+//! decoded into an [`ExportRequest`] by the CIM face (`cim::export_request`).
 //!
 //! # Return codes (decided; the method's own table is only "0 / 4096 / other")
 //! DMTF style like its sibling methods, plus two Msvm codes the issue asks for:
@@ -43,7 +45,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cosnap_cim::{CimError, Instance, MethodOutcome, ObjectPath, Value};
+use cosnap_cim::Instance;
 use cosnap_disk::Format;
 use cosnap_export::{
     BackupIntent, BaseKind, Differential, DiskPlan, ExportError, ExportOptions, ExportPlan, VmPlan,
@@ -51,12 +53,11 @@ use cosnap_export::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::dmtf;
-use crate::model::{ExportedDisk, LayerRef, Snapshot, job_type};
-use crate::{Host, HostError, Resolved};
+use crate::model::{Collection, ExportedDisk, LayerRef, Snapshot, SnapshotVm, job_type};
+use crate::{Host, HostError};
 
 /// The export method's Msvm-family refusals, named in the one table in [`crate::error`].
 pub use crate::error::msvm::{ACCESS_DENIED, IN_USE};
-pub const SETTING_DATA_CLASS: &str = "Msvm_CollectionSnapshotExportSettingData";
 
 /// A refusal before the job starts: the method's return code and why.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,7 +66,8 @@ pub struct Refusal {
     pub message: String,
 }
 
-fn refuse(code: u32, message: impl Into<String>) -> Refusal {
+/// A refusal with its return code (the CIM face refuses malformed parameters with it too).
+pub(crate) fn refuse(code: u32, message: impl Into<String>) -> Refusal {
     Refusal {
         code,
         message: message.into(),
@@ -138,201 +140,6 @@ pub fn configured_roots(host: &Host) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The provider's entry point: decodes the parameters, checks them, starts the job.
-pub fn export_snapshot(
-    host: &Host,
-    target: &ObjectPath,
-    params: &[(String, Value)],
-) -> Result<MethodOutcome, CimError> {
-    let _ = target;
-    let outcome = |code: u32, job: Option<String>| MethodOutcome {
-        return_value: code,
-        out_params: job
-            .map(|id| {
-                vec![(
-                    "Job".to_string(),
-                    Value::Reference(crate::cim::job_path(&id)),
-                )]
-            })
-            .unwrap_or_default(),
-    };
-    let req = match decode_request(host, params) {
-        Ok(r) => r,
-        Err(r) => {
-            tracing::info!(code = r.code, "ExportSnapshot refused: {}", r.message);
-            return Ok(outcome(r.code, None));
-        }
-    };
-    match start_export(host, &req, Roots::Configured) {
-        Ok(job) => Ok(outcome(dmtf::JOB_STARTED, Some(job))),
-        Err(r) => {
-            tracing::info!(code = r.code, "ExportSnapshot refused: {}", r.message);
-            Ok(outcome(r.code, None))
-        }
-    }
-}
-
-fn param<'a>(params: &'a [(String, Value)], name: &str) -> Option<&'a Value> {
-    params
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
-}
-
-fn parse_path(host: &Host, v: &Value, what: &str) -> Result<ObjectPath, Refusal> {
-    let _ = host;
-    match v {
-        Value::Reference(p) => Ok(p.clone()),
-        Value::String(s) => cosnap_cim::path_text::parse(s).ok().ok_or_else(|| {
-            refuse(
-                dmtf::INVALID_PARAMETER,
-                format!("{what}: {s:?} is not an object path"),
-            )
-        }),
-        _ => Err(refuse(
-            dmtf::INVALID_PARAMETER,
-            format!("{what} must be an object path"),
-        )),
-    }
-}
-
-fn bool_prop(inst: &Instance, name: &str, default: bool) -> Result<bool, Refusal> {
-    match inst.get(name) {
-        None => Ok(default),
-        Some(Value::Boolean(b)) => Ok(*b),
-        Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("true") => Ok(true),
-        Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("false") => Ok(false),
-        Some(other) => Err(refuse(
-            dmtf::INVALID_TYPE,
-            format!("{name} must be a boolean, not {other:?}"),
-        )),
-    }
-}
-
-/// Decodes the method's parameters into a request (no file system access yet).
-pub fn decode_request(host: &Host, params: &[(String, Value)]) -> Result<ExportRequest, Refusal> {
-    let snap_v = param(params, "SnapshotCollection")
-        .ok_or_else(|| refuse(dmtf::INVALID_PARAMETER, "SnapshotCollection is required"))?;
-    let snap_path = parse_path(host, snap_v, "SnapshotCollection")?;
-    let snapshot = match host.resolve_path(&snap_path) {
-        Ok(Resolved::SnapshotCollection(id)) => id,
-        Ok(_) => {
-            return Err(refuse(
-                dmtf::INVALID_PARAMETER,
-                "SnapshotCollection does not name a snapshot collection",
-            ));
-        }
-        Err(e) => {
-            return Err(refuse(
-                dmtf::INVALID_PARAMETER,
-                format!("SnapshotCollection: {e}"),
-            ));
-        }
-    };
-    let dir = match param(params, "ExportDirectory") {
-        Some(Value::String(s)) if !s.trim().is_empty() => PathBuf::from(s),
-        Some(Value::String(_)) | None => {
-            return Err(refuse(
-                dmtf::INVALID_PARAMETER,
-                "ExportDirectory is required",
-            ));
-        }
-        Some(_) => {
-            return Err(refuse(
-                dmtf::INVALID_TYPE,
-                "ExportDirectory must be a string",
-            ));
-        }
-    };
-    let mut req = ExportRequest::full(&snapshot, &dir);
-    let settings = match param(params, "ExportSettingData") {
-        None => None,
-        Some(Value::Instance(i)) => Some((**i).clone()),
-        Some(Value::String(s)) => cosnap_cim::embedded::decode_str(s, None).map_err(|e| {
-            refuse(
-                dmtf::INVALID_PARAMETER,
-                format!("ExportSettingData is not an embedded instance: {e}"),
-            )
-        })?,
-        Some(_) => {
-            return Err(refuse(
-                dmtf::INVALID_TYPE,
-                "ExportSettingData must be a string",
-            ));
-        }
-    };
-    if let Some(sd) = settings {
-        if !sd.class_name.eq_ignore_ascii_case(SETTING_DATA_CLASS) {
-            return Err(refuse(
-                dmtf::INVALID_PARAMETER,
-                format!(
-                    "ExportSettingData must be a {SETTING_DATA_CLASS}, not {}",
-                    sd.class_name
-                ),
-            ));
-        }
-        req.copy_storage = bool_prop(&sd, "CopyVmStorage", true)?;
-        req.create_subdirectory = bool_prop(&sd, "CreateVmExportSubdirectory", false)?;
-        req.allow_fallback_full = bool_prop(&sd, "AllowFullExportFallback", false)?;
-        req.intent = match sd.get("BackupIntent") {
-            None => BackupIntent::PreserveChain,
-            Some(v) => {
-                let n = match v {
-                    Value::String(s) => s.trim().parse::<u64>().map_err(|_| {
-                        refuse(
-                            dmtf::INVALID_TYPE,
-                            format!("BackupIntent must be an integer, not {s:?}"),
-                        )
-                    })?,
-                    other => other.as_u64().ok_or_else(|| {
-                        refuse(
-                            dmtf::INVALID_TYPE,
-                            format!("BackupIntent must be an integer, not {other:?}"),
-                        )
-                    })?,
-                };
-                BackupIntent::from_code(n).ok_or_else(|| {
-                    refuse(
-                        dmtf::INVALID_PARAMETER,
-                        format!("BackupIntent {n} is neither 1 (PreserveChain) nor 2 (Merge)"),
-                    )
-                })?
-            }
-        };
-        req.base = match sd.get("DifferentialBackupBase") {
-            None => None,
-            Some(Value::String(s)) if s.trim().is_empty() => None,
-            Some(v @ (Value::String(_) | Value::Reference(_))) => {
-                let p = parse_path(host, v, "DifferentialBackupBase")?;
-                match host.resolve_path(&p) {
-                    Ok(Resolved::SnapshotCollection(id)) | Ok(Resolved::RefPointCollection(id)) => {
-                        Some(id)
-                    }
-                    Ok(_) => {
-                        return Err(refuse(
-                            dmtf::INVALID_PARAMETER,
-                            "DifferentialBackupBase must name a Msvm_SnapshotCollection or Msvm_ReferencePointCollection",
-                        ));
-                    }
-                    Err(e) => {
-                        return Err(refuse(
-                            dmtf::INVALID_PARAMETER,
-                            format!("DifferentialBackupBase: {e}"),
-                        ));
-                    }
-                }
-            }
-            Some(other) => {
-                return Err(refuse(
-                    dmtf::INVALID_TYPE,
-                    format!("DifferentialBackupBase must be a string, not {other:?}"),
-                ));
-            }
-        };
-    }
-    Ok(req)
-}
-
 /// A differential still to be settled in the job: the base, per VM and disk the base
 /// export's file (PreserveChain), and a fallback reason already known.
 type PendingDiff = (Base, Vec<Vec<Option<PathBuf>>>, Option<String>);
@@ -344,6 +151,16 @@ struct Base {
     collection_id: String,
     created_ms: i64,
     layers: Vec<(String, u32, PathBuf)>,
+}
+
+impl Base {
+    /// The base's boundary layer of one VM's disk, if the disk existed at the base.
+    fn layer_of(&self, vm_id: &str, index: u32) -> Option<&PathBuf> {
+        self.layers
+            .iter()
+            .find(|(vm, i, _)| vm == vm_id && *i == index)
+            .map(|(_, _, layer)| layer)
+    }
 }
 
 fn load_base(host: &Host, id: &str) -> Result<Base, Refusal> {
@@ -393,22 +210,17 @@ fn load_base(host: &Host, id: &str) -> Result<Base, Refusal> {
     }
 }
 
-fn vm_system(host: &Host, vm_id: &str, fallback_name: &str) -> Instance {
-    match host.vm(vm_id) {
-        Ok(vm) => host.vm_instance(&vm),
-        // The VM was destroyed since the snapshot: its identity is all that is left.
-        Err(_) => Instance::new("Msvm_ComputerSystem")
-            .with(
-                "Name",
-                cosnap_cim::CimType::String,
-                Some(Value::String(vm_id.to_string())),
-            )
-            .with(
-                "ElementName",
-                cosnap_cim::CimType::String,
-                Some(Value::String(fallback_name.to_string())),
-            ),
-    }
+/// The CIM instances a package stores to describe what it holds (the CIM face,
+/// `cim::package`, builds them for [`Host`]): the export names only this trait.
+pub trait PackageInstances {
+    /// The VM's Msvm_ComputerSystem, or its identity alone if the VM is gone.
+    fn package_system(&self, vm_id: &str, fallback_name: &str) -> Instance;
+    /// A snapshot's per-VM settings and resource settings.
+    fn package_vm_settings(&self, snap: &Snapshot, vm: &SnapshotVm) -> (Instance, Vec<Instance>);
+    /// The exported VM collection.
+    fn package_collection(&self, collection: &Collection) -> Instance;
+    /// The exported snapshot collection.
+    fn package_snapshot(&self, snap: &Snapshot) -> Instance;
 }
 
 fn disk_plan(host: &Host, l: &LayerRef) -> Result<DiskPlan, Refusal> {
@@ -448,9 +260,9 @@ fn full_plan(host: &Host, snap: &Snapshot) -> Result<ExportPlan, Refusal> {
     })?;
     let mut vms = Vec::new();
     for v in &snap.vms {
-        let (settings, resources) = host.snapshot_vm_instances(snap, v);
+        let (settings, resources) = host.package_vm_settings(snap, v);
         vms.push(VmPlan {
-            system: vm_system(host, &v.vm_id, &v.settings.name),
+            system: host.package_system(&v.vm_id, &v.settings.name),
             settings,
             resources,
             disks: v
@@ -461,8 +273,8 @@ fn full_plan(host: &Host, snap: &Snapshot) -> Result<ExportPlan, Refusal> {
         });
     }
     Ok(ExportPlan {
-        collection: host.collection_instance(&coll),
-        snapshot: host.snapshot_collection_instance(snap),
+        collection: host.package_collection(&coll),
+        snapshot: host.package_snapshot(snap),
         vms,
         differential: None,
         fallback_to_full: None,
@@ -530,10 +342,59 @@ pub fn start_export(host: &Host, req: &ExportRequest, roots: Roots) -> Result<St
         )
     })?;
     let export_dir = check_dir(&req.export_dir, &roots, host)?;
+
     // Opened once, now: the job writes through this handle whatever the path becomes.
     let dir = open_dir(&export_dir, req.create_subdirectory)?;
     let mut plan = full_plan(host, &snap)?;
-    let opts = ExportOptions {
+    let opts = export_options(host, req, &plan);
+
+    // Differential: ids, ordering, and (for PreserveChain) the base export's files.
+    let pending_diff = match &req.base {
+        Some(base_id) => Some(check_differential(host, req, &snap, base_id)?),
+        None => None,
+    };
+
+    // Collisions are refused now, before anything is written.
+    if !req.create_subdirectory {
+        cosnap_export::preflight_in(&plan, &dir, &opts).map_err(|e| match e {
+            ExportError::Collision(_) => refuse(dmtf::INVALID_STATE, e.to_string()),
+            other => refuse(dmtf::INVALID_PARAMETER, other.to_string()),
+        })?;
+    }
+
+    let snap_id = snap.id.clone();
+    let name = format!("Export snapshot {}", snap.name);
+    let description = format!(
+        "Exporting snapshot collection {} to {}",
+        snap.id,
+        req.export_dir.display()
+    );
+    let allow_fallback = req.allow_fallback_full;
+    let record_dir = host.data_dir().join("export-jobs");
+    let work = move |ctx: &crate::JobCtx| -> crate::Result<Vec<(String, String)>> {
+        let host = ctx.host();
+        let _guard = host.mark_in_use(&snap_id, ctx.job_id())?;
+        if let Some(pending) = pending_diff {
+            settle_differential(host, &mut plan, &snap, pending, allow_fallback)?;
+        }
+
+        let run = ExportRun {
+            plan: &plan,
+            dir: &dir,
+            opts: &opts,
+            snap: &snap,
+            record: record_dir.join(format!("{}.json", ctx.job_id())),
+        };
+        run.write_and_record(ctx)?;
+        Ok(vec![])
+    };
+    host.start_job(job_type::EXPORT, &name, &description, true, work)
+        .map_err(|e| refuse(dmtf::FAILED, format!("could not start the export job: {e}")))
+}
+
+/// The package writer's options for a request.
+fn export_options(host: &Host, req: &ExportRequest, plan: &ExportPlan) -> ExportOptions {
+    ExportOptions {
         copy_storage: req.copy_storage,
         create_subdirectory: req.create_subdirectory,
         intent: req.intent,
@@ -547,177 +408,171 @@ pub fn start_export(host: &Host, req: &ExportRequest, roots: Roots) -> Result<St
             .clamp(1, 4),
         file_mode: req.file_mode.unwrap_or(host.options().export_file_mode),
         export_id: Some(uuid::Uuid::new_v4().simple().to_string()),
-    };
-    // Differential: ids, ordering, and (for PreserveChain) the base export's files.
-    let mut pending_diff: Option<PendingDiff> = None;
-    if let Some(base_id) = &req.base {
-        let base = load_base(host, base_id)?;
-        if base.collection_id != snap.collection_id {
-            return Err(refuse(
-                dmtf::INVALID_PARAMETER,
-                format!(
-                    "DifferentialBackupBase {} belongs to another VM collection ({})",
-                    base.id, base.collection_id
-                ),
-            ));
-        }
-        if base.id == snap.id {
-            return Err(refuse(
-                dmtf::INVALID_PARAMETER,
-                "DifferentialBackupBase is the exported snapshot itself",
-            ));
-        }
-        if base.created_ms > snap.created_ms {
-            return Err(refuse(
-                dmtf::INVALID_PARAMETER,
-                format!(
-                    "DifferentialBackupBase {} is newer than the snapshot",
-                    base.id
-                ),
-            ));
-        }
-        // Newer on the layers: the snapshot's layer is a strict ancestor of the base's.
-        for v in &snap.vms {
-            for d in &v.disks {
-                if let Some((_, _, bl)) = base
-                    .layers
-                    .iter()
-                    .find(|(vm, i, _)| vm == &v.vm_id && *i == d.index)
-                    && bl != &d.path
-                    && host.change_base(bl, &d.path).is_ok()
-                {
-                    return Err(refuse(
-                        dmtf::INVALID_PARAMETER,
-                        format!(
-                            "DifferentialBackupBase {} is newer than the snapshot",
-                            base.id
-                        ),
-                    ));
-                }
-            }
-        }
-        let mut files = Vec::new();
-        let mut missing: Option<String> = None;
-        let records = host.exports_of(&base.id).unwrap_or_default();
-        for v in &snap.vms {
-            let mut per_vm = Vec::new();
-            for d in &v.disks {
-                let f = records.iter().find_map(|r| {
-                    r.disks
-                        .iter()
-                        .find(|x| x.vm_id == v.vm_id && x.disk_index == d.index && x.path.is_file())
-                        .map(|x| x.path.clone())
-                });
-                if f.is_none() && missing.is_none() {
-                    missing = Some(format!("VM {} disk {}", v.vm_id, d.index));
-                }
-                per_vm.push(f);
-            }
-            files.push(per_vm);
-        }
-        let mut fallback = None;
-        if req.copy_storage
-            && req.intent == BackupIntent::PreserveChain
-            && let Some(m) = missing
-        {
-            let msg = format!(
-                "PreserveChain needs the base's exported disks, and no recorded export of {} holds {m} (export the base with storage first, or use Merge)",
+    }
+}
+
+/// Checks a differential's base before the job starts: same VM collection, not the
+/// snapshot itself, not newer; for PreserveChain with storage, the base export's files.
+fn check_differential(
+    host: &Host,
+    req: &ExportRequest,
+    snap: &Snapshot,
+    base_id: &str,
+) -> Result<PendingDiff, Refusal> {
+    let base = load_base(host, base_id)?;
+    if base.collection_id != snap.collection_id {
+        return Err(refuse(
+            dmtf::INVALID_PARAMETER,
+            format!(
+                "DifferentialBackupBase {} belongs to another VM collection ({})",
+                base.id, base.collection_id
+            ),
+        ));
+    }
+    if base.id == snap.id {
+        return Err(refuse(
+            dmtf::INVALID_PARAMETER,
+            "DifferentialBackupBase is the exported snapshot itself",
+        ));
+    }
+    if base.created_ms > snap.created_ms || base_newer_on_layers(host, &base, snap) {
+        return Err(refuse(
+            dmtf::INVALID_PARAMETER,
+            format!(
+                "DifferentialBackupBase {} is newer than the snapshot",
                 base.id
-            );
-            if !req.allow_fallback_full {
-                return Err(refuse(dmtf::INVALID_STATE, msg));
-            }
-            fallback = Some(msg);
-        }
-        pending_diff = Some((base, files, fallback));
+            ),
+        ));
     }
-    // Collisions are refused now, before anything is written.
-    if !req.create_subdirectory {
-        cosnap_export::preflight_in(&plan, &dir, &opts).map_err(|e| match e {
-            ExportError::Collision(_) => refuse(dmtf::INVALID_STATE, e.to_string()),
-            other => refuse(dmtf::INVALID_PARAMETER, other.to_string()),
-        })?;
-    }
-    let snap_id = snap.id.clone();
-    let name = format!("Export snapshot {}", snap.name);
-    let description = format!(
-        "Exporting snapshot collection {} to {}",
-        snap.id,
-        req.export_dir.display()
-    );
-    let allow_fallback = req.allow_fallback_full;
-    let record_dir = host.data_dir().join("export-jobs");
-    let work = move |ctx: &crate::JobCtx| -> crate::Result<Vec<(String, String)>> {
-        let host = ctx.host();
-        let _guard = host.mark_in_use(&snap_id, ctx.job_id())?;
-        if let Some((base, files, fallback)) = pending_diff {
-            let mut gone: Option<String> = fallback;
-            if gone.is_none() {
-                'outer: for (vi, v) in snap.vms.iter().enumerate() {
-                    for (di, d) in v.disks.iter().enumerate() {
-                        let Some((_, _, bl)) = base
-                            .layers
-                            .iter()
-                            .find(|(vm, i, _)| vm == &v.vm_id && *i == d.index)
-                        else {
-                            gone = Some(format!(
-                                "VM {} disk {} did not exist at the base {}: the change information for it is gone",
-                                v.vm_id, d.index, base.id
-                            ));
-                            break 'outer;
-                        };
-                        match host.change_base(&d.path, bl) {
-                            Ok(layer) => {
-                                let dp = &mut plan.vms[vi].disks[di];
-                                dp.base_layer = Some(layer);
-                                dp.base_export_file = files[vi][di].clone();
-                                dp.base_export_format =
-                                    dp.base_export_file.as_deref().and_then(exported_format);
-                            }
-                            Err(HostError::ChangeInfoGone(m)) => {
-                                gone = Some(m);
-                                break 'outer;
-                            }
-                            Err(e) => return Err(e),
-                        }
-                    }
-                }
-            }
-            match gone {
-                Some(reason) if allow_fallback => {
-                    for d in plan.vms.iter_mut().flat_map(|v| v.disks.iter_mut()) {
-                        d.base_layer = None;
-                        d.base_export_file = None;
-                    }
-                    plan.fallback_to_full = Some(reason);
-                }
-                Some(reason) => {
-                    return Err(HostError::ChangeInfoGone(format!(
-                        "{reason}; a differential export against {} is impossible (ask for a full export, or allow the fallback with AllowFullExportFallback / --fallback-full)",
-                        base.id
-                    )));
-                }
-                None => {
-                    plan.differential = Some(Differential {
-                        base_id: base.id.clone(),
-                        base_kind: base.kind,
-                        base_export_id: None,
-                    });
-                }
-            }
+
+    let (files, missing) = base_export_files(host, &base, snap);
+    let mut fallback = None;
+    if req.copy_storage
+        && req.intent == BackupIntent::PreserveChain
+        && let Some(m) = missing
+    {
+        let msg = format!(
+            "PreserveChain needs the base's exported disks, and no recorded export of {} holds {m} (export the base with storage first, or use Merge)",
+            base.id
+        );
+        if !req.allow_fallback_full {
+            return Err(refuse(dmtf::INVALID_STATE, msg));
         }
-        let run = ExportRun {
-            plan: &plan,
-            dir: &dir,
-            opts: &opts,
-            snap: &snap,
-            record: record_dir.join(format!("{}.json", ctx.job_id())),
-        };
-        run.write_and_record(ctx)?;
-        Ok(vec![])
+        fallback = Some(msg);
+    }
+    Ok((base, files, fallback))
+}
+
+/// Newer on the layers: the snapshot's layer is a strict ancestor of the base's.
+fn base_newer_on_layers(host: &Host, base: &Base, snap: &Snapshot) -> bool {
+    snap.vms.iter().any(|v| {
+        v.disks.iter().any(|d| {
+            base.layer_of(&v.vm_id, d.index)
+                .is_some_and(|bl| bl != &d.path && host.change_base(bl, &d.path).is_ok())
+        })
+    })
+}
+
+/// Per VM and disk, the base's exported file (from its recorded exports), and the first
+/// disk no recorded export holds.
+fn base_export_files(
+    host: &Host,
+    base: &Base,
+    snap: &Snapshot,
+) -> (Vec<Vec<Option<PathBuf>>>, Option<String>) {
+    let mut files = Vec::new();
+    let mut missing: Option<String> = None;
+    let records = host.exports_of(&base.id).unwrap_or_default();
+    for v in &snap.vms {
+        let mut per_vm = Vec::new();
+        for d in &v.disks {
+            let f = records.iter().find_map(|r| {
+                r.disks
+                    .iter()
+                    .find(|x| x.vm_id == v.vm_id && x.disk_index == d.index && x.path.is_file())
+                    .map(|x| x.path.clone())
+            });
+            if f.is_none() && missing.is_none() {
+                missing = Some(format!("VM {} disk {}", v.vm_id, d.index));
+            }
+            per_vm.push(f);
+        }
+        files.push(per_vm);
+    }
+    (files, missing)
+}
+
+/// In the job: finds each disk's base layer (or why the change information is gone) and
+/// turns the plan into the differential, the full fallback, or a refusal.
+fn settle_differential(
+    host: &Host,
+    plan: &mut ExportPlan,
+    snap: &Snapshot,
+    (base, files, fallback): PendingDiff,
+    allow_fallback: bool,
+) -> crate::Result<()> {
+    let gone = match fallback {
+        Some(reason) => Some(reason),
+        None => differential_layers(host, plan, snap, &base, &files)?,
     };
-    host.start_job(job_type::EXPORT, &name, &description, true, work)
-        .map_err(|e| refuse(dmtf::FAILED, format!("could not start the export job: {e}")))
+
+    match gone {
+        Some(reason) if allow_fallback => {
+            for d in plan.vms.iter_mut().flat_map(|v| v.disks.iter_mut()) {
+                d.base_layer = None;
+                d.base_export_file = None;
+            }
+            plan.fallback_to_full = Some(reason);
+        }
+        Some(reason) => {
+            return Err(HostError::ChangeInfoGone(format!(
+                "{reason}; a differential export against {} is impossible (ask for a full export, or allow the fallback with AllowFullExportFallback / --fallback-full)",
+                base.id
+            )));
+        }
+        None => {
+            plan.differential = Some(Differential {
+                base_id: base.id.clone(),
+                base_kind: base.kind,
+                base_export_id: None,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Sets each disk's base layer and base export file in the plan; `Some(reason)` when the
+/// change information of a disk is gone.
+fn differential_layers(
+    host: &Host,
+    plan: &mut ExportPlan,
+    snap: &Snapshot,
+    base: &Base,
+    files: &[Vec<Option<PathBuf>>],
+) -> crate::Result<Option<String>> {
+    for (vi, v) in snap.vms.iter().enumerate() {
+        for (di, d) in v.disks.iter().enumerate() {
+            let Some(bl) = base.layer_of(&v.vm_id, d.index) else {
+                return Ok(Some(format!(
+                    "VM {} disk {} did not exist at the base {}: the change information for it is gone",
+                    v.vm_id, d.index, base.id
+                )));
+            };
+
+            match host.change_base(&d.path, bl) {
+                Ok(layer) => {
+                    let dp = &mut plan.vms[vi].disks[di];
+                    dp.base_layer = Some(layer);
+                    dp.base_export_file = files[vi][di].clone();
+                    dp.base_export_format =
+                        dp.base_export_file.as_deref().and_then(exported_format);
+                }
+                Err(HostError::ChangeInfoGone(m)) => return Ok(Some(m)),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The package directory an export job wrote (after the job completed).

@@ -17,10 +17,14 @@ use cosnap_disk::CancelToken;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{HostError, Result, concrete_job};
-use crate::host::{Host, POLL};
+use crate::host::Host;
 use crate::model::{Job, job_state};
 use crate::repo;
 use crate::util::{new_guid, now_ms};
+use crate::work::Work;
+
+/// How long [`Host::wait_job`] sleeps between polls.
+const POLL: std::time::Duration = std::time::Duration::from_millis(15);
 
 /// Finished jobs are kept this long (TimeBeforeRemoval).
 pub const KEEP_FINISHED_MS: i64 = 5 * 60 * 1000;
@@ -87,6 +91,54 @@ impl JobCtx {
     }
 }
 
+impl Work for JobCtx {
+    fn check_cancel(&self) -> Result<()> {
+        JobCtx::check_cancel(self)
+    }
+
+    fn progress(&self, percent: u16) {
+        JobCtx::progress(self, percent)
+    }
+
+    fn job_id(&self) -> Option<&str> {
+        Some(JobCtx::job_id(self))
+    }
+
+    fn cancel_token(&self) -> CancelToken {
+        JobCtx::cancel_token(self)
+    }
+
+    fn set_cancellable(&self, cancellable: bool) {
+        JobCtx::set_cancellable(self, cancellable)
+    }
+}
+
+/// How a job shows itself (JobType, Name, Description) and whether a RequestStateChange
+/// may cancel it.
+pub struct JobDescription {
+    pub job_type: u16,
+    pub name: String,
+    pub description: String,
+    pub cancellable: bool,
+}
+
+impl JobDescription {
+    /// A cancellable job.
+    pub fn new(job_type: u16, name: &str, description: String) -> Self {
+        JobDescription {
+            job_type,
+            name: name.to_string(),
+            description,
+            cancellable: true,
+        }
+    }
+}
+
+/// An element a job created, as its work returns it: (class, InstanceID).
+pub fn created(class: &str, id: String) -> (String, String) {
+    (class.to_string(), id)
+}
+
 /// Which return-code family a job's ErrorCode uses.
 fn error_code_for(job_type: u16, e: &HostError) -> u32 {
     use crate::model::job_type::*;
@@ -107,6 +159,22 @@ impl Host {
             params![job_id, now_ms()],
         )?;
         Ok(())
+    }
+
+    /// Runs a domain operation as a job: the one way the long operations (create, destroy,
+    /// apply, convert, export) start. `operation` sees the host and the job only as
+    /// [`Work`], so it never names the job runner.
+    pub fn start_work<F>(&self, job: JobDescription, operation: F) -> Result<String>
+    where
+        F: FnOnce(&Host, &dyn Work) -> Result<Vec<(String, String)>> + Send + 'static,
+    {
+        self.start_job(
+            job.job_type,
+            &job.name,
+            &job.description,
+            job.cancellable,
+            move |ctx| operation(ctx.host(), ctx),
+        )
     }
 
     /// Records a job and runs `work` on a background thread. `work` returns the

@@ -3,6 +3,28 @@
 //! embedded SQLite repository, and the Hyper-V services' methods with their documented
 //! return codes.
 //!
+//! # Two layers
+//!
+//! * **The domain** (every module but [`cim`]): the repository, layers and journal, jobs,
+//!   export and import. It speaks plain Rust: [`export::ExportRequest`], [`HostError`],
+//!   the records of [`model`]. It never imports [`cim`].
+//! * **The CIM face** ([`cim`]): object paths and [`Resolved`], the objects as CIM
+//!   instances, the [`cosnap_cim::CimProvider`] implementation with one file per service,
+//!   ExportSnapshot's parameter decoding ([`cim::export_request`]) and the `CIM_ERR_*`
+//!   status of a [`HostError`]. Front ends (`cosnap-wbem`) reach the host through it.
+//!   Where the domain needs CIM instances (an export package stores them), it names a
+//!   trait of its own ([`export::PackageInstances`]) that the face implements.
+//!
+//! # Rooms
+//!
+//! [`host`] holds only [`Host`] (open, lock, the database). Each resource has its own
+//! `impl Host` block in a private module: VMs (`vms`), collections (`collections`),
+//! snapshots (`snapshots`), reference points (`refpoints`), layers (`layers`: in use,
+//! release, change base; `new_layers`: what create and apply add), recovery and verify
+//! (`recovery`), export records (`export_records`) and rows ↔ structs (`rows`). Long
+//! operations take `&dyn` [`Work`] ([`work`]), never the job runner ([`jobs`]); the
+//! `start_*` methods and the `*_now(…, Option<&JobCtx>)` wrappers live in `job_ops`.
+//!
 //! # Design (decisions taken; see also each module)
 //!
 //! * **Repository** ([`repo`]): SQLite, WAL, `<data-dir>/cosnap.db`, versioned migrations,
@@ -18,13 +40,15 @@
 //! * **Snapshots**: CreateSnapshot adds one differencing child per disk of every member VM
 //!   under the lock and switches every active layer in ONE transaction (group crash
 //!   consistent; cost independent of disk size). DestroySnapshot merges
-//!   (`host::release_layers`). ApplySnapshot branches from the frozen layers.
+//!   (`release_layers` in the `layers` room). ApplySnapshot branches from the frozen layers.
 //!   ConvertToReferencePoint keeps the frozen layers as change boundaries
 //!   ([`Host::change_base`]).
 //! * **Return codes**: DMTF style for collection snapshot / RP methods, Msvm style for
 //!   collection management and DefineSystem/DestroySystem ([`error`]).
 //!
 //! # API for the export / import code (in-crate `export.rs` / `import.rs`) and front ends
+//!
+//! (The object-path and instance methods below are defined by the CIM face.)
 //!
 //! * Open: [`Host::open`]`(data_dir)`.
 //! * Look-ups: [`Host::vm`], [`Host::vms`], [`Host::collection`], [`Host::collections`],
@@ -48,6 +72,10 @@
 //!   finds the exports of the snapshot it was converted from).
 //! * Import: [`Host::define_vm`] (a [`VmSpec`], ids may be kept), [`Host::define_collection`],
 //!   [`Host::add_member`].
+//! * Domain operations with a [`Work`] context: [`Host::create_snapshot`],
+//!   [`Host::destroy_snapshot`], [`Host::apply_snapshot`], [`Host::convert_to_refpoint`],
+//!   [`Host::destroy_refpoint`] (pass [`NoJob`] outside a job); as jobs: the `start_*`
+//!   methods, or [`Host::start_work`]`(`[`jobs::JobDescription`]`, operation)` for any other.
 //! * Jobs: [`Host::start_job`]`(job_type, name, description, cancellable, work)` where
 //!   `work: FnOnce(&JobCtx) -> Result<Vec<(class, id)>>` runs on a thread
 //!   ([`JobCtx::progress`], [`JobCtx::check_cancel`], [`JobCtx::cancel_token`] for
@@ -56,23 +84,36 @@
 
 pub mod chains;
 pub mod cim;
+mod collections;
 pub mod error;
 pub mod export;
+mod export_records;
 pub mod host;
 pub mod import;
+mod job_ops;
 pub mod jobs;
 pub mod journal;
+mod layers;
 pub mod libvirt;
 pub mod model;
 pub mod modes;
+mod new_layers;
 pub mod options;
-pub mod provider;
+mod recovery;
+mod refpoints;
 pub mod repo;
+mod rows;
+mod snapshots;
 pub mod util;
+mod vms;
+pub mod work;
 
 pub use cim::Resolved;
+pub use cim::provider;
 pub use error::{HostError, Result};
-pub use host::{Host, InUseGuard};
+pub use host::Host;
 pub use jobs::JobCtx;
+pub use layers::InUseGuard;
 pub use model::*;
 pub use options::HostOptions;
+pub use work::{NoJob, Work};

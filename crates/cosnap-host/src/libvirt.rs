@@ -24,6 +24,7 @@ pub fn parse_domain(xml: &str, base_dir: &std::path::Path) -> Result<(VmSpec, Ve
             root.tag_name().name()
         )));
     }
+
     let child = |name: &str| root.children().find(|n| n.has_tag_name(name));
     let name = child("name")
         .and_then(|n| n.text())
@@ -40,96 +41,126 @@ pub fn parse_domain(xml: &str, base_dir: &std::path::Path) -> Result<(VmSpec, Ve
         .transpose()?
         .unwrap_or(1);
     let memory_mb = match child("memory").or_else(|| child("currentMemory")) {
-        Some(m) => {
-            let value: u64 = m
-                .text()
-                .unwrap_or("")
-                .trim()
-                .parse()
-                .map_err(|_| HostError::invalid("<memory> is not a number"))?;
-            let unit = m.attribute("unit").unwrap_or("KiB");
-            let bytes: u128 = match unit {
-                "b" | "bytes" => 1,
-                "KB" => 1000,
-                "k" | "KiB" => 1024,
-                "MB" => 1_000_000,
-                "M" | "MiB" => 1 << 20,
-                "GB" => 1_000_000_000,
-                "G" | "GiB" => 1 << 30,
-                "TB" => 1_000_000_000_000,
-                "T" | "TiB" => 1 << 40,
-                other => return Err(HostError::invalid(format!("unknown memory unit '{other}'"))),
-            };
-            ((u128::from(value) * bytes) >> 20)
-                .max(1)
-                .min(u128::from(u64::MAX)) as u64
-        }
+        Some(m) => memory_mb(m)?,
         None => 1024,
     };
-    let mut disks = Vec::new();
-    let mut nics = Vec::new();
-    let mut skipped = Vec::new();
+
+    let mut found = Devices::default();
     if let Some(devices) = child("devices") {
         for dev in devices.children().filter(|n| n.is_element()) {
             match dev.tag_name().name() {
-                "disk" => {
-                    let kind = dev.attribute("type").unwrap_or("file");
-                    let device = dev.attribute("device").unwrap_or("disk");
-                    let source = dev
-                        .children()
-                        .find(|n| n.has_tag_name("source"))
-                        .and_then(|s| s.attribute("file"));
-                    match (kind, device, source) {
-                        ("file", "disk", Some(file)) => {
-                            let format = dev
-                                .children()
-                                .find(|n| n.has_tag_name("driver"))
-                                .and_then(|d| d.attribute("type"))
-                                .map(|t| Format::from_name(t).ok_or_else(|| HostError::invalid(format!("disk {file}: format '{t}' is not supported (vhdx, qcow2, raw)"))))
-                                .transpose()?;
-                            let mut path = PathBuf::from(file);
-                            if path.is_relative() {
-                                path = base_dir.join(path);
-                            }
-                            disks.push(DiskSpec { path, format });
-                        }
-                        _ => skipped.push(format!("disk type={kind} device={device} skipped (only file-backed disks are imported)")),
-                    }
-                }
-                "interface" => {
-                    let mac = dev
-                        .children()
-                        .find(|n| n.has_tag_name("mac"))
-                        .and_then(|m| m.attribute("address"));
-                    let source = dev.children().find(|n| n.has_tag_name("source"));
-                    let switch = source.and_then(|s| {
-                        s.attribute("bridge")
-                            .or(s.attribute("network"))
-                            .or(s.attribute("dev"))
-                    });
-                    match mac {
-                        Some(mac) => nics.push(Nic {
-                            mac: mac.to_string(),
-                            switch_name: switch.map(str::to_string),
-                        }),
-                        None => skipped.push("interface without <mac address=…> skipped".into()),
-                    }
-                }
+                "disk" => found.add_disk(dev, base_dir)?,
+                "interface" => found.add_interface(dev),
                 _ => {}
             }
         }
     }
+
     Ok((
         VmSpec {
             id: None,
             name,
             cpus,
             memory_mb,
-            disks,
-            nics,
+            disks: found.disks,
+            nics: found.nics,
         },
-        skipped,
+        found.skipped,
     ))
+}
+
+/// `<memory unit="…">` in MiB (at least 1).
+fn memory_mb(m: roxmltree::Node) -> Result<u64> {
+    let value: u64 = m
+        .text()
+        .unwrap_or("")
+        .trim()
+        .parse()
+        .map_err(|_| HostError::invalid("<memory> is not a number"))?;
+    let unit = m.attribute("unit").unwrap_or("KiB");
+    let bytes: u128 = match unit {
+        "b" | "bytes" => 1,
+        "KB" => 1000,
+        "k" | "KiB" => 1024,
+        "MB" => 1_000_000,
+        "M" | "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "G" | "GiB" => 1 << 30,
+        "TB" => 1_000_000_000_000,
+        "T" | "TiB" => 1 << 40,
+        other => return Err(HostError::invalid(format!("unknown memory unit '{other}'"))),
+    };
+    Ok(((u128::from(value) * bytes) >> 20)
+        .max(1)
+        .min(u128::from(u64::MAX)) as u64)
+}
+
+/// The domain's devices as read so far, and why others were skipped.
+#[derive(Default)]
+struct Devices {
+    disks: Vec<DiskSpec>,
+    nics: Vec<Nic>,
+    skipped: Vec<String>,
+}
+
+impl Devices {
+    /// A `<disk>`: file-backed disks with their driver format; others are skipped.
+    fn add_disk(&mut self, dev: roxmltree::Node, base_dir: &std::path::Path) -> Result<()> {
+        let kind = dev.attribute("type").unwrap_or("file");
+        let device = dev.attribute("device").unwrap_or("disk");
+        let source = dev
+            .children()
+            .find(|n| n.has_tag_name("source"))
+            .and_then(|s| s.attribute("file"));
+        let ("file", "disk", Some(file)) = (kind, device, source) else {
+            self.skipped.push(format!(
+                "disk type={kind} device={device} skipped (only file-backed disks are imported)"
+            ));
+            return Ok(());
+        };
+
+        let format = dev
+            .children()
+            .find(|n| n.has_tag_name("driver"))
+            .and_then(|d| d.attribute("type"))
+            .map(|t| {
+                Format::from_name(t).ok_or_else(|| {
+                    HostError::invalid(format!(
+                        "disk {file}: format '{t}' is not supported (vhdx, qcow2, raw)"
+                    ))
+                })
+            })
+            .transpose()?;
+        let mut path = PathBuf::from(file);
+        if path.is_relative() {
+            path = base_dir.join(path);
+        }
+        self.disks.push(DiskSpec { path, format });
+        Ok(())
+    }
+
+    /// An `<interface>`: its MAC and the bridge, network or device it connects to.
+    fn add_interface(&mut self, dev: roxmltree::Node) {
+        let mac = dev
+            .children()
+            .find(|n| n.has_tag_name("mac"))
+            .and_then(|m| m.attribute("address"));
+        let source = dev.children().find(|n| n.has_tag_name("source"));
+        let switch = source.and_then(|s| {
+            s.attribute("bridge")
+                .or(s.attribute("network"))
+                .or(s.attribute("dev"))
+        });
+        match mac {
+            Some(mac) => self.nics.push(Nic {
+                mac: mac.to_string(),
+                switch_name: switch.map(str::to_string),
+            }),
+            None => self
+                .skipped
+                .push("interface without <mac address=…> skipped".into()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,6 @@
-//! Small shared helpers: clocks, GUIDs, WMI path text, crash points.
+//! Small shared helpers: clocks, GUIDs, the host name, crash points.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use cosnap_cim::ObjectPath;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -33,23 +31,6 @@ pub fn norm_id(id: &str) -> String {
         .trim_start_matches('{')
         .trim_end_matches('}')
         .to_ascii_uppercase()
-}
-
-/// WMI object-path text of `path` on `host` in cosnap's namespace:
-/// `\\HOST\root\virtualization\v2:Class.Key="v"` (printed by [`cosnap_cim::path_text`]).
-pub fn wmi_path_text(host: &str, path: &ObjectPath) -> String {
-    let mut qualified = path.clone();
-    qualified.host = Some(host.to_string());
-    qualified.namespace = Some(cosnap_cim::NAMESPACE.to_string());
-    qualified.to_wmi_text()
-}
-
-/// Parses WMI path text naming an instance (at least one key); `None` when
-/// [`cosnap_cim::path_text::parse`] refuses it or it names a class.
-pub fn parse_wmi_path(text: &str) -> Option<ObjectPath> {
-    cosnap_cim::path_text::parse(text)
-        .ok()
-        .filter(|p| !p.keys.is_empty())
 }
 
 static CRASH_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -88,46 +69,5 @@ pub fn host_name() -> String {
         "localhost".into()
     } else {
         name.to_ascii_uppercase()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use cosnap_cim::Value;
-
-    #[test]
-    fn path_text_round_trip() {
-        let p = ObjectPath::new("Msvm_VirtualSystemSettingData")
-            .with_key("InstanceID", Value::String("Microsoft:A\\B\"c".into()));
-        let text = wmi_path_text("HOST", &p);
-        assert_eq!(
-            text,
-            "\\\\HOST\\root\\virtualization\\v2:Msvm_VirtualSystemSettingData.InstanceID=\"Microsoft:A\\\\B\\\"c\""
-        );
-        let back = parse_wmi_path(&text).unwrap();
-        assert_eq!(back.class_name, p.class_name);
-        assert_eq!(back.keys, p.keys);
-        assert_eq!(back.host.as_deref(), Some("HOST"));
-        assert_eq!(back.namespace.as_deref(), Some("root/virtualization/v2"));
-    }
-
-    #[test]
-    fn malformed_paths_are_rejected() {
-        for bad in [
-            "",
-            "Msvm_X",
-            "Msvm_X.",
-            "Msvm_X.Id=\"unterminated",
-            "Bad Class.Id=\"x\"",
-            "Msvm_X.Id=\"a\"junk",
-        ] {
-            assert!(parse_wmi_path(bad).is_none(), "{bad}");
-        }
-        let two = parse_wmi_path(
-            "Msvm_ReferencePointCollection.CollectionID=\"a\",VirtualSystemCollectionId=\"b\"",
-        )
-        .unwrap();
-        assert_eq!(two.keys.len(), 2);
     }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use cosnap_disk::Format;
 use cosnap_host::export::{ExportRequest, Roots};
 use cosnap_host::{DiskSpec, Host, VmSpec};
-use cosnap_test_support::{qcow2_overlay, qemu_img};
+use cosnap_test_support::{qcow2_overlay, qcow2_rebase_unsafe, qemu_img};
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 16 * MIB;
@@ -171,17 +171,7 @@ fn a_qcow2_layer_whose_backing_file_was_rewritten_is_refused() {
     );
 
     // Something that can write the layer points it at a host file.
-    qemu_img(&[
-        "rebase",
-        "-u",
-        "-f",
-        "qcow2",
-        "-b",
-        secret.to_str().unwrap(),
-        "-F",
-        "raw",
-        frozen.to_str().unwrap(),
-    ]);
+    qcow2_rebase_unsafe(&frozen, &secret, "raw");
 
     let out = tmp.path().join("out");
     std::fs::create_dir_all(&out).unwrap();

@@ -104,3 +104,30 @@ pub fn qcow2_overlay(overlay: &Path, backing: &Path, backing_fmt: &str, size: &s
         size,
     ]);
 }
+
+/// Writes guest bytes the way a guest would: `qemu-io -f fmt -c cmd … image`, one `-c` per
+/// command (`write -P 0xaa 0 1M`, `write -z 5M 1M`, …), which must all succeed.
+pub fn qemu_io(image: &Path, fmt: &str, commands: &[&str]) {
+    let mut args = vec!["-f", fmt];
+    for command in commands {
+        args.extend(["-c", command]);
+    }
+    args.push(p(image));
+    crate::process::ok("qemu-io", &args);
+}
+
+/// Points a qcow2 layer at another backing file without touching its data
+/// (`qemu-img rebase -u`), the way anything that can write the layer could.
+pub fn qcow2_rebase_unsafe(layer: &Path, backing: &Path, backing_fmt: &str) {
+    qemu_img(&[
+        "rebase",
+        "-u",
+        "-f",
+        "qcow2",
+        "-b",
+        p(backing),
+        "-F",
+        backing_fmt,
+        p(layer),
+    ]);
+}

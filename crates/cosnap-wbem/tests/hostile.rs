@@ -9,10 +9,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use cosnap_cim::{
     AssocFilter, CimError, CimProvider, ClassDef, Instance, MethodOutcome, ObjectPath,
 };
+use cosnap_test_support::http::{basic_auth, header, parse_response_head};
 use cosnap_wbem::{ServeConfig, Server, ServerLimits};
 
 const USER: &str = "u";
@@ -116,14 +116,6 @@ fn start(limits: ServerLimits) -> Running {
     }
 }
 
-fn basic(user: &str, password: &str) -> String {
-    let pair = format!("{user}:{password}");
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(pair)
-    )
-}
-
 /// A connection from `source` (127.0.0.1 is the user, 127.0.0.2 the attacker).
 fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -171,24 +163,7 @@ fn read_head(s: &mut TcpStream) -> (u16, Vec<(String, String)>) {
         }
     }
     let text = String::from_utf8(buf).unwrap();
-    let mut lines = text.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers)
-}
-
-fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    parse_response_head(&text)
 }
 
 /// Sends a whole request from `source` and reads the answer's status.
@@ -209,7 +184,7 @@ fn legitimate(to: SocketAddr, user: &str, password: &str) -> Duration {
     let (status, headers) = request(
         "127.0.0.1",
         to,
-        Some(&basic(user, password)),
+        Some(&basic_auth(user, password)),
         &enum_names("Msvm_ComputerSystem"),
     );
     assert_eq!(status, 200, "{headers:?}");
@@ -297,8 +272,12 @@ fn wrong_password_flood_does_not_lock_out_a_valid_user() {
             let stop = stop.clone();
             std::thread::spawn(move || {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let (status, _) =
-                        request("127.0.0.2", addr, Some(&basic(USER, "wrong")), ENUM_NAMES);
+                    let (status, _) = request(
+                        "127.0.0.2",
+                        addr,
+                        Some(&basic_auth(USER, "wrong")),
+                        ENUM_NAMES,
+                    );
                     assert!(matches!(status, 401 | 429), "{status}");
                     if status == 429 {
                         std::thread::sleep(Duration::from_millis(20));
@@ -327,7 +306,7 @@ fn wrong_password_flood_does_not_lock_out_a_valid_user() {
 #[test]
 fn brute_force_is_answered_429_with_retry_after() {
     let server = start(ServerLimits::default());
-    let wrong = basic(USER, "guess");
+    let wrong = basic_auth(USER, "guess");
     let mut statuses = Vec::new();
     for _ in 0..=cosnap_wbem::throttle::FREE_FAILURES + 1 {
         let (status, headers) = request("127.0.0.2", server.addr, Some(&wrong), ENUM_NAMES);
@@ -340,7 +319,7 @@ fn brute_force_is_answered_429_with_retry_after() {
     let (status, _) = request(
         "127.0.0.2",
         server.addr,
-        Some(&basic(USER, PASSWORD)),
+        Some(&basic_auth(USER, PASSWORD)),
         ENUM_NAMES,
     );
     assert_eq!(status, 429);
@@ -353,7 +332,7 @@ fn oversized_headers_get_431() {
     for size in [20 * 1024, 100 * 1024] {
         let mut s = connect_from("127.0.0.1", server.addr);
         let filler = format!("X-Filler: {}\r\n", "a".repeat(size));
-        let auth = basic(USER, PASSWORD);
+        let auth = basic_auth(USER, PASSWORD);
         let _ = s.write_all(head(Some(&auth), ENUM_NAMES.len(), &filler).as_bytes());
         let _ = s.write_all(ENUM_NAMES.as_bytes());
         assert_eq!(read_head(&mut s).0, 431, "{size} bytes of headers");
@@ -364,9 +343,9 @@ fn oversized_headers_get_431() {
 fn expect_continue_with_a_refused_body_gets_no_100() {
     let server = start(ServerLimits::default());
     let cases = [
-        (Some(basic(USER, PASSWORD)), 1usize << 30, 413),
+        (Some(basic_auth(USER, PASSWORD)), 1usize << 30, 413),
         (None, 1000, 401),
-        (Some(basic(USER, "wrong")), 1000, 401),
+        (Some(basic_auth(USER, "wrong")), 1000, 401),
     ];
     for (auth, length, expected) in cases {
         let mut s = connect_from("127.0.0.1", server.addr);
@@ -400,7 +379,7 @@ fn bodies_wait_for_the_concurrency_limit() {
         },
         ..ServerLimits::default()
     });
-    let auth = basic(USER, PASSWORD);
+    let auth = basic_auth(USER, PASSWORD);
     let slow = std::thread::spawn({
         let (addr, auth) = (server.addr, auth.clone());
         move || request("127.0.0.1", addr, Some(&auth), &enum_names(SLOW_CLASS)).0
@@ -423,7 +402,7 @@ fn quadratic_xml_shapes_are_answered_fast_with_an_error() {
     let server = start(ServerLimits::default());
     let attrs: String = (0..80_000).map(|i| format!(" a{i}=\"\"")).collect();
     let decls: String = (0..2_000).map(|i| format!(" xmlns:n{i}=\"u\"")).collect();
-    let auth = basic(USER, PASSWORD);
+    let auth = basic_auth(USER, PASSWORD);
     for extra in [attrs, decls] {
         let body = ENUM_NAMES.replace("<IMETHODCALL ", &format!("<IMETHODCALL{extra} "));
         let t = Instant::now();
@@ -467,7 +446,7 @@ fn a_client_that_never_reads_is_cut_off() {
         r#"<IPARAMVALUE NAME="ClassName"><CLASSNAME NAME="@CLASS@"/></IPARAMVALUE>"#,
         r#"<IPARAMVALUE NAME="DeepInheritance"><VALUE>TRUE</VALUE></IPARAMVALUE>"#,
     );
-    let one = head(Some(&basic(USER, PASSWORD)), body.len(), "")
+    let one = head(Some(&basic_auth(USER, PASSWORD)), body.len(), "")
         .replace("EnumerateInstanceNames", "EnumerateClassNames")
         + &body;
     let mut writer = reader.try_clone().unwrap();

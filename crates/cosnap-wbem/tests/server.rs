@@ -7,11 +7,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 
-use base64::Engine;
 use cosnap_cim::{
     AssocFilter, CimError, CimProvider, CimType, ClassDef, Instance, MethodOutcome, ObjectPath,
     Value,
 };
+use cosnap_test_support::http::{basic_auth, header, parse_response_head};
 use cosnap_wbem::{ServeConfig, Server, ServerLimits};
 
 const NS_XML: &str = r#"<LOCALNAMESPACEPATH><NAMESPACE NAME="root"/><NAMESPACE NAME="virtualization"/><NAMESPACE NAME="v2"/></LOCALNAMESPACEPATH>"#;
@@ -192,13 +192,6 @@ fn start() -> Running {
     }
 }
 
-fn auth(user: &str, pw: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
-    )
-}
-
 /// Sends one request to `/cimom`; returns (status, lower-cased headers, body).
 fn post(port: u16, headers: &[(&str, &str)], body: &str) -> (u16, Vec<(String, String)>, String) {
     post_to(port, "/cimom", headers, body)
@@ -227,24 +220,8 @@ fn post_to(
     let _ = s.read_to_end(&mut out);
     let text = String::from_utf8(out).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let hdrs = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let (status, hdrs) = parse_response_head(head);
     (status, hdrs, body.to_string())
-}
-
-fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 fn cim_headers<'a>(method: &'a str, object: &'a str, auth: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -266,7 +243,7 @@ fn envelope(id: &str, inner: &str) -> String {
 #[test]
 fn intrinsic_operations_and_errors() {
     let s = start();
-    let a = auth("u", "p w");
+    let a = basic_auth("u", "p w");
     let ns = "root%2Fvirtualization%2Fv2";
     let body = envelope(
         "4711",
@@ -461,7 +438,7 @@ fn pull_enumeration_in_batches_to_its_end() {
 #[test]
 fn method_call_types_untyped_params_embedded_and_host_refs() {
     let s = start();
-    let a = auth("u", "p w");
+    let a = basic_auth("u", "p w");
     let target = format!(
         r#"<LOCALINSTANCEPATH>{NS_XML}<INSTANCENAME CLASSNAME="Msvm_CollectionSnapshotService"><KEYBINDING NAME="Name"><KEYVALUE VALUETYPE="string">svc</KEYVALUE></KEYBINDING></INSTANCENAME></LOCALINSTANCEPATH>"#
     );
@@ -558,8 +535,8 @@ fn http_level_refusals() {
     );
     let ns = "root/virtualization/v2";
     for bad in [
-        auth("u", "wrong"),
-        auth("x", "p w"),
+        basic_auth("u", "wrong"),
+        basic_auth("x", "p w"),
         "Basic".into(),
         String::new(),
     ] {
@@ -570,7 +547,7 @@ fn http_level_refusals() {
             Some(r#"Basic realm="cosnap""#)
         );
     }
-    let a = auth("u", "p w");
+    let a = basic_auth("u", "p w");
     let (st, h, _) = post(
         s.port,
         &cim_headers("EnumerateClassNames", ns, &a),
@@ -627,7 +604,7 @@ fn wsman_get(job_id: &str) -> String {
 #[test]
 fn wsman_on_the_same_listener_with_the_same_users() {
     let srv = start();
-    let a = auth("u", "p w");
+    let a = basic_auth("u", "p w");
     let soap = "application/soap+xml;charset=UTF-8";
 
     let (status, h, body) = post_to(
@@ -676,7 +653,7 @@ fn wsman_on_the_same_listener_with_the_same_users() {
     assert_eq!(status, 415);
 
     // Bad credentials: 401 with the Basic challenge, before the body is looked at.
-    let bad = auth("u", "wrong");
+    let bad = basic_auth("u", "wrong");
     let (status, h, _) = post_to(
         srv.port,
         "/wsman",

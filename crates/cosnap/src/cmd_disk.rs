@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow};
 use clap::{Subcommand, ValueEnum};
-use cosnap_disk::ops::{self, CancelToken, ChainExtent, CheckReport, FlattenJob};
+use cosnap_disk::FlattenJob;
+use cosnap_disk::ops::{self, CancelToken, ChainExtent, CheckReport};
 use cosnap_disk::{ExtentState, Format, Image};
 
 use crate::exit::{CmdResult, Context, Failure};
@@ -264,7 +265,7 @@ fn check_child_fits_parent(
 }
 
 fn run_convert(ctx: &Context, job: FlattenJob) -> CmdResult {
-    let reports = ops::flatten_all(&[job], 1, &|_, _| {}, &CancelToken::new())?;
+    let reports = cosnap_disk::flatten_all(&[job], 1, &|_, _| {}, &CancelToken::new())?;
     let report = &reports[0];
     if ctx.json {
         println!("{}", serde_json::to_string_pretty(report)?);

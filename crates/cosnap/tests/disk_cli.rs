@@ -1,35 +1,20 @@
 //! `cosnap disk …` end to end: the built binary against qemu-img as the oracle.
 
 use std::os::unix::fs::FileExt;
-use std::process::Command;
 
-use cosnap_test_support::{p, run};
+use cosnap_test_support::{Cli, Outcome, p, run};
 
-fn cosnap(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cosnap"))
-        .arg("disk")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ok(args: &[&str]) -> String {
-    let (code, out, err) = cosnap(args);
-    assert_eq!(code, 0, "cosnap disk {args:?}: {out}{err}");
-    out
+/// `cosnap disk …`.
+fn disk() -> Cli {
+    Cli::new(env!("CARGO_BIN_EXE_cosnap")).arg("disk")
 }
 
 #[test]
 fn create_write_info_check_compare() {
     let d = tempfile::tempdir().unwrap();
     let img = d.path().join("a.qcow2");
-    ok(&["create", p(&img), "--format", "qcow2", "--size", "64M"]);
-    ok(&[
+    disk().ok(&["create", p(&img), "--format", "qcow2", "--size", "64M"]);
+    disk().ok(&[
         "write",
         p(&img),
         "--offset",
@@ -39,7 +24,7 @@ fn create_write_info_check_compare() {
         "--pattern",
         "0xaa",
     ]);
-    ok(&[
+    disk().ok(&[
         "write",
         p(&img),
         "--offset",
@@ -49,14 +34,15 @@ fn create_write_info_check_compare() {
         "--pattern",
         "17",
     ]);
-    let info: serde_json::Value = serde_json::from_str(&ok(&["--json", "info", p(&img)])).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&disk().ok(&["--json", "info", p(&img)])).unwrap();
     assert_eq!(info["format"], "qcow2");
     assert_eq!(info["virtual_size"], 64 << 20);
     assert_eq!(info["block_size"], 65536);
     assert_eq!(info["chain"].as_array().unwrap().len(), 1);
-    let text = ok(&["info", p(&img)]);
+    let text = disk().ok(&["info", p(&img)]);
     assert!(text.contains("file format: qcow2"), "{text}");
-    assert!(ok(&["check", p(&img)]).contains("No errors"));
+    assert!(disk().ok(&["check", p(&img)]).contains("No errors"));
     assert_eq!(run("qemu-img", &["check", p(&img)]).0, 0);
     // The same bytes made by qemu: identical; one byte off: mismatch at that offset.
     let raw = d.path().join("a.raw");
@@ -64,16 +50,22 @@ fn create_write_info_check_compare() {
     let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
     f.write_all_at(&[0xaa; 65536], 1 << 20).unwrap();
     f.write_all_at(&[17; 10], 3000).unwrap();
-    let (code, out, _) = cosnap(&["compare", p(&img), p(&raw)]);
+    let Outcome {
+        code, stdout: out, ..
+    } = disk().run(&["compare", p(&img), p(&raw)]);
     assert_eq!((code, out.trim()), (0, "Images are identical."));
     assert_eq!(
         run("qemu-img", &["compare", "-F", "raw", p(&img), p(&raw)]).0,
         0
     );
     f.write_all_at(&[1], 3005).unwrap();
-    let (code, out, _) = cosnap(&["compare", p(&img), p(&raw)]);
+    let Outcome {
+        code, stdout: out, ..
+    } = disk().run(&["compare", p(&img), p(&raw)]);
     assert_eq!((code, out.trim()), (1, "Content mismatch at offset 3005!"));
-    let (code, _, err) = cosnap(&["compare", p(&img), "/nonexistent.img"]);
+    let Outcome {
+        code, stderr: err, ..
+    } = disk().run(&["compare", p(&img), "/nonexistent.img"]);
     assert_eq!(code, 2);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
@@ -82,8 +74,8 @@ fn create_write_info_check_compare() {
 fn child_convert_and_map() {
     let d = tempfile::tempdir().unwrap();
     let base = d.path().join("base.raw");
-    ok(&["create", p(&base), "--format", "raw", "--size", "32M"]);
-    ok(&[
+    disk().ok(&["create", p(&base), "--format", "raw", "--size", "32M"]);
+    disk().ok(&[
         "write",
         p(&base),
         "--offset",
@@ -94,8 +86,8 @@ fn child_convert_and_map() {
         "0x11",
     ]);
     let top = d.path().join("top.qcow2");
-    ok(&["create", p(&top), "--format", "qcow2", "--parent", p(&base)]);
-    ok(&[
+    disk().ok(&["create", p(&top), "--format", "qcow2", "--parent", p(&base)]);
+    disk().ok(&[
         "write",
         p(&top),
         "--offset",
@@ -107,7 +99,9 @@ fn child_convert_and_map() {
     ]);
     assert_eq!(run("qemu-img", &["check", p(&top)]).0, 0);
     // Wrong child format is refused with a one-line error.
-    let (code, _, err) = cosnap(&[
+    let Outcome {
+        code, stderr: err, ..
+    } = disk().run(&[
         "create",
         p(&d.path().join("x.raw")),
         "--format",
@@ -120,13 +114,13 @@ fn child_convert_and_map() {
     // Flatten to every cosnap-writable format and compare with qemu.
     for fmt in ["raw", "qcow2"] {
         let out = d.path().join(format!("flat.{fmt}"));
-        ok(&["convert", p(&top), p(&out), "--format", fmt]);
+        disk().ok(&["convert", p(&top), p(&out), "--format", fmt]);
         let (code, o) = run("qemu-img", &["compare", p(&top), p(&out)]);
         assert_eq!(code, 0, "{fmt}: {o}");
     }
     // Only what changed above the base.
     let delta = d.path().join("delta.qcow2");
-    let rep: serde_json::Value = serde_json::from_str(&ok(&[
+    let rep: serde_json::Value = serde_json::from_str(&disk().ok(&[
         "--json",
         "convert",
         p(&top),
@@ -141,7 +135,8 @@ fn child_convert_and_map() {
         rep["ranges"],
         serde_json::json!([{ "start": 1 << 20, "end": 3 << 20 }])
     );
-    let map: serde_json::Value = serde_json::from_str(&ok(&["--json", "map", p(&delta)])).unwrap();
+    let map: serde_json::Value =
+        serde_json::from_str(&disk().ok(&["--json", "map", p(&delta)])).unwrap();
     let data: Vec<(u64, u64)> = map
         .as_array()
         .unwrap()
@@ -151,7 +146,8 @@ fn child_convert_and_map() {
         .collect();
     assert_eq!(data, vec![(1 << 20, 2 << 20)]);
     // Map of the chain names the layer holding each range.
-    let map: serde_json::Value = serde_json::from_str(&ok(&["--json", "map", p(&top)])).unwrap();
+    let map: serde_json::Value =
+        serde_json::from_str(&disk().ok(&["--json", "map", p(&top)])).unwrap();
     let first = &map.as_array().unwrap()[0];
     assert_eq!(first["depth"], 1);
     assert!(first["filename"].as_str().unwrap().ends_with("base.raw"));
@@ -161,8 +157,8 @@ fn child_convert_and_map() {
 fn check_exit_codes_like_qemu() {
     let d = tempfile::tempdir().unwrap();
     let img = d.path().join("c.qcow2");
-    ok(&["create", p(&img), "--format", "qcow2", "--size", "16M"]);
-    ok(&[
+    disk().ok(&["create", p(&img), "--format", "qcow2", "--size", "16M"]);
+    disk().ok(&[
         "write",
         p(&img),
         "--offset",
@@ -182,17 +178,19 @@ fn check_exit_codes_like_qemu() {
     f.set_len(len + 65536).unwrap();
     f.write_all_at(&1u16.to_be_bytes(), 2 * 65536 + (len / 65536) * 2)
         .unwrap();
-    assert_eq!(cosnap(&["check", p(&img)]).0, 3);
+    assert_eq!(disk().run(&["check", p(&img)]).code, 3);
     assert_eq!(run("qemu-img", &["check", p(&img)]).0, 3);
     // Corruption: a used cluster with refcount 0.
     f.write_all_at(&0u16.to_be_bytes(), 2 * 65536 + (len / 65536 - 1) * 2)
         .unwrap();
-    assert_eq!(cosnap(&["check", p(&img)]).0, 2);
+    assert_eq!(disk().run(&["check", p(&img)]).code, 2);
     assert_eq!(run("qemu-img", &["check", p(&img)]).0, 2);
     // Not checkable at all.
     let bad = d.path().join("bad.qcow2");
     std::fs::write(&bad, b"QFI\xfb\0\0\0\x03").unwrap();
-    let (code, _, err) = cosnap(&["check", p(&bad)]);
+    let Outcome {
+        code, stderr: err, ..
+    } = disk().run(&["check", p(&bad)]);
     assert_eq!(code, 1);
     assert!(err.contains("bad.qcow2"), "{err}");
 }
@@ -201,9 +199,9 @@ fn check_exit_codes_like_qemu() {
 fn argument_parsing() {
     let d = tempfile::tempdir().unwrap();
     let img = d.path().join("t.raw");
-    ok(&["create", p(&img), "--format", "raw", "--size", "1G"]);
+    disk().ok(&["create", p(&img), "--format", "raw", "--size", "1G"]);
     assert_eq!(std::fs::metadata(&img).unwrap().len(), 1 << 30);
-    let (code, _, _) = cosnap(&[
+    let Outcome { code, .. } = disk().run(&[
         "create",
         p(&d.path().join("u.raw")),
         "--format",
@@ -212,7 +210,7 @@ fn argument_parsing() {
         "12Q",
     ]);
     assert_eq!(code, 2);
-    let (code, _, _) = cosnap(&[
+    let Outcome { code, .. } = disk().run(&[
         "write",
         p(&img),
         "--offset",
@@ -224,7 +222,9 @@ fn argument_parsing() {
     ]);
     assert_eq!(code, 2);
     // Creating over an existing file fails and leaves it alone.
-    let (code, _, err) = cosnap(&["create", p(&img), "--format", "qcow2", "--size", "1M"]);
+    let Outcome {
+        code, stderr: err, ..
+    } = disk().run(&["create", p(&img), "--format", "qcow2", "--size", "1M"]);
     assert_eq!(code, 1);
     assert!(err.contains("t.raw"), "{err}");
     assert_eq!(std::fs::metadata(&img).unwrap().len(), 1 << 30);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use cosnap_test_support::qemu_compare;
+use cosnap_test_support::{Cli, qemu_compare};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -34,13 +34,13 @@ impl Env {
         }
     }
 
+    /// `cosnap --data-dir <data> …`.
+    fn cli(&self, data: &Path) -> Cli {
+        Cli::new(bin()).arg("--data-dir").arg(data)
+    }
+
     fn run_in(&self, data: &Path, args: &[&str]) -> Output {
-        Command::new(bin())
-            .arg("--data-dir")
-            .arg(data)
-            .args(args)
-            .output()
-            .expect("cosnap runs")
+        self.cli(data).output(args)
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -49,21 +49,11 @@ impl Env {
 
     /// Runs, asserts success, returns stdout.
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "cosnap {args:?} failed ({:?}): {}{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        self.cli(&self.data).ok(args)
     }
 
     fn json(&self, args: &[&str]) -> Value {
-        let mut a = vec!["--json"];
-        a.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&a)).unwrap()
+        self.cli(&self.data).arg("--json").ok_json(args)
     }
 
     fn image(&self, name: &str, format: &str, size: u64) -> PathBuf {

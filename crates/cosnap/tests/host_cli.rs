@@ -2,41 +2,18 @@
 //! output, and exit codes (0 ok, 2 usage/invalid parameter, 3 not found, 4 invalid state).
 
 use std::path::Path;
-use std::process::Command;
 
-use serde_json::Value;
+use cosnap_test_support::Cli;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cosnap");
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn cosnap(data: &Path, args: &[&str]) -> Out {
-    let o = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .output()
-        .unwrap();
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-fn ok_json(data: &Path, args: &[&str]) -> Value {
-    let o = cosnap(data, args);
-    assert_eq!(o.code, 0, "{args:?}: {}", o.stderr);
-    serde_json::from_str(&o.stdout)
-        .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {}", o.stdout))
+/// `cosnap --data-dir <data> …`.
+fn cosnap(data: &Path) -> Cli {
+    Cli::new(BIN).arg("--data-dir").arg(data)
 }
 
 fn fails(data: &Path, args: &[&str], code: i32) {
-    let o = cosnap(data, args);
+    let o = cosnap(data).run(args);
     assert_eq!(
         o.code, code,
         "{args:?}: stdout {} stderr {}",
@@ -52,19 +29,11 @@ fn fails(data: &Path, args: &[&str], code: i32) {
 }
 
 fn image(dir: &Path, name: &str, args: &[&str]) -> String {
-    let path = dir.join(name);
-    let o = Command::new(BIN)
-        .args(["disk", "create"])
-        .arg(&path)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "disk create: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    path.display().to_string()
+    let path = dir.join(name).display().to_string();
+    let mut create = vec!["disk", "create", path.as_str()];
+    create.extend_from_slice(args);
+    Cli::new(BIN).ok(&create);
+    path
 }
 
 #[test]
@@ -80,28 +49,25 @@ fn vm_collection_snapshot_refpoint_job_forms() {
     let img1 = image(tmp.path(), "b.vhdx", &["--size", "8M", "--format", "vhdx"]);
     let img2 = image(tmp.path(), "c.raw", &["--size", "8M", "--format", "raw"]);
 
-    let vm = ok_json(
-        d,
-        &[
-            "vm",
-            "define",
-            "--name",
-            "web",
-            "--cpus",
-            "2",
-            "--memory-mb",
-            "512",
-            "--disk",
-            &img0,
-            "--disk",
-            &img1,
-            "--nic",
-            "00:15:5d:01:02:03,sw0",
-            "--json",
-        ],
-    );
+    let vm = cosnap(d).ok_json(&[
+        "vm",
+        "define",
+        "--name",
+        "web",
+        "--cpus",
+        "2",
+        "--memory-mb",
+        "512",
+        "--disk",
+        &img0,
+        "--disk",
+        &img1,
+        "--nic",
+        "00:15:5d:01:02:03,sw0",
+        "--json",
+    ]);
     let vm_id = vm["id"].as_str().unwrap().to_string();
-    let shown = ok_json(d, &["vm", "show", &vm_id, "--json"]);
+    let shown = cosnap(d).ok_json(&["vm", "show", &vm_id, "--json"]);
     let disks = shown["disks"].as_array().unwrap();
     assert_eq!(disks.len(), 2);
     assert_eq!(
@@ -111,10 +77,7 @@ fn vm_collection_snapshot_refpoint_job_forms() {
     assert_eq!(disks[0]["format"], "qcow2");
     assert_eq!(disks[1]["format"], "vhdx");
     assert_eq!(shown["nics"][0]["mac"], "00155D010203");
-    let vm2 = ok_json(
-        d,
-        &["vm", "define", "--name", "db", "--disk", &img2, "--json"],
-    )["id"]
+    let vm2 = cosnap(d).ok_json(&["vm", "define", "--name", "db", "--disk", &img2, "--json"])["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -138,31 +101,39 @@ fn vm_collection_snapshot_refpoint_job_forms() {
     fails(d, &["vm", "show", "no-such-vm"], 3);
     fails(d, &["vm", "define", "--name", "x", "--cpus", "0"], 2);
 
-    let coll = ok_json(d, &["collection", "define", "grp", "--json"])["id"]
+    let coll = cosnap(d).ok_json(&["collection", "define", "grp", "--json"])["id"]
         .as_str()
         .unwrap()
         .to_string();
     assert_eq!(
-        cosnap(d, &["collection", "add-member", "grp", "web"]).code,
+        cosnap(d)
+            .run(&["collection", "add-member", "grp", "web"])
+            .code,
         0,
         "by names"
     );
     assert_eq!(
-        cosnap(d, &["collection", "add-member", &coll, &vm2]).code,
+        cosnap(d)
+            .run(&["collection", "add-member", &coll, &vm2])
+            .code,
         0,
         "by ids"
     );
     fails(d, &["collection", "add-member", &coll, "web"], 4);
     fails(d, &["collection", "define", "other", "--id", &coll], 4);
     fails(d, &["collection", "remove-member", &coll, "no-such-vm"], 3);
-    let list = ok_json(d, &["collection", "list", "--json"]);
+    let list = cosnap(d).ok_json(&["collection", "list", "--json"]);
     assert_eq!(list[0]["members"].as_array().unwrap().len(), 2);
-    assert_eq!(cosnap(d, &["collection", "rename", &coll, "group"]).code, 0);
+    assert_eq!(
+        cosnap(d)
+            .run(&["collection", "rename", &coll, "group"])
+            .code,
+        0
+    );
 
     assert_eq!(
-        cosnap(
-            d,
-            &[
+        cosnap(d)
+            .run(&[
                 "vm",
                 "write",
                 &vm_id,
@@ -174,27 +145,23 @@ fn vm_collection_snapshot_refpoint_job_forms() {
                 "65536",
                 "--pattern",
                 "0xab"
-            ]
-        )
-        .code,
+            ])
+            .code,
         0
     );
-    let standard = ok_json(
-        d,
-        &["snapshot", "create", &coll, "--type", "standard", "--json"],
-    )["id"]
+    let standard = cosnap(d)
+        .ok_json(&["snapshot", "create", &coll, "--type", "standard", "--json"])["id"]
         .as_str()
         .unwrap()
         .to_string();
-    let after = ok_json(d, &["vm", "show", &vm_id, "--json"]);
+    let after = cosnap(d).ok_json(&["vm", "show", &vm_id, "--json"]);
     assert_ne!(
         after["disks"][0]["path"], disks[0]["path"],
         "a new active layer"
     );
     assert_eq!(
-        cosnap(
-            d,
-            &[
+        cosnap(d)
+            .run(&[
                 "vm",
                 "write",
                 &vm_id,
@@ -206,9 +173,8 @@ fn vm_collection_snapshot_refpoint_job_forms() {
                 "4096",
                 "--pattern",
                 "7"
-            ]
-        )
-        .code,
+            ])
+            .code,
         0
     );
     fails(
@@ -229,28 +195,26 @@ fn vm_collection_snapshot_refpoint_job_forms() {
         2,
     );
     fails(d, &["snapshot", "to-refpoint", &standard], 4);
-    let recovery = ok_json(
-        d,
-        &["snapshot", "create", &coll, "--type", "recovery", "--json"],
-    )["id"]
+    let recovery = cosnap(d)
+        .ok_json(&["snapshot", "create", &coll, "--type", "recovery", "--json"])["id"]
         .as_str()
         .unwrap()
         .to_string();
-    let snaps = ok_json(d, &["snapshot", "list", "--json"]);
+    let snaps = cosnap(d).ok_json(&["snapshot", "list", "--json"]);
     assert_eq!(snaps.as_array().unwrap().len(), 2);
-    let rp = ok_json(d, &["snapshot", "to-refpoint", &recovery, "--json"])["id"]
+    let rp = cosnap(d).ok_json(&["snapshot", "to-refpoint", &recovery, "--json"])["id"]
         .as_str()
         .unwrap()
         .to_string();
-    let rps = ok_json(d, &["refpoint", "list", "--json"]);
+    let rps = cosnap(d).ok_json(&["refpoint", "list", "--json"]);
     assert_eq!(rps[0]["id"].as_str().unwrap(), rp);
-    assert_eq!(cosnap(d, &["snapshot", "apply", &standard]).code, 0);
+    assert_eq!(cosnap(d).run(&["snapshot", "apply", &standard]).code, 0);
     fails(d, &["vm", "destroy", &vm_id], 4);
     fails(d, &["collection", "destroy", &coll], 4);
-    assert_eq!(cosnap(d, &["snapshot", "destroy", &standard]).code, 0);
+    assert_eq!(cosnap(d).run(&["snapshot", "destroy", &standard]).code, 0);
     fails(d, &["snapshot", "destroy", &standard], 3);
-    assert_eq!(cosnap(d, &["refpoint", "destroy", &rp]).code, 0);
-    let jobs = ok_json(d, &["job", "list", "--json"]);
+    assert_eq!(cosnap(d).run(&["refpoint", "destroy", &rp]).code, 0);
+    let jobs = cosnap(d).ok_json(&["job", "list", "--json"]);
     assert!(jobs.as_array().unwrap().len() >= 5);
     assert!(
         jobs.as_array().unwrap().iter().all(|j| j["state"] == 7),
@@ -258,25 +222,32 @@ fn vm_collection_snapshot_refpoint_job_forms() {
     );
     let job_id = jobs[0]["id"].as_str().unwrap();
     assert_eq!(
-        ok_json(d, &["job", "show", job_id, "--json"])["job_type"],
+        cosnap(d).ok_json(&["job", "show", job_id, "--json"])["job_type"],
         198
     );
     fails(d, &["job", "cancel", job_id], 4);
-    assert_eq!(cosnap(d, &["job", "wait", job_id]).code, 0);
+    assert_eq!(cosnap(d).run(&["job", "wait", job_id]).code, 0);
     assert_eq!(
-        cosnap(d, &["collection", "remove-member", &coll, &vm2]).code,
+        cosnap(d)
+            .run(&["collection", "remove-member", &coll, &vm2])
+            .code,
         0
     );
-    assert_eq!(cosnap(d, &["collection", "destroy", &coll]).code, 0);
-    assert_eq!(cosnap(d, &["vm", "destroy", &vm2]).code, 0);
+    assert_eq!(cosnap(d).run(&["collection", "destroy", &coll]).code, 0);
+    assert_eq!(cosnap(d).run(&["vm", "destroy", &vm2]).code, 0);
     assert_eq!(
-        ok_json(d, &["vm", "list", "--json"])
+        cosnap(d)
+            .ok_json(&["vm", "list", "--json"])
             .as_array()
             .unwrap()
             .len(),
         1
     );
-    assert_eq!(cosnap(d, &["snapshot", "create"]).code, 2, "usage error");
+    assert_eq!(
+        cosnap(d).run(&["snapshot", "create"]).code,
+        2,
+        "usage error"
+    );
 }
 
 #[test]
@@ -296,10 +267,7 @@ fn import_libvirt_domain() {
     );
     let file = tmp.path().join("dom.xml");
     std::fs::write(&file, xml).unwrap();
-    let vm = ok_json(
-        &data,
-        &["vm", "import-libvirt", file.to_str().unwrap(), "--json"],
-    );
+    let vm = cosnap(&data).ok_json(&["vm", "import-libvirt", file.to_str().unwrap(), "--json"]);
     assert_eq!(vm["name"], "lv");
     assert_eq!(vm["cpus"], 3);
     assert_eq!(vm["memory_mb"], 2048);
@@ -313,13 +281,13 @@ fn import_libvirt_domain() {
 fn demo_runs_in_a_fresh_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("demo");
-    let o = cosnap(&data, &["demo"]);
+    let o = cosnap(&data).run(&["demo"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("recovery snapshot 2"), "{}", o.stdout);
     // Snapshot 1 became the reference point the differential export was taken against.
-    let snaps = ok_json(&data, &["snapshot", "list", "--json"]);
+    let snaps = cosnap(&data).ok_json(&["snapshot", "list", "--json"]);
     assert_eq!(snaps.as_array().unwrap().len(), 1);
-    let refpoints = ok_json(&data, &["refpoint", "list", "--json"]);
+    let refpoints = cosnap(&data).ok_json(&["refpoint", "list", "--json"]);
     assert_eq!(refpoints.as_array().unwrap().len(), 1);
     assert_eq!(o.stdout.matches("  verified ").count(), 2, "{}", o.stdout);
     assert!(
@@ -328,7 +296,7 @@ fn demo_runs_in_a_fresh_directory() {
         o.stdout
     );
     // A second run does not reuse the repository.
-    let o = cosnap(&data, &["demo"]);
+    let o = cosnap(&data).run(&["demo"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("fresh sub-directory"), "{}", o.stdout);
 }

@@ -4,10 +4,9 @@
 
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-use cosnap_test_support::{qcow2_overlay, qemu_img};
-use serde_json::Value;
+use cosnap_test_support::{Cli, qcow2_overlay};
 
 const MIB: u64 = 1 << 20;
 
@@ -15,34 +14,9 @@ fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_cosnap")
 }
 
-/// Runs cosnap under umask 022 (what most services start with).
-fn cosnap(data: &Path, args: &[&str]) -> Output {
-    Command::new("sh")
-        .arg("-c")
-        .arg("umask 022; exec \"$0\" \"$@\"")
-        .arg(bin())
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .output()
-        .expect("cosnap runs")
-}
-
-fn ok(data: &Path, args: &[&str]) -> String {
-    let out = cosnap(data, args);
-    assert!(
-        out.status.success(),
-        "cosnap {args:?} failed ({:?}): {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn ok_json(data: &Path, args: &[&str]) -> Value {
-    let mut a = vec!["--json"];
-    a.extend_from_slice(args);
-    serde_json::from_str(&ok(data, &a)).unwrap()
+/// `cosnap --data-dir <data> …` under umask 022 (what most services start with).
+fn cosnap(data: &Path) -> Cli {
+    Cli::new(bin()).umask(0o022).arg("--data-dir").arg(data)
 }
 
 fn mode(p: &Path) -> u32 {
@@ -71,33 +45,27 @@ fn define_refuses_a_format_the_file_disagrees_with_and_says_how_to_state_it() {
     let secret = tmp.path().join("secret.bin");
     std::fs::write(&secret, vec![0x5a; MIB as usize]).unwrap();
     let raw = tmp.path().join("plain.raw");
-    ok(
-        &data,
-        &[
-            "disk",
-            "create",
-            raw.to_str().unwrap(),
-            "--format",
-            "raw",
-            "--size",
-            "8M",
-        ],
-    );
+    cosnap(&data).ok(&[
+        "disk",
+        "create",
+        raw.to_str().unwrap(),
+        "--format",
+        "raw",
+        "--size",
+        "8M",
+    ]);
 
     // Stated qcow2, but the file is raw.
-    let out = cosnap(
-        &data,
-        &[
-            "vm",
-            "define",
-            "--name",
-            "a",
-            "--disk",
-            raw.to_str().unwrap(),
-            "--disk-format",
-            "qcow2",
-        ],
-    );
+    let out = cosnap(&data).output(&[
+        "vm",
+        "define",
+        "--name",
+        "a",
+        "--disk",
+        raw.to_str().unwrap(),
+        "--disk-format",
+        "qcow2",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("is not qcow2"), "{err}");
@@ -108,17 +76,14 @@ fn define_refuses_a_format_the_file_disagrees_with_and_says_how_to_state_it() {
 
     // Named .raw, looks like qcow2 (a guest wrote the header): not guessed.
     let lured = lured_raw(tmp.path(), &secret);
-    let out = cosnap(
-        &data,
-        &[
-            "vm",
-            "define",
-            "--name",
-            "b",
-            "--disk",
-            lured.to_str().unwrap(),
-        ],
-    );
+    let out = cosnap(&data).output(&[
+        "vm",
+        "define",
+        "--name",
+        "b",
+        "--disk",
+        lured.to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
@@ -127,59 +92,45 @@ fn define_refuses_a_format_the_file_disagrees_with_and_says_how_to_state_it() {
     );
     assert!(err.contains("--disk-format"), "says how: {err}");
     assert_eq!(
-        ok_json(&data, &["vm", "list"]).as_array().map(Vec::len),
+        cosnap(&data)
+            .arg("--json")
+            .ok_json(&["vm", "list"])
+            .as_array()
+            .map(Vec::len),
         Some(0)
     );
 
     // Stated raw: recorded as raw, and the VM's disk reads as its own bytes.
-    let vm = ok_json(
-        &data,
-        &[
-            "vm",
-            "define",
-            "--name",
-            "c",
-            "--disk",
-            lured.to_str().unwrap(),
-            "--disk-format",
-            "raw",
-        ],
-    );
+    let vm = cosnap(&data).arg("--json").ok_json(&[
+        "vm",
+        "define",
+        "--name",
+        "c",
+        "--disk",
+        lured.to_str().unwrap(),
+        "--disk-format",
+        "raw",
+    ]);
     assert_eq!(vm["disks"][0]["format"], "raw", "{vm}");
 
     // A qcow2 base with a backing file is refused: its parent is a path the file chose.
     let child = tmp.path().join("child.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        secret.to_str().unwrap(),
-        "-F",
-        "raw",
+    // Sized like the secret, as qemu-img would size it from its backing file.
+    qcow2_overlay(&child, &secret, "raw", "1M");
+    let out = cosnap(&data).output(&[
+        "vm",
+        "define",
+        "--name",
+        "d",
+        "--disk",
         child.to_str().unwrap(),
     ]);
-    let out = cosnap(
-        &data,
-        &[
-            "vm",
-            "define",
-            "--name",
-            "d",
-            "--disk",
-            child.to_str().unwrap(),
-        ],
-    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("must stand alone"), "{err}");
 
     // More formats than disks is a usage error.
-    let out = cosnap(
-        &data,
-        &["vm", "define", "--name", "e", "--disk-format", "raw"],
-    );
+    let out = cosnap(&data).output(&["vm", "define", "--name", "e", "--disk-format", "raw"]);
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -188,36 +139,34 @@ fn everything_cosnap_keeps_is_owner_only_under_umask_022() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let img = tmp.path().join("a.qcow2");
-    ok(
-        &data,
-        &[
-            "disk",
-            "create",
-            img.to_str().unwrap(),
-            "--format",
-            "qcow2",
-            "--size",
-            "8M",
-        ],
-    );
-    let vm = ok_json(
-        &data,
-        &[
-            "vm",
-            "define",
-            "--name",
-            "m",
-            "--disk",
-            img.to_str().unwrap(),
-        ],
-    );
+    cosnap(&data).ok(&[
+        "disk",
+        "create",
+        img.to_str().unwrap(),
+        "--format",
+        "qcow2",
+        "--size",
+        "8M",
+    ]);
+    let vm = cosnap(&data).arg("--json").ok_json(&[
+        "vm",
+        "define",
+        "--name",
+        "m",
+        "--disk",
+        img.to_str().unwrap(),
+    ]);
     let vm_id = vm["id"].as_str().unwrap().to_string();
-    let coll = ok_json(&data, &["collection", "define", "g"])["id"]
+    let coll = cosnap(&data)
+        .arg("--json")
+        .ok_json(&["collection", "define", "g"])["id"]
         .as_str()
         .unwrap()
         .to_string();
-    ok(&data, &["collection", "add-member", &coll, &vm_id]);
-    let snap = ok_json(&data, &["snapshot", "create", &coll, "--type", "recovery"])["id"]
+    cosnap(&data).ok(&["collection", "add-member", &coll, &vm_id]);
+    let snap = cosnap(&data)
+        .arg("--json")
+        .ok_json(&["snapshot", "create", &coll, "--type", "recovery"])["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -281,7 +230,11 @@ fn everything_cosnap_keeps_is_owner_only_under_umask_022() {
         if let Some(m) = extra {
             args.extend(["--export-mode", m]);
         }
-        let path = PathBuf::from(ok_json(&data, &args)["path"].as_str().unwrap());
+        let path = PathBuf::from(
+            cosnap(&data).arg("--json").ok_json(&args)["path"]
+                .as_str()
+                .unwrap(),
+        );
         assert_eq!(
             mode(&path),
             file_mode | (file_mode & 0o444) >> 2,

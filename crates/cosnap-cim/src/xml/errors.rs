@@ -6,25 +6,59 @@ use super::*;
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum CodecErrorKind {
     #[error("not well-formed XML: {0}")]
+    /// The bytes are not well-formed XML.
     Xml(String),
     #[error("input is {len} bytes; at most {max} are accepted")]
-    TooLarge { len: usize, max: usize },
+    /// The document is larger than the reader accepts.
+    TooLarge {
+        /// The document's size, in bytes.
+        len: usize,
+        /// The most bytes accepted.
+        max: usize,
+    },
     #[error("nested deeper than {max} levels")]
-    TooDeep { max: usize },
+    /// Elements nest deeper than the reader accepts.
+    TooDeep {
+        /// The deepest nesting accepted.
+        max: usize,
+    },
     #[error("more than {max} {what}")]
-    TooMany { what: &'static str, max: usize },
+    /// The document holds more of something (attributes, nodes, properties, …) than accepted.
+    TooMany {
+        /// What there are too many of.
+        what: &'static str,
+        /// The most accepted.
+        max: usize,
+    },
     #[error("expected {expected}, found element <{found}>")]
-    UnexpectedElement { expected: String, found: String },
+    /// An element stands where CIM-XML allows another.
+    UnexpectedElement {
+        /// What the grammar allows there.
+        expected: String,
+        /// The element's name.
+        found: String,
+    },
     #[error("element <{element}> lacks attribute {attribute}")]
+    /// An element lacks an attribute CIM-XML requires on it.
     MissingAttribute {
+        /// The element's name.
         element: String,
+        /// The missing attribute.
         attribute: &'static str,
     },
     #[error("expected {expected}, got {text:?}")]
-    BadValue { expected: String, text: String },
+    /// A value's text does not parse as its declared type.
+    BadValue {
+        /// The type or form expected.
+        expected: String,
+        /// The text received (at most 120 characters of it).
+        text: String,
+    },
     #[error("{0}")]
+    /// An object path in the document could not be parsed.
     Path(PathError),
     #[error("{0}")]
+    /// Any other refusal, described in words.
     Other(String),
 }
 
@@ -33,7 +67,9 @@ pub enum CodecErrorKind {
 #[derive(Debug, Clone, PartialEq, Error)]
 #[error("{}{kind}", context_prefix(.context))]
 pub struct CodecError {
+    /// Where the error happened, outermost first (`"ExportSettingData"`, `"property BackupIntent"`).
     pub context: Vec<String>,
+    /// What went wrong.
     pub kind: CodecErrorKind,
 }
 
@@ -42,6 +78,7 @@ pub(super) fn context_prefix(ctx: &[String]) -> String {
 }
 
 impl CodecError {
+    /// An error with no context yet; callers add it with [`CodecError::within`].
     pub fn new(kind: CodecErrorKind) -> Self {
         Self {
             context: Vec::new(),
@@ -53,6 +90,7 @@ impl CodecError {
         self.context.insert(0, ctx.into());
         self
     }
+    /// An [`CodecErrorKind::Other`] error with the given message.
     pub fn other(msg: impl Into<String>) -> Self {
         Self::new(CodecErrorKind::Other(msg.into()))
     }

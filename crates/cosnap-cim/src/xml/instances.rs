@@ -118,11 +118,13 @@ pub(super) fn parse_property_at(
 /// One `PARAMVALUE` of a METHODCALL, untyped.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamValue {
+    /// The parameter's name (`NAME` attribute).
     pub name: String,
     /// `PARAMTYPE` when the client sent one (`reference` → [`CimType::Reference`]).
     pub param_type: Option<CimType>,
     /// `EmbeddedObject`/`EMBEDDEDOBJECT` was `instance` or `object`.
     pub embedded: bool,
+    /// The parameter's value, not yet typed against the method definition.
     pub value: RawValue,
 }
 

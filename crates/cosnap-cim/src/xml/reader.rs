@@ -29,11 +29,17 @@ pub const MAX_DOCUMENT_NAMESPACES: usize = 256;
 /// The caps of one read. `Default` gives the constants above.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct XmlLimits {
+    /// Most bytes in one document.
     pub max_bytes: usize,
+    /// Deepest element nesting.
     pub max_depth: usize,
+    /// Most attributes on one element.
     pub max_attributes: usize,
+    /// Most namespace declarations on one element.
     pub max_element_namespaces: usize,
+    /// Most namespace declarations in one document.
     pub max_document_namespaces: usize,
+    /// Most XML nodes in one document.
     pub max_nodes: u32,
 }
 

@@ -340,8 +340,11 @@ pub fn write_qualifier(out: &mut String, q: &Qualifier, propagated: bool) {
 /// IncludeClassOrigin false).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClassFlags {
+    /// LocalOnly: leave out members inherited from the superclass.
     pub local_only: bool,
+    /// IncludeQualifiers: write the qualifiers of the class and its members.
     pub include_qualifiers: bool,
+    /// IncludeClassOrigin: write `CLASSORIGIN` on each property and method.
     pub include_class_origin: bool,
 }
 

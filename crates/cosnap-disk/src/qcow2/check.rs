@@ -11,11 +11,12 @@ use super::{
     be16, be32, be64, get_entry, read_header,
 };
 use crate::error::{DiskError, Result};
+use crate::report::CheckReport;
 /// Structural check like `qemu-img check`: recomputes every cluster's reference count
 /// from the L1/L2 tables, the refcount structures, the snapshot table and the bitmap
 /// directory, then compares with the stored refcounts. Stored < computed is corruption,
 /// stored > computed a leak (qemu-img's rule).
-pub fn check(path: &Path) -> Result<crate::report::CheckReport> {
+pub fn check(path: &Path) -> Result<CheckReport> {
     // One file only: a missing or hostile backing file does not stop the check.
     let img = open_standalone(path)?;
     img.check_refcounts()
@@ -100,14 +101,12 @@ pub fn repair_leaks(path: &Path) -> Result<u64> {
 }
 
 impl Qcow2Image {
-    fn check_refcounts(&self) -> Result<crate::report::CheckReport> {
+    fn check_refcounts(&self) -> Result<CheckReport> {
         Ok(self.audit_refcounts()?.0)
     }
 
     /// The check report plus every leaked cluster with the refcount its references want.
-    fn audit_refcounts(&self) -> Result<(crate::report::CheckReport, Vec<(u64, u64)>)> {
-        let mut leaked_clusters = Vec::new();
-        let mut report = crate::report::CheckReport::default();
+    fn audit_refcounts(&self) -> Result<(CheckReport, Vec<(u64, u64)>)> {
         let cs = self.cluster_size();
         let file_len = self.lock().file_len;
         let nclusters = file_len.div_ceil(cs);
@@ -117,50 +116,52 @@ impl Qcow2Image {
                 "checking images with more than 2^28 clusters",
             ));
         }
-        let mut refs = vec![0u16; nclusters as usize];
-        let corrupt_msgs = std::cell::RefCell::new(Vec::new());
-        let add = |refs: &mut Vec<u16>, off: u64, len: u64, what: &str| {
-            if len == 0 {
-                return;
-            }
-            let first = off / cs;
-            let last = (off + len - 1) / cs;
-            for c in first..=last {
-                match refs.get_mut(c as usize) {
-                    Some(r) => *r = r.saturating_add(1),
-                    None => corrupt_msgs.borrow_mut().push(format!(
-                        "{what} at {off:#x} is outside the image file (length {file_len:#x})"
-                    )),
-                }
-            }
-        };
-        add(&mut refs, 0, cs, "header");
+
+        let mut counter = ReferenceCounter::new(nclusters, cs, file_len);
+        let copied_flags = self.count_metadata_references(&mut counter)?;
+        let reftable = self.read_reftable()?;
+        counter.count_refblocks(&reftable);
+
+        let mut report = CheckReport::default();
+        report.corruptions.append(&mut counter.corruptions);
+        let mut stored = StoredRefcounts::new(self, &reftable);
+        let leaked_clusters = compare_refcounts(&counter.refs, &mut stored, cs, &mut report)?;
+        check_copied_flags(copied_flags, &mut stored, nclusters, cs, &mut report)?;
+        Ok((report, leaked_clusters))
+    }
+
+    /// Counts the references of the header, the L1 and refcount tables, the active L2
+    /// tables and data clusters, the snapshots and the bitmap directory. Returns the
+    /// `OFLAG_COPIED` flags seen on the active tables, to hold against the refcounts later.
+    fn count_metadata_references(&self, counter: &mut ReferenceCounter) -> Result<Vec<CopiedFlag>> {
+        let cs = self.cluster_size();
         let hdr = &self.hdr;
-        add(
-            &mut refs,
-            hdr.l1_table_offset,
-            hdr.l1_size as u64 * 8,
-            "L1 table",
-        );
-        add(
-            &mut refs,
+        counter.add(0, cs, "header");
+        counter.add(hdr.l1_table_offset, hdr.l1_size as u64 * 8, "L1 table");
+        counter.add(
             hdr.refcount_table_offset,
             hdr.refcount_table_clusters as u64 * cs,
             "refcount table",
         );
-        // Active L1/L2 tables; OFLAG_COPIED must agree with refcount 1 (checked below).
+
+        // Active L1/L2 tables; OFLAG_COPIED must agree with refcount 1 (checked later).
         let l1 = self.lock().l1.clone();
-        let mut copied_checks: Vec<(u64, bool, String)> = Vec::new();
+        let mut copied_flags = Vec::new();
         self.walk_l1(&l1, &mut |kind, off, len, copied| {
-            add(&mut refs, off, len, kind);
-            if let Some(c) = copied {
-                copied_checks.push((off, c, kind.to_string()));
+            counter.add(off, len, kind);
+            if let Some(copied) = copied {
+                copied_flags.push(CopiedFlag {
+                    offset: off,
+                    copied,
+                    kind: kind.to_string(),
+                });
             }
         })?;
+
         // Snapshots: table and their L1 tables (and the L2/data clusters those reference).
         if hdr.nb_snapshots > 0 {
             self.walk_snapshots(
-                &mut |kind, off, len| add(&mut refs, off, len, kind),
+                &mut |kind, off, len| counter.add(off, len, kind),
                 &mut |l1| {
                     let mut inner = Vec::new();
                     self.walk_l1(l1, &mut |kind, off, len, _| inner.push((kind, off, len)))?;
@@ -168,93 +169,26 @@ impl Qcow2Image {
                 },
             )?;
         }
+
         if let Some((nb, dir_size, dir_off)) = hdr.bitmaps {
             self.walk_bitmaps(nb, dir_size, dir_off, &mut |kind, off, len| {
-                add(&mut refs, off, len, kind)
+                counter.add(off, len, kind)
             })?;
         }
-        // Refcount blocks.
-        let mut rt = vec![0u8; (hdr.refcount_table_clusters as u64 * cs) as usize];
+        Ok(copied_flags)
+    }
+
+    /// The refcount table as stored, flag bits masked off.
+    fn read_reftable(&self) -> Result<Vec<u64>> {
+        let cs = self.cluster_size();
+        let mut rt = vec![0u8; (self.hdr.refcount_table_clusters as u64 * cs) as usize];
         self.file
-            .read_exact_at(&mut rt, hdr.refcount_table_offset)
+            .read_exact_at(&mut rt, self.hdr.refcount_table_offset)
             .map_err(|e| self.io(e))?;
-        let reftable: Vec<u64> = rt
+        Ok(rt
             .chunks_exact(8)
             .map(|c| be64(c, 0) & OFFSET_MASK)
-            .collect();
-        for &rb in &reftable {
-            if rb != 0 {
-                if !rb.is_multiple_of(cs) {
-                    corrupt_msgs
-                        .borrow_mut()
-                        .push(format!("refcount block at {rb:#x} is not cluster aligned"));
-                } else {
-                    add(&mut refs, rb, cs, "refcount block");
-                }
-            }
-        }
-        report.corruptions.extend(corrupt_msgs.into_inner());
-        // Compare with the stored refcounts.
-        let epb = self.refblock_entries();
-        let bits = self.refcount_bits();
-        let mut block = vec![0u8; cs as usize];
-        let mut loaded = u64::MAX;
-        let stored = |c: u64, block: &mut Vec<u8>, loaded: &mut u64| -> Result<u64> {
-            let bi = c / epb;
-            let Some(&rb) = reftable.get(bi as usize) else {
-                return Ok(0);
-            };
-            if rb == 0 || !rb.is_multiple_of(cs) {
-                return Ok(0);
-            }
-            if *loaded != rb {
-                self.pread_host(block, rb)?;
-                *loaded = rb;
-            }
-            Ok(get_entry(block, c % epb, bits))
-        };
-        let mut leaks = 0u64;
-        for c in 0..nclusters {
-            let want = refs[c as usize] as u64;
-            let have = stored(c, &mut block, &mut loaded)?;
-            if have != want {
-                if have > want {
-                    leaks += 1;
-                    leaked_clusters.push((c, want));
-                    if report.leaks.len() < 100 {
-                        report.leaks.push(format!(
-                            "cluster {c} (offset {:#x}) refcount={have} reference={want}",
-                            c * cs
-                        ));
-                    }
-                } else {
-                    report.corruptions.push(format!(
-                        "cluster {c} (offset {:#x}) refcount={have} reference={want}",
-                        c * cs
-                    ));
-                }
-            }
-        }
-        if leaks > report.leaks.len() as u64 {
-            report
-                .leaks
-                .push(format!("… {leaks} leaked clusters in all"));
-        }
-        // Refcounts past the end of the file are leaks too when nonzero.
-        for (off, copied, kind) in copied_checks {
-            let c = off / cs;
-            if c >= nclusters {
-                continue;
-            }
-            let have = stored(c, &mut block, &mut loaded)?;
-            if copied != (have == 1) {
-                report.corruptions.push(format!(
-                    "{kind} at {off:#x}: OFLAG_COPIED is {} but refcount is {have}",
-                    if copied { "set" } else { "clear" }
-                ));
-            }
-        }
-        Ok((report, leaked_clusters))
+            .collect())
     }
 
     /// Calls `f(kind, host_offset, len, copied_flag)` for every L2 table and data cluster
@@ -389,4 +323,168 @@ impl Qcow2Image {
         }
         Ok(())
     }
+}
+
+/// The references the metadata makes to each host cluster, counted while walking it,
+/// and the corruptions met on the way (references outside the file, misaligned blocks).
+struct ReferenceCounter {
+    refs: Vec<u16>,
+    cluster_size: u64,
+    file_len: u64,
+    corruptions: Vec<String>,
+}
+
+impl ReferenceCounter {
+    fn new(nclusters: u64, cluster_size: u64, file_len: u64) -> ReferenceCounter {
+        ReferenceCounter {
+            refs: vec![0u16; nclusters as usize],
+            cluster_size,
+            file_len,
+            corruptions: Vec::new(),
+        }
+    }
+
+    /// Counts one reference to every cluster that `[off, off + len)` touches.
+    fn add(&mut self, off: u64, len: u64, what: &str) {
+        if len == 0 {
+            return;
+        }
+        let cs = self.cluster_size;
+        let first = off / cs;
+        let last = (off + len - 1) / cs;
+        for c in first..=last {
+            match self.refs.get_mut(c as usize) {
+                Some(r) => *r = r.saturating_add(1),
+                None => self.corruptions.push(format!(
+                    "{what} at {off:#x} is outside the image file (length {:#x})",
+                    self.file_len
+                )),
+            }
+        }
+    }
+
+    /// Counts the refcount blocks the refcount table names.
+    fn count_refblocks(&mut self, reftable: &[u64]) {
+        let cs = self.cluster_size;
+        for &rb in reftable {
+            if rb == 0 {
+                continue;
+            }
+            if !rb.is_multiple_of(cs) {
+                self.corruptions
+                    .push(format!("refcount block at {rb:#x} is not cluster aligned"));
+            } else {
+                self.add(rb, cs, "refcount block");
+            }
+        }
+    }
+}
+
+/// An `OFLAG_COPIED` flag seen on an active table entry: it must be set exactly when the
+/// cluster's refcount is 1.
+struct CopiedFlag {
+    offset: u64,
+    copied: bool,
+    kind: String,
+}
+
+/// Reads stored refcounts cluster by cluster, keeping the last refcount block loaded.
+struct StoredRefcounts<'a> {
+    img: &'a Qcow2Image,
+    reftable: &'a [u64],
+    block: Vec<u8>,
+    loaded: u64,
+}
+
+impl<'a> StoredRefcounts<'a> {
+    fn new(img: &'a Qcow2Image, reftable: &'a [u64]) -> StoredRefcounts<'a> {
+        StoredRefcounts {
+            img,
+            reftable,
+            block: vec![0u8; img.cluster_size() as usize],
+            loaded: u64::MAX,
+        }
+    }
+
+    /// The stored refcount of host cluster `c` (0 where no valid refcount block covers it).
+    fn get(&mut self, c: u64) -> Result<u64> {
+        let cs = self.img.cluster_size();
+        let epb = self.img.refblock_entries();
+        let Some(&rb) = self.reftable.get((c / epb) as usize) else {
+            return Ok(0);
+        };
+        if rb == 0 || !rb.is_multiple_of(cs) {
+            return Ok(0);
+        }
+        if self.loaded != rb {
+            self.img.pread_host(&mut self.block, rb)?;
+            self.loaded = rb;
+        }
+        Ok(get_entry(&self.block, c % epb, self.img.refcount_bits()))
+    }
+}
+
+/// Holds every cluster's stored refcount against its counted references: higher is a
+/// leak (the first 100 are listed), lower a corruption. Returns the leaked clusters with
+/// the refcount their references want.
+fn compare_refcounts(
+    refs: &[u16],
+    stored: &mut StoredRefcounts,
+    cs: u64,
+    report: &mut CheckReport,
+) -> Result<Vec<(u64, u64)>> {
+    let mut leaked_clusters = Vec::new();
+    for (c, &want) in (0u64..).zip(refs) {
+        let want = want as u64;
+        let have = stored.get(c)?;
+        if have == want {
+            continue;
+        }
+        let line = format!(
+            "cluster {c} (offset {:#x}) refcount={have} reference={want}",
+            c * cs
+        );
+        if have > want {
+            leaked_clusters.push((c, want));
+            if report.leaks.len() < 100 {
+                report.leaks.push(line);
+            }
+        } else {
+            report.corruptions.push(line);
+        }
+    }
+
+    let leaks = leaked_clusters.len() as u64;
+    if leaks > report.leaks.len() as u64 {
+        report
+            .leaks
+            .push(format!("… {leaks} leaked clusters in all"));
+    }
+    Ok(leaked_clusters)
+}
+
+/// Every `OFLAG_COPIED` flag must match a refcount of exactly 1.
+fn check_copied_flags(
+    copied_flags: Vec<CopiedFlag>,
+    stored: &mut StoredRefcounts,
+    nclusters: u64,
+    cs: u64,
+    report: &mut CheckReport,
+) -> Result<()> {
+    for flag in copied_flags {
+        let c = flag.offset / cs;
+        if c >= nclusters {
+            continue;
+        }
+        let have = stored.get(c)?;
+        if flag.copied != (have == 1) {
+            report.corruptions.push(format!(
+                "{} at {:#x}: OFLAG_COPIED is {} but refcount is {have}",
+                flag.kind,
+                flag.offset,
+                if flag.copied { "set" } else { "clear" }
+            ));
+        }
+    }
+    Ok(())
 }

@@ -12,7 +12,9 @@ use crate::image::Format;
 /// Options for a new qcow2 image.
 #[derive(Debug, Clone)]
 pub struct CreateOptions {
+    /// Guest-visible size in bytes.
     pub virtual_size: u64,
+    /// log2 of the cluster size (see [`super::DEFAULT_CLUSTER_BITS`]).
     pub cluster_bits: u32,
     /// Backing file name as recorded (relative to the new image's directory, or absolute)
     /// and its format.

@@ -8,9 +8,9 @@ use uuid::Uuid;
 use super::format::*;
 use super::image::VhdxImage;
 use super::metadata::{self, MetaItem};
-use crate::CheckReport;
 use crate::error::{DiskError, Result};
 use crate::image::Image;
+use crate::report::CheckReport;
 
 /// Points reached by [`commit_with_hook`]; the hook may stop there to simulate a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

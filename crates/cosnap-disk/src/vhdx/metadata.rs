@@ -58,6 +58,31 @@ pub(crate) fn parse(
     region_len: u64,
     mut read_item: impl FnMut(u64, usize) -> Result<Vec<u8>>,
 ) -> Result<Metadata> {
+    let (mut items, locations) = read_item_table(path, table, region_len)?;
+
+    // Values are read after the overlap check, so together they are at most the
+    // region's size (which lies inside the file).
+    for (item, at) in items.iter_mut().zip(&locations) {
+        if at.len > 0 {
+            item.data = read_item(at.offset, at.len as usize)?;
+        }
+    }
+    decode_known_items(path, items)
+}
+
+/// Where an item's value lies, relative to the metadata region's start.
+struct ItemLocation {
+    offset: u64,
+    len: u32,
+}
+
+/// The item table's entries (values not read yet) and where each value lies: every entry
+/// bounded, inside the item area, listed once, understood if required, none overlapping.
+fn read_item_table(
+    path: &Path,
+    table: &[u8],
+    region_len: u64,
+) -> Result<(Vec<MetaItem>, Vec<ItemLocation>)> {
     let bad = |what: String| DiskError::corrupt(path, format!("metadata: {what}"));
     if table.len() < METADATA_TABLE_SIZE || &table[0..8] != SIG_METADATA {
         return Err(bad("table signature \"metadata\" missing".into()));
@@ -70,7 +95,7 @@ pub(crate) fn parse(
     }
     let mut items = Vec::with_capacity(count);
     let mut spans: Vec<(u64, u64)> = Vec::with_capacity(count);
-    let mut locations: Vec<(u64, u32)> = Vec::with_capacity(count);
+    let mut locations: Vec<ItemLocation> = Vec::with_capacity(count);
     for i in 0..count {
         let o = 32 + i * 32;
         let id = guid_at(table, o);
@@ -115,26 +140,25 @@ pub(crate) fn parse(
         if len > 0 {
             spans.push((off, off + len as u64));
         }
-        // Values are read after the overlap check, so together they are at most the
-        // region's size (which lies inside the file).
         items.push(MetaItem {
             id,
             flags,
             data: Vec::new(),
         });
-        locations.push((off, len));
+        locations.push(ItemLocation { offset: off, len });
     }
     let mut sorted = spans.clone();
     sorted.sort_unstable();
     if sorted.windows(2).any(|w| w[1].0 < w[0].1) {
         return Err(bad("two items overlap".into()));
     }
-    for (item, (off, len)) in items.iter_mut().zip(&locations) {
-        if *len > 0 {
-            item.data = read_item(*off, *len as usize)?;
-        }
-    }
+    Ok((items, locations))
+}
 
+/// Decodes the known items every VHDX file must have (and the parent locator of a
+/// differencing file), refusing values outside the format's ranges.
+fn decode_known_items(path: &Path, items: Vec<MetaItem>) -> Result<Metadata> {
+    let bad = |what: String| DiskError::corrupt(path, format!("metadata: {what}"));
     let get = |id: Uuid, name: &str, len: usize| -> Result<&[u8]> {
         let item = items
             .iter()

@@ -34,6 +34,7 @@ pub use image::VhdxImage;
 /// Options for [`create`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CreateOptions {
+    /// Guest-visible size in bytes.
     pub virtual_size: u64,
     /// Payload block size: power of two, 1 MiB ..= 256 MiB. Default 32 MiB (Hyper-V's
     /// default for dynamic disks; large blocks keep the BAT small and copies sequential).
@@ -47,6 +48,7 @@ pub struct CreateOptions {
 }
 
 impl CreateOptions {
+    /// 32 MiB, Hyper-V's default payload block size for dynamic disks.
     pub const DEFAULT_BLOCK_SIZE: u32 = 32 << 20;
     /// A dynamic image of `virtual_size` bytes with 32 MiB blocks, 512-byte logical and
     /// 4096-byte physical sectors (Hyper-V's defaults).
@@ -103,7 +105,7 @@ pub fn rebase(image: &Path, new_parent: Option<&Path>) -> Result<()> {
 }
 
 /// Structural check: corruptions vs leaks.
-pub fn check(path: &Path) -> Result<crate::CheckReport> {
+pub fn check(path: &Path) -> Result<crate::report::CheckReport> {
     chain::check(path)
 }
 
