@@ -42,9 +42,13 @@ pub enum CimStatus {
     MethodNotFound = 17,
     /// `CIM_ERR_INVALID_ENUMERATION_CONTEXT`: a pull operation's context is unknown or expired.
     InvalidEnumerationContext = 21,
+    /// `CIM_ERR_INVALID_OPERATION_TIMEOUT`: an OperationTimeout the server does not accept.
     InvalidOperationTimeout = 22,
+    /// `CIM_ERR_FILTERED_ENUMERATION_NOT_SUPPORTED`: pull enumerations take no filter query.
     FilteredEnumerationNotSupported = 25,
+    /// `CIM_ERR_CONTINUATION_ON_ERROR_NOT_SUPPORTED`: an enumeration ends at its first error.
     ContinuationOnErrorNotSupported = 26,
+    /// `CIM_ERR_SERVER_LIMITS_EXCEEDED`: too many open enumerations.
     ServerLimitsExceeded = 27,
 }
 

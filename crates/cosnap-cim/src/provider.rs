@@ -110,6 +110,7 @@ pub trait InstanceCursor: Send {
 pub struct BuiltCursor(VecDeque<Instance>);
 
 impl BuiltCursor {
+    /// A cursor handing out `instances` in order.
     pub fn new(instances: Vec<Instance>) -> Self {
         Self(instances.into())
     }
@@ -132,6 +133,7 @@ impl InstanceCursor for BuiltCursor {
 pub struct PathCursor(VecDeque<ObjectPath>);
 
 impl PathCursor {
+    /// A cursor reading the instances at `paths`, in order.
     pub fn new(paths: Vec<ObjectPath>) -> Self {
         Self(paths.into())
     }
