@@ -20,7 +20,8 @@ use crate::error::{HostError, Result};
 
 /// Schema migrations; index + 1 = the `user_version` after applying it. Never edit a
 /// shipped entry: append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE vms (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -190,7 +191,8 @@ CREATE INDEX refpoints_collection ON refpoints(collection_id);
 CREATE INDEX refpoint_vms_vm ON refpoint_vms(vm_id);
 CREATE INDEX job_elements_job ON job_elements(job_id);
 CREATE INDEX job_elements_element ON job_elements(element_id);
-"#];
+"#,
+];
 
 /// Opens (creating if needed) the repository database and brings its schema up to date.
 /// A read-only connection to the repository (after [`open_db`] created and migrated it).

@@ -346,7 +346,7 @@ fn dechunk(mut raw: &str) -> Option<String> {
 #[test]
 fn long_lists_are_streamed_in_chunks_and_failures_cut_the_response() {
     let s = start();
-    let a = auth("u", "p w");
+    let a = basic_auth("u", "p w");
     let ns = "root/virtualization/v2";
     let headers = cim_headers("EnumerateInstances", ns, &a);
 
@@ -383,7 +383,7 @@ fn long_lists_are_streamed_in_chunks_and_failures_cut_the_response() {
 #[test]
 fn pull_enumeration_in_batches_to_its_end() {
     let s = start();
-    let a = auth("u", "p w");
+    let a = basic_auth("u", "p w");
     let ns = "root/virtualization/v2";
     let open = envelope(
         "1",

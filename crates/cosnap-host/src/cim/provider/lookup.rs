@@ -18,11 +18,9 @@ impl Host {
         vm_id: &str,
     ) -> Result<Instance, HostError> {
         let snap = self.snapshot(snap_id)?;
-        let v = snap
-            .vms
-            .iter()
-            .find(|v| v.vm_id == vm_id)
-            .ok_or_else(|| HostError::not_found(format!("snapshot {snap_id} does not hold VM {vm_id}")))?;
+        let v = snap.vms.iter().find(|v| v.vm_id == vm_id).ok_or_else(|| {
+            HostError::not_found(format!("snapshot {snap_id} does not hold VM {vm_id}"))
+        })?;
         Ok(self.snapshot_vm_instances(&snap, v).0)
     }
 
@@ -33,11 +31,9 @@ impl Host {
         vm_id: &str,
     ) -> Result<Instance, HostError> {
         let rp = self.refpoint(rp_id)?;
-        let v = rp
-            .vms
-            .iter()
-            .find(|v| v.vm_id == vm_id)
-            .ok_or_else(|| HostError::not_found(format!("reference point {rp_id} does not hold VM {vm_id}")))?;
+        let v = rp.vms.iter().find(|v| v.vm_id == vm_id).ok_or_else(|| {
+            HostError::not_found(format!("reference point {rp_id} does not hold VM {vm_id}"))
+        })?;
         Ok(self.refpoint_instance(&rp, v))
     }
 
@@ -49,7 +45,11 @@ impl Host {
             let conn = self.db();
             match *concrete {
                 "Msvm_ComputerSystem" => {
-                    out.extend(ids(&conn, "SELECT id FROM vms ORDER BY seq")?.iter().map(|id| vm_path(id)));
+                    out.extend(
+                        ids(&conn, "SELECT id FROM vms ORDER BY seq")?
+                            .iter()
+                            .map(|id| vm_path(id)),
+                    );
                 }
                 "Msvm_VirtualSystemSettingData" => {
                     let vms = ids(&conn, "SELECT id FROM vms ORDER BY seq")?;

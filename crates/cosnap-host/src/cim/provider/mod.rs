@@ -32,8 +32,8 @@ mod params;
 mod snapshots;
 
 use cosnap_cim::{
-    AssocFilter, BuiltCursor, InstanceCursor, PathCursor, CimError, CimProvider, CimStatus, ClassDef, Instance, MethodOutcome, ObjectPath,
-    Value, schema,
+    AssocFilter, BuiltCursor, CimError, CimProvider, CimStatus, ClassDef, Instance, InstanceCursor,
+    MethodOutcome, ObjectPath, PathCursor, Value, schema,
 };
 
 use crate::error::HostError;

@@ -31,7 +31,9 @@ impl Host {
         let found = match resolved {
             Resolved::Vm(id) => self.near_vm(id, wanted)?,
             Resolved::VmSettings(vm) => self.near_vm_settings(vm, wanted)?,
-            Resolved::SnapshotSettings(snap, vm) => self.near_snapshot_settings(snap, vm, wanted)?,
+            Resolved::SnapshotSettings(snap, vm) => {
+                self.near_snapshot_settings(snap, vm, wanted)?
+            }
             Resolved::Collection(id, kind) => self.near_collection(id, *kind, wanted)?,
             Resolved::SnapshotCollection(id) => self.near_snapshot_collection(id, wanted)?,
             Resolved::RefPointCollection(id) => self.near_refpoint_collection(id, wanted)?,
@@ -184,14 +186,22 @@ impl Host {
         if wanted(class) {
             for s in self.snapshots(Some(id))? {
                 let dependent = snapshot_collection_path(&s.id);
-                out.push(assoc(class, ("Antecedent", me.clone()), ("Dependent", dependent)));
+                out.push(assoc(
+                    class,
+                    ("Antecedent", me.clone()),
+                    ("Dependent", dependent),
+                ));
             }
         }
         let class = "Msvm_ReferencePointOfVirtualSystemCollection";
         if wanted(class) {
             for r in self.refpoints(Some(id))? {
                 let dependent = refpoint_collection_path(&r.id, &r.collection_id);
-                out.push(assoc(class, ("Antecedent", me.clone()), ("Dependent", dependent)));
+                out.push(assoc(
+                    class,
+                    ("Antecedent", me.clone()),
+                    ("Dependent", dependent),
+                ));
             }
         }
         Ok(out)
@@ -204,7 +214,11 @@ impl Host {
         let class = "Msvm_CollectedSnapshots";
         if wanted(class) {
             for v in &snap.vms {
-                out.push(assoc(class, ("Collection", me.clone()), ("Member", vssd_path(&v.vssd_id))));
+                out.push(assoc(
+                    class,
+                    ("Collection", me.clone()),
+                    ("Member", vssd_path(&v.vssd_id)),
+                ));
             }
         }
         let class = "Msvm_SnapshotOfVirtualSystemCollection";
@@ -244,11 +258,19 @@ impl Host {
             let me = refpoint_path(&v.instance_id, &v.vm_id);
             let class = "Msvm_CollectedReferencePoints";
             if wanted(class) {
-                out.push(assoc(class, ("Collection", rpc.clone()), ("Member", me.clone())));
+                out.push(assoc(
+                    class,
+                    ("Collection", rpc.clone()),
+                    ("Member", me.clone()),
+                ));
             }
             let class = "Msvm_ReferencePointOfVirtualSystem";
             if wanted(class) {
-                out.push(assoc(class, ("Antecedent", vm_path(vm_id)), ("Dependent", me)));
+                out.push(assoc(
+                    class,
+                    ("Antecedent", vm_path(vm_id)),
+                    ("Dependent", me),
+                ));
             }
         }
         Ok(out)
@@ -286,7 +308,8 @@ impl Host {
         for job in jobs {
             let Ok(job) = self.job(&job) else { continue };
             for (c, element) in &job.affected {
-                if c == class && element == id
+                if c == class
+                    && element == id
                     && let Some(p) = self.element_path(c, element)
                 {
                     out.push(affected(p, &job.id));
@@ -368,6 +391,8 @@ fn settings_components(vssd: Instance, rasds: Vec<Instance>) -> Vec<Instance> {
 
 fn query_ids(conn: &Connection, sql: &str, params: &[&str]) -> Result<Vec<String>, HostError> {
     let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| r.get::<_, String>(0))?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
+        r.get::<_, String>(0)
+    })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
