@@ -242,7 +242,7 @@ impl Host {
     }
 
     /// Every association instance of the classes `wanted` accepts.
-    fn every_association(&self, wanted: Wanted) -> Result<Vec<Instance>, HostError> {
+    pub(super) fn every_association(&self, wanted: Wanted) -> Result<Vec<Instance>, HostError> {
         let mut out = Vec::new();
         for class in CONCRETE {
             let is_assoc = schema().class(class).is_some_and(|c| {

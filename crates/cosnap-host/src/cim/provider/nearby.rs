@@ -396,3 +396,97 @@ fn query_ids(conn: &Connection, sql: &str, params: &[&str]) -> Result<Vec<String
     })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use cosnap_cim::ObjectPath;
+
+    use super::*;
+    use crate::cim::provider::same_path;
+
+    fn host_with_history(dir: &std::path::Path) -> Host {
+        let host = Host::open(dir.join("data")).unwrap();
+        let mut vms = Vec::new();
+        for i in 0..3 {
+            let disk = dir.join(format!("d{i}.raw"));
+            std::fs::File::create(&disk)
+                .unwrap()
+                .set_len(1 << 20)
+                .unwrap();
+            let spec = VmSpec {
+                id: None,
+                name: format!("vm{i}"),
+                cpus: 1,
+                memory_mb: 256,
+                disks: vec![DiskSpec {
+                    path: disk,
+                    format: Some(cosnap_disk::Format::Raw),
+                }],
+                nics: Vec::new(),
+            };
+            vms.push(host.define_vm(&spec).unwrap().id);
+        }
+        let group = host
+            .define_collection("g", None, COLLECTION_OF_VMS)
+            .unwrap();
+        let outer = host
+            .define_collection("o", None, COLLECTION_OF_COLLECTIONS)
+            .unwrap();
+        host.add_member(&outer.id, &group.id).unwrap();
+        for vm in &vms[..2] {
+            host.add_member(&group.id, vm).unwrap();
+        }
+        for _ in 0..2 {
+            let job = host.start_create_snapshot(&group.id, 2).unwrap();
+            assert!(host.wait_job(&job).unwrap().succeeded());
+        }
+        host
+    }
+
+    /// The associations among `all` that name `object`, as sorted path texts.
+    fn touching(all: &[Instance], object: &ObjectPath) -> Vec<String> {
+        let mut out: Vec<String> = all
+            .iter()
+            .filter(|a| {
+                a.properties
+                    .iter()
+                    .any(|p| matches!(&p.value, Some(Value::Reference(r)) if same_path(r, object)))
+            })
+            .map(|a| format!("{:?}", a.path))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn indexed_routes_find_exactly_what_the_scan_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host_with_history(dir.path());
+        let all = host.every_association(&|_| true).unwrap();
+        let objects: Vec<ObjectPath> = all
+            .iter()
+            .flat_map(|a| a.properties.iter())
+            .filter_map(|p| match &p.value {
+                Some(Value::Reference(r)) => Some(r.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut routed = 0;
+        for object in &objects {
+            // Resource settings have no path resolution: the caller scans for them.
+            let Ok(resolved) = host.resolve_path(object) else {
+                continue;
+            };
+            let Some(near) = host.associations_near(&resolved, &|_| true).unwrap() else {
+                continue;
+            };
+            routed += 1;
+            assert_eq!(
+                touching(&near, object),
+                touching(&all, object),
+                "{object:?}"
+            );
+        }
+        assert!(routed > 20, "only {routed} objects had an indexed route");
+    }
+}
