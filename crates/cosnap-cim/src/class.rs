@@ -112,3 +112,16 @@ impl ParameterDef {
         find(&self.qualifiers, name, |q| &q.name)
     }
 }
+
+/// Where a qualifier sits, for [`crate::schema::Schema::is_propagated_qualifier`].
+#[derive(Debug, Clone, Copy)]
+pub enum QualifiedMember<'a> {
+    /// A qualifier on the class itself.
+    Class,
+    /// A qualifier on the named property.
+    Property(&'a str),
+    /// A qualifier on the named method.
+    Method(&'a str),
+    /// (method, parameter)
+    Parameter(&'a str, &'a str),
+}

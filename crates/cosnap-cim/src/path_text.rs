@@ -32,8 +32,7 @@
 
 use std::fmt;
 
-use thiserror::Error;
-
+pub use crate::error::PathError;
 use crate::path::ObjectPath;
 use crate::value::Value;
 
@@ -43,36 +42,6 @@ pub const MAX_PATH_LEN: usize = 32 * 1024;
 pub const MAX_KEYS: usize = 64;
 /// Deepest nesting of reference keys printed/parsed recursively.
 pub const MAX_NESTING: usize = 8;
-
-/// Why a path text could not be parsed.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum PathError {
-    /// The text is empty.
-    #[error("object path is empty")]
-    Empty,
-    #[error("object path is {len} bytes long; at most {max} are accepted")]
-    /// The text is longer than the parser accepts.
-    TooLong {
-        /// The length of the text, in bytes.
-        len: usize,
-        /// The most bytes accepted.
-        max: usize,
-    },
-    #[error("object path has more than {max} keys")]
-    /// The path binds more keys than the parser accepts.
-    TooManyKeys {
-        /// The most key bindings accepted.
-        max: usize,
-    },
-    #[error("object path {path:?}: {reason}")]
-    /// The text is not a WMI object path or WBEM URI.
-    Syntax {
-        /// The path text as received.
-        path: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-}
 
 fn syntax(path: &str, reason: impl Into<String>) -> PathError {
     let shown: String = path.chars().take(200).collect();

@@ -17,25 +17,13 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
+pub use crate::class::QualifiedMember;
 use crate::class::{ClassDef, MethodDef, ParameterDef, PropertyDef, Qualifier};
 use crate::mof::{self, Flavor, MofError, MofQualifier, QualifierDecl};
 use crate::value::{CimType, Value};
 
 /// The MOF text compiled into the crate.
 pub const COSNAP_MOF: &str = include_str!("../../../schema/cosnap.mof");
-
-/// Where a qualifier sits, for [`Schema::is_propagated_qualifier`].
-#[derive(Debug, Clone, Copy)]
-pub enum QualifiedMember<'a> {
-    /// A qualifier on the class itself.
-    Class,
-    /// A qualifier on the named property.
-    Property(&'a str),
-    /// A qualifier on the named method.
-    Method(&'a str),
-    /// (method, parameter)
-    Parameter(&'a str, &'a str),
-}
 
 /// A resolved schema.
 #[derive(Debug, Clone, Default)]

@@ -14,10 +14,9 @@ use std::borrow::Cow;
 
 use thiserror::Error;
 
-use crate::class::{ClassDef, MethodDef, ParameterDef, PropertyDef, Qualifier};
+use crate::class::{ClassDef, MethodDef, ParameterDef, PropertyDef, QualifiedMember, Qualifier};
+use crate::error::PathError;
 use crate::path::ObjectPath;
-use crate::path_text::PathError;
-use crate::schema::QualifiedMember;
 use crate::value::{CimType, Instance, Property, Value};
 
 pub use reader::{

@@ -42,6 +42,19 @@ impl Host {
     /// Opens (creating if needed) the repository in `data_dir`, applies migrations, and
     /// recovers from any interrupted operation (journal replay / roll-back, interrupted
     /// jobs marked Exception, stale in-use marks cleared, expired jobs purged).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use cosnap_host::Host;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let host = Host::open(dir.path().join("data"))?;
+    /// let group = host.define_collection("web tier", None, 0)?;
+    /// assert_eq!(host.collection("web tier")?.id, group.id);
+    /// assert!(host.vms()?.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open(data_dir: impl AsRef<Path>) -> Result<Host> {
         Self::open_with(data_dir, HostOptions::default())
     }

@@ -33,7 +33,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use crate::admission::Source;
 use crate::auth::{AuthResult, Authenticator};
 use crate::body::Body;
-use crate::server::ServerLimits;
+use crate::limits::ServerLimits;
 
 /// Largest request head (request line + headers) accepted; larger gets `431`.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;

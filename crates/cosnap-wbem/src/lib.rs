@@ -18,6 +18,7 @@
 //!   shutdown;
 //! * [`admission`] — per-source and total connection caps;
 //! * [`body`] — response bodies, whole or streamed in chunks;
+//! * [`limits`] — the server's timeouts and caps ([`ServerLimits`]);
 //! * [`http`] — the protocol-neutral request gates (authentication, throttling, limits,
 //!   bounded body) and dispatch by path to a [`http::Protocol`];
 //! * [`cimxml`] — CIM-XML at `/cimom` as one such protocol;
@@ -33,6 +34,7 @@ pub mod body;
 pub mod cimxml;
 pub mod enumerations;
 pub mod http;
+pub mod limits;
 pub mod memory;
 pub mod ops;
 pub mod request;

@@ -458,7 +458,9 @@ fn a_client_that_never_reads_is_cut_off() {
             }
         }
     });
-    std::thread::sleep(Duration::from_secs(3));
+    // Long enough for a CPU-starved server to fill every buffer and then stall for more than
+    // its 1 s write timeout before this client starts reading (3 s was not, on a loaded machine).
+    std::thread::sleep(Duration::from_secs(8));
     reader
         .set_read_timeout(Some(Duration::from_secs(3)))
         .unwrap();
