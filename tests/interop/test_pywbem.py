@@ -204,8 +204,8 @@ def test_cim_errors(server, conn, world):
         ("SnapshotCollection", vm_path(next(iter(world["vms"])))),
         ("ExportDirectory", str(server.export_root))])
     assert rv == 4 and "Job" not in out
-    # Pull operations are not supported, so pywbemcli falls back.
-    assert code(conn.OpenEnumerateInstances, "Msvm_ComputerSystem") == 7
+    # OpenQueryInstances is not supported, so pywbem's IterQueryInstances falls back.
+    assert code(conn.OpenQueryInstances, "WQL", "SELECT * FROM Msvm_ComputerSystem") == 7
 
 
 def test_authentication(server):

@@ -42,6 +42,14 @@ pub enum CimStatus {
     MethodNotFound = 17,
     /// `CIM_ERR_INVALID_ENUMERATION_CONTEXT`: a pull operation's context is unknown or expired.
     InvalidEnumerationContext = 21,
+    /// `CIM_ERR_INVALID_OPERATION_TIMEOUT`: an OperationTimeout the server does not accept.
+    InvalidOperationTimeout = 22,
+    /// `CIM_ERR_FILTERED_ENUMERATION_NOT_SUPPORTED`: pull enumerations take no filter query.
+    FilteredEnumerationNotSupported = 25,
+    /// `CIM_ERR_CONTINUATION_ON_ERROR_NOT_SUPPORTED`: an enumeration ends at its first error.
+    ContinuationOnErrorNotSupported = 26,
+    /// `CIM_ERR_SERVER_LIMITS_EXCEEDED`: too many open enumerations.
+    ServerLimitsExceeded = 27,
 }
 
 impl CimStatus {
@@ -71,6 +79,14 @@ impl CimStatus {
             CimStatus::MethodNotAvailable => "CIM_ERR_METHOD_NOT_AVAILABLE",
             CimStatus::MethodNotFound => "CIM_ERR_METHOD_NOT_FOUND",
             CimStatus::InvalidEnumerationContext => "CIM_ERR_INVALID_ENUMERATION_CONTEXT",
+            CimStatus::InvalidOperationTimeout => "CIM_ERR_INVALID_OPERATION_TIMEOUT",
+            CimStatus::FilteredEnumerationNotSupported => {
+                "CIM_ERR_FILTERED_ENUMERATION_NOT_SUPPORTED"
+            }
+            CimStatus::ContinuationOnErrorNotSupported => {
+                "CIM_ERR_CONTINUATION_ON_ERROR_NOT_SUPPORTED"
+            }
+            CimStatus::ServerLimitsExceeded => "CIM_ERR_SERVER_LIMITS_EXCEEDED",
         }
     }
 }

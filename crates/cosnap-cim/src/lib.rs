@@ -28,7 +28,9 @@ pub mod xml;
 pub use class::{ClassDef, MethodDef, ParameterDef, PropertyDef, Qualifier};
 pub use error::{CimError, CimStatus};
 pub use path::ObjectPath;
-pub use provider::{AssocFilter, CimProvider, MethodOutcome};
+pub use provider::{
+    AssocFilter, BuiltCursor, CimProvider, InstanceCursor, MethodOutcome, PathCursor,
+};
 pub use schema::{Schema, schema};
 pub use value::{CimType, Instance, Property, Value};
 pub use xml::CodecError;

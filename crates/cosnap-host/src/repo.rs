@@ -192,9 +192,22 @@ CREATE TABLE vm_boot (
 -- Running VMs: how long the group stood paused for a live snapshot (NULL: offline).
 ALTER TABLE snapshots ADD COLUMN pause_window_us INTEGER;
 "#,
+    // 4: indexes for lookups by foreign key and by name, so that association and key
+    // lookups cost what they return (issue 13). `vssd_id` is compared without case.
+    r#"
+CREATE INDEX vms_name ON vms(name);
+CREATE INDEX collections_name ON collections(name);
+CREATE INDEX collection_members_member ON collection_members(member_id);
+CREATE INDEX snapshots_collection ON snapshots(collection_id);
+CREATE INDEX snapshot_vms_vm ON snapshot_vms(vm_id);
+CREATE INDEX snapshot_vms_vssd_nocase ON snapshot_vms(vssd_id COLLATE NOCASE);
+CREATE INDEX refpoints_collection ON refpoints(collection_id);
+CREATE INDEX refpoint_vms_vm ON refpoint_vms(vm_id);
+CREATE INDEX job_elements_job ON job_elements(job_id);
+CREATE INDEX job_elements_element ON job_elements(element_id);
+"#,
 ];
 
-/// Opens (creating if needed) the repository database and brings its schema up to date.
 /// A read-only connection to the repository (after [`open_db`] created and migrated it).
 /// In WAL mode its reads see the last committed state and never wait for the writer.
 pub fn open_reader(data_dir: &Path) -> Result<Connection> {
@@ -203,9 +216,12 @@ pub fn open_reader(data_dir: &Path) -> Result<Connection> {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(60))?;
+    // Row loading runs the same few statements for every object (rows.rs caches them).
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
+/// Opens (creating if needed) the repository database and brings its schema up to date.
 pub fn open_db(data_dir: &Path) -> Result<Connection> {
     std::fs::create_dir_all(data_dir)?;
     let db = data_dir.join("cosnap.db");
@@ -214,6 +230,8 @@ pub fn open_db(data_dir: &Path) -> Result<Connection> {
     create_private(&db)?;
     let conn = Connection::open(&db)?;
     conn.busy_timeout(Duration::from_secs(60))?;
+    // Row loading runs the same few statements for every object (rows.rs caches them).
+    conn.set_prepared_statement_cache_capacity(64);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     for side in ["cosnap.db-wal", "cosnap.db-shm"] {
         crate::modes::make_private_if_present(&data_dir.join(side))?;

@@ -19,7 +19,7 @@ pub(crate) fn p2s(p: &Path) -> String {
 }
 
 pub(crate) fn ids(conn: &Connection, sql: &str) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare(sql)?;
+    let mut stmt = conn.prepare_cached(sql)?;
     Ok(stmt
         .query_map([], |r| r.get::<_, String>(0))?
         .collect::<Result<_, _>>()?)
@@ -44,7 +44,7 @@ pub(crate) fn resolve(
     {
         return Ok(id);
     }
-    let mut stmt = conn.prepare(&format!("SELECT id FROM {table} WHERE name = ?1"))?;
+    let mut stmt = conn.prepare_cached(&format!("SELECT id FROM {table} WHERE name = ?1"))?;
     let found: Vec<String> = stmt
         .query_map([id_or_name], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
@@ -68,7 +68,7 @@ pub(crate) fn load_vm(conn: &Connection, id: &str) -> Result<Vm> {
         )
         .optional()?
         .ok_or_else(|| HostError::not_found(format!("no VM with id {id}")))?;
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT d.idx, d.active_layer, COALESCE(l.format, d.base_format), d.base_path, d.base_format, d.disk_guid
          FROM vm_disks d LEFT JOIN layers l ON l.path = d.active_layer WHERE d.vm_id = ?1 ORDER BY d.idx",
     )?;
@@ -88,7 +88,7 @@ pub(crate) fn load_vm(conn: &Connection, id: &str) -> Result<Vm> {
         })?
         .collect::<Result<Vec<_>, _>>()?;
     let mut stmt =
-        conn.prepare("SELECT mac, switch_name FROM vm_nics WHERE vm_id = ?1 ORDER BY idx")?;
+        conn.prepare_cached("SELECT mac, switch_name FROM vm_nics WHERE vm_id = ?1 ORDER BY idx")?;
     let nics = stmt
         .query_map([id], |r| {
             Ok(Nic {
@@ -97,7 +97,7 @@ pub(crate) fn load_vm(conn: &Connection, id: &str) -> Result<Vm> {
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT m.collection_id FROM collection_members m JOIN collections c ON c.id = m.collection_id WHERE m.member_id = ?1 ORDER BY c.seq",
     )?;
     let collections = stmt
@@ -133,7 +133,7 @@ pub(crate) fn load_collection(conn: &Connection, id: &str) -> Result<Collection>
         )
         .optional()?
         .ok_or_else(|| HostError::not_found(format!("no collection with id {id}")))?;
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT member_id FROM collection_members WHERE collection_id = ?1 ORDER BY seq",
     )?;
     let members = stmt
@@ -173,7 +173,7 @@ pub(crate) fn load_snapshot(conn: &Connection, id: &str) -> Result<Snapshot> {
         )
         .optional()?
         .ok_or_else(|| HostError::not_found(format!("no snapshot collection with id {id}")))?;
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT s.vm_id, s.vssd_id, s.parent_vssd, s.settings, s.created FROM snapshot_vms s
          LEFT JOIN vms v ON v.id = s.vm_id WHERE s.snapshot_id = ?1 ORDER BY v.seq",
     )?;
@@ -190,7 +190,7 @@ pub(crate) fn load_snapshot(conn: &Connection, id: &str) -> Result<Snapshot> {
         .collect::<Result<Vec<_>, _>>()?;
     let mut vms = Vec::new();
     for (vm_id, vssd_id, parent_vssd, settings, created) in rows {
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT s.idx, s.layer, COALESCE(d.disk_guid, '') FROM snapshot_disks s LEFT JOIN vm_disks d ON d.vm_id = s.vm_id AND d.idx = s.idx
              WHERE s.snapshot_id = ?1 AND s.vm_id = ?2 ORDER BY s.idx",
         )?;
@@ -242,7 +242,7 @@ pub(crate) fn load_refpoint(conn: &Connection, id: &str) -> Result<RefPoint> {
         )
         .optional()?
         .ok_or_else(|| HostError::not_found(format!("no reference point collection with id {id}")))?;
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT r.vm_id, r.instance_id, r.settings FROM refpoint_vms r LEFT JOIN vms v ON v.id = r.vm_id WHERE r.refpoint_id = ?1 ORDER BY v.seq",
     )?;
     let rows = stmt
@@ -256,7 +256,7 @@ pub(crate) fn load_refpoint(conn: &Connection, id: &str) -> Result<RefPoint> {
         .collect::<Result<Vec<_>, _>>()?;
     let mut vms = Vec::new();
     for (vm_id, instance_id, settings) in rows {
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT idx, layer, disk_identifier, rct_id FROM refpoint_disks WHERE refpoint_id = ?1 AND vm_id = ?2 ORDER BY idx",
         )?;
         let raw = stmt

@@ -2,15 +2,18 @@
 //! decodes the admitted request ([`crate::request`]), runs it ([`crate::ops`]) and answers
 //! with the `CIMOperation` / `CIMError` headers DSP0200 asks for.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use cosnap_cim::CimProvider;
-use http_body_util::Full;
 use hyper::Response;
 use hyper::body::Bytes;
 use hyper::header::{self, HeaderValue};
 
+use crate::body::Body;
+use crate::enumerations::Enumerations;
 use crate::http::{Admitted, HttpResponse, Protocol, header_text, plain};
+use crate::ops::{Answer, Unfinished};
 use crate::request::{DecodeLimits, RequestError, decode_request};
 
 /// The path CIM-XML is served at.
@@ -20,6 +23,8 @@ pub struct CimXml {
     provider: Arc<dyn CimProvider>,
     host_name: String,
     limits: DecodeLimits,
+    /// Pull enumerations waiting for their next Pull.
+    enumerations: Enumerations,
 }
 
 impl CimXml {
@@ -28,6 +33,7 @@ impl CimXml {
             provider,
             host_name,
             limits,
+            enumerations: Enumerations::default(),
         }
     }
 }
@@ -49,16 +55,53 @@ impl Protocol for CimXml {
             .map(|(n, v)| (n.as_str(), v.as_bytes()));
         match decode_request(headers, &request.body, &self.limits) {
             Ok(req) => {
-                let xml = crate::ops::handle(&*self.provider, &self.host_name, req);
-                method_response(xml)
+                let session = crate::ops::Session {
+                    provider: &*self.provider,
+                    host_name: &self.host_name,
+                    enumerations: &self.enumerations,
+                    user: &request.user,
+                };
+                match crate::ops::handle_in(&session, req) {
+                    Answer::Whole(xml) => method_response(Body::whole(xml)),
+                    Answer::Streamed(unfinished) => self.stream(unfinished),
+                }
             }
             Err(e) => request_error(&e),
         }
     }
 }
 
-fn method_response(xml: String) -> HttpResponse {
-    let mut r = Response::new(Full::new(Bytes::from(xml)));
+impl CimXml {
+    /// Answers with the head now and the rest of the list produced on the blocking pool
+    /// while the client reads (see [`crate::body`]).
+    fn stream(&self, mut unfinished: Box<Unfinished>) -> HttpResponse {
+        let (body, tx) = Body::streamed();
+        let provider = self.provider.clone();
+        let head = std::mem::take(&mut unfinished.head);
+        let produce = move || {
+            let send = |text: String| tx.blocking_send(Ok(Bytes::from(text))).is_ok();
+            if !send(head) {
+                return;
+            }
+            let outcome = catch_unwind(AssertUnwindSafe(|| unfinished.produce(&*provider, send)));
+            let failure = match outcome {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "the provider panicked".to_string(),
+            };
+            tracing::error!("a streamed response was cut short: {failure}");
+            let _ = tx.blocking_send(Err(std::io::Error::other(failure)));
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(produce)),
+            Err(_) => drop(std::thread::spawn(produce)),
+        }
+        method_response(body)
+    }
+}
+
+fn method_response(body: Body) -> HttpResponse {
+    let mut r = Response::new(body);
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::http::request::Parts;
@@ -32,6 +32,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::admission::Source;
 use crate::auth::{AuthResult, Authenticator};
+use crate::body::Body;
 use crate::limits::ServerLimits;
 
 /// Largest request head (request line + headers) accepted; larger gets `431`.
@@ -49,7 +50,7 @@ const DISCARD_AUTHENTICATED: usize = 16 * 1024 * 1024;
 const DISCARD_WAIT: Duration = Duration::from_millis(200);
 
 /// Every response the transport and the protocols produce.
-pub type HttpResponse = Response<Full<Bytes>>;
+pub type HttpResponse = Response<Body>;
 
 /// An authenticated request, admitted under the concurrency limit, with its whole body.
 pub struct Admitted {
@@ -91,7 +92,7 @@ pub struct Transport {
 
 /// A plain-text answer.
 pub fn plain(status: StatusCode, text: &str) -> HttpResponse {
-    let mut r = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
+    let mut r = Response::new(Body::whole(format!("{text}\n")));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

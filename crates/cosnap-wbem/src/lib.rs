@@ -6,15 +6,18 @@
 //! * [`request`] — decodes one request (headers + body) into a [`request::Request`]; pure,
 //!   bounded, fuzzed;
 //! * [`ops`] — runs it against a provider (intrinsic operations, WQL ExecQuery, extrinsic
-//!   method calls typed against the class's method definition) and writes the response;
+//!   method calls typed against the class's method definition, the pull operations) and
+//!   writes the response;
 //! * [`response`] — the message-level CIM-XML writer (elements come from
 //!   [`cosnap_cim::xml`]);
+//! * [`enumerations`] — open pull enumerations (cursors waiting for the next Pull);
 //! * [`wql`] — the WQL subset ExecQuery accepts;
 //! * [`auth`] — users in `<data-dir>/users.json` (PBKDF2-HMAC-SHA256) and Basic checks;
 //! * [`tls`] — rustls configuration and the self-signed certificate;
 //! * [`server`] — hyper on tokio: listeners, connection caps and timeouts, graceful
 //!   shutdown;
 //! * [`admission`] — per-source and total connection caps;
+//! * [`body`] — response bodies, whole or streamed in chunks;
 //! * [`limits`] — the server's timeouts and caps ([`ServerLimits`]);
 //! * [`http`] — the protocol-neutral request gates (authentication, throttling, limits,
 //!   bounded body) and dispatch by path to a [`http::Protocol`];
@@ -27,7 +30,9 @@
 
 pub mod admission;
 pub mod auth;
+pub mod body;
 pub mod cimxml;
+pub mod enumerations;
 pub mod http;
 pub mod limits;
 pub mod memory;

@@ -6,8 +6,9 @@
 //! unknown class → `CIM_ERR_INVALID_CLASS` 5; no such instance → 6; an unknown
 //! intrinsic parameter, a parameter of the wrong type or an unknown method parameter →
 //! `CIM_ERR_INVALID_PARAMETER` 4; unknown extrinsic method → `CIM_ERR_METHOD_NOT_FOUND` 17;
-//! the pull operations, the write operations and the qualifier operations →
-//! `CIM_ERR_NOT_SUPPORTED` 7 (pywbemcli then falls back to EnumerateInstances);
+//! OpenQueryInstances, PullInstances, EnumerationCount, the write operations and the
+//! qualifier operations → `CIM_ERR_NOT_SUPPORTED` 7; the other pull operations are served
+//! by the `pull` module;
 //! ExecQuery with a language other than WQL → 14, a query that does not parse → 15.
 //!
 //! Decisions on vague points:
@@ -29,23 +30,67 @@ use cosnap_cim::{
     AssocFilter, CimError, CimProvider, CimStatus, CimType, ClassDef, Instance, ObjectPath, Value,
 };
 
+use crate::enumerations::Enumerations;
 use crate::request::{Call, Request};
 use crate::response::{self, Kind, ResponseWriter};
 use crate::wql;
 
+mod pull;
+pub mod stream;
+
+pub use stream::Unfinished;
+use stream::{Items, Rest};
+
 type Result<T> = std::result::Result<T, CimError>;
 
-/// Runs a request and returns the complete response body (also for CIM errors, which
-/// travel inside a 200 response).
+/// Runs a request with enumerations that live only as long as this call (pull operations
+/// still answer, but nothing can be pulled later) and returns the whole response body: the
+/// form for tests and the fuzz target.
 pub fn handle(provider: &dyn CimProvider, host_name: &str, req: Request) -> String {
+    let session = Session {
+        provider,
+        host_name,
+        enumerations: &Enumerations::default(),
+        user: "",
+    };
+    match handle_in(&session, req) {
+        Answer::Whole(body) => body,
+        Answer::Streamed(unfinished) => unfinished.collect(provider),
+    }
+}
+
+/// A response: whole, or begun with the rest still to produce (a large result list).
+pub enum Answer {
+    Whole(String),
+    Streamed(Box<Unfinished>),
+}
+
+/// What a request runs against: the provider, this server's name, and the open pull
+/// enumerations with the user asking (who owns the ones they open).
+pub struct Session<'a> {
+    pub provider: &'a dyn CimProvider,
+    pub host_name: &'a str,
+    pub enumerations: &'a Enumerations,
+    pub user: &'a str,
+}
+
+/// Runs a request and returns the response (CIM errors travel inside a 200 response too).
+/// A result list longer than one [`stream::BATCH`] comes back [`Answer::Streamed`].
+pub fn handle_in(session: &Session, req: Request) -> Answer {
+    let Session {
+        provider,
+        host_name,
+        ..
+    } = *session;
     let kind = match req.call {
         Call::Intrinsic { .. } => Kind::Intrinsic,
         Call::Extrinsic { .. } => Kind::Extrinsic,
     };
     let name = req.call.name().to_string();
     let id = req.message_id.clone();
-    let run = || -> Result<String> {
+    let run = || -> Result<Answer> {
         let mut w = ResponseWriter::new(&id, kind, &name);
+        let mut rest = None;
         match req.call {
             Call::Intrinsic {
                 name,
@@ -53,10 +98,12 @@ pub fn handle(provider: &dyn CimProvider, host_name: &str, req: Request) -> Stri
                 params,
             } => {
                 check_namespace(&namespace)?;
-                Intrinsic {
+                rest = Intrinsic {
                     provider,
                     host_name,
                     params,
+                    enumerations: session.enumerations,
+                    user: session.user,
                 }
                 .run(&name, w.buf())?;
             }
@@ -69,11 +116,14 @@ pub fn handle(provider: &dyn CimProvider, host_name: &str, req: Request) -> Stri
                 invoke(provider, host_name, target, &name, params, w.buf())?;
             }
         }
-        Ok(w.finish())
+        Ok(match rest {
+            None => Answer::Whole(w.finish()),
+            Some(rest) => Answer::Streamed(Box::new(w.unfinished(rest))),
+        })
     };
     match catch_unwind(AssertUnwindSafe(run)) {
-        Ok(Ok(body)) => body,
-        Ok(Err(e)) => response::error_response(&id, kind, &name, &e),
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => Answer::Whole(response::error_response(&id, kind, &name, &e)),
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
@@ -81,12 +131,12 @@ pub fn handle(provider: &dyn CimProvider, host_name: &str, req: Request) -> Stri
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             tracing::error!(method = %name, "provider panicked: {what}");
-            response::error_response(
+            Answer::Whole(response::error_response(
                 &id,
                 kind,
                 &name,
                 &CimError::failed(format!("internal error while running {name}")),
-            )
+            ))
         }
     }
 }
@@ -137,20 +187,13 @@ struct Intrinsic<'a> {
     provider: &'a dyn CimProvider,
     host_name: &'a str,
     params: Vec<ParamValue>,
+    enumerations: &'a Enumerations,
+    user: &'a str,
 }
 
 const NOT_SUPPORTED_OPS: &[&str] = &[
-    "OpenEnumerateInstances",
-    "OpenEnumerateInstancePaths",
-    "OpenAssociatorInstances",
-    "OpenAssociatorInstancePaths",
-    "OpenReferenceInstances",
-    "OpenReferenceInstancePaths",
     "OpenQueryInstances",
-    "PullInstancesWithPath",
-    "PullInstancePaths",
     "PullInstances",
-    "CloseEnumeration",
     "EnumerationCount",
     "CreateInstance",
     "ModifyInstance",
@@ -167,77 +210,33 @@ const NOT_SUPPORTED_OPS: &[&str] = &[
 ];
 
 impl Intrinsic<'_> {
-    fn run(self, op: &str, out: &mut String) -> Result<()> {
-        let allowed: &[&str] = match op {
-            "GetClass" => &[
-                "ClassName",
-                "LocalOnly",
-                "IncludeQualifiers",
-                "IncludeClassOrigin",
-                "PropertyList",
-            ],
-            "EnumerateClasses" => &[
-                "ClassName",
-                "DeepInheritance",
-                "LocalOnly",
-                "IncludeQualifiers",
-                "IncludeClassOrigin",
-            ],
-            "EnumerateClassNames" => &["ClassName", "DeepInheritance"],
-            "GetInstance" => &[
-                "InstanceName",
-                "LocalOnly",
-                "IncludeQualifiers",
-                "IncludeClassOrigin",
-                "PropertyList",
-            ],
-            "EnumerateInstances" => &[
-                "ClassName",
-                "LocalOnly",
-                "DeepInheritance",
-                "IncludeQualifiers",
-                "IncludeClassOrigin",
-                "PropertyList",
-            ],
-            "EnumerateInstanceNames" => &["ClassName"],
-            "ExecQuery" => &["QueryLanguage", "Query"],
-            "Associators" => &[
-                "ObjectName",
-                "AssocClass",
-                "ResultClass",
-                "Role",
-                "ResultRole",
-                "IncludeQualifiers",
-                "IncludeClassOrigin",
-                "PropertyList",
-            ],
-            "AssociatorNames" => &[
-                "ObjectName",
-                "AssocClass",
-                "ResultClass",
-                "Role",
-                "ResultRole",
-            ],
-            "References" => &[
-                "ObjectName",
-                "ResultClass",
-                "Role",
-                "IncludeQualifiers",
-                "IncludeClassOrigin",
-                "PropertyList",
-            ],
-            "ReferenceNames" => &["ObjectName", "ResultClass", "Role"],
-            _ if NOT_SUPPORTED_OPS.iter().any(|n| n.eq_ignore_ascii_case(op)) => {
-                return Err(CimError::not_supported(format!(
-                    "{op} is not supported by cosnap"
-                )));
-            }
-            _ => {
-                return Err(CimError::not_supported(format!(
-                    "{op} is not an intrinsic method cosnap knows"
-                )));
-            }
-        };
+    /// Runs `op`; a result list too long for one batch leaves its [`Rest`] to stream.
+    fn run(self, op: &str, out: &mut String) -> Result<Option<Rest>> {
+        let allowed = allowed_parameters(op)?;
+        self.check_parameters(op, allowed)?;
+        match op {
+            "EnumerateInstances" => self.enumerate_instances(out, false),
+            "EnumerateInstanceNames" => self.enumerate_instances(out, true),
+            "Associators" => self.associators(out, true, false),
+            "AssociatorNames" => self.associators(out, true, true),
+            "References" => self.associators(out, false, false),
+            "ReferenceNames" => self.associators(out, false, true),
+            _ => self.run_whole(op, out).map(|()| None),
+        }
+    }
+
+    fn run_whole(self, op: &str, out: &mut String) -> Result<()> {
+        match op {
+            "GetClass" => self.get_class(out),
+            "EnumerateClasses" => self.enumerate_classes(out, false),
+            "EnumerateClassNames" => self.enumerate_classes(out, true),
+            "GetInstance" => self.get_instance(out),
+            "ExecQuery" => self.exec_query(out),
+            _ => self.run_pull(op, out),
+        }
+    }
+
+    fn check_parameters(&self, op: &str, allowed: &[&str]) -> Result<()> {
         for (i, p) in self.params.iter().enumerate() {
             if !allowed.iter().any(|a| a.eq_ignore_ascii_case(&p.name)) {
                 return Err(CimError::invalid_parameter(format!(
@@ -255,21 +254,87 @@ impl Intrinsic<'_> {
                 )));
             }
         }
-        match op {
-            "GetClass" => self.get_class(out),
-            "EnumerateClasses" => self.enumerate_classes(out, false),
-            "EnumerateClassNames" => self.enumerate_classes(out, true),
-            "GetInstance" => self.get_instance(out),
-            "EnumerateInstances" => self.enumerate_instances(out, false),
-            "EnumerateInstanceNames" => self.enumerate_instances(out, true),
-            "ExecQuery" => self.exec_query(out),
-            "Associators" => self.associators(out, true, false),
-            "AssociatorNames" => self.associators(out, true, true),
-            "References" => self.associators(out, false, false),
-            _ => self.associators(out, false, true),
-        }
+        Ok(())
     }
+}
 
+/// The parameters an intrinsic operation accepts, or why it is not served.
+fn allowed_parameters(op: &str) -> Result<&'static [&'static str]> {
+    let allowed: &[&str] = match op {
+        "GetClass" => &[
+            "ClassName",
+            "LocalOnly",
+            "IncludeQualifiers",
+            "IncludeClassOrigin",
+            "PropertyList",
+        ],
+        "EnumerateClasses" => &[
+            "ClassName",
+            "DeepInheritance",
+            "LocalOnly",
+            "IncludeQualifiers",
+            "IncludeClassOrigin",
+        ],
+        "EnumerateClassNames" => &["ClassName", "DeepInheritance"],
+        "GetInstance" => &[
+            "InstanceName",
+            "LocalOnly",
+            "IncludeQualifiers",
+            "IncludeClassOrigin",
+            "PropertyList",
+        ],
+        "EnumerateInstances" => &[
+            "ClassName",
+            "LocalOnly",
+            "DeepInheritance",
+            "IncludeQualifiers",
+            "IncludeClassOrigin",
+            "PropertyList",
+        ],
+        "EnumerateInstanceNames" => &["ClassName"],
+        "ExecQuery" => &["QueryLanguage", "Query"],
+        "Associators" => &[
+            "ObjectName",
+            "AssocClass",
+            "ResultClass",
+            "Role",
+            "ResultRole",
+            "IncludeQualifiers",
+            "IncludeClassOrigin",
+            "PropertyList",
+        ],
+        "AssociatorNames" => &[
+            "ObjectName",
+            "AssocClass",
+            "ResultClass",
+            "Role",
+            "ResultRole",
+        ],
+        "References" => &[
+            "ObjectName",
+            "ResultClass",
+            "Role",
+            "IncludeQualifiers",
+            "IncludeClassOrigin",
+            "PropertyList",
+        ],
+        "ReferenceNames" => &["ObjectName", "ResultClass", "Role"],
+        _ if pull::is_pull_operation(op) => pull::parameters(op),
+        _ if NOT_SUPPORTED_OPS.iter().any(|n| n.eq_ignore_ascii_case(op)) => {
+            return Err(CimError::not_supported(format!(
+                "{op} is not supported by cosnap"
+            )));
+        }
+        _ => {
+            return Err(CimError::not_supported(format!(
+                "{op} is not an intrinsic method cosnap knows"
+            )));
+        }
+    };
+    Ok(allowed)
+}
+
+impl Intrinsic<'_> {
     fn take(&mut self, name: &str) -> Option<ParamValue> {
         let i = self
             .params
@@ -450,7 +515,7 @@ impl Intrinsic<'_> {
         Ok(())
     }
 
-    fn enumerate_instances(mut self, out: &mut String, names_only: bool) -> Result<()> {
+    fn enumerate_instances(mut self, out: &mut String, names_only: bool) -> Result<Option<Rest>> {
         let name = self
             .class_name("ClassName")?
             .ok_or_else(|| CimError::invalid_parameter("parameter ClassName is required"))?;
@@ -458,33 +523,18 @@ impl Intrinsic<'_> {
         for flag in ["LocalOnly", "IncludeQualifiers", "IncludeClassOrigin"] {
             self.boolean(flag, false)?;
         }
-        let props = self.property_list()?;
+        let property_list = self.property_list()?;
         let class = class_for(self.provider, &name)?;
-        let instances = self.provider.enumerate_instances(&class.name)?;
-        out.push_str("<IRETURNVALUE>");
-        for mut inst in instances {
-            if names_only {
-                let fallback = ObjectPath::new(inst.class_name.clone());
-                let p = inst.path.as_ref().unwrap_or(&fallback);
-                xml::write_instance_name(
-                    out,
-                    &ObjectPath {
-                        host: None,
-                        namespace: None,
-                        ..p.clone()
-                    },
-                );
-                continue;
+        let cursor = self.provider.enumerate_cursor(&class.name)?;
+        let items = if names_only {
+            Items::InstanceNames
+        } else {
+            Items::NamedInstances {
+                declared_only: (!deep).then_some(class),
+                property_list,
             }
-            if !deep {
-                inst.properties
-                    .retain(|p| class.property(&p.name).is_some());
-            }
-            filter_properties(&mut inst, props.as_deref());
-            xml::write_named_instance(out, &inst);
-        }
-        out.push_str("</IRETURNVALUE>");
-        Ok(())
+        };
+        stream::start(self.provider, self.host_name, out, cursor, items)
     }
 
     fn exec_query(mut self, out: &mut String) -> Result<()> {
@@ -504,7 +554,10 @@ impl Intrinsic<'_> {
         let query = wql::parse(&text).map_err(invalid)?;
         let class = class_for(self.provider, &query.class_name)?;
         query.check(&class).map_err(invalid)?;
-        let instances = self.provider.enumerate_instances(&class.name)?;
+        let instances = match self.lookup_by_key(&query, &class) {
+            Some(found) => found,
+            None => self.provider.enumerate_instances(&class.name)?,
+        };
         out.push_str("<IRETURNVALUE>");
         for mut inst in instances {
             if query.matches(&inst).map_err(invalid)? {
@@ -516,8 +569,60 @@ impl Intrinsic<'_> {
         Ok(())
     }
 
-    fn associators(mut self, out: &mut String, associators: bool, names_only: bool) -> Result<()> {
-        let object = self.object_name("ObjectName")?;
+    /// A WHERE clause that names every key of a class without subclasses is a key lookup,
+    /// not a scan. A miss (the key spelled in another case than stored, say) falls back to
+    /// the scan, which compares as WQL does.
+    fn lookup_by_key(&self, query: &wql::Query, class: &ClassDef) -> Option<Vec<Instance>> {
+        let path = query.key_path(class)?;
+        let has_subclasses = self.provider.class_names().iter().any(|n| {
+            self.provider
+                .get_class(n)
+                .ok()
+                .and_then(|c| c.superclass)
+                .is_some_and(|s| s.eq_ignore_ascii_case(&class.name))
+        });
+        if has_subclasses {
+            return None;
+        }
+        let (path, _) = resolve_path(self.provider, path).ok()?;
+        self.provider
+            .get_instance(&path)
+            .ok()
+            .map(|inst| vec![inst])
+    }
+
+    fn associators(
+        mut self,
+        out: &mut String,
+        associators: bool,
+        names_only: bool,
+    ) -> Result<Option<Rest>> {
+        let (path, filter) = self.association_target("ObjectName", associators)?;
+        let property_list = self.property_list()?;
+        let cursor = if associators {
+            self.provider.associators_cursor(&path, &filter)?
+        } else {
+            self.provider.references_cursor(&path, &filter)?
+        };
+        let items = if names_only {
+            Items::ObjectPaths
+        } else {
+            Items::ObjectsWithPath { property_list }
+        };
+        stream::start(self.provider, self.host_name, out, cursor, items)
+    }
+}
+
+impl Intrinsic<'_> {
+    /// The instance and filters of an association operation (the object named by
+    /// `object_param`), checked: filter classes exist, the object is an instance path of
+    /// this namespace. Consumes the flags the operations accept and ignore.
+    fn association_target(
+        &mut self,
+        object_param: &str,
+        associators: bool,
+    ) -> Result<(ObjectPath, AssocFilter)> {
+        let object = self.object_name(object_param)?;
         let mut filter = AssocFilter {
             assoc_class: if associators {
                 self.class_name("AssocClass")?
@@ -535,7 +640,6 @@ impl Intrinsic<'_> {
         for flag in ["IncludeQualifiers", "IncludeClassOrigin"] {
             self.boolean(flag, false)?;
         }
-        let props = self.property_list()?;
         if object.keys.is_empty() {
             // Validate the class first so that a typo gets the right code.
             class_for(self.provider, &object.class_name)?;
@@ -552,31 +656,7 @@ impl Intrinsic<'_> {
                 .name;
         }
         let (path, _) = resolve_path(self.provider, object)?;
-        let found = if associators {
-            self.provider.associators(&path, &filter)?
-        } else {
-            self.provider.references(&path, &filter)?
-        };
-        out.push_str("<IRETURNVALUE>");
-        for mut inst in found {
-            if names_only {
-                let fallback = ObjectPath::new(inst.class_name.clone());
-                let p = inst.path.as_ref().unwrap_or(&fallback);
-                out.push_str("<OBJECTPATH>");
-                xml::write_instance_path(
-                    out,
-                    p,
-                    p.host.as_deref().unwrap_or(self.host_name),
-                    p.namespace.as_deref().unwrap_or(cosnap_cim::NAMESPACE),
-                );
-                out.push_str("</OBJECTPATH>");
-            } else {
-                filter_properties(&mut inst, props.as_deref());
-                xml::write_object_with_path(out, &inst, self.host_name, cosnap_cim::NAMESPACE);
-            }
-        }
-        out.push_str("</IRETURNVALUE>");
-        Ok(())
+        Ok((path, filter))
     }
 }
 

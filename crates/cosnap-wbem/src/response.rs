@@ -60,6 +60,16 @@ impl ResponseWriter {
         &mut self.out
     }
 
+    /// The response so far, with the rest of its result list still to produce.
+    pub fn unfinished(self, rest: crate::ops::stream::Rest) -> crate::ops::Unfinished {
+        let mut tail = String::with_capacity(64);
+        tail.push_str("</");
+        tail.push_str(self.kind.element());
+        tail.push('>');
+        close_envelope(&mut tail);
+        crate::ops::Unfinished::new(self.out, rest, tail)
+    }
+
     pub fn finish(mut self) -> String {
         self.out.push_str("</");
         self.out.push_str(self.kind.element());

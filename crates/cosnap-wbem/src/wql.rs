@@ -13,7 +13,7 @@
 //! property value is false (except `IS NULL`); comparing a number with a string, or
 //! naming a property the class lacks, is an invalid query (CIM_ERR_INVALID_QUERY 15).
 
-use cosnap_cim::{ClassDef, Instance, Value};
+use cosnap_cim::{ClassDef, Instance, ObjectPath, Value};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Literal {
@@ -422,6 +422,42 @@ impl Query {
         }
     }
 
+    /// The one instance the WHERE clause pins down: every key of `class` compared for
+    /// equality with a string, number or boolean in the clause's top-level AND chain.
+    /// `None` when a key is left open (or is a reference), so the caller scans.
+    pub fn key_path(&self, class: &ClassDef) -> Option<ObjectPath> {
+        fn conjuncts<'a>(c: &'a Cond, out: &mut Vec<(&'a str, &'a Literal)>) {
+            match c {
+                Cond::And(a, b) => {
+                    conjuncts(a, out);
+                    conjuncts(b, out);
+                }
+                Cond::Cmp {
+                    prop,
+                    op: Op::Eq,
+                    lit,
+                } => out.push((prop, lit)),
+                _ => {}
+            }
+        }
+        let mut equal = Vec::new();
+        conjuncts(self.condition.as_ref()?, &mut equal);
+        let mut path = ObjectPath::new(class.name.clone());
+        for key in class.keys() {
+            let (_, lit) = equal
+                .iter()
+                .find(|(p, _)| p.eq_ignore_ascii_case(&key.name))?;
+            let text = match lit {
+                Literal::Str(s) => s.clone(),
+                Literal::Int(i) => i.to_string(),
+                Literal::Bool(b) => if *b { "TRUE" } else { "FALSE" }.to_string(),
+                Literal::Real(_) | Literal::Null => return None,
+            };
+            path = path.with_key(&key.name, Value::String(text));
+        }
+        (!path.keys.is_empty()).then_some(path)
+    }
+
     /// Keeps only the selected properties (all for `*`).
     pub fn project(&self, inst: &mut Instance) {
         if let Some(props) = &self.properties {
@@ -560,6 +596,27 @@ mod tests {
         assert!(!q.matches(&job(4, "x")).unwrap());
         let q = parse(r#"SELECT * FROM C WHERE InstanceID = "it's""#).unwrap();
         assert!(q.matches(&job(1, "IT'S")).unwrap());
+    }
+
+    #[test]
+    fn key_path_only_when_every_key_is_pinned() {
+        let class = cosnap_cim::schema().class("Msvm_ComputerSystem").unwrap();
+        let q = parse("SELECT * FROM Msvm_ComputerSystem WHERE Name = 'V-1' AND CreationClassName = 'Msvm_ComputerSystem' AND EnabledState = 3").unwrap();
+        let path = q.key_path(class).expect("both keys are pinned");
+        assert_eq!(path.key_str("Name"), Some("V-1"));
+        assert_eq!(
+            path.key_str("CreationClassName"),
+            Some("Msvm_ComputerSystem")
+        );
+        for open in [
+            "SELECT * FROM Msvm_ComputerSystem",
+            "SELECT * FROM Msvm_ComputerSystem WHERE Name = 'V-1'",
+            "SELECT * FROM Msvm_ComputerSystem WHERE Name = 'V-1' OR CreationClassName = 'x'",
+            "SELECT * FROM Msvm_ComputerSystem WHERE NOT (Name = 'V-1' AND CreationClassName = 'x')",
+            "SELECT * FROM Msvm_ComputerSystem WHERE Name <> 'V-1' AND CreationClassName = 'x'",
+        ] {
+            assert!(parse(open).unwrap().key_path(class).is_none(), "{open}");
+        }
     }
 
     #[test]

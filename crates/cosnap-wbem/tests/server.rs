@@ -38,7 +38,50 @@ fn job(id: &str, state: u16) -> Instance {
         )
 }
 
+/// Instances of Msvm_SnapshotCollection the test provider serves: more than one stream batch.
+const MANY: usize = 250;
+
+fn snapshot_collection(i: usize) -> Instance {
+    let id = format!("SC-{i:04}");
+    Instance::new("Msvm_SnapshotCollection")
+        .with(
+            "CollectionID",
+            CimType::String,
+            Some(Value::String(id.clone())),
+        )
+        .with_path(
+            ObjectPath::new("Msvm_SnapshotCollection").with_key("CollectionID", Value::String(id)),
+        )
+}
+
+/// Yields 150 instances, then fails: a provider error after the head went out.
+struct FailingCursor(usize);
+
+impl cosnap_cim::InstanceCursor for FailingCursor {
+    fn next_batch(&mut self, _: &dyn CimProvider, max: usize) -> Result<Vec<Instance>, CimError> {
+        if self.0 >= 150 {
+            return Err(CimError::failed("the repository went away"));
+        }
+        let batch: Vec<Instance> = (self.0..self.0 + max).map(snapshot_collection).collect();
+        self.0 += max;
+        Ok(batch)
+    }
+    fn is_exhausted(&self) -> bool {
+        false
+    }
+}
+
 impl CimProvider for TestProvider {
+    fn enumerate_cursor(
+        &self,
+        class_name: &str,
+    ) -> Result<Box<dyn cosnap_cim::InstanceCursor>, CimError> {
+        if class_name.eq_ignore_ascii_case("Msvm_ReferencePointCollection") {
+            return Ok(Box::new(FailingCursor(0)));
+        }
+        let found = self.enumerate_instances(class_name)?;
+        Ok(Box::new(cosnap_cim::BuiltCursor::new(found)))
+    }
     fn get_class(&self, class_name: &str) -> Result<ClassDef, CimError> {
         cosnap_cim::schema()
             .class(class_name)
@@ -51,6 +94,8 @@ impl CimProvider for TestProvider {
     fn enumerate_instances(&self, class_name: &str) -> Result<Vec<Instance>, CimError> {
         Ok(if class_name.eq_ignore_ascii_case("Msvm_ConcreteJob") {
             vec![job("J-1", 7), job("J-2", 4)]
+        } else if class_name.eq_ignore_ascii_case("Msvm_SnapshotCollection") {
+            (0..MANY).map(snapshot_collection).collect()
         } else {
             vec![]
         })
@@ -238,7 +283,7 @@ fn intrinsic_operations_and_errors() {
     let (_, _, b) = post(s.port, &cim_headers("GetInstance", ns, &a), &gi("nope"));
     assert!(b.contains(r#"<ERROR CODE="6""#), "{b}");
 
-    // Unknown namespace (3), unknown class (5 / GetClass 6), pull (7), WQL (14).
+    // Unknown namespace (3), unknown class (5 / GetClass 6), query pulls (7), WQL (14).
     let other = envelope(
         "1",
         r#"<IMETHODCALL NAME="EnumerateInstances"><LOCALNAMESPACEPATH><NAMESPACE NAME="root"/><NAMESPACE NAME="cimv2"/></LOCALNAMESPACEPATH><IPARAMVALUE NAME="ClassName"><CLASSNAME NAME="Msvm_ConcreteJob"/></IPARAMVALUE></IMETHODCALL>"#,
@@ -252,7 +297,8 @@ fn intrinsic_operations_and_errors() {
     for (op, code) in [
         ("EnumerateInstances", 5),
         ("GetClass", 6),
-        ("OpenEnumerateInstances", 7),
+        ("OpenEnumerateInstances", 5),
+        ("OpenQueryInstances", 7),
     ] {
         let body = envelope(
             "1",
@@ -272,6 +318,121 @@ fn intrinsic_operations_and_errors() {
     let (_, _, b) = post(s.port, &cim_headers("ExecQuery", ns, &a), &q);
     assert_eq!(b.matches("<VALUE.OBJECTWITHPATH>").count(), 1, "{b}");
     assert!(b.contains("J-2") && !b.contains("JobState"), "{b}");
+}
+
+fn enumerate(class: &str) -> String {
+    envelope(
+        "7",
+        &format!(
+            r#"<IMETHODCALL NAME="EnumerateInstances">{NS_XML}<IPARAMVALUE NAME="ClassName"><CLASSNAME NAME="{class}"/></IPARAMVALUE></IMETHODCALL>"#
+        ),
+    )
+}
+
+/// Decodes a chunked body; `None` when the final empty chunk never came.
+fn dechunk(mut raw: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = raw.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(rest.get(..size)?);
+        raw = rest.get(size + 2..)?;
+    }
+}
+
+#[test]
+fn long_lists_are_streamed_in_chunks_and_failures_cut_the_response() {
+    let s = start();
+    let a = basic_auth("u", "p w");
+    let ns = "root/virtualization/v2";
+    let headers = cim_headers("EnumerateInstances", ns, &a);
+
+    let (st, h, raw) = post(s.port, &headers, &enumerate("Msvm_SnapshotCollection"));
+    assert_eq!(st, 200);
+    assert_eq!(header(&h, "transfer-encoding"), Some("chunked"));
+    let body = dechunk(&raw).expect("a complete chunked body");
+    assert_eq!(body.matches("<VALUE.NAMEDINSTANCE>").count(), MANY);
+    assert!(body.contains("SC-0000") && body.contains("SC-0249"));
+    assert!(
+        body.ends_with("</IMETHODRESPONSE></SIMPLERSP></MESSAGE></CIM>\n"),
+        "{body}"
+    );
+    roxmltree::Document::parse(&body).unwrap();
+
+    // Short lists keep their Content-Length.
+    let (_, h, _) = post(s.port, &headers, &enumerate("Msvm_ConcreteJob"));
+    assert!(header(&h, "content-length").is_some());
+
+    // A provider failing after the head went out: the body never completes.
+    let (st, _, raw) = post(
+        s.port,
+        &headers,
+        &enumerate("Msvm_ReferencePointCollection"),
+    );
+    assert_eq!(st, 200);
+    assert!(
+        dechunk(&raw).is_none(),
+        "a failed stream must not look complete"
+    );
+    assert!(!raw.contains("</CIM>"));
+}
+
+#[test]
+fn pull_enumeration_in_batches_to_its_end() {
+    let s = start();
+    let a = basic_auth("u", "p w");
+    let ns = "root/virtualization/v2";
+    let open = envelope(
+        "1",
+        &format!(
+            r#"<IMETHODCALL NAME="OpenEnumerateInstances">{NS_XML}<IPARAMVALUE NAME="ClassName"><CLASSNAME NAME="Msvm_ConcreteJob"/></IPARAMVALUE><IPARAMVALUE NAME="MaxObjectCount"><VALUE>1</VALUE></IPARAMVALUE></IMETHODCALL>"#
+        ),
+    );
+    let (st, _, b) = post(
+        s.port,
+        &cim_headers("OpenEnumerateInstances", ns, &a),
+        &open,
+    );
+    assert_eq!(st, 200);
+    assert_eq!(b.matches("<VALUE.INSTANCEWITHPATH>").count(), 1, "{b}");
+    assert!(
+        b.contains(r#"<PARAMVALUE NAME="EndOfSequence" PARAMTYPE="boolean"><VALUE>FALSE</VALUE>"#),
+        "{b}"
+    );
+    let context = b
+        .split(r#"<PARAMVALUE NAME="EnumerationContext" PARAMTYPE="string"><VALUE>"#)
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .expect("an EnumerationContext")
+        .to_string();
+
+    let pull = |context: &str| {
+        envelope(
+            "2",
+            &format!(
+                r#"<IMETHODCALL NAME="PullInstancesWithPath">{NS_XML}<IPARAMVALUE NAME="EnumerationContext"><VALUE>{context}</VALUE></IPARAMVALUE><IPARAMVALUE NAME="MaxObjectCount"><VALUE>10</VALUE></IPARAMVALUE></IMETHODCALL>"#
+            ),
+        )
+    };
+    let headers = cim_headers("PullInstancesWithPath", ns, &a);
+    let (_, _, b) = post(s.port, &headers, &pull(&context));
+    assert_eq!(b.matches("<VALUE.INSTANCEWITHPATH>").count(), 1, "{b}");
+    assert!(
+        b.contains(r#"<PARAMVALUE NAME="EndOfSequence" PARAMTYPE="boolean"><VALUE>TRUE</VALUE>"#),
+        "{b}"
+    );
+    assert!(
+        b.contains(r#"<PARAMVALUE NAME="EnumerationContext" PARAMTYPE="string"></PARAMVALUE>"#),
+        "{b}"
+    );
+    let (_, _, b) = post(s.port, &headers, &pull(&context));
+    assert!(
+        b.contains(r#"<ERROR CODE="21""#),
+        "the ended context is gone: {b}"
+    );
 }
 
 #[test]

@@ -146,10 +146,10 @@ impl Host {
         let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
         if eq(class, "Msvm_ComputerSystem") {
             let id = need("Name")?;
+            // The id only: loading the whole VM here doubled the cost of every lookup.
             return Ok(Resolved::Vm(
-                self.vm(&norm_id(&id))
-                    .map_err(|_| HostError::not_found(format!("no VM named {id}")))?
-                    .id,
+                self.vm_id(&id)
+                    .map_err(|_| HostError::not_found(format!("no VM named {id}")))?,
             ));
         }
         if eq(class, "Msvm_VirtualSystemSettingData") {
@@ -205,10 +205,15 @@ impl Host {
     }
 
     /// A VSSD: a VM's current settings (`Microsoft:<vm>`) or a snapshot's.
+    /// The id of the VM `id_or_name` names, without loading the VM.
+    fn vm_id(&self, id_or_name: &str) -> Result<String> {
+        crate::rows::resolve(&self.db(), "vms", &norm_id(id_or_name), "VM")
+    }
+
     fn resolve_settings(&self, iid: &str) -> Result<Resolved> {
         let tail = iid.strip_prefix("Microsoft:").unwrap_or(iid);
-        if let Ok(vm) = self.vm(&norm_id(tail)) {
-            return Ok(Resolved::VmSettings(vm.id));
+        if let Ok(vm) = self.vm_id(tail) {
+            return Ok(Resolved::VmSettings(vm));
         }
         let snap = self.snapshot_of_vssd(iid)?;
         let vm = snap

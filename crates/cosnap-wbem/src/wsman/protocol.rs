@@ -7,8 +7,6 @@
 //! anything else is 415. Responses are `application/soap+xml;charset=UTF-8`, never
 //! compressed.
 
-use http_body_util::Full;
-use hyper::body::Bytes;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
 
@@ -55,7 +53,7 @@ pub fn check_content_type(headers: &HeaderMap) -> Option<HttpResponse> {
 
 /// The HTTP response for a reply.
 pub fn response(reply: Reply) -> HttpResponse {
-    let mut r = Response::new(Full::new(Bytes::from(reply.body)));
+    let mut r = Response::new(crate::body::Body::whole(reply.body));
     *r.status_mut() =
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert(

@@ -4,6 +4,7 @@
 use cosnap_cim::{AssocFilter, CimError, CimType, Instance, ObjectPath, Value, schema};
 
 use super::enumerate::*;
+use super::nearby::Wanted;
 use super::params::*;
 use crate::cim::*;
 use crate::error::HostError;
@@ -203,11 +204,45 @@ impl Host {
         Ok(out)
     }
 
+    /// The association instances (of the classes `filter` asks for) that refer to `path`,
+    /// each with the name of the role that does. Found through the repository's indexes
+    /// when the object has an indexed route ([`Host::associations_near`]), else by a scan.
     pub(super) fn assoc_instances(
         &self,
         path: &ObjectPath,
         filter: &AssocFilter,
     ) -> Result<Vec<(Instance, String)>, CimError> {
+        let wanted = |class: &str| filter.assoc_class.as_ref().is_none_or(|ac| is_a(class, ac));
+        let near = match self.resolve_path(path) {
+            Ok(resolved) => self
+                .associations_near(&resolved, &wanted)
+                .map_err(|e| e.to_cim())?,
+            Err(HostError::NotFound(_)) => Some(Vec::new()),
+            Err(_) => None,
+        };
+        let candidates = match near {
+            Some(found) => found,
+            None => self.every_association(&wanted).map_err(|e| e.to_cim())?,
+        };
+        let mut out = Vec::new();
+        for inst in candidates {
+            let role = inst.properties.iter().find(|p| {
+                matches!(&p.value, Some(Value::Reference(r)) if same_path(r, path))
+                    && filter
+                        .role
+                        .as_ref()
+                        .is_none_or(|r| r.eq_ignore_ascii_case(&p.name))
+            });
+            if let Some(role) = role {
+                let name = role.name.clone();
+                out.push((inst, name));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every association instance of the classes `wanted` accepts.
+    pub(super) fn every_association(&self, wanted: Wanted) -> Result<Vec<Instance>, HostError> {
         let mut out = Vec::new();
         for class in CONCRETE {
             let is_assoc = schema().class(class).is_some_and(|c| {
@@ -215,26 +250,8 @@ impl Host {
                     .iter()
                     .any(|q| q.name.eq_ignore_ascii_case("Association"))
             });
-            if !is_assoc {
-                continue;
-            }
-            if let Some(ac) = &filter.assoc_class
-                && !is_a(class, ac)
-            {
-                continue;
-            }
-            for inst in self.associations_of(class).map_err(|e| e.to_cim())? {
-                let role = inst.properties.iter().find(|p| {
-                    matches!(&p.value, Some(Value::Reference(r)) if same_path(r, path))
-                        && filter
-                            .role
-                            .as_ref()
-                            .is_none_or(|r| r.eq_ignore_ascii_case(&p.name))
-                });
-                if let Some(role) = role {
-                    let name = role.name.clone();
-                    out.push((inst, name));
-                }
+            if is_assoc && wanted(class) {
+                out.extend(self.associations_of(class)?);
             }
         }
         Ok(out)

@@ -25,13 +25,15 @@
 mod associations;
 mod enumerate;
 mod jobs;
+mod lookup;
 mod management;
+mod nearby;
 mod params;
 mod snapshots;
 
 use cosnap_cim::{
-    AssocFilter, CimError, CimProvider, CimStatus, ClassDef, Instance, MethodOutcome, ObjectPath,
-    Value, schema,
+    AssocFilter, BuiltCursor, CimError, CimProvider, CimStatus, ClassDef, Instance, InstanceCursor,
+    MethodOutcome, ObjectPath, PathCursor, Value, schema,
 };
 
 use crate::error::HostError;
@@ -118,6 +120,18 @@ impl CimProvider for Host {
         Ok(out)
     }
 
+    /// Classes with key lookups are handed out as paths (an open enumeration holds paths,
+    /// not instances); the others as the built list.
+    fn enumerate_cursor(&self, class_name: &str) -> Result<Box<dyn InstanceCursor>, CimError> {
+        self.check_class(class_name)?;
+        match self.instance_paths(class_name).map_err(|e| e.to_cim())? {
+            Some(paths) => Ok(Box::new(PathCursor::new(paths))),
+            None => Ok(Box::new(BuiltCursor::new(
+                self.enumerate_instances(class_name)?,
+            ))),
+        }
+    }
+
     fn get_instance(&self, path: &ObjectPath) -> Result<Instance, CimError> {
         self.check_class(&path.class_name)?;
         let missing = || CimError::not_found(format!("no instance {}", self.path_text(path)));
@@ -125,6 +139,13 @@ impl CimProvider for Host {
         let fast = match self.resolve_path(path) {
             Ok(crate::Resolved::Job(id)) => Some(self.job(&id).map(|j| self.job_instance(&j))),
             Ok(crate::Resolved::Vm(id)) => Some(self.vm(&id).map(|v| self.vm_instance(&v))),
+            Ok(crate::Resolved::VmSettings(id)) => {
+                Some(self.vm(&id).map(|v| self.vm_instances(&v).0))
+            }
+            Ok(crate::Resolved::SnapshotSettings(snap, vm)) => {
+                Some(self.snapshot_settings_instance(&snap, &vm))
+            }
+            Ok(crate::Resolved::RefPoint(rp, vm)) => Some(self.refpoint_member_instance(&rp, &vm)),
             Ok(crate::Resolved::SnapshotCollection(id)) => Some(
                 self.snapshot(&id)
                     .map(|s| self.snapshot_collection_instance(&s)),
