@@ -196,6 +196,12 @@ fn differential_against_a_live_reference_point_copies_the_bitmap_and_falls_back_
             "the guest wrote since the reference point"
         );
         assert_eq!(top_layer_ranges(diff), dirty, "{}", diff.display());
+        eprintln!(
+            "differential: {} dirty bytes in {} ranges on {}",
+            dirty.iter().map(|r| r.end - r.start).sum::<u64>(),
+            dirty.len(),
+            layer.display()
+        );
         let written = open_chain(&host.disk_chain(layer).unwrap(), false).unwrap();
         let held = written
             .layer_map(0, written.virtual_size())
@@ -214,6 +220,34 @@ fn differential_against_a_live_reference_point_copies_the_bitmap_and_falls_back_
         qemu_img_compare(diff, layer);
     }
 
+    // Destroying the second snapshot merges the active layer into the tracking layer (QEMU's
+    // block-commit with pivot); the tracking bitmap goes on recording, commit included.
+    host.destroy_snapshot(&second, &cosnap_host::NoJob).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let merged = host.create_snapshot_now(&coll, 2, None).unwrap();
+    let (manifest, diff_files) = export(&host, &merged, Some(&rp), &root.path().join("merged"));
+    assert_eq!(manifest["kind"], "differential", "{manifest}");
+    for (disk, diff) in host.snapshot(&merged).unwrap().vms[0]
+        .disks
+        .iter()
+        .zip(&diff_files)
+    {
+        assert_eq!(frozen.iter().find(|f| **f == disk.path), Some(&disk.path));
+        let ChangeInfo::Known(dirty) =
+            qcow2::dirty_ranges(&disk.path, &snapshot_bitmap(&first)).unwrap()
+        else {
+            panic!("{}: the tracking bitmap is lost", disk.path.display());
+        };
+        assert_eq!(top_layer_ranges(diff), dirty, "{}", diff.display());
+        qemu_img_compare(diff, &disk.path);
+        eprintln!(
+            "after the live merge: {} dirty bytes in {} ranges on {}",
+            dirty.iter().map(|r| r.end - r.start).sum::<u64>(),
+            dirty.len(),
+            disk.path.display()
+        );
+    }
+
     // kill -9 of QEMU: the active layers' bitmaps were never stored; restarted, the VM runs on
     // layers without change tracking, and the next differential is a full with notice.
     let (guard, handle) = running.take().unwrap();
@@ -227,6 +261,7 @@ fn differential_against_a_live_reference_point_copies_the_bitmap_and_falls_back_
     assert_eq!(manifest["kind"], "full", "{manifest}");
     let notice = manifest["fallback_to_full"].as_str().unwrap_or_default();
     assert!(notice.contains("change tracking"), "{manifest}");
+    eprintln!("after kill -9: {notice}");
     for (file, disk) in full_files
         .iter()
         .zip(&host.snapshot(&third).unwrap().vms[0].disks)
