@@ -96,6 +96,11 @@ pub struct FlattenJob {
     pub source_layers: Vec<LayerSpec>,
     /// The recorded format of `dest_parent`; `None` = probe it (a person named it).
     pub dest_parent_format: Option<Format>,
+    /// The guest byte ranges that changed, as a change tracker (a persistent dirty bitmap)
+    /// reported them: only these are written, instead of the ranges found by comparing the
+    /// chain above `base`. Unheld parts inside them are written as zeros.
+    #[serde(default)]
+    pub changed: Option<Vec<Range<u64>>>,
 }
 
 impl FlattenJob {
@@ -180,9 +185,14 @@ fn plan(job: &FlattenJob) -> Result<Plan> {
     let source = job.open_source()?;
     let size = source.virtual_size();
     let with_parent = job.dest_parent.is_some();
-    let scope: Vec<Range<u64>> = match &job.base {
-        None => std::iter::once(0..size).collect(),
-        Some(base) => {
+    let scope: Vec<Range<u64>> = match (&job.changed, &job.base) {
+        (Some(changed), _) => changed
+            .iter()
+            .map(|r| r.start.min(size)..r.end.min(size))
+            .filter(|r| !r.is_empty())
+            .collect(),
+        (None, None) => std::iter::once(0..size).collect(),
+        (None, Some(base)) => {
             let want = qcow2::canonical(base);
             let depth = layers(source.as_ref())
                 .iter()
@@ -208,7 +218,11 @@ fn plan(job: &FlattenJob) -> Result<Plan> {
                 ExtentState::Zero => SegKind::Zero,
                 // Unheld inside a changed range (a layer shorter than the top) or, without a
                 // base, unheld anywhere: zeros.
-                ExtentState::Inherited if job.base.is_some() || with_parent => SegKind::Zero,
+                ExtentState::Inherited
+                    if job.base.is_some() || job.changed.is_some() || with_parent =>
+                {
+                    SegKind::Zero
+                }
                 ExtentState::Inherited => continue,
             };
             ranges.push(e.offset..e.offset + e.len);

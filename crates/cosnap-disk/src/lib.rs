@@ -36,6 +36,7 @@
 //!     dest_parent: None,
 //!     source_layers: Vec::new(),
 //!     dest_parent_format: None,
+//!     changed: None,
 //! };
 //! let reports = flatten_all(&[job], 1, &|_done, _total| {}, &CancelToken::new())?;
 //! assert_eq!(reports[0].virtual_size, 64 << 20);

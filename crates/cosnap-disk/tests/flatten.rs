@@ -112,6 +112,7 @@ fn flatten_chain_to_every_format() {
                 dest_parent: None,
                 source_layers: Vec::new(),
                 dest_parent_format: None,
+                changed: None,
             }],
             2,
             &|d, t| log.record(d, t),
@@ -150,6 +151,7 @@ fn flatten_only_above_base() {
             dest_parent: None,
             source_layers: Vec::new(),
             dest_parent_format: None,
+            changed: None,
         }],
         1,
         &|_, _| {},
@@ -180,6 +182,7 @@ fn flatten_only_above_base() {
             dest_parent: Some(base_copy.clone()),
             source_layers: Vec::new(),
             dest_parent_format: None,
+            changed: None,
         }],
         1,
         &|_, _| {},
@@ -212,6 +215,7 @@ fn parallel_jobs_and_raw_sources() {
                 dest_parent: None,
                 source_layers: Vec::new(),
                 dest_parent_format: None,
+                changed: None,
             });
         }
     }
@@ -239,6 +243,7 @@ fn cancellation_and_failure_remove_outputs() {
             dest_parent: None,
             source_layers: Vec::new(),
             dest_parent_format: None,
+            changed: None,
         }];
         // Plain copy: at the first progress; digesting copy: halfway through its
         // copy-and-hash pass.
@@ -272,6 +277,7 @@ fn cancellation_and_failure_remove_outputs() {
                 dest_parent: None,
                 source_layers: Vec::new(),
                 dest_parent_format: None,
+                changed: None,
             },
             FlattenJob {
                 source: top.clone(),
@@ -281,6 +287,7 @@ fn cancellation_and_failure_remove_outputs() {
                 dest_parent: None,
                 source_layers: Vec::new(),
                 dest_parent_format: None,
+                changed: None,
             },
         ],
         1,
@@ -333,6 +340,7 @@ fn digested_flatten_reports_the_outputs_sha256() {
             dest_parent: None,
             source_layers: Vec::new(),
             dest_parent_format: None,
+            changed: None,
         });
         jobs.push(FlattenJob {
             source: vtop.clone(),
@@ -342,6 +350,7 @@ fn digested_flatten_reports_the_outputs_sha256() {
             dest_parent: None,
             source_layers: Vec::new(),
             dest_parent_format: None,
+            changed: None,
         });
     }
     jobs.push(FlattenJob {
@@ -352,6 +361,7 @@ fn digested_flatten_reports_the_outputs_sha256() {
         dest_parent: Some(base_copy.clone()),
         source_layers: Vec::new(),
         dest_parent_format: None,
+        changed: None,
     });
     let log = ProgressLog::default();
     let reports =

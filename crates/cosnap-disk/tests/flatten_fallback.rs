@@ -53,6 +53,7 @@ fn read_write_fallback_gives_the_same_bytes() {
                 dest_parent: None,
                 source_layers: Vec::new(),
                 dest_parent_format: None,
+                changed: None,
             }];
             let flatten = if digested {
                 cosnap_disk::flatten_all_digested

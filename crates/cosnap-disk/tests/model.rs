@@ -128,6 +128,7 @@ fn run_case(base_format: Format, cluster_bits: u32, ops_list: Vec<Op>) {
                 dest_parent: None,
                 source_layers: Vec::new(),
                 dest_parent_format: None,
+                changed: None,
             }],
             1,
             &|_, _| {},

@@ -44,6 +44,7 @@
 //!         format: Format::Raw,
 //!         layers: Vec::new(),
 //!         base_layer: None,
+//!         changed_ranges: None,
 //!         base_export_file: None,
 //!         base_export_format: None,
 //!         resource_instance_id: None,

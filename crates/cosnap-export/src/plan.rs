@@ -74,6 +74,10 @@ pub struct DiskPlan {
     /// Differential only: the layer that was on top when the base was taken; only the ranges
     /// changed above it are exported. `None` = full.
     pub base_layer: Option<PathBuf>,
+    /// Differential only: the changed ranges as a change tracker (persistent dirty bitmaps)
+    /// reported them; when set they are exported instead of the chain's ranges above
+    /// `base_layer`.
+    pub changed_ranges: Option<Vec<std::ops::Range<u64>>>,
     /// PreserveChain differential only: the base export's file of this disk (absolute), the
     /// parent of the differencing image written.
     pub base_export_file: Option<PathBuf>,

@@ -142,6 +142,9 @@ fn source_info(d: &DiskPlan) -> Result<cosnap_disk::ImageInfo> {
 
 /// The ranges changed above `base` in a disk's source chain (opened as recorded).
 fn source_changed_ranges(d: &DiskPlan, base: &Path) -> Result<Vec<std::ops::Range<u64>>> {
+    if let Some(tracked) = &d.changed_ranges {
+        return Ok(tracked.clone());
+    }
     if d.layers.is_empty() {
         return Ok(cosnap_disk::changed_ranges(&d.source, base)?);
     }
@@ -748,6 +751,11 @@ impl WriteCtx<'_> {
                 },
                 source_layers: d.layers.clone(),
                 dest_parent_format: if chained { d.base_export_format } else { None },
+                changed: if chained {
+                    d.changed_ranges.clone()
+                } else {
+                    None
+                },
             });
             rec.file = Some(rel);
         } else {

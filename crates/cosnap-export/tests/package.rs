@@ -114,6 +114,7 @@ fn disk(id: &str, source: &Path, format: Format) -> DiskPlan {
         base_export_format: None,
         layers: Vec::new(),
         resource_instance_id: Some(format!("Microsoft:{id}")),
+        changed_ranges: None,
     }
 }
 
@@ -1028,6 +1029,7 @@ fn vhdx_full_preserve_chain_and_merge() {
             dest_parent: None,
             source_layers: Vec::new(),
             dest_parent_format: None,
+            changed: None,
         }],
         1,
         &no_progress,

@@ -54,6 +54,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::dmtf;
 use crate::model::{Collection, ExportedDisk, LayerRef, Snapshot, SnapshotVm, job_type};
+use crate::refpoint_bitmaps::{TrackedChanges, tracked_changes};
 use crate::{Host, HostError};
 
 /// The export method's Msvm-family refusals, named in the one table in [`crate::error`].
@@ -239,6 +240,7 @@ fn disk_plan(host: &Host, l: &LayerRef) -> Result<DiskPlan, Refusal> {
         base_export_file: None,
         base_export_format: None,
         resource_instance_id: Some(l.disk_instance_id.clone()),
+        changed_ranges: None,
     })
 }
 
@@ -522,6 +524,7 @@ fn settle_differential(
             for d in plan.vms.iter_mut().flat_map(|v| v.disks.iter_mut()) {
                 d.base_layer = None;
                 d.base_export_file = None;
+                d.changed_ranges = None;
             }
             plan.fallback_to_full = Some(reason);
         }
@@ -562,7 +565,14 @@ fn differential_layers(
 
             match host.change_base(&d.path, bl) {
                 Ok(layer) => {
+                    let changed = match tracked_changes_of(host, base, &v.vm_id, d.index, &d.path)?
+                    {
+                        TrackedChanges::Untracked => None,
+                        TrackedChanges::Known(ranges) => Some(ranges),
+                        TrackedChanges::Lost(reason) => return Ok(Some(reason)),
+                    };
                     let dp = &mut plan.vms[vi].disks[di];
+                    dp.changed_ranges = changed;
                     dp.base_layer = Some(layer);
                     dp.base_export_file = files[vi][di].clone();
                     dp.base_export_format =
@@ -574,6 +584,21 @@ fn differential_layers(
         }
     }
     Ok(None)
+}
+
+/// What the reference point's persistent bitmaps say changed on a disk up to the frozen
+/// layer `top`; a snapshot base keeps no bitmaps (its chain is compared).
+fn tracked_changes_of(
+    host: &Host,
+    base: &Base,
+    vm_id: &str,
+    index: u32,
+    top: &Path,
+) -> crate::Result<TrackedChanges> {
+    if base.kind != BaseKind::ReferencePoint {
+        return Ok(TrackedChanges::Untracked);
+    }
+    tracked_changes(&host.db(), &base.id, vm_id, index, top)
 }
 
 /// The package directory an export job wrote (after the job completed).

@@ -195,6 +195,7 @@ fn disk_copy(v: &PackageVm, i: usize, dest_dir: &Path) -> Result<(FlattenJob, Di
         // The package records each file's format; its bytes may say otherwise.
         source_layers: vec![LayerSpec::new(src, format)],
         dest_parent_format: None,
+        changed: None,
     };
     let spec = DiskSpec {
         path: dest,

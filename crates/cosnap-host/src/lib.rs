@@ -108,6 +108,7 @@ pub mod modes;
 mod new_layers;
 pub mod options;
 mod recovery;
+mod refpoint_bitmaps;
 mod refpoints;
 pub mod repo;
 mod rows;

@@ -9,6 +9,7 @@ use crate::error::{HostError, Result};
 use crate::host::Host;
 use crate::layers::journal_release;
 use crate::model::*;
+use crate::refpoint_bitmaps::tracking_bitmap;
 use crate::rows::{ids, load_refpoint, load_snapshot, p2s, resolve};
 use crate::util::{crash_point, new_guid, norm_id, now_ms, rfc3339};
 use crate::work::Work;
@@ -49,8 +50,9 @@ impl Host {
     /// ConvertToReferencePoint, synchronously: the snapshot collection and its VSSDs go
     /// away; a reference point collection (ReferencePointType 2 "RCT based": the kept frozen
     /// layers are our change tracking; ConsistencyLevel 1 Crash Consistent in that class's
-    /// numbering) keeps each disk's frozen layer as its change boundary. No file changes:
-    /// one transaction, no journal.
+    /// numbering) keeps each disk's frozen layer as its change boundary, and for a disk of a
+    /// running VM the layer and persistent bitmap that track its changes since. No file
+    /// changes: one transaction, no journal.
     pub fn convert_to_refpoint(&self, id: &str, work: &dyn Work) -> Result<String> {
         let _lock = self.lock()?;
         let mut conn = self.db();
@@ -83,6 +85,7 @@ impl Host {
             params![rp, snap.collection_id, format!("{coll_name} - reference point ({})", rfc3339(now)), now, snap.id, seq],
         )?;
         for v in &snap.vms {
+            let vm_running = self.running_vm(&v.vm_id).is_some();
             let settings =
                 serde_json::to_string(&v.settings).map_err(|e| HostError::Failed(e.to_string()))?;
             tx.execute(
@@ -108,9 +111,12 @@ impl Host {
                     guid.to_ascii_lowercase().replace('-', ":"),
                     n + 1
                 );
+                let tracking =
+                    tracking_bitmap(&tx, &v.vm_id, d.index, &d.path, &snap.id, vm_running)?;
+                let (bitmap_layer, bitmap) = tracking.map(|(l, b)| (p2s(&l), b)).unzip();
                 tx.execute(
-                    "INSERT INTO refpoint_disks (refpoint_id, vm_id, idx, layer, disk_identifier, rct_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![rp, v.vm_id, d.index, p2s(&d.path), d.disk_instance_id, rct],
+                    "INSERT INTO refpoint_disks (refpoint_id, vm_id, idx, layer, disk_identifier, rct_id, bitmap_layer, bitmap) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![rp, v.vm_id, d.index, p2s(&d.path), d.disk_instance_id, rct, bitmap_layer, bitmap],
                 )?;
             }
             tx.execute(

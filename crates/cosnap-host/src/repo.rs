@@ -206,6 +206,12 @@ CREATE INDEX refpoint_vms_vm ON refpoint_vms(vm_id);
 CREATE INDEX job_elements_job ON job_elements(job_id);
 CREATE INDEX job_elements_element ON job_elements(element_id);
 "#,
+    // 5: the persistent dirty bitmap (and the layer file holding it) that tracks a running
+    // disk's changes since a reference point; NULL when the disk was not tracked.
+    r#"
+ALTER TABLE refpoint_disks ADD COLUMN bitmap_layer TEXT;
+ALTER TABLE refpoint_disks ADD COLUMN bitmap TEXT;
+"#,
 ];
 
 /// A read-only connection to the repository (after [`open_db`] created and migrated it).

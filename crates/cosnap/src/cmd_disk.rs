@@ -180,6 +180,7 @@ pub fn run(ctx: &Context, cmd: DiskCmd) -> CmdResult {
                 dest_parent: parent,
                 source_layers: Vec::new(),
                 dest_parent_format: None,
+                changed: None,
             };
             run_convert(ctx, job)
         }
