@@ -77,7 +77,14 @@ impl Host {
         let Step::Merge { child, into, .. } = step else {
             return journal::run_steps(std::slice::from_ref(step));
         };
-        let Some((handle, position)) = running.by_path.get(child) else {
+        // Recovery sees the repository as committed: `child` is no longer recorded in any
+        // chain, but `into` is, and a merge's `into` lies in a running chain exactly when
+        // `child` does (it is `child`'s only parent, with no other child).
+        let Some((handle, position)) = running
+            .by_path
+            .get(child)
+            .or_else(|| running.by_path.get(into))
+        else {
             return journal::run_steps(std::slice::from_ref(step));
         };
         // Idempotent (recovery reruns it): a child QEMU no longer has was merged already.
