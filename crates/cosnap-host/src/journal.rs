@@ -33,7 +33,7 @@ pub enum Plan {
     Create {
         created: Vec<PathBuf>,
         #[serde(default)]
-        live: Vec<crate::live::LiveSwitch>,
+        live: Vec<LiveSwitch>,
     },
     /// ApplySnapshot: new children (roll-back deletes them); once committed, the old
     /// active layers to delete.
@@ -266,4 +266,14 @@ pub fn recover(conn: &Connection) -> Result<usize> {
         tracing::info!(journal = id, phase, "recovered interrupted operation");
     }
     Ok(count)
+}
+
+/// One running VM of an interrupted CreateSnapshot, as its journal row keeps it: recovery asks
+/// the hypervisor which overlays became active before it deletes any.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LiveSwitch {
+    pub vm_id: String,
+    pub vm_name: String,
+    /// (disk slot, old active layer, overlay).
+    pub disks: Vec<(u32, PathBuf, PathBuf)>,
 }

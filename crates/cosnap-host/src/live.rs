@@ -16,15 +16,14 @@ use cosnap_vmm::{
     DiskFreeze, FreezeReport, FreezeRequest, Hypervisor, VmHandle, VmState, VmmError,
 };
 use rusqlite::{Connection, TransactionBehavior, params};
-use serde::{Deserialize, Serialize};
 
 use crate::Host;
 use crate::error::{HostError, Result};
 use crate::journal::Plan;
 use crate::model::{SNAPSHOT_RECOVERY, Vm, VmDisk};
 use crate::new_layers::NewLayer;
+use crate::new_layers::NewSnapshot;
 use crate::running::vmm_error;
-use crate::snapshots::NewSnapshot;
 use crate::util::{crash_point, new_guid};
 
 /// The name of the persistent bitmap a recovery snapshot puts on each new layer.
@@ -106,15 +105,7 @@ pub struct FreezeFailure {
     pub error: HostError,
 }
 
-/// One running VM of an interrupted CreateSnapshot, as its journal row keeps it: recovery asks
-/// the hypervisor which overlays became active before it deletes any.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LiveSwitch {
-    pub vm_id: String,
-    pub vm_name: String,
-    /// (disk slot, old active layer, overlay).
-    pub disks: Vec<(u32, PathBuf, PathBuf)>,
-}
+pub use crate::journal::LiveSwitch;
 
 impl Host {
     /// The handles of the VMs among `vms` whose QEMU runs (running or paused), by VM id.

@@ -10,6 +10,7 @@ use rusqlite::{Connection, params};
 use crate::error::Result;
 use crate::host::Host;
 use crate::journal;
+use crate::model::{Collection, Vm};
 use crate::repo;
 use crate::rows::p2s;
 use crate::util::{crash_point, new_guid};
@@ -117,4 +118,17 @@ pub(crate) fn activate_new_layers(tx: &Connection, layers: &[NewLayer]) -> Resul
         )?;
     }
     Ok(())
+}
+
+/// What `Host::record_snapshot` commits: the new snapshot of `collection`, the member
+/// VMs as they are now, and the children that become their active layers.
+pub(crate) struct NewSnapshot<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) collection: &'a Collection,
+    pub(crate) snapshot_type: u16,
+    pub(crate) vms: &'a [Vm],
+    pub(crate) children: &'a [NewLayer],
+    pub(crate) journal_id: i64,
+    /// For running members: how long the group stood paused, in µs.
+    pub(crate) pause_window_us: Option<u64>,
 }

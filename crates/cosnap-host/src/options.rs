@@ -8,6 +8,10 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use std::sync::Arc;
+
+use cosnap_vmm::{Hypervisor, QemuHypervisor};
+
 use crate::error::{HostError, Result};
 
 /// Package files are readable by their owner only unless the operator says otherwise.
@@ -29,7 +33,7 @@ pub struct HostOptions {
     /// field, so it is the host's setting, not the request's.
     pub export_digest: cosnap_export::DigestAlgorithm,
     /// What runs the VMs (QEMU by default).
-    pub hypervisor: crate::running::SharedHypervisor,
+    pub hypervisor: SharedHypervisor,
 }
 
 impl Default for HostOptions {
@@ -190,5 +194,21 @@ mod tests {
             check_api_disk_path(&inside, &[], &data),
             Err(HostError::AccessDenied(_))
         ));
+    }
+}
+
+/// The hypervisor the host runs VMs with (QEMU by default).
+#[derive(Clone)]
+pub struct SharedHypervisor(pub Arc<dyn Hypervisor>);
+
+impl Default for SharedHypervisor {
+    fn default() -> Self {
+        SharedHypervisor(Arc::new(QemuHypervisor::new()))
+    }
+}
+
+impl std::fmt::Debug for SharedHypervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedHypervisor")
     }
 }

@@ -4,13 +4,12 @@
 //! read from there each time, so a restarted cosnap finds its running VMs again.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use cosnap_disk::Format;
 use cosnap_vmm::{
-    Accelerator, Boot, DiskChain, DiskLayer, Hypervisor, LayerFormat, QemuHypervisor, StopMode,
-    VmHandle, VmLaunch, VmState, VmmError,
+    Accelerator, Boot, DiskChain, DiskLayer, Hypervisor, LayerFormat, StopMode, VmHandle, VmLaunch,
+    VmState, VmmError,
 };
 
 use crate::error::{HostError, Result};
@@ -21,21 +20,7 @@ use crate::vm_boot::{VmBoot, load_run_settings};
 /// How long `vm stop` (without force) waits for the guest to power off.
 pub const GRACEFUL_STOP: Duration = Duration::from_secs(60);
 
-/// The hypervisor the host runs VMs with (QEMU by default).
-#[derive(Clone)]
-pub struct SharedHypervisor(pub Arc<dyn Hypervisor>);
-
-impl Default for SharedHypervisor {
-    fn default() -> Self {
-        SharedHypervisor(Arc::new(QemuHypervisor::new()))
-    }
-}
-
-impl std::fmt::Debug for SharedHypervisor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SharedHypervisor")
-    }
-}
+pub use crate::options::SharedHypervisor;
 
 impl Host {
     pub fn hypervisor(&self) -> &dyn Hypervisor {

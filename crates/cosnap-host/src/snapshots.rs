@@ -10,7 +10,7 @@ use crate::host::Host;
 use crate::journal::{self, Plan};
 use crate::layers::journal_release;
 use crate::model::*;
-use crate::new_layers::{NewLayer, activate_new_layers};
+use crate::new_layers::{NewLayer, NewSnapshot, activate_new_layers};
 use crate::repo;
 use crate::rows::{ids, load_snapshot, load_vm, p2s, resolve};
 use crate::util::{crash_point, new_guid, norm_id, now_ms, rfc3339};
@@ -348,19 +348,6 @@ impl Host {
         tx.commit()?;
         Ok(delete_after)
     }
-}
-
-/// What [`Host::record_snapshot`] commits: the new snapshot of `collection`, the member
-/// VMs as they are now, and the children that become their active layers.
-pub(crate) struct NewSnapshot<'a> {
-    pub(crate) id: &'a str,
-    pub(crate) collection: &'a Collection,
-    pub(crate) snapshot_type: u16,
-    pub(crate) vms: &'a [Vm],
-    pub(crate) children: &'a [NewLayer],
-    pub(crate) journal_id: i64,
-    /// For running members: how long the group stood paused, in µs.
-    pub(crate) pause_window_us: Option<u64>,
 }
 
 /// Records one member VM in a new snapshot: its VSSD with the settings of now, the VM's

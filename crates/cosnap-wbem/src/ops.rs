@@ -118,7 +118,10 @@ pub fn handle_in(session: &Session, req: Request) -> Answer {
         }
         Ok(match rest {
             None => Answer::Whole(w.finish()),
-            Some(rest) => Answer::Streamed(Box::new(w.unfinished(rest))),
+            Some(rest) => {
+                let (head, tail) = w.into_head_and_tail();
+                Answer::Streamed(Box::new(Unfinished::new(head, rest, tail)))
+            }
         })
     };
     match catch_unwind(AssertUnwindSafe(run)) {

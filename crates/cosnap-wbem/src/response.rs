@@ -60,14 +60,15 @@ impl ResponseWriter {
         &mut self.out
     }
 
-    /// The response so far, with the rest of its result list still to produce.
-    pub fn unfinished(self, rest: crate::ops::stream::Rest) -> crate::ops::Unfinished {
+    /// The response so far and the text that closes it, for a result list whose rest is
+    /// still to be produced (the caller streams that rest between the two).
+    pub fn into_head_and_tail(self) -> (String, String) {
         let mut tail = String::with_capacity(64);
         tail.push_str("</");
         tail.push_str(self.kind.element());
         tail.push('>');
         close_envelope(&mut tail);
-        crate::ops::Unfinished::new(self.out, rest, tail)
+        (self.out, tail)
     }
 
     pub fn finish(mut self) -> String {

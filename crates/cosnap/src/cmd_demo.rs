@@ -13,7 +13,8 @@ use cosnap_export::BackupIntent;
 use cosnap_host::export::{ExportRequest, Roots};
 use cosnap_host::{DiskSpec, Host, Nic, VmSpec};
 
-use crate::cmd_host::{fail, wait};
+use crate::cmd_host::wait;
+use crate::exit::fail;
 use crate::exit::{CmdResult, Context, Failure};
 
 #[derive(Args, Debug)]

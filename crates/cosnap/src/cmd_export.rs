@@ -16,7 +16,8 @@ use cosnap_export::BackupIntent;
 use cosnap_host::export::{ExportRequest, Refusal, Roots};
 use serde_json::json;
 
-use crate::cmd_host::{fail, open, wait};
+use crate::cmd_host::{open, wait};
+use crate::exit::fail;
 use crate::exit::{CmdResult, Context, FAILED, Failure, INVALID_STATE, NOT_FOUND, USAGE};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

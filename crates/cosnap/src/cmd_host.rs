@@ -9,10 +9,10 @@ use std::path::PathBuf;
 
 use clap::{Subcommand, ValueEnum};
 use cosnap_disk::Format;
-use cosnap_host::{DiskSpec, Host, HostError, Job, Nic, Vm, VmSpec};
+use cosnap_host::{DiskSpec, Host, Job, Nic, Vm, VmSpec};
 use serde_json::json;
 
-use crate::exit::{CmdResult, Context, FAILED, Failure, INVALID_STATE, NOT_FOUND, USAGE};
+use crate::exit::{CmdResult, Context, FAILED, Failure, INVALID_STATE, NOT_FOUND, USAGE, fail};
 
 #[derive(Subcommand, Debug)]
 pub enum VmCmd {
@@ -187,20 +187,6 @@ fn parse_byte(s: &str) -> Result<u8, String> {
         None => s.parse::<u8>(),
     };
     v.map_err(|_| format!("'{s}' is not a byte (0..255 or 0x00..0xff)"))
-}
-
-/// Maps a host error to an exit code.
-pub fn fail(e: HostError) -> Failure {
-    let code = match &e {
-        HostError::NotFound(_) => NOT_FOUND,
-        HostError::InvalidState(_)
-        | HostError::InUse(_)
-        | HostError::AlreadyExists(_)
-        | HostError::ChangeInfoGone(_) => INVALID_STATE,
-        HostError::InvalidParameter(_) | HostError::InvalidType(_) => USAGE,
-        _ => FAILED,
-    };
-    Failure::new(code, e)
 }
 
 /// `--disk` paths with their `--disk-format`s, the n-th with the n-th (the rest probed).

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use cosnap_host::{Host, Vm, VmBoot, VmRunSettings};
 
-use crate::cmd_host::fail;
+use crate::exit::fail;
 use crate::exit::{FAILED, Failure, USAGE};
 
 /// How a defined VM boots and its second serial port.

@@ -7,6 +7,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use cosnap_host::HostError;
+
 /// Global options every command sees.
 pub struct Context {
     pub data_dir: PathBuf,
@@ -56,4 +58,18 @@ pub fn finish(result: CmdResult) -> ExitCode {
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// Maps a host error to an exit code.
+pub fn fail(e: HostError) -> Failure {
+    let code = match &e {
+        HostError::NotFound(_) => NOT_FOUND,
+        HostError::InvalidState(_)
+        | HostError::InUse(_)
+        | HostError::AlreadyExists(_)
+        | HostError::ChangeInfoGone(_) => INVALID_STATE,
+        HostError::InvalidParameter(_) | HostError::InvalidType(_) => USAGE,
+        _ => FAILED,
+    };
+    Failure::new(code, e)
 }

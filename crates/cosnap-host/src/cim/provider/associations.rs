@@ -4,12 +4,14 @@
 use cosnap_cim::{AssocFilter, CimError, CimType, Instance, ObjectPath, Value, schema};
 
 use super::enumerate::*;
-use super::nearby::Wanted;
 use super::params::*;
 use crate::cim::*;
 use crate::error::HostError;
 use crate::host::Host;
 use crate::model::*;
+
+/// The association classes a call asks for (its AssocClass / ResultClass filter).
+pub(super) type Wanted<'a> = &'a dyn Fn(&str) -> bool;
 
 pub(super) fn assoc(class: &str, a: (&str, ObjectPath), b: (&str, ObjectPath)) -> Instance {
     let path = ObjectPath::new(class)

@@ -8,7 +8,7 @@
 use cosnap_cim::{CimType, Instance, Value};
 use rusqlite::Connection;
 
-use super::associations::assoc;
+use super::associations::{Wanted, assoc};
 use crate::Resolved;
 use crate::cim::*;
 use crate::error::HostError;
@@ -16,9 +16,6 @@ use crate::host::Host;
 use crate::model::*;
 
 type Found = Result<Vec<Instance>, HostError>;
-
-/// The association classes a call asks for (its AssocClass / ResultClass filter).
-pub(super) type Wanted<'a> = &'a dyn Fn(&str) -> bool;
 
 impl Host {
     /// The association instances `wanted` accepts that may refer to the object `resolved`
