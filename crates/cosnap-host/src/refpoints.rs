@@ -10,7 +10,7 @@ use crate::host::Host;
 use crate::layers::journal_release;
 use crate::model::*;
 use crate::refpoint_bitmaps::tracking_bitmap;
-use crate::rows::{ids, load_refpoint, load_snapshot, p2s, resolve};
+use crate::rows::{ids_by_collection, load_refpoint, load_snapshot, p2s};
 use crate::util::{crash_point, new_guid, norm_id, now_ms, rfc3339};
 use crate::work::Work;
 
@@ -22,16 +22,7 @@ impl Host {
 
     pub fn refpoints(&self, collection: Option<&str>) -> Result<Vec<RefPoint>> {
         let conn = self.db();
-        let ids = match collection {
-            Some(c) => {
-                let cid = resolve(&conn, "collections", c, "collection")?;
-                let mut stmt =
-                    conn.prepare("SELECT id FROM refpoints WHERE collection_id = ?1 ORDER BY seq")?;
-                stmt.query_map([&cid], |r| r.get::<_, String>(0))?
-                    .collect::<Result<Vec<_>, _>>()?
-            }
-            None => ids(&conn, "SELECT id FROM refpoints ORDER BY seq")?,
-        };
+        let ids = ids_by_collection(&conn, "refpoints", collection)?;
         ids.iter().map(|id| load_refpoint(&conn, id)).collect()
     }
 

@@ -25,6 +25,25 @@ pub(crate) fn ids(conn: &Connection, sql: &str) -> Result<Vec<String>> {
         .collect::<Result<_, _>>()?)
 }
 
+/// Ids of the snapshots or reference points (`table`, one of this module's fixed table
+/// names, never caller text) in creation order: of one VM collection (id or name), or all.
+pub(crate) fn ids_by_collection(
+    conn: &Connection,
+    table: &str,
+    collection: Option<&str>,
+) -> Result<Vec<String>> {
+    let Some(collection) = collection else {
+        return ids(conn, &format!("SELECT id FROM {table} ORDER BY seq"));
+    };
+
+    let collection_id = resolve(conn, "collections", collection, "collection")?;
+    let sql = format!("SELECT id FROM {table} WHERE collection_id = ?1 ORDER BY seq");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    Ok(stmt
+        .query_map([&collection_id], |r| r.get::<_, String>(0))?
+        .collect::<Result<_, _>>()?)
+}
+
 /// Resolves an id (any case, braces optional) or a unique name in `table`.
 pub(crate) fn resolve(
     conn: &Connection,

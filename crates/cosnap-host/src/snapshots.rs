@@ -12,7 +12,7 @@ use crate::layers::journal_release;
 use crate::model::*;
 use crate::new_layers::{NewLayer, NewSnapshot, activate_new_layers};
 use crate::repo;
-use crate::rows::{ids, load_snapshot, load_vm, p2s, resolve};
+use crate::rows::{ids_by_collection, load_snapshot, load_vm, p2s};
 use crate::util::{crash_point, new_guid, norm_id, now_ms, rfc3339};
 use crate::work::Work;
 
@@ -25,16 +25,7 @@ impl Host {
     /// Snapshot collections, oldest first; `collection` filters by VM collection.
     pub fn snapshots(&self, collection: Option<&str>) -> Result<Vec<Snapshot>> {
         let conn = self.db();
-        let ids = match collection {
-            Some(c) => {
-                let cid = resolve(&conn, "collections", c, "collection")?;
-                let mut stmt =
-                    conn.prepare("SELECT id FROM snapshots WHERE collection_id = ?1 ORDER BY seq")?;
-                stmt.query_map([&cid], |r| r.get::<_, String>(0))?
-                    .collect::<Result<Vec<_>, _>>()?
-            }
-            None => ids(&conn, "SELECT id FROM snapshots ORDER BY seq")?,
-        };
+        let ids = ids_by_collection(&conn, "snapshots", collection)?;
         ids.iter().map(|id| load_snapshot(&conn, id)).collect()
     }
 
