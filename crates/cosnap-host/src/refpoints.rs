@@ -10,7 +10,7 @@ use crate::host::Host;
 use crate::layers::journal_release;
 use crate::model::*;
 use crate::refpoint_bitmaps::tracking_bitmap;
-use crate::rows::{ids_by_collection, load_refpoint, load_snapshot, p2s};
+use crate::rows::{delete_snapshot_rows, ids_by_collection, load_refpoint, load_snapshot, p2s};
 use crate::util::{crash_point, new_guid, norm_id, now_ms, rfc3339};
 use crate::work::Work;
 
@@ -110,24 +110,8 @@ impl Host {
                     params![rp, v.vm_id, d.index, p2s(&d.path), d.disk_instance_id, rct, bitmap_layer, bitmap],
                 )?;
             }
-            tx.execute(
-                "UPDATE snapshot_vms SET parent_vssd = ?2 WHERE parent_vssd = ?1",
-                params![v.vssd_id, v.parent_vssd],
-            )?;
-            tx.execute(
-                "UPDATE vms SET parent_vssd = ?2 WHERE parent_vssd = ?1",
-                params![v.vssd_id, v.parent_vssd],
-            )?;
         }
-        tx.execute(
-            "DELETE FROM snapshot_disks WHERE snapshot_id = ?1",
-            [&snap.id],
-        )?;
-        tx.execute(
-            "DELETE FROM snapshot_vms WHERE snapshot_id = ?1",
-            [&snap.id],
-        )?;
-        tx.execute("DELETE FROM snapshots WHERE id = ?1", [&snap.id])?;
+        delete_snapshot_rows(&tx, &snap)?;
         tx.commit()?;
         crash_point("convert.committed");
         Ok(rp)

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use cosnap_disk::Format;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{HostError, Result};
 use crate::model::*;
@@ -316,4 +316,30 @@ pub(crate) fn load_refpoint(conn: &Connection, id: &str) -> Result<RefPoint> {
         from_snapshot,
         vms,
     })
+}
+
+/// Removes a snapshot's rows: each member's VSSD leaves the snapshot tree (its child
+/// VSSDs and its VM point to its parent instead), then the snapshot's disks, VMs and row.
+pub(crate) fn delete_snapshot_rows(tx: &Connection, snap: &Snapshot) -> Result<()> {
+    for v in &snap.vms {
+        tx.execute(
+            "UPDATE snapshot_vms SET parent_vssd = ?2 WHERE parent_vssd = ?1",
+            params![v.vssd_id, v.parent_vssd],
+        )?;
+        tx.execute(
+            "UPDATE vms SET parent_vssd = ?2 WHERE parent_vssd = ?1",
+            params![v.vssd_id, v.parent_vssd],
+        )?;
+    }
+
+    tx.execute(
+        "DELETE FROM snapshot_disks WHERE snapshot_id = ?1",
+        [&snap.id],
+    )?;
+    tx.execute(
+        "DELETE FROM snapshot_vms WHERE snapshot_id = ?1",
+        [&snap.id],
+    )?;
+    tx.execute("DELETE FROM snapshots WHERE id = ?1", [&snap.id])?;
+    Ok(())
 }

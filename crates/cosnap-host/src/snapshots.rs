@@ -12,7 +12,7 @@ use crate::layers::journal_release;
 use crate::model::*;
 use crate::new_layers::{NewLayer, NewSnapshot, activate_new_layers};
 use crate::repo;
-use crate::rows::{ids_by_collection, load_snapshot, load_vm, p2s};
+use crate::rows::{delete_snapshot_rows, ids_by_collection, load_snapshot, load_vm, p2s};
 use crate::util::{crash_point, new_guid, norm_id, now_ms, rfc3339};
 use crate::work::Work;
 
@@ -207,25 +207,7 @@ impl Host {
             .iter()
             .flat_map(|v| v.disks.iter().map(|d| d.path.clone()))
             .collect();
-        for v in &snap.vms {
-            tx.execute(
-                "UPDATE snapshot_vms SET parent_vssd = ?2 WHERE parent_vssd = ?1",
-                params![v.vssd_id, v.parent_vssd],
-            )?;
-            tx.execute(
-                "UPDATE vms SET parent_vssd = ?2 WHERE parent_vssd = ?1",
-                params![v.vssd_id, v.parent_vssd],
-            )?;
-        }
-        tx.execute(
-            "DELETE FROM snapshot_disks WHERE snapshot_id = ?1",
-            [&snap.id],
-        )?;
-        tx.execute(
-            "DELETE FROM snapshot_vms WHERE snapshot_id = ?1",
-            [&snap.id],
-        )?;
-        tx.execute("DELETE FROM snapshots WHERE id = ?1", [&snap.id])?;
+        delete_snapshot_rows(&tx, &snap)?;
         tx.execute("DELETE FROM exports WHERE source_id = ?1", [&snap.id])?;
         let kind = match running.is_empty() {
             true => "destroy-snapshot",
