@@ -27,6 +27,7 @@ mod enumerate;
 mod jobs;
 mod lookup;
 mod management;
+mod modify;
 mod nearby;
 mod params;
 mod snapshots;
