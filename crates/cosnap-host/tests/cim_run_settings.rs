@@ -29,7 +29,7 @@ fn fixture() -> Fixture {
     }
     std::fs::write(outside.join("vmlinuz"), b"kernel").unwrap();
     let host = Host::open_with(
-        &dir.path().join("data"),
+        dir.path().join("data"),
         cosnap_host::HostOptions {
             storage_roots: vec![images.clone()],
             ..Default::default()
@@ -302,7 +302,11 @@ fn modify_resource_settings_moves_com2_and_refuses_what_it_cannot_do() {
         ),
     ];
     for (request, code) in refused {
-        assert_eq!(modify_resources(h, &[request.clone()]), code, "{request:?}");
+        assert_eq!(
+            modify_resources(h, std::slice::from_ref(&request)),
+            code,
+            "{request:?}"
+        );
         assert_eq!(
             h.vm(&vm).unwrap().run,
             before,
