@@ -1,5 +1,5 @@
 //! A VM's run settings on the CIM face: its COM ports as Hyper-V shows them
-//! (Msvm_SerialPortSettingData, ResourceType 21, Connection[0] = the socket path), its boot
+//! (Msvm_SerialPortSettingData, ResourceType 21, `Connection[0]` = the socket path), its boot
 //! as cosnap's own properties of Msvm_VirtualSystemSettingData, and both read back from what
 //! a client sends (docs/decisions.md, "Run settings over CIM").
 
@@ -104,7 +104,7 @@ pub fn requested_boot(vssd: &Instance) -> Result<Option<VmBoot>, HostError> {
     }
 }
 
-/// A serial port a client sent: which COM port, and the socket its Connection[0] names
+/// A serial port a client sent: which COM port, and the socket its `Connection[0]` names
 /// (`None`: not connected).
 #[derive(Debug, PartialEq)]
 pub struct RequestedSerialPort {
