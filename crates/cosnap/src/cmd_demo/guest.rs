@@ -18,21 +18,24 @@ pub struct Guest {
 /// Why the live story cannot run here, and what to do about it.
 #[derive(Debug)]
 pub enum Missing {
-    Qemu { codename: String },
+    Qemu { codename: String, dir: PathBuf },
     Guest { dir: PathBuf },
 }
 
 impl fmt::Display for Missing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Missing::Qemu { codename } => write!(
+            Missing::Qemu { codename, dir } => write!(
                 f,
                 "note: qemu-system-x86_64 is not installed, so the demo runs its VMs offline.\n\
                  To see running guests, install QEMU from {codename}-backports (the release \
-                 qemu-utils comes from; scripts/guest/install-packages.sh adds that source from \
-                 your machine's own Debian source):\n  \
+                 qemu-utils comes from):\n  \
                  sudo apt-get install -t {codename}-backports qemu-system-x86\n\
-                 then build the test guest and run the demo again, or let ./scripts/demo do all of it."
+                 (bash scripts/guest/install-packages.sh adds that source, derived from your \
+                 machine's own Debian source, and installs it), then build the test guest and run the demo again:\n  \
+                 bash scripts/guest/build.sh {dir}\n\
+                 or let ./scripts/demo do all of it.",
+                dir = dir.display()
             ),
             Missing::Guest { dir } => write!(
                 f,
@@ -49,13 +52,14 @@ impl fmt::Display for Missing {
 /// QEMU and the guest, or what is missing. The guest directory is `explicit`, else
 /// `$COSNAP_GUEST_DIR`, else `target/guest` beside this binary's target directory.
 pub fn find(explicit: Option<&Path>) -> Result<Guest, Missing> {
+    let dir = guest_dir(explicit);
     if !have_qemu_system() {
         return Err(Missing::Qemu {
             codename: debian_codename(),
+            dir,
         });
     }
 
-    let dir = guest_dir(explicit);
     let guest = Guest {
         kernel: dir.join("vmlinuz"),
         initrd: dir.join("initrd.gz"),
