@@ -47,8 +47,11 @@ impl Demo {
         let (tx, lines) = channel();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         std::thread::spawn(move || {
+            // Stops reading (closing the pipe) once the test stops listening.
             for line in stdout.lines().map_while(Result::ok) {
-                let _ = tx.send(line);
+                if tx.send(line).is_err() {
+                    break;
+                }
             }
         });
         let mut stderr = child.stderr.take().unwrap();
@@ -82,6 +85,11 @@ impl Demo {
                 Err(RecvTimeoutError::Disconnected) => panic!("no {needle:?}:\n{}", self.stdout),
             }
         }
+    }
+
+    /// Stops listening: the demo's stdout is closed at its next line.
+    fn close_stdout(&mut self) {
+        self.lines = channel().1;
     }
 
     /// Waits for the end; returns the exit code (-1 for a signal), stdout and stderr.
@@ -272,6 +280,30 @@ fn ctrl_c_during_the_live_demo_stops_the_vms_it_started() {
     assert_eq!(code, 130, "{stdout}{stderr}");
     assert!(stderr.contains("demo interrupted"), "{stderr}");
     assert_eq!(qemus.alive(), Vec::<i32>::new(), "QEMU left running");
+    assert_vms_off(&data);
+}
+
+#[test]
+fn a_demo_that_loses_its_stdout_still_stops_the_vms_it_started() {
+    let Some((kernel, _)) = guest() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut demo = Demo::spawn(&data, kernel.parent().unwrap());
+    demo.wait_for("started 2 VMs");
+    let qemus = Qemus::of(&data);
+    assert_eq!(qemus.pids.len(), 2, "two VMs run");
+
+    // Like `cosnap demo | head`: printing fails, the demo panics and unwinds.
+    demo.close_stdout();
+    let (code, stdout, stderr) = demo.finish();
+    assert_ne!(code, 0, "{stdout}{stderr}");
+    assert_eq!(
+        qemus.alive(),
+        Vec::<i32>::new(),
+        "QEMU left running: {stderr}"
+    );
     assert_vms_off(&data);
 }
 

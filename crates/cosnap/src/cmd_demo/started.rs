@@ -2,6 +2,7 @@
 //! (the guard's `Drop`) and SIGINT/SIGTERM/SIGHUP (a watcher thread stops them, then exits).
 //! QEMU runs in its own session, so a Ctrl-C would otherwise leave the guests running.
 
+use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cosnap_host::Host;
@@ -58,12 +59,17 @@ fn lock(started: &Started) -> MutexGuard<'_, Vec<(String, String)>> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Stops the VMs, reporting without `println!`: this runs while unwinding too (a closed
+/// stdout makes `println!` panic, and a panic inside a panic aborts before the next stop).
 fn stop_all(host: &Host, started: &mut Vec<(String, String)>) {
     for (id, name) in started.drain(..) {
-        match host.stop_vm(&id, true) {
-            Ok(_) => println!("  stopped VM {name}"),
-            Err(error) => eprintln!("cosnap: stopping VM {name} ({id}): {error}"),
-        }
+        let _ = match host.stop_vm(&id, true) {
+            Ok(_) => writeln!(std::io::stdout(), "  stopped VM {name}"),
+            Err(error) => writeln!(
+                std::io::stderr(),
+                "cosnap: stopping VM {name} ({id}): {error}"
+            ),
+        };
     }
 }
 
@@ -94,7 +100,10 @@ fn watch_signals(host: Host, started: Started) -> Result<(), Failure> {
                 _ = hangup.recv() => {}
             }
         });
-        eprintln!("cosnap: demo interrupted: stopping the VMs it started");
+        let _ = writeln!(
+            std::io::stderr(),
+            "cosnap: demo interrupted: stopping the VMs it started"
+        );
         stop_all(&host, &mut lock(&started));
         std::process::exit(INTERRUPTED);
     });
