@@ -149,8 +149,7 @@ fn start_guests(host: &Host, started: &StartedVms, vm_ids: &[String]) -> Result<
     }
 
     for (vm, id) in &running {
-        let log = host.serial_log(id).map_err(fail)?;
-        wait_for_guest(&log, vm.name)?;
+        wait_for_guest(host, id, vm.name)?;
     }
     println!(
         "  started {} VMs; their guests write records ({} ms to boot)",
@@ -160,14 +159,21 @@ fn start_guests(host: &Host, started: &StartedVms, vm_ids: &[String]) -> Result<
     Ok(())
 }
 
-/// Waits until the guest's serial log shows its /init ready to write.
-fn wait_for_guest(serial_log: &Path, name: &str) -> Result<(), Failure> {
+/// Waits until the guest's serial log shows its /init ready to write; fails at once when
+/// its QEMU ends meanwhile.
+fn wait_for_guest(host: &Host, id: &str, name: &str) -> Result<(), Failure> {
+    let serial_log = host
+        .serial_log(id)
+        .map_err(|_| stopped_while_booting(host, id, name))?;
     let deadline = Instant::now() + BOOT_TIMEOUT;
     let ready = format!("COSNAP-READY vm={name} ");
     loop {
-        let text = std::fs::read_to_string(serial_log).unwrap_or_default();
+        let text = std::fs::read_to_string(&serial_log).unwrap_or_default();
         if text.contains(&ready) {
             return Ok(());
+        }
+        if host.running_vm(id).is_none() {
+            return Err(stopped_while_booting(host, id, name));
         }
         if Instant::now() > deadline {
             return Err(Failure::from(anyhow::anyhow!(
@@ -176,8 +182,16 @@ fn wait_for_guest(serial_log: &Path, name: &str) -> Result<(), Failure> {
                 serial_log.display()
             )));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+fn stopped_while_booting(host: &Host, id: &str, name: &str) -> Failure {
+    let run_dir = host.data_dir().join("run").join(id);
+    Failure::from(anyhow::anyhow!(
+        "VM {name} stopped while its guest booted (see serial.log and qemu.err in {})",
+        run_dir.display()
+    ))
 }
 
 /// The backup workflow while the guests write: snapshot 1 exported in full and converted to

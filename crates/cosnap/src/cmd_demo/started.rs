@@ -63,6 +63,10 @@ fn lock(started: &Started) -> MutexGuard<'_, Vec<(String, String)>> {
 /// stdout makes `println!` panic, and a panic inside a panic aborts before the next stop).
 fn stop_all(host: &Host, started: &mut Vec<(String, String)>) {
     for (id, name) in started.drain(..) {
+        if host.running_vm(&id).is_none() {
+            let _ = writeln!(std::io::stderr(), "cosnap: VM {name} had stopped already");
+            continue;
+        }
         let _ = match host.stop_vm(&id, true) {
             Ok(_) => writeln!(std::io::stdout(), "  stopped VM {name}"),
             Err(error) => writeln!(
