@@ -249,6 +249,12 @@ fn reference_points_keep_change_boundaries() {
     assert!(h.snapshot(&s1).is_err(), "the snapshot goes away");
     let rp = h.refpoint(&rp_id).unwrap();
     assert_eq!((rp.rp_type, rp.consistency), (2, 1));
+    let disks = rp.vms.iter().map(|v| v.disks.len()).sum::<usize>();
+    assert_eq!(
+        h.refpoint_tracked_disks(&rp_id).unwrap(),
+        (0, disks),
+        "VMs that were off keep no bitmaps"
+    );
     for v in &rp.vms {
         let rct = &v.disks[0].rct_id;
         assert!(rct.starts_with("rctX:") && rct.len() == 5 + 36 + 9, "{rct}");
