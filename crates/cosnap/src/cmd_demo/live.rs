@@ -79,10 +79,14 @@ pub fn run(host: &Host, guest: &Guest) -> CmdResult {
     started.stop_all();
     print_states(host, &vm_ids)?;
     steps::print_inspect_hints(host, &vm_ids, &packages)?;
-    println!(
-        "  less {}/run/<vm id>/serial.log   # what a guest printed (its records go to its disk)",
-        dir.display()
-    );
+    steps::print_chain_hint(&packages[1]);
+    for (vm, id) in VMS.iter().zip(&vm_ids).filter(|(vm, _)| vm.runs) {
+        println!(
+            "  less {}/run/{id}/serial.log   # what {}'s guest printed (its records went to its disk)",
+            dir.display(),
+            vm.name
+        );
+    }
     Ok(0)
 }
 

@@ -84,10 +84,7 @@ pub fn run(host: &Host) -> CmdResult {
     if let Some(hint) = &compare_hint {
         println!("{hint}");
     }
-    println!(
-        "  qemu-img info --backing-chain '{}'/demo-db_*/'Virtual Hard Disks'/disk0.qcow2   # differential chained onto the full export",
-        packages[1].display()
-    );
+    steps::print_chain_hint(&packages[1]);
     Ok(0)
 }
 

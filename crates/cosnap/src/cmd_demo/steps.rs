@@ -218,3 +218,11 @@ pub fn print_inspect_hints(
     }
     Ok(())
 }
+
+/// The command that shows the qcow2 VM's differential disk chained onto the full export.
+pub fn print_chain_hint(differential: &Path) {
+    println!(
+        "  qemu-img info --backing-chain '{}'/demo-db_*/'Virtual Hard Disks'/disk0.qcow2   # differential chained onto the full export",
+        differential.display()
+    );
+}
