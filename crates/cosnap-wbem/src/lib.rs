@@ -32,6 +32,7 @@ pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod cimxml;
+pub mod context_table;
 pub mod enumerations;
 pub mod http;
 pub mod limits;

@@ -63,7 +63,7 @@ type Call = (String, Vec<(String, Value)>);
 
 /// A provider with three jobs and one snapshot service; records method calls.
 #[derive(Default)]
-struct Fake {
+pub(super) struct Fake {
     calls: Mutex<Vec<Call>>,
 }
 
