@@ -283,25 +283,35 @@ fn group_snapshots_of_running_writers_are_consistent_and_sequential_ones_are_cau
     let checking = Instant::now();
     check_export_forms(&host, &exports, (&lead, &foll), root.path());
 
-    // A differential against a reference point (converted now, offline, from the snapshot
-    // before the last), applied to the same base export: QEMU stored the tracking bitmaps.
+    // PreserveChain (applied to the same base export) and Merge against a reference point,
+    // converted now, offline, from the snapshot before the last: QEMU stored its tracking
+    // bitmaps when the last snapshot froze the layer.
     let rp = host.convert_to_refpoint(&before_last, &NoJob).unwrap();
-    let against_rp = export(
-        &host,
-        &last,
-        Some(&rp),
-        BackupIntent::PreserveChain,
-        &root.path().join("exports/refpoint"),
-    );
-    let package = verified_package(&against_rp.package_dir);
-    assert_differential(&package, &rp, BackupIntent::PreserveChain);
-    check_form(
-        "differential against a reference point, applied to its base",
-        &host,
-        &last,
-        (&lead, &foll),
-        &|vm_id| package_disks(&package, vm_id),
-    );
+    for (intent, form, dir) in [
+        (
+            BackupIntent::PreserveChain,
+            "differential against a reference point, applied to its base",
+            "refpoint-chained",
+        ),
+        (
+            BackupIntent::Merge,
+            "Merge against a reference point",
+            "refpoint-merged",
+        ),
+    ] {
+        let against_rp = export(
+            &host,
+            &last,
+            Some(&rp),
+            intent,
+            &root.path().join("exports").join(dir),
+        );
+        let package = verified_package(&against_rp.package_dir);
+        assert_differential(&package, &rp, intent);
+        check_form(form, &host, &last, (&lead, &foll), &|vm_id| {
+            package_disks(&package, vm_id)
+        });
+    }
     eprintln!("export forms checked in {:?}", checking.elapsed());
 }
 
