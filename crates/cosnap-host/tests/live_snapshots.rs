@@ -11,9 +11,9 @@
 mod live_export_forms;
 
 use live_export_forms::{
-    Exports, assert_differential, assert_import_refused, assert_wrong_base_rejected, check_form,
-    export, frozen_disks, import_fresh, package_disks, repository_disks, verified_package,
-    vm_records,
+    Exports, WrongBase, assert_differential, assert_import_refused, assert_wrong_base_rejected,
+    check_form, export, frozen_disks, import_fresh, package_disks, repository_disks,
+    verified_package, vm_records,
 };
 
 use std::path::{Path, PathBuf};
@@ -358,8 +358,14 @@ fn check_export_forms(host: &Host, exports: &Exports, vms: (&Vm, &Vm), root: &Pa
     assert_import_refused(&exports.chained, &root.join("import-chained"));
 
     let older = verified_package(&exports.older_full);
-    for refusal in assert_wrong_base_rejected(&chained, &older, &[vms.0, vms.1]) {
-        eprintln!("differential over the wrong base refused: {refusal}");
+    let blank = root.join("blank");
+    for (name, wrong) in [
+        ("the oldest snapshot's export", WrongBase::Older(&older)),
+        ("blank disks", WrongBase::Blank(&blank)),
+    ] {
+        for outcome in assert_wrong_base_rejected(&chained, wrong, &[vms.0, vms.1]) {
+            eprintln!("differential over {name}: {outcome}");
+        }
     }
 }
 

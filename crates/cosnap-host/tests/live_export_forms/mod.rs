@@ -292,52 +292,106 @@ pub fn assert_import_refused(dir: &Path, data_dir: &Path) {
     assert!(host.vms().unwrap().is_empty(), "nothing is defined");
 }
 
-/// Negative control: the differential `chained` applied to the disks of `wrong` (a full
-/// export of an older snapshot of the same VMs) in place of its base. Every disk must be
-/// refused, by the chain reader (a VHDX parent's linkage) or by the record checks (a qcow2
-/// backing file is only a name: the checks must see the missing records). The base files
-/// are put back after. Returns how each disk was refused.
-pub fn assert_wrong_base_rejected(chained: &Package, wrong: &Package, vms: &[&Vm]) -> Vec<String> {
-    let mut refusals = Vec::new();
-    for vm in vms {
-        let wrong_vm = wrong.vms.iter().find(|v| v.record.id == vm.id).unwrap();
-        for (i, guest_disk) in GUEST_DISKS.iter().enumerate() {
-            let layers = package_layers(chained, &vm.id, i);
-            let base = layers[1].path.clone();
-            let aside = base.with_extension("aside");
-            std::fs::rename(&base, &aside).unwrap();
-            std::fs::hard_link(wrong_vm.disk_files[i].as_ref().unwrap(), &base).unwrap();
+/// Records in one 64 KiB qcow2 cluster, the grain a differential copies.
+const RECORDS_PER_CLUSTER: u64 = 16;
 
-            let outcome = applied_to_wrong_base(&vm.name, guest_disk, &layers);
-
-            std::fs::remove_file(&base).unwrap();
-            std::fs::rename(&aside, &base).unwrap();
-            if layers[0].format == Format::Qcow2 {
-                assert!(
-                    outcome.starts_with("records"),
-                    "{}: {outcome}",
-                    base.display()
-                );
-            }
-            refusals.push(format!("{}/{guest_disk}: {outcome}", vm.name));
-        }
-    }
-    refusals
+/// A wrong base for the negative control: an older package's disks, or blank disks made in
+/// a scratch directory (the VMs' disks before their writers started).
+pub enum WrongBase<'a> {
+    Older(&'a Package),
+    Blank(&'a Path),
 }
 
-/// How the chain `layers` (a differential over the wrong base) was refused; panics when it
-/// passes check (a).
-fn applied_to_wrong_base(vm_name: &str, guest_disk: &str, layers: &[LayerSpec]) -> String {
-    let image = match open_chain(layers, false) {
-        Ok(image) => image,
-        Err(e) => return format!("reader: {e}"),
-    };
-    match scan(vm_name, guest_disk, image.as_ref()) {
-        Err(e) => format!("records: {e}"),
-        Ok(found) => panic!(
-            "{} over the wrong base passed with {} records: the check has no teeth",
-            layers[0].path.display(),
-            found.count
-        ),
+/// Negative control: the differential `chained` applied to `wrong` in place of its base (the
+/// base file renamed aside, the wrong one hard-linked under its name, then put back). A VHDX
+/// child must be refused by the chain reader (its parent's linkage); a qcow2 backing file is
+/// only a name, so the record checks must refuse it wherever content can tell the bases
+/// apart: where the base holds at least one cluster of records more than the wrong one (the
+/// records in between are then zeros with the differential's data after them). Blank disks
+/// always can. Returns what happened to each disk.
+pub fn assert_wrong_base_rejected(chained: &Package, wrong: WrongBase, vms: &[&Vm]) -> Vec<String> {
+    let mut outcomes = Vec::new();
+    for vm in vms {
+        for (i, guest_disk) in GUEST_DISKS.iter().enumerate() {
+            let layers = package_layers(chained, &vm.id, i);
+            let wrong_file = wrong_base_file(&wrong, &vm.id, i, &layers[1]);
+            let counts = [&layers[1], &LayerSpec::new(&wrong_file, layers[1].format)]
+                .map(|l| records_alone(&vm.name, guest_disk, l));
+            let distinguishable = counts[0] >= counts[1] + RECORDS_PER_CLUSTER;
+            if matches!(wrong, WrongBase::Blank(_)) {
+                assert!(
+                    distinguishable,
+                    "{}/{guest_disk}: base counts {counts:?}",
+                    vm.name
+                );
+            }
+
+            let outcome = with_base_swapped(&layers[1].path, &wrong_file, || {
+                applied_records(&vm.name, guest_disk, &layers)
+            });
+            let what = match outcome {
+                Err(refusal) if layers[0].format == Format::Qcow2 && distinguishable => {
+                    assert!(refusal.starts_with("records"), "{refusal}");
+                    refusal
+                }
+                Err(refusal) => refusal,
+                Ok(count) if layers[0].format == Format::Qcow2 && !distinguishable => format!(
+                    "passed with {count} records: the wrong base holds {} of the base's {}, the same bytes below the changed clusters",
+                    counts[1], counts[0]
+                ),
+                Ok(count) => panic!(
+                    "{} over the wrong base {} passed with {count} records (base counts {counts:?}): the check has no teeth",
+                    layers[0].path.display(),
+                    wrong_file.display()
+                ),
+            };
+            outcomes.push(format!("{}/{guest_disk}: {what}", vm.name));
+        }
     }
+    outcomes
+}
+
+/// The file that stands in for the base `base` of disk `index` of VM `vm_id`.
+fn wrong_base_file(wrong: &WrongBase, vm_id: &str, index: usize, base: &LayerSpec) -> PathBuf {
+    match wrong {
+        WrongBase::Older(package) => {
+            let vm = package.vms.iter().find(|v| v.record.id == vm_id).unwrap();
+            vm.disk_files[index].clone().unwrap()
+        }
+        WrongBase::Blank(dir) => {
+            let size = open_chain(std::slice::from_ref(base), false)
+                .unwrap()
+                .virtual_size();
+            let path = dir.join(format!("{vm_id}-{index}.{}", base.format.name()));
+            std::fs::create_dir_all(dir).unwrap();
+            cosnap_disk::create(&path, base.format, size).unwrap();
+            path
+        }
+    }
+}
+
+/// The record count of a standalone image (a full export's disk).
+fn records_alone(vm_name: &str, guest_disk: &str, layer: &LayerSpec) -> u64 {
+    let image = open_chain(std::slice::from_ref(layer), false).unwrap();
+    scan(vm_name, guest_disk, image.as_ref()).unwrap().count
+}
+
+/// Runs `read` with `wrong` hard-linked in place of `base`, then puts `base` back.
+fn with_base_swapped<T>(base: &Path, wrong: &Path, read: impl FnOnce() -> T) -> T {
+    let aside = base.with_extension("aside");
+    std::fs::rename(base, &aside).unwrap();
+    std::fs::hard_link(wrong, base).unwrap();
+    let outcome = read();
+    std::fs::remove_file(base).unwrap();
+    std::fs::rename(&aside, base).unwrap();
+    outcome
+}
+
+/// The records check (a) finds through the chain `layers`, or how the chain was refused:
+/// by the reader or by the records.
+fn applied_records(vm_name: &str, guest_disk: &str, layers: &[LayerSpec]) -> Result<u64, String> {
+    let image = open_chain(layers, false).map_err(|e| format!("reader: {e}"))?;
+    scan(vm_name, guest_disk, image.as_ref())
+        .map(|found| found.count)
+        .map_err(|e| format!("records: {e}"))
 }
