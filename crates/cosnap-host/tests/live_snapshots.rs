@@ -10,12 +10,6 @@
 
 mod live_export_forms;
 
-use live_export_forms::{
-    Exports, WrongBase, assert_differential, assert_import_refused, assert_wrong_base_rejected,
-    check_form, export, frozen_disks, import_fresh, package_disks, repository_disks,
-    verified_package, vm_records,
-};
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +24,12 @@ use cosnap_test_support::{PidGuard, guest, qemu_check_clean, wait_for_text};
 use cosnap_vmm::{
     Accelerator, Boot, DiskChain, DiskLayer, Hypervisor, LayerFormat, QemuHypervisor, SerialSocket,
     VmHandle, VmLaunch, VmState,
+};
+
+use live_export_forms::{
+    Exports, WrongBase, assert_differential, assert_import_refused, assert_wrong_base_rejected,
+    check_form, export, frozen_disks, import_fresh, package_disks, repository_disks,
+    verified_package, vm_records,
 };
 
 const MIB: u64 = 1 << 20;
