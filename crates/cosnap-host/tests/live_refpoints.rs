@@ -272,3 +272,168 @@ fn differential_against_a_live_reference_point_copies_the_bitmap_and_falls_back_
     let (_guard, handle) = running.take().unwrap();
     hv.kill(&handle).unwrap();
 }
+
+/// A host whose hypervisor is `hv`, with one collection holding the two-disk VM "solo".
+fn tracked_host(root: &Path, hv: &Arc<QemuHypervisor>) -> (Host, String, Vm) {
+    let images = root.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let options = HostOptions {
+        hypervisor: SharedHypervisor(hv.clone()),
+        ..HostOptions::default()
+    };
+    let host = Host::open_with(root.join("data"), options).unwrap();
+    let (coll, vm) = define_vm(&host, &images);
+    (host, coll, vm)
+}
+
+/// The guest byte ranges held by the layers of `top`'s recorded chain strictly above
+/// `boundary`: everything written since the boundary was frozen.
+fn written_above(host: &Host, top: &Path, boundary: &Path) -> Vec<std::ops::Range<u64>> {
+    let chain = host.disk_chain(top).unwrap();
+    let pos = chain
+        .iter()
+        .position(|l| l.path == boundary)
+        .expect("the boundary lies below the frozen layer");
+    let mut held = Vec::new();
+    for i in 0..pos {
+        let layer = open_chain(&chain[i..], false).unwrap();
+        held.extend(
+            layer
+                .layer_map(0, layer.virtual_size())
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.state != ExtentState::Inherited)
+                .map(|e| e.offset..e.offset + e.len),
+        );
+    }
+    merge_ranges(held)
+}
+
+/// The reference point's boundary layer of each disk, in disk order.
+fn boundaries(host: &Host, rp: &str) -> Vec<PathBuf> {
+    host.refpoint(rp).unwrap().vms[0]
+        .disks
+        .iter()
+        .map(|d| d.path.clone())
+        .collect()
+}
+
+fn frozen_layers(host: &Host, sid: &str) -> Vec<PathBuf> {
+    host.snapshot(sid).unwrap().vms[0]
+        .disks
+        .iter()
+        .map(|d| d.path.clone())
+        .collect()
+}
+
+/// Reference point → writes → a *standard* snapshot → writes → recovery snapshot: the
+/// standard snapshot's layer carries its own bitmap, so the differential is still exactly
+/// the blocks written since the reference point (on both layers above the boundary), and
+/// base + differential equals the frozen image.
+#[test]
+fn a_standard_snapshot_after_a_live_reference_point_keeps_the_differential_exact() {
+    let Some(_) = guest() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let hv = Arc::new(QemuHypervisor::new());
+    let (host, coll, vm) = tracked_host(root.path(), &hv);
+    let (_guard, handle) = start_vm(&hv, &host, &vm, &root.path().join("com2.sock"));
+    std::thread::sleep(Duration::from_secs(1));
+
+    let first = host.create_snapshot_now(&coll, 2, None).unwrap();
+    let (_, base_files) = export(&host, &first, None, &root.path().join("full"));
+    let rp = host
+        .convert_to_refpoint(&first, &cosnap_host::NoJob)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let standard = host.create_snapshot_now(&coll, 1, None).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = host.create_snapshot_now(&coll, 2, None).unwrap();
+
+    let (manifest, diff_files) = export(&host, &second, Some(&rp), &root.path().join("diff"));
+    assert_eq!(manifest["kind"], "differential", "{manifest}");
+    assert!(manifest["fallback_to_full"].is_null(), "{manifest}");
+    let frozen = frozen_layers(&host, &second);
+    for (((layer, diff), base), boundary) in frozen
+        .iter()
+        .zip(&diff_files)
+        .zip(&base_files)
+        .zip(boundaries(&host, &rp))
+    {
+        let bitmaps = qcow2::list_bitmaps(layer).unwrap();
+        assert!(
+            bitmaps.iter().any(|b| b.name == snapshot_bitmap(&standard)),
+            "the standard snapshot's layer tracks changes: {bitmaps:?}"
+        );
+        assert!(host.disk_chain(layer).unwrap().len() >= 3);
+
+        let written = written_above(&host, layer, &boundary);
+        assert!(
+            !written.is_empty(),
+            "the guest wrote since the reference point"
+        );
+        assert_eq!(top_layer_ranges(diff), written, "{}", diff.display());
+        assert!(
+            top_layer_ranges(base) != written,
+            "the base holds what was written before the reference point"
+        );
+        qemu_img_compare(diff, layer);
+        eprintln!(
+            "through a standard snapshot: {} bytes in {} ranges",
+            written.iter().map(|r| r.end - r.start).sum::<u64>(),
+            written.len()
+        );
+    }
+    hv.kill(&handle).unwrap();
+}
+
+/// The reference point's tracking layer released into two children (ApplySnapshot while
+/// off, with a snapshot holding the other branch): its blocks are copied into both
+/// children, which no bitmap records, so the next differentials fall back to full with
+/// notice — and the release itself works although the children carried bitmaps.
+#[test]
+fn a_tracking_layer_pulled_into_two_branches_falls_back_to_full_with_notice() {
+    let Some(_) = guest() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let hv = Arc::new(QemuHypervisor::new());
+    let (host, coll, vm) = tracked_host(root.path(), &hv);
+    let (_guard, _handle) = start_vm(&hv, &host, &vm, &root.path().join("com2.sock"));
+    std::thread::sleep(Duration::from_secs(1));
+
+    let first = host.create_snapshot_now(&coll, 2, None).unwrap();
+    export(&host, &first, None, &root.path().join("full"));
+    let rp = host
+        .convert_to_refpoint(&first, &cosnap_host::NoJob)
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let second = host.create_snapshot_now(&coll, 1, None).unwrap();
+    let tracking = frozen_layers(&host, &second);
+    std::thread::sleep(Duration::from_secs(1));
+    let third = host.create_snapshot_now(&coll, 1, None).unwrap();
+    let other_branch = frozen_layers(&host, &third);
+    host.stop_vm(&vm.id, true).unwrap();
+
+    host.apply_snapshot_now(&second, None).unwrap();
+    host.destroy_snapshot(&second, &cosnap_host::NoJob).unwrap();
+    for (gone, child) in tracking.iter().zip(&other_branch) {
+        assert!(!gone.exists(), "the tracking layer was pulled and deleted");
+        assert!(qcow2::list_bitmaps(child).unwrap().is_empty());
+        let out = Command::new("qemu-img")
+            .arg("check")
+            .arg(child)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    let fourth = host.create_snapshot_now(&coll, 2, None).unwrap();
+    for (sid, dir) in [(&third, "third"), (&fourth, "fourth")] {
+        let (manifest, files) = export(&host, sid, Some(&rp), &root.path().join(dir));
+        assert_eq!(manifest["kind"], "full", "{manifest}");
+        let notice = manifest["fallback_to_full"].as_str().unwrap_or_default();
+        assert!(notice.contains("change-tracking layer"), "{manifest}");
+        eprintln!("{dir}: {notice}");
+        for (file, layer) in files.iter().zip(frozen_layers(&host, sid)) {
+            qemu_img_compare(file, &layer);
+        }
+    }
+}
