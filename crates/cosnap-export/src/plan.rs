@@ -65,7 +65,8 @@ pub struct DiskPlan {
     pub id: String,
     /// Top layer of the disk's chain frozen at the snapshot (read only).
     pub source: PathBuf,
-    /// The format of `source`, as the repository records it.
+    /// The format the disk is written in (and described as in the descriptor): the host's
+    /// choice from the recorded formats. `source` is read as `layers` record it (or probed).
     pub format: Format,
     /// The source's chain as the repository records it (top first, `source` on top), so
     /// every layer is opened with its recorded format and parent and nothing is probed.

@@ -234,7 +234,7 @@ fn disk_plan(host: &Host, l: &LayerRef) -> Result<DiskPlan, Refusal> {
     Ok(DiskPlan {
         id: format!("disk{}", l.index),
         source: l.path.clone(),
-        format: l.format,
+        format: exported_disk_format(l.format, &layers),
         layers,
         base_layer: None,
         base_export_file: None,
@@ -242,6 +242,17 @@ fn disk_plan(host: &Host, l: &LayerRef) -> Result<DiskPlan, Refusal> {
         resource_instance_id: Some(l.disk_instance_id.clone()),
         changed_ranges: None,
     })
+}
+
+/// The format a disk is exported in: that of its frozen layer, except for a VHDX disk whose
+/// VM ran when the layer was made. QEMU cannot run on `.avhdx`, so such a VM's layers are qcow2
+/// overlays over the VHDX base; the package still shows the disk as Hyper-V keeps it, VHDX
+/// (`.vhdx`, or an `.avhdx` over the base's export in a PreserveChain differential).
+fn exported_disk_format(frozen: Format, layers: &[cosnap_disk::LayerSpec]) -> Format {
+    match layers.last() {
+        Some(base) if base.format == Format::Vhdx => Format::Vhdx,
+        _ => frozen,
+    }
 }
 
 /// The format of a disk file in an earlier package: its name is cosnap's record of it

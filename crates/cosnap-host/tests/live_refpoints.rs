@@ -22,7 +22,7 @@ use cosnap_vmm::{
 const DISK_BYTES: u64 = 32 << 20;
 
 /// Starts the record-writing guest for `vm` in the host's run directory, on its recorded
-/// chains (both disks are qcow2).
+/// chains.
 fn start_vm(hv: &QemuHypervisor, host: &Host, vm: &Vm, com2: &Path) -> (PidGuard, VmHandle) {
     let (kernel, initrd) = guest().expect("checked by the caller");
     let disks = vm
@@ -35,7 +35,11 @@ fn start_vm(hv: &QemuHypervisor, host: &Host, vm: &Vm, com2: &Path) -> (PidGuard
                 .into_iter()
                 .map(|l| DiskLayer {
                     path: l.path,
-                    format: LayerFormat::Qcow2,
+                    format: match l.format {
+                        Format::Qcow2 => LayerFormat::Qcow2,
+                        Format::Vhdx => LayerFormat::Vhdx,
+                        Format::Raw => LayerFormat::Raw,
+                    },
                 })
                 .collect();
             layers.reverse();
@@ -126,14 +130,21 @@ fn qemu_img_compare(a: &Path, b: &Path) {
 }
 
 fn define_vm(host: &Host, images: &Path) -> (String, Vm) {
+    define_vm_on(host, images, [Format::Qcow2, Format::Qcow2])
+}
+
+/// A collection holding the VM "solo" with two new base disks of these formats.
+fn define_vm_on(host: &Host, images: &Path, formats: [Format; 2]) -> (String, Vm) {
     let coll = host.define_collection("tracked", None, 0).unwrap().id;
-    let disks = (0..2)
-        .map(|i| {
-            let path = images.join(format!("solo-{i}.qcow2"));
-            cosnap_disk::create(&path, Format::Qcow2, DISK_BYTES).unwrap();
+    let disks = formats
+        .iter()
+        .enumerate()
+        .map(|(i, format)| {
+            let path = images.join(format!("solo-{i}.{}", format.name()));
+            cosnap_disk::create(&path, *format, DISK_BYTES).unwrap();
             DiskSpec {
                 path,
-                format: Some(Format::Qcow2),
+                format: Some(*format),
             }
         })
         .collect();
@@ -275,6 +286,15 @@ fn differential_against_a_live_reference_point_copies_the_bitmap_and_falls_back_
 
 /// A host whose hypervisor is `hv`, with one collection holding the two-disk VM "solo".
 fn tracked_host(root: &Path, hv: &Arc<QemuHypervisor>) -> (Host, String, Vm) {
+    tracked_host_on(root, hv, [Format::Qcow2, Format::Qcow2])
+}
+
+/// [`tracked_host`] whose VM's base disks have these formats.
+fn tracked_host_on(
+    root: &Path,
+    hv: &Arc<QemuHypervisor>,
+    formats: [Format; 2],
+) -> (Host, String, Vm) {
     let images = root.join("images");
     std::fs::create_dir_all(&images).unwrap();
     let options = HostOptions {
@@ -282,7 +302,7 @@ fn tracked_host(root: &Path, hv: &Arc<QemuHypervisor>) -> (Host, String, Vm) {
         ..HostOptions::default()
     };
     let host = Host::open_with(root.join("data"), options).unwrap();
-    let (coll, vm) = define_vm(&host, &images);
+    let (coll, vm) = define_vm_on(&host, &images, formats);
     (host, coll, vm)
 }
 
@@ -436,4 +456,82 @@ fn a_tracking_layer_pulled_into_two_branches_falls_back_to_full_with_notice() {
             qemu_img_compare(file, &layer);
         }
     }
+}
+
+/// The guest-visible bytes of `image` (its chain opened by cosnap-disk's reader, following
+/// the parents it names) written to a new raw file `raw`, for qemu-img to compare.
+fn to_raw(image: &Path, raw: &Path) {
+    let chain = cosnap_disk::open(image, false).unwrap();
+    let file = std::fs::File::create(raw).unwrap();
+    let size = chain.virtual_size();
+    file.set_len(size).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0;
+    while offset < size {
+        let n = buf.len().min((size - offset) as usize);
+        chain.read_at(&mut buf[..n], offset).unwrap();
+        if buf[..n].iter().any(|&b| b != 0) {
+            std::os::unix::fs::FileExt::write_all_at(&file, &buf[..n], offset).unwrap();
+        }
+        offset += n as u64;
+    }
+}
+
+/// A running VM on a VHDX base (and a qcow2 one): its differential against a live reference
+/// point is a `.avhdx` over the exported `.vhdx`, holding exactly the blocks the guest wrote
+/// since; base + differential, read by cosnap-disk's chain reader into a raw file, equals the
+/// frozen image (qcow2 overlay over the VHDX base, read by qemu).
+#[test]
+fn a_differential_on_a_vhdx_base_is_an_avhdx_of_exactly_the_written_blocks() {
+    let Some(_) = guest() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let hv = Arc::new(QemuHypervisor::new());
+    let (host, coll, vm) = tracked_host_on(root.path(), &hv, [Format::Vhdx, Format::Qcow2]);
+    let (_guard, handle) = start_vm(&hv, &host, &vm, &root.path().join("com2.sock"));
+    std::thread::sleep(Duration::from_secs(1));
+
+    let first = host.create_snapshot_now(&coll, 2, None).unwrap();
+    let (_, base_files) = export(&host, &first, None, &root.path().join("full"));
+    let rp = host
+        .convert_to_refpoint(&first, &cosnap_host::NoJob)
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let second = host.create_snapshot_now(&coll, 2, None).unwrap();
+    let (manifest, diff_files) = export(&host, &second, Some(&rp), &root.path().join("diff"));
+    assert_eq!(manifest["kind"], "differential", "{manifest}");
+
+    let frozen = frozen_layers(&host, &second);
+    let exts = ["avhdx", "qcow2"];
+    for (i, ((layer, diff), base)) in frozen.iter().zip(&diff_files).zip(&base_files).enumerate() {
+        assert_eq!(diff.extension().unwrap(), exts[i], "{}", diff.display());
+        assert_eq!(base.extension().unwrap(), ["vhdx", "qcow2"][i]);
+        let ChangeInfo::Known(dirty) =
+            qcow2::dirty_ranges(layer, &snapshot_bitmap(&first)).unwrap()
+        else {
+            panic!("{}: the tracking bitmap is lost", layer.display());
+        };
+        assert!(
+            !dirty.is_empty(),
+            "the guest wrote since the reference point"
+        );
+        assert_eq!(top_layer_ranges(diff), dirty, "{}", diff.display());
+        assert_eq!(
+            written_above(&host, layer, &boundaries(&host, &rp)[i]),
+            dirty
+        );
+
+        let raw = root.path().join(format!("disk{i}.raw"));
+        to_raw(diff, &raw);
+        qemu_img_compare(&raw, layer);
+        let base_raw = root.path().join(format!("base{i}.raw"));
+        to_raw(base, &base_raw);
+        qemu_img_compare(&base_raw, &boundaries(&host, &rp)[i]);
+        eprintln!(
+            "{}: {} dirty bytes in {} ranges",
+            diff.display(),
+            dirty.iter().map(|r| r.end - r.start).sum::<u64>(),
+            dirty.len()
+        );
+    }
+    hv.kill(&handle).unwrap();
 }
