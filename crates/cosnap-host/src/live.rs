@@ -28,10 +28,7 @@ use crate::refpoint_bitmaps::change_tracking_wanted;
 use crate::running::vmm_error;
 use crate::util::{crash_point, new_guid};
 
-/// The name of the persistent bitmap a snapshot that tracks changes puts on each new layer.
-pub fn snapshot_bitmap(snapshot_id: &str) -> String {
-    format!("cosnap-{}", snapshot_id.to_ascii_lowercase())
-}
+pub use crate::refpoint_bitmaps::snapshot_bitmap;
 
 /// One disk of a running member: its active layer and the overlay that will replace it.
 #[derive(Debug, Clone)]

@@ -11,11 +11,15 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::chains::recorded_chain;
 use crate::error::Result;
-use crate::live::snapshot_bitmap;
 use crate::model::SNAPSHOT_RECOVERY;
 
 /// Every bitmap cosnap asks QEMU to add is named with this prefix.
 const COSNAP_BITMAP_PREFIX: &str = "cosnap-";
+
+/// The name of the persistent bitmap a snapshot that tracks changes puts on each new layer.
+pub fn snapshot_bitmap(snapshot_id: &str) -> String {
+    format!("{COSNAP_BITMAP_PREFIX}{}", snapshot_id.to_ascii_lowercase())
+}
 
 /// What the bitmaps say changed on one disk since a reference point.
 #[derive(Debug, Clone, PartialEq, Eq)]
