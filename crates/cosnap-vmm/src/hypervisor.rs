@@ -41,7 +41,9 @@ pub trait Hypervisor: Send + Sync {
     /// before the guest can write to `base`: when `top` is the active layer the disk pivots
     /// onto `base` with the VM paused, and `merged` runs while it is still paused (then the
     /// VM resumes, on every path, unless it was paused already). An error from `merged` is
-    /// returned as an `Io` error on `top`.
+    /// returned as an `Io` error on `top`. Called again after its caller died, it finishes
+    /// a job left behind, or (no job, `top`'s file gone: `merged` removed it) only removes
+    /// the node.
     fn commit(
         &self,
         vm: &VmHandle,

@@ -27,9 +27,13 @@ pub fn commit(
     let active = graph::active_node(q, disk)?;
     let job = format!("commit-{top_node}");
 
-    // A job of this name left by a caller that died goes on from where it stands.
-    if job_status(q, &job)?.is_none() {
-        start_commit(q, &active, &top_node, &base_node, &job)?;
+    // A job of this name left by a caller that died goes on from where it stands. With no
+    // job and `top`'s file gone, the merge finished before and the caller's `merged` removed
+    // the file (it runs only after a job concluded without error): only the node is left.
+    match job_status(q, &job)? {
+        Some(_) => {}
+        None if !top.exists() => return delete_node(q, &top_node),
+        None => start_commit(q, &active, &top_node, &base_node, &job)?,
     }
 
     if active == top_node {
