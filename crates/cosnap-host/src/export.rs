@@ -719,6 +719,9 @@ impl ExportRun<'_> {
         host.record_export(&self.snap.id, Some(ctx.job_id()), &report.path, &disks)?;
         crate::util::crash_point("export-recorded");
         let _ = std::fs::remove_file(&self.record);
+        // Recorded, no in-flight record, job not yet Completed: recovery completes the job
+        // from the export record (recovery.rs).
+        crate::util::crash_point("export-record-removed");
         Ok(())
     }
 }

@@ -70,7 +70,8 @@ struct OrphanJob {
 }
 
 /// Jobs whose owner process is gone end as Exception "interrupted": recovery has rolled
-/// their effects back or completed them.
+/// their effects back or completed them. An export job whose package is recorded ends
+/// Completed instead.
 fn mark_orphan_jobs_interrupted(conn: &Connection) -> Result<()> {
     let now = now_ms();
     let orphans: Vec<OrphanJob> = {
@@ -86,7 +87,13 @@ fn mark_orphan_jobs_interrupted(conn: &Connection) -> Result<()> {
         .collect::<Result<_, _>>()?
     };
     for job in orphans {
-        if !repo::owner_alive(job.owner_pid, job.owner_start) {
+        if repo::owner_alive(job.owner_pid, job.owner_start) {
+            continue;
+        }
+
+        if export_recorded(conn, &job.id)? {
+            complete_orphan_export(conn, &job.id, now)?;
+        } else {
             conn.execute(
                 "UPDATE jobs SET state = 10, error_code = 2, error_description = 'interrupted',
                  error_summary = 'interrupted: the process running the job ended; its effects were rolled back or completed',
@@ -95,6 +102,26 @@ fn mark_orphan_jobs_interrupted(conn: &Connection) -> Result<()> {
             )?;
         }
     }
+    Ok(())
+}
+
+/// Whether an export job's package is recorded: the process died after recording it
+/// (and after removing its in-flight record) but before the job could read Completed.
+fn export_recorded(conn: &Connection, job_id: &str) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM exports WHERE job_id = ?1)",
+        [job_id],
+        |r| r.get(0),
+    )?)
+}
+
+/// A recorded package's job reads Completed, never "interrupted".
+fn complete_orphan_export(conn: &Connection, job_id: &str, now: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE jobs SET state = 7, percent = 100, error_code = 0, error_description = NULL,
+         error_summary = NULL, last_change_ms = ?2, finished_ms = ?2 WHERE id = ?1",
+        params![job_id, now],
+    )?;
     Ok(())
 }
 
