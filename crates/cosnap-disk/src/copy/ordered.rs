@@ -42,15 +42,16 @@ impl AlignedBuf {
 ///
 /// Why not `copy_file_range` here: a digest needs the bytes in file order anyway, so they
 /// pass through user space once — read from the source (with `O_DIRECT` where aligned:
-/// [`DirectSources`]), then hashed and written [`SLICE`] by [`SLICE`] by this thread —
+/// [`DirectSources`]), then hashed and written by this thread ([`OutputWriter`]) —
 /// instead of an in-kernel copy followed by a second read of every output (measured: 3 ×
 /// 1 GiB of qcow2 data, 6.5 s instead of 7.9 s; the direct reads halve the system CPU and
-/// leave the host's page cache to its VMs). Hashing a slice and writing it right away
-/// keeps it in the cache for the write's copy: against a separate writer thread fed 4 MiB
-/// buffers, an export of 3 disks took 0.62× the CPU and 0.71× the wall time, paired
-/// medians of 7. Writes are buffered (the kernel's writeback, kicked every few MiB,
-/// overlaps them with the next reads); `O_DIRECT` writes were tried and were slower on
-/// this kind of virtual disk at the buffer sizes bounded memory allows. What lies between
+/// leave the host's page cache to its VMs). Hashing in the reading thread beat a separate
+/// writer thread fed 4 MiB buffers (0.62× the CPU, 0.71× the wall time, paired medians
+/// of 7). Aligned pieces are written with `O_DIRECT` too: against buffered writes (slices
+/// kept cache-hot, writeback kicked every few MiB) an export of 3 disks took 0.75× the
+/// CPU and 0.74× the wall time idle, 0.78× and 0.94× with a core kept busy (paired
+/// medians of 5; docs/decisions.md, copy CPU). The final `fsync` makes them durable
+/// with the rest of the file. What lies between
 /// the copies (metadata, ranges written while planning, holes) is read back from the
 /// file, holes skipped. Progress: each copied byte counts twice (copy + hash), read-back
 /// bytes up to the job's remaining share.
@@ -74,7 +75,7 @@ pub(super) fn copy_in_file_order(
         budget: AtomicU64::new(work.saturating_sub(copied)),
     };
     let advance = |n| readback.advance(n);
-    let out = Output { file: &file, path };
+    let mut out = OutputWriter::new(&file, path, !run.force_rw);
 
     let mut hasher = algorithm.hasher();
     let mut scratch = vec![0u8; 1 << 20];
@@ -90,7 +91,7 @@ pub(super) fn copy_in_file_order(
             &mut scratch,
             &advance,
         )?;
-        copy_one(d, &mut sources, &mut buf, out, &mut hasher, run)?;
+        copy_one(d, &mut sources, &mut buf, &mut out, &mut hasher, run)?;
         pos = d.dst_off + d.len;
     }
     hash_range(
@@ -108,11 +109,63 @@ pub(super) fn copy_in_file_order(
     Ok(hasher.finish_hex())
 }
 
-/// The output file of a [`copy_in_file_order`] and its name for errors.
-#[derive(Clone, Copy)]
-struct Output<'f> {
+/// Writes the copied pieces of a [`copy_in_file_order`] into its output: through a second
+/// descriptor opened with `O_DIRECT` where the piece is aligned (the bytes go by DMA from
+/// the buffer just hashed: no copy into the page cache, no writeback work later), through
+/// the page cache otherwise or where the file system refuses `O_DIRECT`.
+struct OutputWriter<'f> {
     file: &'f File,
     path: &'f Path,
+    direct: Option<File>,
+}
+
+impl<'f> OutputWriter<'f> {
+    fn new(file: &'f File, path: &'f Path, direct: bool) -> Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        let direct = direct
+            .then(|| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(path)
+                    .ok()
+            })
+            .flatten();
+        Self { file, path, direct }
+    }
+
+    /// Hashes `piece` and writes it at `at`.
+    fn write_hashed(&mut self, piece: &[u8], at: u64, hasher: &mut FileHasher) -> Result<()> {
+        let aligned = at.is_multiple_of(DIRECT_ALIGN as u64)
+            && piece.len().is_multiple_of(DIRECT_ALIGN)
+            && (piece.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN);
+        if let Some(direct) = self.direct.as_ref().filter(|_| aligned) {
+            match direct.write_all_at(piece, at) {
+                Ok(()) => {
+                    hasher.update(piece);
+                    return Ok(());
+                }
+                // Alignment this file system does not take: the page cache from now on.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct = None,
+                Err(e) => return Err(DiskError::io(self.path, e)),
+            }
+        }
+        self.write_buffered(piece, at, hasher)
+    }
+
+    /// Hashes and writes [`SLICE`] by [`SLICE`], so each slice is still in the core's cache
+    /// when the write copies it into the page cache.
+    fn write_buffered(&self, piece: &[u8], mut at: u64, hasher: &mut FileHasher) -> Result<()> {
+        for slice in piece.chunks(SLICE) {
+            hasher.update(slice);
+            self.file
+                .write_all_at(slice, at)
+                .map_err(|e| DiskError::io(self.path, e))?;
+            wrote(self.file, slice.len() as u64);
+            at += slice.len() as u64;
+        }
+        Ok(())
+    }
 }
 
 /// Progress of the bytes read back from the output (everything that is not a copy): they
@@ -143,13 +196,12 @@ impl ReadBack<'_, '_> {
     }
 }
 
-/// Copies `d`: reads it from its source in [`BUF`] pieces, then hashes and writes each
-/// piece [`SLICE`] by [`SLICE`].
+/// Copies `d`: reads it from its source in [`BUF`] pieces, then hashes and writes each.
 fn copy_one(
     d: &Direct<'_>,
     sources: &mut DirectSources,
     buf: &mut AlignedBuf,
-    out: Output<'_>,
+    out: &mut OutputWriter<'_>,
     hasher: &mut FileHasher,
     run: &Run<'_>,
 ) -> Result<()> {
@@ -160,15 +212,7 @@ fn copy_one(
         let piece = &mut buf.bytes_mut()[..n];
         sources.read(d.layer, d.src_off + done, piece)?;
 
-        let mut at = d.dst_off + done;
-        for slice in piece.chunks(SLICE) {
-            hasher.update(slice);
-            out.file
-                .write_all_at(slice, at)
-                .map_err(|e| DiskError::io(out.path, e))?;
-            wrote(out.file, slice.len() as u64);
-            at += slice.len() as u64;
-        }
+        out.write_hashed(piece, d.dst_off + done, hasher)?;
 
         // Copied and hashed: twice its share of the progress.
         run.advance(2 * n as u64);
