@@ -6,6 +6,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use super::{BUF, Direct, Run, wrote};
 use crate::digest::{DigestAlgorithm, FileHasher, hash_range};
@@ -79,29 +80,31 @@ pub(super) fn copy_in_file_order(
 
     let mut hasher = algorithm.hasher();
     let mut scratch = vec![0u8; 1 << 20];
-    let mut buf = AlignedBuf::new();
-    let mut sources = DirectSources::new(!run.force_rw);
-    let mut pos = 0u64;
-    for d in directs.iter() {
+    let directs: &[Direct<'_>] = directs;
+    std::thread::scope(|s| {
+        let (pieces, buffers) = start_reader(s, directs, !run.force_rw);
+        let mut pos = 0u64;
+        for d in directs {
+            hash_range(
+                &file,
+                path,
+                pos..d.dst_off,
+                &mut hasher,
+                &mut scratch,
+                &advance,
+            )?;
+            copy_one(d, &pieces, &buffers, &mut out, &mut hasher, run)?;
+            pos = d.dst_off + d.len;
+        }
         hash_range(
             &file,
             path,
-            pos..d.dst_off,
+            pos.min(size)..size,
             &mut hasher,
             &mut scratch,
             &advance,
-        )?;
-        copy_one(d, &mut sources, &mut buf, &mut out, &mut hasher, run)?;
-        pos = d.dst_off + d.len;
-    }
-    hash_range(
-        &file,
-        path,
-        pos.min(size)..size,
-        &mut hasher,
-        &mut scratch,
-        &advance,
-    )?;
+        )
+    })?;
     readback.finish();
 
     run.check()?;
@@ -196,11 +199,68 @@ impl ReadBack<'_, '_> {
     }
 }
 
-/// Copies `d`: reads it from its source in [`BUF`] pieces, then hashes and writes each.
+/// A piece of a copy read by the reader thread: its buffer, and where its `len` bytes go
+/// in the output.
+struct Piece {
+    buf: AlignedBuf,
+    at: u64,
+    len: usize,
+}
+
+/// Pieces in file order from the reader thread (an error ends them).
+type Pieces = Receiver<Result<Piece>>;
+
+/// Starts the thread that reads the sources of `directs`, [`BUF`] bytes at a time, into
+/// two buffers that travel between it and the writer: while one piece is hashed and
+/// written, the next one is being read, so a cold source and the output both have I/O in
+/// flight. It stops when the writer drops either channel (done, failed or cancelled).
+fn start_reader<'s, 'd: 's>(
+    scope: &'s std::thread::Scope<'s, '_>,
+    directs: &'d [Direct<'d>],
+    direct_io: bool,
+) -> (Pieces, SyncSender<AlignedBuf>) {
+    let (piece_tx, pieces) = sync_channel(1);
+    let (buffers, free) = sync_channel(2);
+    for _ in 0..2 {
+        let _ = buffers.send(AlignedBuf::new());
+    }
+    scope.spawn(move || read_pieces(directs, DirectSources::new(direct_io), &free, &piece_tx));
+    (pieces, buffers)
+}
+
+/// The reader thread's loop (see [`start_reader`]).
+fn read_pieces(
+    directs: &[Direct<'_>],
+    mut sources: DirectSources,
+    free: &Receiver<AlignedBuf>,
+    pieces: &SyncSender<Result<Piece>>,
+) {
+    for d in directs {
+        let mut done = 0u64;
+        while done < d.len {
+            let Ok(mut buf) = free.recv() else { return };
+            let len = (d.len - done).min(BUF as u64) as usize;
+            let read = sources.read(d.layer, d.src_off + done, &mut buf.bytes_mut()[..len]);
+            let failed = read.is_err();
+            let piece = read.map(|()| Piece {
+                buf,
+                at: d.dst_off + done,
+                len,
+            });
+            if pieces.send(piece).is_err() || failed {
+                return;
+            }
+            done += len as u64;
+        }
+    }
+}
+
+/// Copies `d`: takes its pieces from the reader thread, hashes and writes each, and hands
+/// the buffer back for the next read.
 fn copy_one(
     d: &Direct<'_>,
-    sources: &mut DirectSources,
-    buf: &mut AlignedBuf,
+    pieces: &Pieces,
+    buffers: &SyncSender<AlignedBuf>,
     out: &mut OutputWriter<'_>,
     hasher: &mut FileHasher,
     run: &Run<'_>,
@@ -208,15 +268,15 @@ fn copy_one(
     let mut done = 0u64;
     while done < d.len {
         run.check()?;
-        let n = (d.len - done).min(BUF as u64) as usize;
-        let piece = &mut buf.bytes_mut()[..n];
-        sources.read(d.layer, d.src_off + done, piece)?;
+        // The reader only stops early after sending its error.
+        let mut piece = pieces.recv().map_err(|_| DiskError::Cancelled)??;
 
-        out.write_hashed(piece, d.dst_off + done, hasher)?;
+        out.write_hashed(&piece.buf.bytes_mut()[..piece.len], piece.at, hasher)?;
 
         // Copied and hashed: twice its share of the progress.
-        run.advance(2 * n as u64);
-        done += n as u64;
+        run.advance(2 * piece.len as u64);
+        done += piece.len as u64;
+        let _ = buffers.send(piece.buf);
     }
     Ok(())
 }
