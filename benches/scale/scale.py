@@ -12,7 +12,8 @@ recovery snapshot of each collection), starts `cosnap serve`, and times through 
 * the backup walk: every VM → its snapshots and its settings (both Associators above),
   in seconds — stopped after --walk-budget seconds and extrapolated to all VMs if slower;
 * server RSS: idle, peak during a pull enumeration of every Msvm_ComputerSystem
-  (IterEnumerateInstances, MaxObjectCount 100) and peak during the same EnumerateInstances.
+  (IterEnumerateInstances, MaxObjectCount 100), peak during the same EnumerateInstances, and
+  peak during the same WS-Man enumeration (pypsrp: Enumerate, then Pulls of 100 items).
 
 and prints the figures side by side, with the 2,000/20 ratio for the per-call costs.
 
@@ -37,8 +38,10 @@ import sys
 import tempfile
 import threading
 import time
+import xml.etree.ElementTree as ET
 
 import pywbem
+from pypsrp.wsman import WSMan
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NS = "root/virtualization/v2"
@@ -206,9 +209,31 @@ def backup_walk(conn, budget):
     return elapsed, cpu, done, False
 
 
-def memory(conn, pull_conn, pid):
+WSEN = "http://schemas.xmlsoap.org/ws/2004/09/enumeration"
+WSMAN = "http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd"
+CS_URI = "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/virtualization/v2/Msvm_ComputerSystem"
+
+
+def wsman_enumerate(port, batch=100):
+    """Every Msvm_ComputerSystem through WS-Man (pypsrp: Enumerate, then Pulls of `batch`);
+    returns how many items came."""
+    w = WSMan("127.0.0.1", port=port, username=USER, password=PASSWORD, ssl=False, auth="basic",
+              encryption="never", operation_timeout=60)
+    body = w.enumerate(CS_URI, ET.Element(f"{{{WSEN}}}Enumerate"))
+    ctx, count = body.find(f".//{{{WSEN}}}EnumerationContext"), 0
+    while ctx is not None and (ctx.text or "").strip():
+        pull = ET.Element(f"{{{WSEN}}}Pull")
+        ET.SubElement(pull, f"{{{WSEN}}}EnumerationContext").text = ctx.text.strip()
+        ET.SubElement(pull, f"{{{WSEN}}}MaxElements").text = str(batch)
+        body = w.pull(CS_URI, pull)
+        count += len(body.find(f".//{{{WSEN}}}Items"))
+        ctx = body.find(f".//{{{WSEN}}}EnumerationContext")
+    return count
+
+
+def memory(conn, pull_conn, pid, port):
     """RSS in kB: idle, peak during a pull enumeration of Msvm_ComputerSystem, peak during
-    the EnumerateInstances of the same."""
+    the EnumerateInstances of the same, peak during the WS-Man enumeration of the same."""
     time.sleep(2.5)  # the server trims its heap once idle after activity
     idle = rss_kb(pid)
     with PeakRss(pid) as pulled:
@@ -217,7 +242,11 @@ def memory(conn, pull_conn, pid):
     time.sleep(2.5)
     with PeakRss(pid) as whole:
         conn.EnumerateInstances("Msvm_ComputerSystem")
-    return {"idle": idle, "pull": pulled.peak, "enumerate": whole.peak, "pulled": n}
+    time.sleep(2.5)
+    with PeakRss(pid) as ws:
+        ws_count = wsman_enumerate(port)
+    assert ws_count == n, f"WS-Man gave {ws_count} VMs, the pull enumeration {n}"
+    return {"idle": idle, "pull": pulled.peak, "enumerate": whole.peak, "wsman": ws.peak, "pulled": n}
 
 
 def measure(args, n):
@@ -239,7 +268,7 @@ def measure(args, n):
                 "raw_enum": raw_enumerate_ms(port),
                 "assoc": association_costs(conn, vms, args.sample),
                 "walk": backup_walk(conn, args.walk_budget),
-                "rss": memory(conn, pull_conn, proc.pid),
+                "rss": memory(conn, pull_conn, proc.pid, port),
             }
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -281,9 +310,11 @@ def report(sizes, results):
         cells.append(f"{s:.1f} / {cpu:.1f} s" + (f" (est.{done})" if extrapolated else ""))
     row("backup walk (every VM: snapshots, settings)", cells)
     for key, label in [("idle", "server RSS idle (MiB)"), ("pull", "RSS peak, pull enum of all VMs (MiB)"),
-                       ("enumerate", "RSS peak, EnumerateInstances (MiB)")]:
+                       ("enumerate", "RSS peak, EnumerateInstances (MiB)"),
+                       ("wsman", "RSS peak, WS-Man enum of all VMs (MiB)")]:
         row(label, [f"{results[n]['rss'][key] / 1024:.1f}" for n in sizes])
     row("  pull peak / idle", [f"{results[n]['rss']['pull'] / results[n]['rss']['idle']:.2f}x" for n in sizes])
+    row("  WS-Man peak / idle", [f"{results[n]['rss']['wsman'] / results[n]['rss']['idle']:.2f}x" for n in sizes])
 
 
 def main():

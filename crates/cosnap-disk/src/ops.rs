@@ -265,6 +265,17 @@ pub fn repair_leaks_as(layer: &LayerSpec) -> Result<u64> {
     }
 }
 
+/// Gives up the change tracking of a layer whose format is recorded before cosnap writes it
+/// offline: a qcow2 layer's persistent dirty bitmaps are removed ([`qcow2::forget_bitmaps`]),
+/// since cosnap does not update them; VHDX and raw layers hold none. Returns how many
+/// bitmaps were removed.
+pub fn forget_bitmaps_as(layer: &LayerSpec) -> Result<u32> {
+    match layer.format {
+        Format::Qcow2 => qcow2::forget_bitmaps(&layer.path),
+        Format::Vhdx | Format::Raw => Ok(0),
+    }
+}
+
 /// Replays a pending VHDX log into the file itself (what a writable open does) and returns
 /// whether there was one. A crash between a log write and its in-place apply leaves a valid
 /// file whose last update lives only in the log; cosnap reads it through the log, but qemu

@@ -307,3 +307,44 @@ fn damaged_tables_are_corrupt_errors() {
     let err = qcow2::dirty_ranges(&img, "b").unwrap_err();
     assert!(err.to_string().contains("table entry 0"), "{err}");
 }
+
+/// Giving up an image's change tracking: the bitmaps are gone for qemu and for cosnap, their
+/// clusters freed (qemu-img check clean, no leaks), the data unchanged, and the image can be
+/// written by cosnap; a second call changes nothing.
+#[test]
+fn forgotten_bitmaps_leave_a_clean_writable_image_with_the_same_data() {
+    require_qemu!();
+    let d = tempfile::tempdir().unwrap();
+    let img = image_with_bitmaps(d.path(), &[("b64k", "64K"), ("b1m", "1M")]);
+    let commands = write_commands();
+    qemu_io(
+        &img,
+        &commands.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let before = d.path().join("before.qcow2");
+    ok("cp", &["--sparse=always", p(&img), p(&before)]);
+    assert!(
+        ops::open(&img, true).is_err(),
+        "bitmaps refuse a writable open"
+    );
+
+    assert_eq!(qcow2::forget_bitmaps(&img).unwrap(), 2);
+
+    assert!(qcow2::list_bitmaps(&img).unwrap().is_empty());
+    assert!(matches!(
+        qcow2::dirty_ranges(&img, "b64k").unwrap(),
+        ChangeInfo::Lost(LostReason::Missing)
+    ));
+    let info = ok("qemu-img", &["info", "--output=json", p(&img)]);
+    assert!(!info.contains("bitmaps"), "{info}");
+    ok("qemu-img", &["check", p(&img)]);
+    ok("qemu-img", &["compare", p(&before), p(&img)]);
+    assert_eq!(qcow2::forget_bitmaps(&img).unwrap(), 0);
+
+    let mut image = ops::open(&img, true).unwrap();
+    image.write_at(&[9u8; 4096], 8 * MIB).unwrap();
+    image.flush().unwrap();
+    drop(image);
+    ok("qemu-img", &["check", p(&img)]);
+    qemu_io(&img, &["read -P 9 8M 4k", "read -P 1 4M 4k"]);
+}

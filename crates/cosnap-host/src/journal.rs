@@ -193,6 +193,9 @@ fn merge(
 ) -> Result<()> {
     let recorded = !chain.is_empty() && rebase_formats.len() == rebase.len();
     if recorded {
+        if let Some(target) = chain.get(1) {
+            forget_change_tracking(target)?;
+        }
         cosnap_disk::commit_chain(chain)?;
     } else {
         cosnap_disk::commit(child)?;
@@ -215,6 +218,22 @@ fn merge(
     Ok(())
 }
 
+/// Removes the persistent bitmaps of a layer cosnap is about to write offline (a merge
+/// target, a pull's child, a stopped guest's active layer): cosnap does not update bitmaps,
+/// so they would miss these writes. A reference point tracked through the layer then
+/// finds its bitmap missing, and its next differential falls back to full with notice.
+pub(crate) fn forget_change_tracking(layer: &LayerSpec) -> Result<()> {
+    let removed = cosnap_disk::forget_bitmaps_as(layer)?;
+    if removed > 0 {
+        tracing::info!(
+            layer = %layer.path.display(),
+            removed,
+            "persistent bitmaps removed before an offline write; change tracking through this layer is lost"
+        );
+    }
+    Ok(())
+}
+
 /// Pulls `parent` into `child` unless a run before a crash already did.
 fn pull(child: &Path, parent: &Path, chain: Option<&Vec<LayerSpec>>) -> Result<()> {
     let (named, spec) = match chain {
@@ -223,7 +242,10 @@ fn pull(child: &Path, parent: &Path, chain: Option<&Vec<LayerSpec>>) -> Result<(
     };
     if named.is_some_and(|p| same_file(&p, parent)) {
         match spec {
-            Some(chain) => cosnap_disk::pull_chain(chain)?,
+            Some(chain) => {
+                forget_change_tracking(&chain[0])?;
+                cosnap_disk::pull_chain(chain)?
+            }
             None => cosnap_disk::pull(child)?,
         }
         crash_point("release.pulled");

@@ -4,9 +4,10 @@
 //!
 //! A running VM's new active layer is always a qcow2 overlay (QEMU cannot run on `.avhdx`),
 //! created by cosnap beforehand with the recorded parent path and format, so the repository
-//! stays the source of formats and parents. For a recovery snapshot the new layer gets a
-//! persistent dirty bitmap named after the snapshot in the same QMP transaction: the change
-//! information the next differential export reads.
+//! stays the source of formats and parents. Whenever the collection's changes are tracked (a
+//! recovery snapshot, or any snapshot of a collection holding a recovery snapshot or a tracked
+//! reference point) the new layer gets a persistent dirty bitmap named after the snapshot in
+//! the same QMP transaction: the change information the next differential export reads.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,16 +21,14 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use crate::Host;
 use crate::error::{HostError, Result};
 use crate::journal::Plan;
-use crate::model::{SNAPSHOT_RECOVERY, Vm, VmDisk};
+use crate::model::{Vm, VmDisk};
 use crate::new_layers::NewLayer;
 use crate::new_layers::NewSnapshot;
+use crate::refpoint_bitmaps::change_tracking_wanted;
 use crate::running::vmm_error;
 use crate::util::{crash_point, new_guid};
 
-/// The name of the persistent bitmap a recovery snapshot puts on each new layer.
-pub fn snapshot_bitmap(snapshot_id: &str) -> String {
-    format!("cosnap-{}", snapshot_id.to_ascii_lowercase())
-}
+pub use crate::refpoint_bitmaps::snapshot_bitmap;
 
 /// One disk of a running member: its active layer and the overlay that will replace it.
 #[derive(Debug, Clone)]
@@ -373,8 +372,8 @@ pub(crate) fn switches(members: &[LiveMember]) -> Vec<LiveSwitch> {
 }
 
 impl Host {
-    /// CreateSnapshot's commit for a group with running members: the group freeze (for a
-    /// recovery snapshot with a persistent bitmap on each new layer), then the one
+    /// CreateSnapshot's commit for a group with running members: the group freeze (with a
+    /// persistent bitmap on each new layer when changes are tracked), then the one
     /// transaction that records the snapshot with its pause window. On an error comes the
     /// list of overlays running VMs write to by now (recorded as their active layers): the
     /// caller deletes the other new layers only.
@@ -383,8 +382,12 @@ impl Host {
         mut snapshot: NewSnapshot,
         members: &[LiveMember],
     ) -> std::result::Result<(), (HostError, Vec<PathBuf>)> {
-        let bitmap =
-            (snapshot.snapshot_type == SNAPSHOT_RECOVERY).then(|| snapshot_bitmap(snapshot.id));
+        let tracked = {
+            let conn = self.db();
+            change_tracking_wanted(&conn, &snapshot.collection.id, snapshot.snapshot_type)
+        }
+        .map_err(|e| (e, vec![]))?;
+        let bitmap = tracked.then(|| snapshot_bitmap(snapshot.id));
         crash_point("create.before-freeze");
         let report = self.freeze_running(members, bitmap.as_deref())?;
         crash_point("create.frozen");

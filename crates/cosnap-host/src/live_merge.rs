@@ -87,14 +87,20 @@ impl Host {
         else {
             return journal::run_steps(std::slice::from_ref(step));
         };
-        // Idempotent (recovery reruns it): a child QEMU no longer has was merged already.
+        // Idempotent (recovery reruns it): a child QEMU no longer has was merged already; a
+        // commit job a dead cosnap left is taken up where it stands.
         let hv = self.hypervisor();
         let nodes = hv.block_nodes(handle).map_err(vmm_error)?;
         if nodes.iter().any(|n| Path::new(&n.file) == child.as_path()) {
             // QEMU rewrites the backing link of the image above `child` itself; the file it
-            // writes to must not be touched by cosnap.
-            hv.commit(handle, *position, child, into)
-                .map_err(vmm_error)?;
+            // writes to must not be touched by cosnap. The child goes while the guest still
+            // stands paused after a pivot: should cosnap and QEMU both die before, the
+            // offline re-merge of the child finds nothing newer in `into` to overwrite.
+            hv.commit(handle, *position, child, into, &mut || {
+                crash_point("destroy-live.pivoted");
+                delete_child(child)
+            })
+            .map_err(vmm_error)?;
         }
         journal::delete_file(child)?;
         Ok(())
@@ -126,11 +132,51 @@ impl Host {
                 for step in steps {
                     self.run_live_step(step, &running)?;
                 }
+                self.resume_paused(steps, &running)?;
             }
             journal::remove(conn, id)?;
         }
         Ok(())
     }
+
+    /// Resumes the running VMs whose chains the release merges that it left paused: a pivot
+    /// interrupted by cosnap's death is the only thing that pauses one while cosnap holds the
+    /// repository lock.
+    fn resume_paused(&self, steps: &[Step], running: &RunningLayers) -> Result<()> {
+        let hv = self.hypervisor();
+        let mut seen = std::collections::HashSet::new();
+        for step in steps {
+            let Step::Merge { child, into, .. } = step else {
+                continue;
+            };
+            let Some((handle, _)) = running
+                .by_path
+                .get(child)
+                .or_else(|| running.by_path.get(into))
+            else {
+                continue;
+            };
+            if !seen.insert(handle.name.clone()) {
+                continue;
+            }
+            if hv.state(handle).map_err(vmm_error)? == cosnap_vmm::VmState::Paused {
+                tracing::warn!(vm = %handle.name, "resuming a VM an interrupted live merge left paused");
+                hv.resume(handle).map_err(vmm_error)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Deletes a merged-away layer file durably (the directory entry too).
+fn delete_child(child: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(child) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    journal::sync_parent(child);
+    Ok(())
 }
 
 impl RunningLayers {

@@ -11,10 +11,15 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::chains::recorded_chain;
 use crate::error::Result;
-use crate::live::snapshot_bitmap;
+use crate::model::SNAPSHOT_RECOVERY;
 
 /// Every bitmap cosnap asks QEMU to add is named with this prefix.
 const COSNAP_BITMAP_PREFIX: &str = "cosnap-";
+
+/// The name of the persistent bitmap a snapshot that tracks changes puts on each new layer.
+pub fn snapshot_bitmap(snapshot_id: &str) -> String {
+    format!("{COSNAP_BITMAP_PREFIX}{}", snapshot_id.to_ascii_lowercase())
+}
 
 /// What the bitmaps say changed on one disk since a reference point.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +30,30 @@ pub(crate) enum TrackedChanges {
     Known(Vec<Range<u64>>),
     /// The change information is gone (why, for the notice).
     Lost(String),
+}
+
+/// Whether a snapshot of type `snapshot_type` of collection `collection_id` puts a persistent
+/// dirty bitmap on its running members' new layers: always for a recovery snapshot (it may
+/// become a reference point), and for any other snapshot while the collection holds a recovery
+/// snapshot or a tracked reference point — a layer without a bitmap between a reference point
+/// and the exported snapshot would make the differential fall back to full. Not for every
+/// snapshot: cosnap's offline writes cannot keep bitmaps up to date, so a layer carrying one
+/// costs change tracking when the VM is off (see `docs/decisions.md`).
+pub(crate) fn change_tracking_wanted(
+    conn: &Connection,
+    collection_id: &str,
+    snapshot_type: u16,
+) -> Result<bool> {
+    if snapshot_type == SNAPSHOT_RECOVERY {
+        return Ok(true);
+    }
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM snapshots WHERE collection_id = ?1 AND snapshot_type = ?2)
+             OR EXISTS (SELECT 1 FROM refpoints r JOIN refpoint_disks d ON d.refpoint_id = r.id
+                        WHERE r.collection_id = ?1 AND d.bitmap IS NOT NULL)",
+        params![collection_id, SNAPSHOT_RECOVERY],
+        |r| r.get(0),
+    )?)
 }
 
 /// The layer and bitmap that track disk `idx` of `vm_id` since the snapshot `snapshot_id`
@@ -98,8 +127,19 @@ pub(crate) fn tracked_changes(
         )));
     };
 
+    // The tracking layer is only ever a merge target while the reference point lives; if it
+    // left the chain (pulled into several children and deleted), the blocks it held reached
+    // the children without marking their bitmaps.
+    let above = &chain[..pos];
+    if !above.iter().any(|l| l.path == Path::new(&bitmap_layer)) {
+        return Ok(TrackedChanges::Lost(format!(
+            "the change-tracking layer {bitmap_layer} is no longer in the chain of {}",
+            top.display()
+        )));
+    }
+
     let mut ranges = Vec::new();
-    for layer in &chain[..pos] {
+    for layer in above {
         if layer.format != Format::Qcow2 {
             return Ok(lost_on(
                 &layer.path,

@@ -226,7 +226,11 @@ impl Host {
                 vm.disks.len()
             ))
         })?;
-        cosnap_disk::write_pattern_to(&self.disk_chain(&disk.path)?, offset, len, pattern)?;
+        let chain = self.disk_chain(&disk.path)?;
+        if let Some(active) = chain.first() {
+            journal::forget_change_tracking(active)?;
+        }
+        cosnap_disk::write_pattern_to(&chain, offset, len, pattern)?;
         Ok(())
     }
 }

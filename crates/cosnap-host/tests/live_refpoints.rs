@@ -22,7 +22,7 @@ use cosnap_vmm::{
 const DISK_BYTES: u64 = 32 << 20;
 
 /// Starts the record-writing guest for `vm` in the host's run directory, on its recorded
-/// chains (both disks are qcow2).
+/// chains.
 fn start_vm(hv: &QemuHypervisor, host: &Host, vm: &Vm, com2: &Path) -> (PidGuard, VmHandle) {
     let (kernel, initrd) = guest().expect("checked by the caller");
     let disks = vm
@@ -35,7 +35,11 @@ fn start_vm(hv: &QemuHypervisor, host: &Host, vm: &Vm, com2: &Path) -> (PidGuard
                 .into_iter()
                 .map(|l| DiskLayer {
                     path: l.path,
-                    format: LayerFormat::Qcow2,
+                    format: match l.format {
+                        Format::Qcow2 => LayerFormat::Qcow2,
+                        Format::Vhdx => LayerFormat::Vhdx,
+                        Format::Raw => LayerFormat::Raw,
+                    },
                 })
                 .collect();
             layers.reverse();
@@ -126,14 +130,21 @@ fn qemu_img_compare(a: &Path, b: &Path) {
 }
 
 fn define_vm(host: &Host, images: &Path) -> (String, Vm) {
+    define_vm_on(host, images, [Format::Qcow2, Format::Qcow2])
+}
+
+/// A collection holding the VM "solo" with two new base disks of these formats.
+fn define_vm_on(host: &Host, images: &Path, formats: [Format; 2]) -> (String, Vm) {
     let coll = host.define_collection("tracked", None, 0).unwrap().id;
-    let disks = (0..2)
-        .map(|i| {
-            let path = images.join(format!("solo-{i}.qcow2"));
-            cosnap_disk::create(&path, Format::Qcow2, DISK_BYTES).unwrap();
+    let disks = formats
+        .iter()
+        .enumerate()
+        .map(|(i, format)| {
+            let path = images.join(format!("solo-{i}.{}", format.name()));
+            cosnap_disk::create(&path, *format, DISK_BYTES).unwrap();
             DiskSpec {
                 path,
-                format: Some(Format::Qcow2),
+                format: Some(*format),
             }
         })
         .collect();
@@ -174,6 +185,11 @@ fn differential_against_a_live_reference_point_copies_the_bitmap_and_falls_back_
     let rp = host
         .convert_to_refpoint(&first, &cosnap_host::NoJob)
         .unwrap();
+    assert_eq!(
+        host.refpoint_tracked_disks(&rp).unwrap(),
+        (2, 2),
+        "both disks of the running VM are tracked by a bitmap"
+    );
 
     // The guest keeps writing; the next snapshot freezes what it wrote.
     std::thread::sleep(Duration::from_secs(2));
@@ -270,5 +286,257 @@ fn differential_against_a_live_reference_point_copies_the_bitmap_and_falls_back_
     }
 
     let (_guard, handle) = running.take().unwrap();
+    hv.kill(&handle).unwrap();
+}
+
+/// A host whose hypervisor is `hv`, with one collection holding the two-disk VM "solo".
+fn tracked_host(root: &Path, hv: &Arc<QemuHypervisor>) -> (Host, String, Vm) {
+    tracked_host_on(root, hv, [Format::Qcow2, Format::Qcow2])
+}
+
+/// [`tracked_host`] whose VM's base disks have these formats.
+fn tracked_host_on(
+    root: &Path,
+    hv: &Arc<QemuHypervisor>,
+    formats: [Format; 2],
+) -> (Host, String, Vm) {
+    let images = root.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let options = HostOptions {
+        hypervisor: SharedHypervisor(hv.clone()),
+        ..HostOptions::default()
+    };
+    let host = Host::open_with(root.join("data"), options).unwrap();
+    let (coll, vm) = define_vm_on(&host, &images, formats);
+    (host, coll, vm)
+}
+
+/// The guest byte ranges held by the layers of `top`'s recorded chain strictly above
+/// `boundary`: everything written since the boundary was frozen.
+fn written_above(host: &Host, top: &Path, boundary: &Path) -> Vec<std::ops::Range<u64>> {
+    let chain = host.disk_chain(top).unwrap();
+    let pos = chain
+        .iter()
+        .position(|l| l.path == boundary)
+        .expect("the boundary lies below the frozen layer");
+    let mut held = Vec::new();
+    for i in 0..pos {
+        let layer = open_chain(&chain[i..], false).unwrap();
+        held.extend(
+            layer
+                .layer_map(0, layer.virtual_size())
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.state != ExtentState::Inherited)
+                .map(|e| e.offset..e.offset + e.len),
+        );
+    }
+    merge_ranges(held)
+}
+
+/// The reference point's boundary layer of each disk, in disk order.
+fn boundaries(host: &Host, rp: &str) -> Vec<PathBuf> {
+    host.refpoint(rp).unwrap().vms[0]
+        .disks
+        .iter()
+        .map(|d| d.path.clone())
+        .collect()
+}
+
+fn frozen_layers(host: &Host, sid: &str) -> Vec<PathBuf> {
+    host.snapshot(sid).unwrap().vms[0]
+        .disks
+        .iter()
+        .map(|d| d.path.clone())
+        .collect()
+}
+
+/// Reference point → writes → a *standard* snapshot → writes → recovery snapshot: the
+/// standard snapshot's layer carries its own bitmap, so the differential is still exactly
+/// the blocks written since the reference point (on both layers above the boundary), and
+/// base + differential equals the frozen image.
+#[test]
+fn a_standard_snapshot_after_a_live_reference_point_keeps_the_differential_exact() {
+    let Some(_) = guest() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let hv = Arc::new(QemuHypervisor::new());
+    let (host, coll, vm) = tracked_host(root.path(), &hv);
+    let (_guard, handle) = start_vm(&hv, &host, &vm, &root.path().join("com2.sock"));
+    std::thread::sleep(Duration::from_secs(1));
+
+    let first = host.create_snapshot_now(&coll, 2, None).unwrap();
+    let (_, base_files) = export(&host, &first, None, &root.path().join("full"));
+    let rp = host
+        .convert_to_refpoint(&first, &cosnap_host::NoJob)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let standard = host.create_snapshot_now(&coll, 1, None).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = host.create_snapshot_now(&coll, 2, None).unwrap();
+
+    let (manifest, diff_files) = export(&host, &second, Some(&rp), &root.path().join("diff"));
+    assert_eq!(manifest["kind"], "differential", "{manifest}");
+    assert!(manifest["fallback_to_full"].is_null(), "{manifest}");
+    let frozen = frozen_layers(&host, &second);
+    for (((layer, diff), base), boundary) in frozen
+        .iter()
+        .zip(&diff_files)
+        .zip(&base_files)
+        .zip(boundaries(&host, &rp))
+    {
+        let bitmaps = qcow2::list_bitmaps(layer).unwrap();
+        assert!(
+            bitmaps.iter().any(|b| b.name == snapshot_bitmap(&standard)),
+            "the standard snapshot's layer tracks changes: {bitmaps:?}"
+        );
+        assert!(host.disk_chain(layer).unwrap().len() >= 3);
+
+        let written = written_above(&host, layer, &boundary);
+        assert!(
+            !written.is_empty(),
+            "the guest wrote since the reference point"
+        );
+        assert_eq!(top_layer_ranges(diff), written, "{}", diff.display());
+        assert!(
+            top_layer_ranges(base) != written,
+            "the base holds what was written before the reference point"
+        );
+        qemu_img_compare(diff, layer);
+        eprintln!(
+            "through a standard snapshot: {} bytes in {} ranges",
+            written.iter().map(|r| r.end - r.start).sum::<u64>(),
+            written.len()
+        );
+    }
+    hv.kill(&handle).unwrap();
+}
+
+/// The reference point's tracking layer released into two children (ApplySnapshot while
+/// off, with a snapshot holding the other branch): its blocks are copied into both
+/// children, which no bitmap records, so the next differentials fall back to full with
+/// notice — and the release itself works although the children carried bitmaps.
+#[test]
+fn a_tracking_layer_pulled_into_two_branches_falls_back_to_full_with_notice() {
+    let Some(_) = guest() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let hv = Arc::new(QemuHypervisor::new());
+    let (host, coll, vm) = tracked_host(root.path(), &hv);
+    let (_guard, _handle) = start_vm(&hv, &host, &vm, &root.path().join("com2.sock"));
+    std::thread::sleep(Duration::from_secs(1));
+
+    let first = host.create_snapshot_now(&coll, 2, None).unwrap();
+    export(&host, &first, None, &root.path().join("full"));
+    let rp = host
+        .convert_to_refpoint(&first, &cosnap_host::NoJob)
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let second = host.create_snapshot_now(&coll, 1, None).unwrap();
+    let tracking = frozen_layers(&host, &second);
+    std::thread::sleep(Duration::from_secs(1));
+    let third = host.create_snapshot_now(&coll, 1, None).unwrap();
+    let other_branch = frozen_layers(&host, &third);
+    host.stop_vm(&vm.id, true).unwrap();
+
+    host.apply_snapshot_now(&second, None).unwrap();
+    host.destroy_snapshot(&second, &cosnap_host::NoJob).unwrap();
+    for (gone, child) in tracking.iter().zip(&other_branch) {
+        assert!(!gone.exists(), "the tracking layer was pulled and deleted");
+        assert!(qcow2::list_bitmaps(child).unwrap().is_empty());
+        let out = Command::new("qemu-img")
+            .arg("check")
+            .arg(child)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    let fourth = host.create_snapshot_now(&coll, 2, None).unwrap();
+    for (sid, dir) in [(&third, "third"), (&fourth, "fourth")] {
+        let (manifest, files) = export(&host, sid, Some(&rp), &root.path().join(dir));
+        assert_eq!(manifest["kind"], "full", "{manifest}");
+        let notice = manifest["fallback_to_full"].as_str().unwrap_or_default();
+        assert!(notice.contains("change-tracking layer"), "{manifest}");
+        eprintln!("{dir}: {notice}");
+        for (file, layer) in files.iter().zip(frozen_layers(&host, sid)) {
+            qemu_img_compare(file, &layer);
+        }
+    }
+}
+
+/// The guest-visible bytes of `image` (its chain opened by cosnap-disk's reader, following
+/// the parents it names) written to a new raw file `raw`, for qemu-img to compare.
+fn to_raw(image: &Path, raw: &Path) {
+    let chain = cosnap_disk::open(image, false).unwrap();
+    let file = std::fs::File::create(raw).unwrap();
+    let size = chain.virtual_size();
+    file.set_len(size).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0;
+    while offset < size {
+        let n = buf.len().min((size - offset) as usize);
+        chain.read_at(&mut buf[..n], offset).unwrap();
+        if buf[..n].iter().any(|&b| b != 0) {
+            std::os::unix::fs::FileExt::write_all_at(&file, &buf[..n], offset).unwrap();
+        }
+        offset += n as u64;
+    }
+}
+
+/// A running VM on a VHDX base (and a qcow2 one): its differential against a live reference
+/// point is a `.avhdx` over the exported `.vhdx`, holding exactly the blocks the guest wrote
+/// since; base + differential, read by cosnap-disk's chain reader into a raw file, equals the
+/// frozen image (qcow2 overlay over the VHDX base, read by qemu).
+#[test]
+fn a_differential_on_a_vhdx_base_is_an_avhdx_of_exactly_the_written_blocks() {
+    let Some(_) = guest() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let hv = Arc::new(QemuHypervisor::new());
+    let (host, coll, vm) = tracked_host_on(root.path(), &hv, [Format::Vhdx, Format::Qcow2]);
+    let (_guard, handle) = start_vm(&hv, &host, &vm, &root.path().join("com2.sock"));
+    std::thread::sleep(Duration::from_secs(1));
+
+    let first = host.create_snapshot_now(&coll, 2, None).unwrap();
+    let (_, base_files) = export(&host, &first, None, &root.path().join("full"));
+    let rp = host
+        .convert_to_refpoint(&first, &cosnap_host::NoJob)
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let second = host.create_snapshot_now(&coll, 2, None).unwrap();
+    let (manifest, diff_files) = export(&host, &second, Some(&rp), &root.path().join("diff"));
+    assert_eq!(manifest["kind"], "differential", "{manifest}");
+
+    let frozen = frozen_layers(&host, &second);
+    let exts = ["avhdx", "qcow2"];
+    for (i, ((layer, diff), base)) in frozen.iter().zip(&diff_files).zip(&base_files).enumerate() {
+        assert_eq!(diff.extension().unwrap(), exts[i], "{}", diff.display());
+        assert_eq!(base.extension().unwrap(), ["vhdx", "qcow2"][i]);
+        let ChangeInfo::Known(dirty) =
+            qcow2::dirty_ranges(layer, &snapshot_bitmap(&first)).unwrap()
+        else {
+            panic!("{}: the tracking bitmap is lost", layer.display());
+        };
+        assert!(
+            !dirty.is_empty(),
+            "the guest wrote since the reference point"
+        );
+        assert_eq!(top_layer_ranges(diff), dirty, "{}", diff.display());
+        assert_eq!(
+            written_above(&host, layer, &boundaries(&host, &rp)[i]),
+            dirty
+        );
+
+        let raw = root.path().join(format!("disk{i}.raw"));
+        to_raw(diff, &raw);
+        qemu_img_compare(&raw, layer);
+        let base_raw = root.path().join(format!("base{i}.raw"));
+        to_raw(base, &base_raw);
+        qemu_img_compare(&base_raw, &boundaries(&host, &rp)[i]);
+        eprintln!(
+            "{}: {} dirty bytes in {} ranges",
+            diff.display(),
+            dirty.iter().map(|r| r.end - r.start).sum::<u64>(),
+            dirty.len()
+        );
+    }
     hv.kill(&handle).unwrap();
 }

@@ -36,9 +36,22 @@ pub trait Hypervisor: Send + Sync {
     /// resumes every VM — also when a step fails.
     fn group_freeze(&self, requests: &[FreezeRequest]) -> Result<FreezeReport>;
 
-    /// Merges layer `top` of disk `disk` into the lower layer `base` while the VM runs. When
-    /// `top` is the active layer the disk pivots onto `base`; the merged-away node is removed.
-    fn commit(&self, vm: &VmHandle, disk: usize, top: &Path, base: &Path) -> Result<()>;
+    /// Merges layer `top` of disk `disk` into the lower layer `base` while the VM runs; the
+    /// merged-away node is removed. `merged` runs once `base` holds everything `top` held,
+    /// before the guest can write to `base`: when `top` is the active layer the disk pivots
+    /// onto `base` with the VM paused, and `merged` runs while it is still paused (then the
+    /// VM resumes, on every path, unless it was paused already). An error from `merged` is
+    /// returned as an `Io` error on `top`. Called again after its caller died, it finishes
+    /// a job left behind, or (no job, `top`'s file gone: `merged` removed it) only removes
+    /// the node.
+    fn commit(
+        &self,
+        vm: &VmHandle,
+        disk: usize,
+        top: &Path,
+        base: &Path,
+        merged: &mut dyn FnMut() -> std::io::Result<()>,
+    ) -> Result<()>;
 
     fn add_bitmap(&self, vm: &VmHandle, layer: &Path, name: &str, persistent: bool) -> Result<()>;
 

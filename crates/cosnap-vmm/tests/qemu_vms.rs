@@ -189,12 +189,27 @@ fn live_commit_merges_the_active_and_an_inner_layer_while_the_guest_writes() {
     std::thread::sleep(Duration::from_secs(1));
 
     // Inner layer s1 into the base, then the active layer s2 with the pivot.
-    hv.commit(&vm.handle, 0, &first.path, &base.path).unwrap();
+    hv.commit(&vm.handle, 0, &first.path, &base.path, &mut || Ok(()))
+        .unwrap();
     assert_eq!(
         node_files(&hv, &vm),
         [base.path.clone(), second.path.clone()]
     );
-    hv.commit(&vm.handle, 0, &second.path, &base.path).unwrap();
+    // Between the pivot and the end of `merged` the guest stands still: the base file (which
+    // the writing guest would change within this time) stays as it is.
+    let mut still = None;
+    hv.commit(&vm.handle, 0, &second.path, &base.path, &mut || {
+        let before = std::fs::read(&base.path)?;
+        std::thread::sleep(Duration::from_millis(700));
+        still = Some(before == std::fs::read(&base.path)?);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        still,
+        Some(true),
+        "the guest wrote to the base before `merged` ended"
+    );
     assert_eq!(node_files(&hv, &vm), std::slice::from_ref(&base.path));
     assert_eq!(hv.state(&vm.handle).unwrap(), VmState::Running);
 

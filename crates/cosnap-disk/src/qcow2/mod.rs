@@ -3,7 +3,8 @@
 //! Rooms: this file holds the open layer ([`Qcow2Image`]) and its [`Image`] impl;
 //! `header` decodes and validates the header; `tables` is the L1/L2 read path;
 //! `allocation` the refcounts and the crash-ordered write path; `create` creates images
-//! and rewrites backing links; `check` checks and repairs refcounts; `compressed`
+//! and rewrites backing links; `forget_bitmaps` removes persistent bitmaps; `check`
+//! checks and repairs refcounts; `compressed`
 //! inflates compressed clusters. Opening a qcow2 image with its backing chain lives in
 //! [`crate::probe`] (the probing policy) and [`crate::chain`](mod@crate::chain) (recorded chains).
 //!
@@ -13,7 +14,9 @@
 //! Decisions:
 //! - **Persistent dirty bitmaps** are never destroyed: a writable open of an image whose
 //!   autoclear bits are set (bit 0 = consistent bitmaps extension) is refused with an error
-//!   that says why. cosnap does not update bitmaps, so writing would make them lie.
+//!   that says why. cosnap does not update bitmaps, so writing would make them lie. A
+//!   caller that gives up an image's change tracking says so with [`forget_bitmaps`]
+//!   (the bitmaps are removed, never left stale), then writes.
 //! - Writable opens are also refused for images with internal snapshots, the dirty bit
 //!   (lazy refcounts not yet repaired) or the corrupt bit; reading them is fine.
 //! - Allocation always appends at the end of the file (freed clusters are not reused), and
@@ -38,6 +41,7 @@ pub mod bitmaps;
 mod check;
 mod compressed;
 mod create;
+mod forget_bitmaps;
 mod header;
 mod tables;
 
@@ -47,6 +51,7 @@ use allocation::get_entry;
 pub use bitmaps::{BitmapInfo, ChangeInfo, LostReason, dirty_ranges, list_bitmaps};
 pub use check::{check, open_standalone, repair_leaks};
 pub use create::{CreateOptions, create, set_backing};
+pub use forget_bitmaps::forget_bitmaps;
 use header::refuse_writable;
 pub use header::{Header, read_header};
 

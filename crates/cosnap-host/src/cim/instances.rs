@@ -4,6 +4,7 @@
 use cosnap_cim::{CimType, Instance, Value};
 
 use super::paths::*;
+use super::run_settings::{SERIAL_PORTS, serial_port_instance, with_boot_properties};
 use crate::host::Host;
 use crate::model::*;
 use crate::util::now_ms;
@@ -70,13 +71,20 @@ impl Host {
         for (i, nic) in settings.nics.iter().enumerate() {
             rasds.extend(rasd.nic(i, nic));
         }
+        rasds.extend(SERIAL_PORTS.iter().map(|&port| {
+            let socket = match port {
+                1 => vssd.console.as_deref(),
+                _ => settings.run.com2.as_deref(),
+            };
+            serial_port_instance(vssd.instance_id, port, socket)
+        }));
         (vssd_instance, rasds)
     }
 
     /// The Msvm_VirtualSystemSettingData itself.
     fn vssd_instance(&self, vssd: &VssdFacts, settings: &VmSettings) -> Instance {
         let parent_text = vssd.parent.map(|p| self.path_text(&vssd_path(p)));
-        Instance::new("Msvm_VirtualSystemSettingData")
+        let instance = Instance::new("Msvm_VirtualSystemSettingData")
             .with("InstanceID", CimType::String, s(vssd.instance_id))
             .with(
                 "Caption",
@@ -109,7 +117,8 @@ impl Host {
                 CimType::Boolean,
                 Some(Value::Boolean(true)),
             )
-            .with_path(vssd_path(vssd.instance_id))
+            .with_path(vssd_path(vssd.instance_id));
+        with_boot_properties(instance, &settings.run.boot)
     }
 
     /// A VM's current settings (VSSD + resource settings; disks at their active layers).
@@ -130,6 +139,9 @@ impl Host {
             system_type: VST_REALIZED,
             created: None,
             parent: vm.parent_snapshot.as_deref(),
+            console: self
+                .running_vm(&vm.id)
+                .map(|handle| self.hypervisor().console_socket(&handle)),
         };
         self.settings_instances(&vssd, &vm.settings(), &disks)
     }
@@ -167,6 +179,7 @@ impl Host {
             system_type: ty,
             created: Some(format_unix_ms(snap.created_ms)),
             parent: vm.parent_vssd.as_deref(),
+            console: None,
         };
         self.settings_instances(&vssd, &vm.settings, &disks)
     }
@@ -449,6 +462,8 @@ struct VssdFacts<'a> {
     created: Option<String>,
     /// The parent snapshot's VSSD InstanceID.
     parent: Option<&'a str>,
+    /// The socket of COM 1 (cosnap's console) while the VM runs; a snapshot has none.
+    console: Option<std::path::PathBuf>,
 }
 
 /// A disk as its Msvm_StorageAllocationSettingData shows it.

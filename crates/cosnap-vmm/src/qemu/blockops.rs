@@ -13,20 +13,65 @@ use crate::qmp::QmpClient;
 /// A commit copies at most the top layer's data; minutes are a stuck job, not a slow one.
 const JOB_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Commits `top` into `base` on disk `disk`: an active commit pivots the disk onto `base`.
-// The schema's deprecated `base`/`top` fields must still be written out (as None).
-#[allow(deprecated)]
-pub fn commit(q: &mut QmpClient, disk: usize, top: &Path, base: &Path) -> Result<()> {
+/// Commits `top` into `base` on disk `disk`: an active commit pivots the disk onto `base`
+/// with the VM paused (see [`pivot_paused`]); `merged` runs once `base` holds all of `top`.
+pub fn commit(
+    q: &mut QmpClient,
+    disk: usize,
+    top: &Path,
+    base: &Path,
+    merged: &mut dyn FnMut() -> std::io::Result<()>,
+) -> Result<()> {
     let top_node = graph::node_of_path(q, top)?;
     let base_node = graph::node_of_path(q, base)?;
     let active = graph::active_node(q, disk)?;
     let job = format!("commit-{top_node}");
 
+    // A job of this name left by a caller that died goes on from where it stands. With no
+    // job and `top`'s file gone, the merge finished before and the caller's `merged` removed
+    // the file (it runs only after a job concluded without error): only the node is left.
+    match job_status(q, &job)? {
+        Some(_) => {}
+        None if !top.exists() => return delete_node(q, &top_node),
+        None => start_commit(q, &active, &top_node, &base_node, &job)?,
+    }
+
+    if active == top_node {
+        wait_job(q, &job, qmp::JobStatus::ready)?;
+        pivot_paused(q, &job, top, merged)?;
+    } else {
+        // Nothing but the job writes `base` below the active layer, so a caller that dies
+        // before `merged` and merges `top` again offline copies the same data again. (After
+        // a pivot whose caller died, `top` is no longer active: its job has concluded.)
+        wait_job(q, &job, qmp::JobStatus::concluded)?;
+        finish_job(q, &job, top, merged)?;
+    }
+
+    delete_node(q, &top_node)
+}
+
+/// The status of job `job`, if QEMU has one of that name.
+fn job_status(q: &mut QmpClient, job: &str) -> Result<Option<qmp::JobStatus>> {
+    Ok(q.execute(&qmp::query_jobs {})?
+        .into_iter()
+        .find(|j| j.id == job)
+        .map(|j| j.status))
+}
+
+// The schema's deprecated `base`/`top` fields must still be written out (as None).
+#[allow(deprecated)]
+fn start_commit(
+    q: &mut QmpClient,
+    active: &str,
+    top_node: &str,
+    base_node: &str,
+    job: &str,
+) -> Result<()> {
     q.execute(&qmp::block_commit {
-        job_id: Some(job.clone()),
-        device: active.clone(),
-        top_node: Some(top_node.clone()),
-        base_node: Some(base_node),
+        job_id: Some(job.to_string()),
+        device: active.to_string(),
+        top_node: Some(top_node.to_string()),
+        base_node: Some(base_node.to_string()),
         auto_dismiss: Some(false),
         auto_finalize: None,
         backing_file: None,
@@ -36,16 +81,46 @@ pub fn commit(q: &mut QmpClient, disk: usize, top: &Path, base: &Path) -> Result
         on_error: None,
         speed: None,
         top: None,
-    })?;
+    })
+    .map(drop)
+}
 
-    if active == top_node {
-        wait_job(q, &job, qmp::JobStatus::ready)?;
-        q.execute(&qmp::job_complete { id: job.clone() })?;
+/// The pivot of an active commit, with the guest paused from before `job-complete` until
+/// `merged` has run. Whoever sees `top` still there after a crash of both cosnap and QEMU may
+/// merge it again offline: with no guest write to `base` between the pivot and `merged`
+/// (which removes `top`), `base` then holds exactly what `top` adds, and merging it again
+/// changes nothing. Without the pause, writes after the pivot would be overwritten.
+fn pivot_paused(
+    q: &mut QmpClient,
+    job: &str,
+    top: &Path,
+    merged: &mut dyn FnMut() -> std::io::Result<()>,
+) -> Result<()> {
+    let was_running = q.execute(&qmp::query_status {})?.status == qmp::RunState::running;
+    if was_running {
+        q.execute(&qmp::stop {})?;
     }
-    wait_job(q, &job, qmp::JobStatus::concluded)?;
-    finish_job(q, &job)?;
 
-    delete_node(q, &top_node)
+    let pivoted = q
+        .execute(&qmp::job_complete {
+            id: job.to_string(),
+        })
+        .map(drop)
+        .and_then(|()| wait_job(q, job, qmp::JobStatus::concluded))
+        .and_then(|()| finish_job(q, job, top, merged));
+
+    let resumed = match was_running {
+        true => q.execute(&qmp::cont {}).map(drop),
+        false => Ok(()),
+    };
+    pivoted.and(resumed)
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> VmmError {
+    VmmError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Polls `query-jobs` until the job reaches `wanted` (or concludes, with or without error).
@@ -74,24 +149,31 @@ fn wait_job(q: &mut QmpClient, job: &str, wanted: qmp::JobStatus) -> Result<()> 
     }
 }
 
-/// Reads the concluded job's error (if any), then dismisses it.
-fn finish_job(q: &mut QmpClient, job: &str) -> Result<()> {
+/// Reads the concluded job's error; without one runs `merged`; then dismisses the job. A
+/// caller dying in `merged` leaves the job concluded, so the next `commit` finishes it.
+fn finish_job(
+    q: &mut QmpClient,
+    job: &str,
+    top: &Path,
+    merged: &mut dyn FnMut() -> std::io::Result<()>,
+) -> Result<()> {
     let error = q
         .execute(&qmp::query_jobs {})?
         .into_iter()
         .find(|j| j.id == job)
         .and_then(|j| j.error);
-    q.execute(&qmp::job_dismiss {
-        id: job.to_string(),
-    })?;
-    match error {
+    let outcome = match error {
         Some(desc) => Err(VmmError::Job {
             vm: q.vm().to_string(),
             job: job.to_string(),
             desc,
         }),
-        None => Ok(()),
-    }
+        None => merged().map_err(|source| io_error(top, source)),
+    };
+    q.execute(&qmp::job_dismiss {
+        id: job.to_string(),
+    })?;
+    outcome
 }
 
 /// Removes a format node a merge left behind, then its file node if that survived it (nodes

@@ -199,8 +199,15 @@ impl Hypervisor for QemuHypervisor {
         freeze::group_freeze(self, requests)
     }
 
-    fn commit(&self, vm: &VmHandle, disk: usize, top: &Path, base: &Path) -> Result<()> {
-        self.with_qmp(vm, |q| blockops::commit(q, disk, top, base))
+    fn commit(
+        &self,
+        vm: &VmHandle,
+        disk: usize,
+        top: &Path,
+        base: &Path,
+        merged: &mut dyn FnMut() -> std::io::Result<()>,
+    ) -> Result<()> {
+        self.with_qmp(vm, |q| blockops::commit(q, disk, top, base, merged))
     }
 
     fn add_bitmap(&self, vm: &VmHandle, layer: &Path, name: &str, persistent: bool) -> Result<()> {

@@ -16,6 +16,7 @@ pub(super) const CONCRETE: &[&str] = &[
     "Msvm_StorageAllocationSettingData",
     "Msvm_SyntheticEthernetPortSettingData",
     "Msvm_EthernetPortAllocationSettingData",
+    "Msvm_SerialPortSettingData",
     "Msvm_VirtualSystemReferencePoint",
     "Msvm_VirtualSystemCollection",
     "Msvm_ManagementCollection",

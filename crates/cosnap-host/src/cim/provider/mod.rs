@@ -27,13 +27,14 @@ mod enumerate;
 mod jobs;
 mod lookup;
 mod management;
+mod modify;
 mod nearby;
 mod params;
 mod snapshots;
 
 use cosnap_cim::{
     AssocFilter, BuiltCursor, CimError, CimProvider, CimStatus, ClassDef, Instance, InstanceCursor,
-    MethodOutcome, ObjectPath, PathCursor, Value, schema,
+    MethodOutcome, ObjectPath, Value, schema,
 };
 
 use crate::error::HostError;
@@ -120,12 +121,12 @@ impl CimProvider for Host {
         Ok(out)
     }
 
-    /// Classes with key lookups are handed out as paths (an open enumeration holds paths,
-    /// not instances); the others as the built list.
+    /// Classes with key lookups are handed out by id (an open enumeration holds ids, not
+    /// instances); the others as the built list.
     fn enumerate_cursor(&self, class_name: &str) -> Result<Box<dyn InstanceCursor>, CimError> {
         self.check_class(class_name)?;
-        match self.instance_paths(class_name).map_err(|e| e.to_cim())? {
-            Some(paths) => Ok(Box::new(PathCursor::new(paths))),
+        match self.instance_cursor(class_name).map_err(|e| e.to_cim())? {
+            Some(cursor) => Ok(Box::new(cursor)),
             None => Ok(Box::new(BuiltCursor::new(
                 self.enumerate_instances(class_name)?,
             ))),
