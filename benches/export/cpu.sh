@@ -7,7 +7,12 @@
 #      peer also counts `sha256sum` of its outputs (what a manifest costs it).
 #   B. `cosnap disk convert` of one disk vs `qemu-img convert -O qcow2` + `sync FILE`.
 # Wall = the command with its sync; CPU = user + system of the whole process tree
-# (`/usr/bin/time`, children included). Rounds alternate the two sides (A B, B A, ...) and
+# (`/usr/bin/time`, children included). qemu-img convert writes its output with cache mode
+# "unsafe" (no flush at all) and leaves the writeback to whoever syncs: the `sync` after it
+# runs under the same timer, so the writeback it does in its own context is counted on the
+# peer's side, as cosnap's own fsync and writeback kicks are on cosnap's. Writeback the
+# kernel's flusher threads do (rare in these short runs: outputs stay under the dirty
+# background threshold) is counted on neither side. Rounds alternate the two sides (A B, B A, ...) and
 # each ratio is taken round by round; the median, min and max of those ratios are printed.
 # "busy": a shell busy loop this script starts, pins nowhere and kills, runs through both
 # sides of every round. The page cache is dropped before every timed command when root.
@@ -77,6 +82,7 @@ run_disk_convert() { # tool → "wall cpu"
 bench_mode() { # idle|busy
   local mode=$1 r ew ec qw qc sc cw cc kw kc
   local e_wall=() e_cpu=() e_cpu_sha=() c_cpu=() c_wall=() ew_s=() ec_s=() qw_s=() qc_s=() sc_s=()
+  local load0; load0=$(cut -d' ' -f1-3 /proc/loadavg)
   if [ "$mode" = busy ]; then sh -c 'while :; do :; done' & BUSY_PID=$!; fi
   for ((r = 1; r <= ROUNDS; r++)); do
     if ((r % 2)); then
@@ -95,7 +101,7 @@ bench_mode() { # idle|busy
       "$mode" "$r" "$ew" "$ec" "$qw" "$qc" "$sc" "$cw" "$cc" "$kw" "$kc"
   done
   if [ -n "$BUSY_PID" ]; then kill "$BUSY_PID"; wait "$BUSY_PID" 2>/dev/null || true; BUSY_PID=; fi
-  echo "== $mode: $ROUNDS rounds, median (min–max), ratios per round (< 1: cosnap spends less) =="
+  echo "== $mode: $ROUNDS rounds, median (min–max), ratios per round (< 1: cosnap spends less); load at start $load0, at end $(cut -d' ' -f1-3 /proc/loadavg) =="
   echo "  export wall $(stats "${ew_s[@]}") s, CPU $(stats "${ec_s[@]}") s; peer wall $(stats "${qw_s[@]}") s, CPU $(stats "${qc_s[@]}") s, sha256sum CPU $(stats "${sc_s[@]}") s"
   echo "  export / 3× qemu-img convert + sync:  wall $(stats "${e_wall[@]}"), CPU $(stats "${e_cpu[@]}")"
   echo "  export CPU / (qemu-img CPU + sha256sum CPU): $(stats "${e_cpu_sha[@]}")"

@@ -605,26 +605,16 @@ struct Direct<'a> {
 ///
 /// Why one: every copy thread of an output writes the same file, and ext4 takes the
 /// inode's lock for each buffered write — a second thread bought no wall time on a warm
-/// cache and spent 40–60 % more CPU spinning on that lock. What more threads gave a cold
-/// source (reads in flight) comes from [`sparse::advise_willneed`] of the next copies
-/// instead; several outputs still copy in parallel (one job each).
+/// cache and spent 40–60 % more CPU spinning on that lock. A cold source gets its reads
+/// in flight from the kernel's own read-ahead inside `copy_file_range`; several outputs
+/// still copy in parallel (one job each). No `posix_fadvise(WILLNEED)` hints: the kernel
+/// serves them one 4 KiB page at a time, which cost 0.6× more CPU than the copy's own
+/// large-folio read-ahead and bought no wall time (docs/decisions.md, copy CPU).
 fn copy_threads() -> usize {
     std::env::var("COSNAP_COPY_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .map_or(1, |n| n.clamp(1, 16))
-}
-
-/// Copies whose source is asked into the page cache ahead of the copy running now.
-const READ_AHEAD_COPIES: usize = 2;
-
-/// Asks the kernel to start reading the sources of the copies from `first` on (a few of
-/// them) while the current one runs: reads in flight on a cold disk without a second
-/// writer. A hint only; its failure changes nothing.
-fn read_ahead(directs: &[Direct<'_>], first: usize) {
-    for d in directs.iter().skip(first).take(READ_AHEAD_COPIES) {
-        let _ = sparse::advise_willneed(d.layer.file(), d.src_off, d.len);
-    }
 }
 
 fn run_directs(directs: &[Direct<'_>], dest: &dyn Image, run: &Run<'_>) -> Result<()> {
@@ -639,7 +629,6 @@ fn run_directs(directs: &[Direct<'_>], dest: &dyn Image, run: &Run<'_>) -> Resul
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some(d) = directs.get(i) else { break };
-                    read_ahead(directs, i + workers);
                     let r = run.check().and_then(|_| {
                         copy_host(
                             d.layer.file(),

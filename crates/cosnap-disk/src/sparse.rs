@@ -1,10 +1,9 @@
-//! Sparse-file primitives: the one home of `SEEK_DATA`/`SEEK_HOLE` walks, `fallocate`,
-//! `sync_file_range` and page-cache hints in cosnap.
+//! Sparse-file primitives: the one home of `SEEK_DATA`/`SEEK_HOLE` walks, `fallocate`
+//! and `sync_file_range` in cosnap.
 //!
 //! Every other module asks this one where a file holds data ([`runs`]), gives space back
-//! ([`punch_hole`]), starts writeback early ([`start_writeback`]) or reads ahead
-//! ([`advise_willneed`]), so the system calls, their `unsafe` blocks and their error
-//! conventions are written once.
+//! ([`punch_hole`]) or starts writeback early ([`start_writeback`]), so the system calls,
+//! their `unsafe` blocks and their error conventions are written once.
 //!
 //! `lseek` with `SEEK_DATA`/`SEEK_HOLE` moves the descriptor's file position; cosnap does
 //! all its I/O positionally (`pread`/`pwrite`), so that is harmless.
@@ -258,23 +257,6 @@ pub fn start_writeback(file: &File) -> io::Result<()> {
     }
 }
 
-/// Asks the kernel to read `[offset, offset + len)` of `file` into the page cache in the
-/// background (`posix_fadvise(WILLNEED)`), so a later read finds it there: a sequential
-/// copier gets several reads in flight without more threads.
-pub fn advise_willneed(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    let too_big = || io::Error::new(io::ErrorKind::InvalidInput, "range past off_t");
-    let offset = libc::off_t::try_from(offset).map_err(|_| too_big())?;
-    let len = libc::off_t::try_from(len).map_err(|_| too_big())?;
-    // SAFETY: posix_fadvise on a valid descriptor owned by `file`; no memory is passed.
-    let r =
-        unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(r))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,15 +395,14 @@ mod tests {
     }
 
     #[test]
-    fn writeback_and_readahead_accept_a_written_file_and_refuse_a_pipe() {
+    fn writeback_accepts_a_written_file_and_refuses_a_pipe() {
         let dir = tempfile::tempdir().unwrap();
         let (file, _) = sparse_file(dir.path());
         start_writeback(&file).unwrap();
-        advise_willneed(&file, 0, 16 * MIB).unwrap();
         file.sync_all().unwrap();
 
         let (reader, _writer) = std::io::pipe().unwrap();
         let pipe = File::from(std::os::fd::OwnedFd::from(reader));
-        assert!(advise_willneed(&pipe, 0, 1).is_err(), "ESPIPE is reported");
+        assert!(start_writeback(&pipe).is_err(), "ESPIPE is reported");
     }
 }

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use super::{BUF, Direct, Run, wrote};
 use crate::digest::{DigestAlgorithm, FileHasher, hash_range};
@@ -41,16 +42,18 @@ impl AlignedBuf {
 /// the digest (`algorithm`, lower-case hex) of the whole output file.
 ///
 /// Why not `copy_file_range` here: a digest needs the bytes in file order anyway, so they
-/// pass through user space once — read from the source (with `O_DIRECT` where aligned:
-/// [`DirectSources`]), then hashed and written [`SLICE`] by [`SLICE`] by this thread —
+/// pass through user space once — read from the source one piece ahead by a reader
+/// thread (with `O_DIRECT` where aligned: [`start_reader`], [`DirectSources`]), then
+/// hashed and written by this thread ([`OutputWriter`]) —
 /// instead of an in-kernel copy followed by a second read of every output (measured: 3 ×
 /// 1 GiB of qcow2 data, 6.5 s instead of 7.9 s; the direct reads halve the system CPU and
-/// leave the host's page cache to its VMs). Hashing a slice and writing it right away
-/// keeps it in the cache for the write's copy: against a separate writer thread fed 4 MiB
-/// buffers, an export of 3 disks took 0.62× the CPU and 0.71× the wall time, paired
-/// medians of 7. Writes are buffered (the kernel's writeback, kicked every few MiB,
-/// overlaps them with the next reads); `O_DIRECT` writes were tried and were slower on
-/// this kind of virtual disk at the buffer sizes bounded memory allows. What lies between
+/// leave the host's page cache to its VMs). Hashing in the reading thread beat a separate
+/// writer thread fed 4 MiB buffers (0.62× the CPU, 0.71× the wall time, paired medians
+/// of 7). Aligned pieces are written with `O_DIRECT` too: against buffered writes (slices
+/// kept cache-hot, writeback kicked every few MiB) an export of 3 disks took 0.75× the
+/// CPU and 0.74× the wall time idle, 0.78× and 0.94× with a core kept busy (paired
+/// medians of 5; docs/decisions.md, copy CPU). The final `fsync` makes them durable
+/// with the rest of the file. What lies between
 /// the copies (metadata, ranges written while planning, holes) is read back from the
 /// file, holes skipped. Progress: each copied byte counts twice (copy + hash), read-back
 /// bytes up to the job's remaining share.
@@ -74,33 +77,35 @@ pub(super) fn copy_in_file_order(
         budget: AtomicU64::new(work.saturating_sub(copied)),
     };
     let advance = |n| readback.advance(n);
-    let out = Output { file: &file, path };
+    let mut out = OutputWriter::new(&file, path, !run.force_rw);
 
     let mut hasher = algorithm.hasher();
     let mut scratch = vec![0u8; 1 << 20];
-    let mut buf = AlignedBuf::new();
-    let mut sources = DirectSources::new(!run.force_rw);
-    let mut pos = 0u64;
-    for d in directs.iter() {
+    let directs: &[Direct<'_>] = directs;
+    std::thread::scope(|s| {
+        let (pieces, buffers) = start_reader(s, directs, !run.force_rw);
+        let mut pos = 0u64;
+        for d in directs {
+            hash_range(
+                &file,
+                path,
+                pos..d.dst_off,
+                &mut hasher,
+                &mut scratch,
+                &advance,
+            )?;
+            copy_one(d, &pieces, &buffers, &mut out, &mut hasher, run)?;
+            pos = d.dst_off + d.len;
+        }
         hash_range(
             &file,
             path,
-            pos..d.dst_off,
+            pos.min(size)..size,
             &mut hasher,
             &mut scratch,
             &advance,
-        )?;
-        copy_one(d, &mut sources, &mut buf, out, &mut hasher, run)?;
-        pos = d.dst_off + d.len;
-    }
-    hash_range(
-        &file,
-        path,
-        pos.min(size)..size,
-        &mut hasher,
-        &mut scratch,
-        &advance,
-    )?;
+        )
+    })?;
     readback.finish();
 
     run.check()?;
@@ -108,11 +113,63 @@ pub(super) fn copy_in_file_order(
     Ok(hasher.finish_hex())
 }
 
-/// The output file of a [`copy_in_file_order`] and its name for errors.
-#[derive(Clone, Copy)]
-struct Output<'f> {
+/// Writes the copied pieces of a [`copy_in_file_order`] into its output: through a second
+/// descriptor opened with `O_DIRECT` where the piece is aligned (the bytes go by DMA from
+/// the buffer just hashed: no copy into the page cache, no writeback work later), through
+/// the page cache otherwise or where the file system refuses `O_DIRECT`.
+struct OutputWriter<'f> {
     file: &'f File,
     path: &'f Path,
+    direct: Option<File>,
+}
+
+impl<'f> OutputWriter<'f> {
+    fn new(file: &'f File, path: &'f Path, direct: bool) -> Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        let direct = direct
+            .then(|| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(path)
+                    .ok()
+            })
+            .flatten();
+        Self { file, path, direct }
+    }
+
+    /// Hashes `piece` and writes it at `at`.
+    fn write_hashed(&mut self, piece: &[u8], at: u64, hasher: &mut FileHasher) -> Result<()> {
+        let aligned = at.is_multiple_of(DIRECT_ALIGN as u64)
+            && piece.len().is_multiple_of(DIRECT_ALIGN)
+            && (piece.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN);
+        if let Some(direct) = self.direct.as_ref().filter(|_| aligned) {
+            match direct.write_all_at(piece, at) {
+                Ok(()) => {
+                    hasher.update(piece);
+                    return Ok(());
+                }
+                // Alignment this file system does not take: the page cache from now on.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct = None,
+                Err(e) => return Err(DiskError::io(self.path, e)),
+            }
+        }
+        self.write_buffered(piece, at, hasher)
+    }
+
+    /// Hashes and writes [`SLICE`] by [`SLICE`], so each slice is still in the core's cache
+    /// when the write copies it into the page cache.
+    fn write_buffered(&self, piece: &[u8], mut at: u64, hasher: &mut FileHasher) -> Result<()> {
+        for slice in piece.chunks(SLICE) {
+            hasher.update(slice);
+            self.file
+                .write_all_at(slice, at)
+                .map_err(|e| DiskError::io(self.path, e))?;
+            wrote(self.file, slice.len() as u64);
+            at += slice.len() as u64;
+        }
+        Ok(())
+    }
 }
 
 /// Progress of the bytes read back from the output (everything that is not a copy): they
@@ -143,36 +200,84 @@ impl ReadBack<'_, '_> {
     }
 }
 
-/// Copies `d`: reads it from its source in [`BUF`] pieces, then hashes and writes each
-/// piece [`SLICE`] by [`SLICE`].
+/// A piece of a copy read by the reader thread: its buffer, and where its `len` bytes go
+/// in the output.
+struct Piece {
+    buf: AlignedBuf,
+    at: u64,
+    len: usize,
+}
+
+/// Pieces in file order from the reader thread (an error ends them).
+type Pieces = Receiver<Result<Piece>>;
+
+/// Starts the thread that reads the sources of `directs`, [`BUF`] bytes at a time, into
+/// two buffers that travel between it and the writer: while one piece is hashed and
+/// written, the next one is being read, so a cold source and the output both have I/O in
+/// flight. It stops when the writer drops either channel (done, failed or cancelled).
+fn start_reader<'s, 'd: 's>(
+    scope: &'s std::thread::Scope<'s, '_>,
+    directs: &'d [Direct<'d>],
+    direct_io: bool,
+) -> (Pieces, SyncSender<AlignedBuf>) {
+    let (piece_tx, pieces) = sync_channel(1);
+    let (buffers, free) = sync_channel(2);
+    for _ in 0..2 {
+        let _ = buffers.send(AlignedBuf::new());
+    }
+    scope.spawn(move || read_pieces(directs, DirectSources::new(direct_io), &free, &piece_tx));
+    (pieces, buffers)
+}
+
+/// The reader thread's loop (see [`start_reader`]).
+fn read_pieces(
+    directs: &[Direct<'_>],
+    mut sources: DirectSources,
+    free: &Receiver<AlignedBuf>,
+    pieces: &SyncSender<Result<Piece>>,
+) {
+    for d in directs {
+        let mut done = 0u64;
+        while done < d.len {
+            let Ok(mut buf) = free.recv() else { return };
+            let len = (d.len - done).min(BUF as u64) as usize;
+            let read = sources.read(d.layer, d.src_off + done, &mut buf.bytes_mut()[..len]);
+            let failed = read.is_err();
+            let piece = read.map(|()| Piece {
+                buf,
+                at: d.dst_off + done,
+                len,
+            });
+            if pieces.send(piece).is_err() || failed {
+                return;
+            }
+            done += len as u64;
+        }
+    }
+}
+
+/// Copies `d`: takes its pieces from the reader thread, hashes and writes each, and hands
+/// the buffer back for the next read.
 fn copy_one(
     d: &Direct<'_>,
-    sources: &mut DirectSources,
-    buf: &mut AlignedBuf,
-    out: Output<'_>,
+    pieces: &Pieces,
+    buffers: &SyncSender<AlignedBuf>,
+    out: &mut OutputWriter<'_>,
     hasher: &mut FileHasher,
     run: &Run<'_>,
 ) -> Result<()> {
     let mut done = 0u64;
     while done < d.len {
         run.check()?;
-        let n = (d.len - done).min(BUF as u64) as usize;
-        let piece = &mut buf.bytes_mut()[..n];
-        sources.read(d.layer, d.src_off + done, piece)?;
+        // The reader only stops early after sending its error.
+        let mut piece = pieces.recv().map_err(|_| DiskError::Cancelled)??;
 
-        let mut at = d.dst_off + done;
-        for slice in piece.chunks(SLICE) {
-            hasher.update(slice);
-            out.file
-                .write_all_at(slice, at)
-                .map_err(|e| DiskError::io(out.path, e))?;
-            wrote(out.file, slice.len() as u64);
-            at += slice.len() as u64;
-        }
+        out.write_hashed(&piece.buf.bytes_mut()[..piece.len], piece.at, hasher)?;
 
         // Copied and hashed: twice its share of the progress.
-        run.advance(2 * n as u64);
-        done += n as u64;
+        run.advance(2 * piece.len as u64);
+        done += piece.len as u64;
+        let _ = buffers.send(piece.buf);
     }
     Ok(())
 }
