@@ -59,7 +59,7 @@ impl Host {
         settings: &VmSettings,
         disks: &[DiskSetting],
     ) -> (Instance, Vec<Instance>) {
-        let vssd_instance = self.vssd_instance(vssd, settings);
+        let vssd_instance = self.vssd_instance(vssd, &settings.name);
         let rasd = ResourceIds(vssd.instance_id);
 
         let mut rasds = vec![
@@ -74,7 +74,7 @@ impl Host {
     }
 
     /// The Msvm_VirtualSystemSettingData itself.
-    fn vssd_instance(&self, vssd: &VssdFacts, settings: &VmSettings) -> Instance {
+    fn vssd_instance(&self, vssd: &VssdFacts, name: &str) -> Instance {
         let parent_text = vssd.parent.map(|p| self.path_text(&vssd_path(p)));
         Instance::new("Msvm_VirtualSystemSettingData")
             .with("InstanceID", CimType::String, s(vssd.instance_id))
@@ -87,7 +87,7 @@ impl Host {
                     "Snapshot"
                 }),
             )
-            .with("ElementName", CimType::String, s(&settings.name))
+            .with("ElementName", CimType::String, s(name))
             .with("VirtualSystemIdentifier", CimType::String, s(vssd.vm_id))
             .with("VirtualSystemType", CimType::String, s(vssd.system_type))
             .with(
@@ -124,14 +124,15 @@ impl Host {
                 tracking_guid: d.tracking_guid.clone(),
             })
             .collect();
-        let vssd = VssdFacts {
-            instance_id: &vm_vssd_id(&vm.id),
-            vm_id: &vm.id,
-            system_type: VST_REALIZED,
-            created: None,
-            parent: vm.parent_snapshot.as_deref(),
-        };
-        self.settings_instances(&vssd, &vm.settings(), &disks)
+        let iid = vm_vssd_id(&vm.id);
+        self.settings_instances(&vm_facts(vm, &iid), &vm.settings(), &disks)
+    }
+
+    /// A VM's current VSSD alone (an enumeration of VSSDs need not build the resource
+    /// settings).
+    pub fn vm_vssd_instance(&self, vm: &Vm) -> Instance {
+        let iid = vm_vssd_id(&vm.id);
+        self.vssd_instance(&vm_facts(vm, &iid), &vm.name)
     }
 
     /// A snapshot's per-VM settings (VSSD with VirtualSystemType Snapshot:Realized or
@@ -156,19 +157,13 @@ impl Host {
                 tracking_guid: guids.get(d.index as usize).cloned().unwrap_or_default(),
             })
             .collect();
-        let ty = if snap.snapshot_type == SNAPSHOT_RECOVERY {
-            VST_SNAPSHOT_RECOVERY
-        } else {
-            VST_SNAPSHOT_REALIZED
-        };
-        let vssd = VssdFacts {
-            instance_id: &vm.vssd_id,
-            vm_id: &vm.vm_id,
-            system_type: ty,
-            created: Some(format_unix_ms(snap.created_ms)),
-            parent: vm.parent_vssd.as_deref(),
-        };
-        self.settings_instances(&vssd, &vm.settings, &disks)
+        self.settings_instances(&snapshot_facts(snap, vm), &vm.settings, &disks)
+    }
+
+    /// A snapshot's per-VM VSSD alone: no resource settings, so the VM's disks (their
+    /// tracking GUIDs) are not loaded.
+    pub fn snapshot_vssd_instance(&self, snap: &Snapshot, vm: &SnapshotVm) -> Instance {
+        self.vssd_instance(&snapshot_facts(snap, vm), &vm.settings.name)
     }
 
     pub fn collection_instance(&self, c: &Collection) -> Instance {
@@ -436,6 +431,31 @@ fn job_status_text(state: u16) -> &'static str {
         job_state::KILLED => "Job was killed",
         job_state::EXCEPTION => "Job failed",
         _ => "Unknown",
+    }
+}
+
+fn vm_facts<'a>(vm: &'a Vm, instance_id: &'a str) -> VssdFacts<'a> {
+    VssdFacts {
+        instance_id,
+        vm_id: &vm.id,
+        system_type: VST_REALIZED,
+        created: None,
+        parent: vm.parent_snapshot.as_deref(),
+    }
+}
+
+fn snapshot_facts<'a>(snap: &Snapshot, vm: &'a SnapshotVm) -> VssdFacts<'a> {
+    let system_type = if snap.snapshot_type == SNAPSHOT_RECOVERY {
+        VST_SNAPSHOT_RECOVERY
+    } else {
+        VST_SNAPSHOT_REALIZED
+    };
+    VssdFacts {
+        instance_id: &vm.vssd_id,
+        vm_id: &vm.vm_id,
+        system_type,
+        created: Some(format_unix_ms(snap.created_ms)),
+        parent: vm.parent_vssd.as_deref(),
     }
 }
 

@@ -1,0 +1,167 @@
+//! Enumerations a page at a time: the repository's rows that own a class's instances (VMs,
+//! snapshots, reference points, collections, jobs) read in pages by an indexed keyset
+//! query, and the cursor that turns each page into instances. An open enumeration holds one
+//! page, never the class's whole list, whatever the host's size.
+
+use std::collections::VecDeque;
+
+use cosnap_cim::{CimError, CimProvider, Instance, InstanceCursor};
+
+use super::enumerate::{CONCRETE, is_a};
+use crate::error::HostError;
+use crate::host::Host;
+
+/// Rows read per page (a page's instances are built together); tiny under test so that
+/// the tests cross page boundaries.
+const PAGE_ROWS: usize = if cfg!(test) { 2 } else { 64 };
+
+/// A repository table whose rows own instances, or the host itself (its services).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Owners {
+    Vms,
+    Snapshots,
+    RefPoints,
+    Collections,
+    Jobs,
+    Host,
+}
+
+impl Owners {
+    /// The next rows after `after` in enumeration order (index on `seq`, migration 6).
+    fn page_sql(self) -> Option<&'static str> {
+        Some(match self {
+            Owners::Vms => "SELECT seq, id FROM vms WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            Owners::Snapshots => {
+                "SELECT seq, id FROM snapshots WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            }
+            Owners::RefPoints => {
+                "SELECT seq, id FROM refpoints WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            }
+            Owners::Collections => {
+                "SELECT seq, id FROM collections WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            }
+            Owners::Jobs => "SELECT seq, id FROM jobs WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            Owners::Host => return None,
+        })
+    }
+}
+
+/// Where an enumeration of one concrete class stands: the owner tables left and the last
+/// row read of the first.
+struct Position {
+    class: &'static str,
+    tables: VecDeque<Owners>,
+    after: i64,
+}
+
+impl Host {
+    /// Up to `limit` owner rows of `table` after `after`, as (seq, id).
+    fn owner_page(
+        &self,
+        table: Owners,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, HostError> {
+        let Some(sql) = table.page_sql() else {
+            return Ok(if after < 1 {
+                vec![(1, String::new())]
+            } else {
+                Vec::new()
+            });
+        };
+
+        let conn = self.db();
+        let mut stmt = conn.prepare_cached(sql)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(rusqlite::params![after, limit], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Every owner id of `table`, page by page (for the list forms).
+    pub(super) fn all_owners(&self, table: Owners) -> Result<Vec<String>, HostError> {
+        let mut out = Vec::new();
+        let mut after = i64::MIN;
+        loop {
+            let page = self.owner_page(table, after, PAGE_ROWS)?;
+            let Some((last, _)) = page.last() else {
+                return Ok(out);
+            };
+            after = *last;
+            out.extend(page.into_iter().map(|(_, id)| id));
+        }
+    }
+}
+
+/// The instances of a class (and its subclasses) read a page of owner rows at a time.
+pub(super) struct PagedCursor {
+    host: Host,
+    classes: VecDeque<Position>,
+    ready: VecDeque<Instance>,
+}
+
+impl PagedCursor {
+    /// A cursor over every instance of `class` and its subclasses, in the order the list
+    /// forms give them. Expired jobs are purged first, as the list form does.
+    pub(super) fn new(host: &Host, class: &str) -> Result<Self, HostError> {
+        let classes: VecDeque<Position> = CONCRETE
+            .iter()
+            .filter(|c| is_a(c, class))
+            .map(|c| Position {
+                class: c,
+                tables: super::enumerate::owners_of(c).iter().copied().collect(),
+                after: i64::MIN,
+            })
+            .collect();
+        if classes.iter().any(|p| p.tables.contains(&Owners::Jobs)) {
+            crate::jobs::purge_expired(&host.db())?;
+        }
+        Ok(Self {
+            host: host.clone(),
+            classes,
+            ready: VecDeque::new(),
+        })
+    }
+
+    /// Reads the next page of owner rows into `ready`; false at the end.
+    fn read_page(&mut self) -> Result<bool, HostError> {
+        while let Some(pos) = self.classes.front_mut() {
+            let Some(table) = pos.tables.front().copied() else {
+                self.classes.pop_front();
+                continue;
+            };
+            let page = self.host.owner_page(table, pos.after, PAGE_ROWS)?;
+            let Some((last, _)) = page.last() else {
+                pos.tables.pop_front();
+                pos.after = i64::MIN;
+                continue;
+            };
+            pos.after = *last;
+            let class = pos.class;
+            for (_, id) in &page {
+                self.ready
+                    .extend(self.host.instances_from(class, table, id)?);
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+impl InstanceCursor for PagedCursor {
+    fn next_batch(&mut self, _: &dyn CimProvider, max: usize) -> Result<Vec<Instance>, CimError> {
+        let max = max.max(1);
+        while self.ready.len() < max {
+            if !self.read_page().map_err(|e| e.to_cim())? {
+                break;
+            }
+        }
+        let n = max.min(self.ready.len());
+        Ok(self.ready.drain(..n).collect())
+    }
+
+    fn is_exhausted(&self) -> bool {
+        self.ready.is_empty() && self.classes.is_empty()
+    }
+}
