@@ -3,7 +3,7 @@
 
 use cosnap_cim::{AssocFilter, CimError, CimType, Instance, ObjectPath, Value, schema};
 
-use super::enumerate::*;
+use super::classes::*;
 use super::params::*;
 use crate::cim::*;
 use crate::error::HostError;

@@ -1,70 +1,14 @@
-//! Which classes the host serves and their instances, class by class.
+//! The instances of the served classes: what one owner row (a VM, snapshot, reference
+//! point, collection, job, or the host) contributes to each class, and the list forms.
 
 use cosnap_cim::{CimError, Instance, ObjectPath, schema};
 
 use super::associations::*;
-use super::pages::Owners;
+use super::classes::*;
 use crate::cim::*;
 use crate::error::HostError;
 use crate::host::Host;
 use crate::model::*;
-
-/// Classes whose instances the host serves directly (associations included).
-pub(super) const CONCRETE: &[&str] = &[
-    "Msvm_ComputerSystem",
-    "Msvm_VirtualSystemSettingData",
-    "Msvm_ProcessorSettingData",
-    "Msvm_MemorySettingData",
-    "Msvm_StorageAllocationSettingData",
-    "Msvm_SyntheticEthernetPortSettingData",
-    "Msvm_EthernetPortAllocationSettingData",
-    "Msvm_VirtualSystemReferencePoint",
-    "Msvm_VirtualSystemCollection",
-    "Msvm_ManagementCollection",
-    "Msvm_SnapshotCollection",
-    "Msvm_ReferencePointCollection",
-    "Msvm_ConcreteJob",
-    "Msvm_CollectionManagementService",
-    "Msvm_CollectionSnapshotService",
-    "Msvm_CollectionReferencePointService",
-    "Msvm_VirtualSystemManagementService",
-    "Msvm_CollectedVirtualSystems",
-    "Msvm_CollectedCollections",
-    "Msvm_CollectedSnapshots",
-    "Msvm_CollectedReferencePoints",
-    "Msvm_SnapshotOfVirtualSystemCollection",
-    "Msvm_ReferencePointOfVirtualSystemCollection",
-    "Msvm_SnapshotOfVirtualSystem",
-    "Msvm_ReferencePointOfVirtualSystem",
-    "Msvm_AffectedJobElement",
-    "Msvm_SettingsDefineState",
-    "Msvm_VirtualSystemSettingDataComponent",
-];
-
-/// The owner tables of exactly `class`, in the order its instances are enumerated.
-pub(super) fn owners_of(class: &str) -> &'static [Owners] {
-    match class {
-        "Msvm_ComputerSystem" | "Msvm_SettingsDefineState" => &[Owners::Vms],
-        "Msvm_SnapshotCollection"
-        | "Msvm_CollectedSnapshots"
-        | "Msvm_SnapshotOfVirtualSystemCollection"
-        | "Msvm_SnapshotOfVirtualSystem" => &[Owners::Snapshots],
-        "Msvm_VirtualSystemReferencePoint"
-        | "Msvm_ReferencePointCollection"
-        | "Msvm_CollectedReferencePoints"
-        | "Msvm_ReferencePointOfVirtualSystemCollection"
-        | "Msvm_ReferencePointOfVirtualSystem" => &[Owners::RefPoints],
-        "Msvm_VirtualSystemCollection"
-        | "Msvm_ManagementCollection"
-        | "Msvm_CollectedVirtualSystems"
-        | "Msvm_CollectedCollections" => &[Owners::Collections],
-        "Msvm_ConcreteJob" | "Msvm_AffectedJobElement" => &[Owners::Jobs],
-        c if SERVICES.iter().any(|(s, _)| *s == c) => &[Owners::Host],
-        // The VSSDs, their resource settings and the association between them belong to
-        // VMs (current settings) and snapshots (frozen settings).
-        _ => &[Owners::Vms, Owners::Snapshots],
-    }
-}
 
 /// The resource settings of class `class` among one VSSD's.
 fn resource_settings(class: &str, rasds: Vec<Instance>) -> Vec<Instance> {
@@ -72,10 +16,6 @@ fn resource_settings(class: &str, rasds: Vec<Instance>) -> Vec<Instance> {
         .into_iter()
         .filter(|i| i.class_name == class)
         .collect()
-}
-
-pub(super) fn is_a(sub: &str, sup: &str) -> bool {
-    sub.eq_ignore_ascii_case(sup) || schema().is_subclass(sub, sup)
 }
 
 impl Host {

@@ -45,7 +45,7 @@ impl Host {
         let class = path.class_name.as_str();
         let is_resource_setting = class.ends_with("SettingData")
             && !class.eq_ignore_ascii_case("Msvm_VirtualSystemSettingData")
-            && super::enumerate::CONCRETE
+            && super::classes::CONCRETE
                 .iter()
                 .any(|c| c.eq_ignore_ascii_case(class));
         if !is_resource_setting {

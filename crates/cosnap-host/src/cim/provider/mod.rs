@@ -23,6 +23,7 @@
 //!   behaviour for a single checkpoint delete).
 
 mod associations;
+mod classes;
 mod enumerate;
 mod jobs;
 mod lookup;
@@ -39,7 +40,7 @@ use cosnap_cim::{
 
 use crate::error::HostError;
 use crate::host::Host;
-use enumerate::*;
+use classes::*;
 use params::*;
 pub use params::{embedded, ref_param, same_path};
 

@@ -358,7 +358,7 @@ fn query_ids(conn: &Connection, sql: &str, params: &[&str]) -> Result<Vec<String
 mod tests {
     use cosnap_cim::{AssocFilter, CimProvider, ObjectPath, Value};
 
-    use super::super::enumerate::CONCRETE;
+    use super::super::classes::CONCRETE;
     use super::super::pages::PagedCursor;
     use super::*;
     use crate::cim::provider::same_path;

@@ -7,44 +7,13 @@ use std::collections::VecDeque;
 
 use cosnap_cim::{CimError, CimProvider, Instance, InstanceCursor};
 
-use super::enumerate::{CONCRETE, is_a};
+use super::classes::{CONCRETE, Owners, is_a, owners_of};
 use crate::error::HostError;
 use crate::host::Host;
 
 /// Rows read per page (a page's instances are built together); tiny under test so that
 /// the tests cross page boundaries.
 const PAGE_ROWS: usize = if cfg!(test) { 2 } else { 64 };
-
-/// A repository table whose rows own instances, or the host itself (its services).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Owners {
-    Vms,
-    Snapshots,
-    RefPoints,
-    Collections,
-    Jobs,
-    Host,
-}
-
-impl Owners {
-    /// The next rows after `after` in enumeration order (index on `seq`, migration 6).
-    fn page_sql(self) -> Option<&'static str> {
-        Some(match self {
-            Owners::Vms => "SELECT seq, id FROM vms WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-            Owners::Snapshots => {
-                "SELECT seq, id FROM snapshots WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-            }
-            Owners::RefPoints => {
-                "SELECT seq, id FROM refpoints WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-            }
-            Owners::Collections => {
-                "SELECT seq, id FROM collections WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-            }
-            Owners::Jobs => "SELECT seq, id FROM jobs WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-            Owners::Host => return None,
-        })
-    }
-}
 
 /// Where an enumeration of one concrete class stands: the owner tables left and the last
 /// row read of the first.
@@ -110,7 +79,7 @@ impl PagedCursor {
             .filter(|c| is_a(c, class))
             .map(|c| Position {
                 class: c,
-                tables: super::enumerate::owners_of(c).iter().copied().collect(),
+                tables: owners_of(c).iter().copied().collect(),
                 after: i64::MIN,
             })
             .collect();
