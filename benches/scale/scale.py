@@ -13,9 +13,10 @@ recovery snapshot of each collection), starts `cosnap serve`, and times through 
   in seconds — stopped after --walk-budget seconds and extrapolated to all VMs if slower;
 * ExecQuery("SELECT * FROM Msvm_ComputerSystem") (median of 3, ms, with the count);
 * server RSS: idle, peak during a pull enumeration of every Msvm_ComputerSystem
-  (IterEnumerateInstances, MaxObjectCount 100), and peak during each large answer:
-  EnumerateInstances of Msvm_ComputerSystem, of the VSSDs and of the disks' resource
-  settings, and the ExecQuery of every VM.
+  (IterEnumerateInstances, MaxObjectCount 100), peak during each large answer
+  (EnumerateInstances of Msvm_ComputerSystem, of the VSSDs and of the disks' resource
+  settings, the ExecQuery of every VM), and peak during the WS-Man enumeration of every VM
+  (pypsrp: Enumerate, then Pulls of 100 items).
 
 and prints the figures side by side, with the 2,000/20 ratio for the per-call costs.
 
@@ -40,8 +41,10 @@ import sys
 import tempfile
 import threading
 import time
+import xml.etree.ElementTree as ET
 
 import pywbem
+from pypsrp.wsman import WSMan
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NS = "root/virtualization/v2"
@@ -226,9 +229,32 @@ def backup_walk(conn, budget):
     return elapsed, cpu, done, False
 
 
-def memory(conn, pull_conn, pid):
-    """RSS in kB: idle, peak during a pull enumeration of Msvm_ComputerSystem, and peak
-    during each of RSS_CALLS (each after the server has gone idle again)."""
+WSEN = "http://schemas.xmlsoap.org/ws/2004/09/enumeration"
+WSMAN = "http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd"
+CS_URI = "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/virtualization/v2/Msvm_ComputerSystem"
+
+
+def wsman_enumerate(port, batch=100):
+    """Every Msvm_ComputerSystem through WS-Man (pypsrp: Enumerate, then Pulls of `batch`);
+    returns how many items came."""
+    w = WSMan("127.0.0.1", port=port, username=USER, password=PASSWORD, ssl=False, auth="basic",
+              encryption="never", operation_timeout=60)
+    body = w.enumerate(CS_URI, ET.Element(f"{{{WSEN}}}Enumerate"))
+    ctx, count = body.find(f".//{{{WSEN}}}EnumerationContext"), 0
+    while ctx is not None and (ctx.text or "").strip():
+        pull = ET.Element(f"{{{WSEN}}}Pull")
+        ET.SubElement(pull, f"{{{WSEN}}}EnumerationContext").text = ctx.text.strip()
+        ET.SubElement(pull, f"{{{WSEN}}}MaxElements").text = str(batch)
+        body = w.pull(CS_URI, pull)
+        count += len(body.find(f".//{{{WSEN}}}Items"))
+        ctx = body.find(f".//{{{WSEN}}}EnumerationContext")
+    return count
+
+
+def memory(conn, pull_conn, pid, port):
+    """RSS in kB: idle, peak during a pull enumeration of Msvm_ComputerSystem, peak during
+    each of RSS_CALLS, and peak during the WS-Man enumeration of every VM (each after the
+    server has gone idle again)."""
     time.sleep(2.5)  # the server trims its heap once idle after activity
     idle = rss_kb(pid)
     with PeakRss(pid) as pulled:
@@ -240,6 +266,11 @@ def memory(conn, pull_conn, pid):
         with PeakRss(pid) as peak:
             call(conn)
         out[key] = peak.peak
+    time.sleep(2.5)
+    with PeakRss(pid) as ws:
+        ws_count = wsman_enumerate(port)
+    assert ws_count == n, f"WS-Man gave {ws_count} VMs, the pull enumeration {n}"
+    out["wsman"] = ws.peak
     return out
 
 
@@ -263,7 +294,7 @@ def measure(args, n):
                 "query": query_all_vms(conn),
                 "assoc": association_costs(conn, vms, args.sample),
                 "walk": backup_walk(conn, args.walk_budget),
-                "rss": memory(conn, pull_conn, proc.pid),
+                "rss": memory(conn, pull_conn, proc.pid, port),
             }
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -308,9 +339,11 @@ def report(sizes, results):
     row("backup walk (every VM: snapshots, settings)", cells)
     peaks = [("idle", "server RSS idle"), ("pull", "RSS peak, pull enum of all VMs")]
     peaks += [(key, f"RSS peak, {label}") for key, label, _ in RSS_CALLS]
+    peaks += [("wsman", "RSS peak, WS-Man enum of all VMs")]
     for key, label in peaks:
         row(f"{label} (MiB)", [f"{results[n]['rss'][key] / 1024:.1f}" for n in sizes])
     row("  pull peak / idle", [f"{results[n]['rss']['pull'] / results[n]['rss']['idle']:.2f}x" for n in sizes])
+    row("  WS-Man peak / idle", [f"{results[n]['rss']['wsman'] / results[n]['rss']['idle']:.2f}x" for n in sizes])
 
 
 def main():

@@ -12,7 +12,7 @@ import pytest
 from pypsrp.exceptions import WSManFaultError
 
 from conftest import PASSWORD, USER, CosnapServer, Raw, serving
-from wsman_clients import ASSOC_DIALECT, CIMBINDING, Psrp, context_of, items_of
+from wsman_clients import ASSOC_DIALECT, CIMBINDING, Psrp, Winrm, context_of, items_of
 from wsman_wire import (DMTF, ENUM_ACTION, S, SOAP_CT, WQL, WSEN, WSMAN, Epr, basic, enumerate_body, envelope, props,
                         pull_body, q, response_root, uri, wql_filter)
 
@@ -71,6 +71,67 @@ def test_modes_and_batches(server, psrp):
                 expected = expected or names
                 assert names == expected, (mode, max_elements, pull_max)
     assert set(server.vm_ids) <= set(expected)
+
+
+def test_small_batches_give_each_vm_once_in_cimoms_order(server, psrp):
+    """pywinrm and pypsrp with small MaxElements (the server reads its cursor a few VMs per
+    response): every VM exactly once, in the order CIM-XML's EnumerateInstances gives."""
+    cim_order = [i["Name"] for i in server.conn().EnumerateInstances(CS)]
+    assert set(server.vm_ids) <= set(cim_order)
+    winrm = Winrm(server.port, USER, PASSWORD)
+    for max_elements, pull_max in [(1, 1), (2, 3), (7, 1)]:
+        items, responses = winrm.enumerate(uri(CS), max_elements, pull_max)
+        assert [props(i)["Name"] for i in items] == cim_order, (max_elements, pull_max)
+        assert responses >= len(cim_order) // max(max_elements, pull_max), responses
+    found = psrp.enumerate(uri(CS), max_elements=2, pull_max=1)
+    assert [props(i)["Name"] for i, _ in found] == cim_order
+
+
+def test_interleaved_enumerations_keep_their_own_place(server, psrp):
+    """Two open enumerations of the same class, pulled in turns, each deliver every VM once."""
+    contexts = []
+    for _ in range(2):
+        e = ET.Element(q(WSEN, "Enumerate"))
+        contexts.append(context_of(psrp.w.enumerate(uri(CS), e)))
+    names = [[], []]
+    while any(contexts):
+        for n, ctx in enumerate(contexts):
+            if not ctx:
+                continue
+            p = ET.Element(q(WSEN, "Pull"))
+            ET.SubElement(p, q(WSEN, "EnumerationContext")).text = ctx
+            ET.SubElement(p, q(WSEN, "MaxElements")).text = str(n + 2)
+            body = psrp.w.pull(uri(CS), p)
+            names[n] += [props(i)["Name"] for i in items_of(body)]
+            contexts[n] = context_of(body)
+    assert names[0] == names[1] and len(set(names[0])) == len(names[0])
+    assert set(server.vm_ids) <= set(names[0])
+
+
+def test_an_item_too_big_for_one_pull_waits_for_the_next(server):
+    """A Pull whose MaxEnvelopeSize cannot hold even one item faults (w:EncodingLimit) and
+    loses nothing: the context stays open and a Pull with room gets that item next."""
+    raw = Raw(server.port)
+    headers = {"Content-Type": SOAP_CT, "Authorization": basic(USER, PASSWORD)}
+
+    def send(action, body, limit=None):
+        status, _, payload = raw.send(envelope(f"{ENUM_ACTION}/{action}", uri(CS), body, max_envelope_size=limit),
+                                      headers, path="/wsman")
+        return status, response_root(payload).find(q(S, "Body"))
+
+    status, body = send("Enumerate", enumerate_body())
+    assert status == 200
+    ctx = context_of(body)
+    status, body = send("Pull", pull_body(ctx, 1))
+    assert status == 200
+    first = props(items_of(body)[0])["Name"]
+    status, body = send("Pull", pull_body(ctx, 1), limit=2500)
+    assert status == 500 and "EncodingLimit" in ET.tostring(body, encoding="unicode"), ET.tostring(body)[:800]
+    status, body = send("Pull", pull_body(ctx, 100))
+    assert status == 200
+    rest = [props(i)["Name"] for i in items_of(body)]
+    assert first not in rest and set(server.vm_ids) <= set(rest) | {first}
+    assert context_of(body) is None
 
 
 def test_object_and_epr_agree_with_get(psrp):

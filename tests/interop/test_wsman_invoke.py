@@ -101,3 +101,26 @@ def test_out_reference_is_an_epr_with_wsa_wsman_prefixes(server, call):
     rp = ref.find(q(WSA, "ReferenceParameters"))
     assert rp.find(q(WSMAN, "ResourceURI")) is not None
     assert b"<wsa:ReferenceParameters>" in call.last and b"<wsman:SelectorSet>" in call.last, call.last[:1500]
+
+
+def test_modify_resource_settings_sets_com2_over_wsman(server, call):
+    """ModifyResourceSettings as a WS-Man client sends it (CDATA embedded instance, an array of
+    one): COM 2's Connection moves under a storage root and reads back with a pypsrp Get; a socket
+    outside the roots is Access Denied and changes nothing."""
+    vm_id = server.vm_ids[0]
+    port_id = f"Microsoft:{vm_id}\\Com\\2"
+    port = Epr(uri("Msvm_SerialPortSettingData"), {"InstanceID": port_id})
+
+    def modify(socket):
+        rasd = embedded("Msvm_SerialPortSettingData",
+                        [("InstanceID", port_id), ("ElementName", "COM 2"), ("Connection", [str(socket)])])
+        rv, _ = call(VSMS, "ModifyResourceSettings", f"<p:ResourceSettings><![CDATA[{rasd}]]></p:ResourceSettings>")
+        return rv
+
+    assert modify(server.storage_root / "wsman-com2.sock") == 0
+    shown = Psrp(server.port, USER, PASSWORD).get(port)
+    assert shown["ElementName"] == "COM 2"
+    assert str(shown["Connection"]).endswith("wsman-com2.sock"), shown
+
+    assert modify(server.base / "outside-com2.sock") == 32769
+    assert str(Psrp(server.port, USER, PASSWORD).get(port)["Connection"]).endswith("wsman-com2.sock")

@@ -18,7 +18,7 @@ from pypsrp.wsman import SelectorSet, WSMan
 from winrm.protocol import Protocol
 
 from conftest import poll_job
-from wsman_wire import ANON, S, WSA, WSEN, WSMAN, Epr, parse_epr, props, q, uri
+from wsman_wire import ANON, ENUM_ACTION, S, WSA, WSEN, WSMAN, Epr, parse_epr, props, q, uri
 
 ASSOC_DIALECT = "http://schemas.dmtf.org/wbem/wsman/1/cimbinding/associationFilter"
 CIMBINDING = "http://schemas.dmtf.org/wbem/wsman/1/cimbinding.xsd"
@@ -162,6 +162,21 @@ class Winrm:
             inp[f"cs:{name}"] = vals if len(vals) > 1 else vals[0]
         root = self._send(f"{ns}/{method}", ns, epr.selectors, {f"cs:{method}_INPUT": inp})
         return parse_output(root.find(q(S, "Body")), method)
+
+    def enumerate(self, resource_uri, max_elements, pull_max):
+        """Optimized Enumerate (`max_elements`) + Pulls of `pull_max` until the end; returns the
+        item elements and how many responses carried them."""
+        body = {"n:Enumerate": {"w:OptimizeEnumeration": None, "w:MaxElements": str(max_elements)}}
+        root = self._send(f"{ENUM_ACTION}/Enumerate", resource_uri, None, body).find(q(S, "Body"))
+        items, ctx, responses = items_of(root), context_of(root), 1
+        while ctx:
+            body = {"n:Pull": {"n:EnumerationContext": ctx, "n:MaxElements": str(pull_max)}}
+            root = self._send(f"{ENUM_ACTION}/Pull", resource_uri, None, body).find(q(S, "Body"))
+            items += items_of(root)
+            ctx = context_of(root)
+            responses += 1
+            assert responses < 10_000, "enumeration never ends"
+        return items, responses
 
     def wait_job(self, job, timeout=300):
         return poll_job(self.get, job, timeout)

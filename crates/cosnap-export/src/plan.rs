@@ -65,7 +65,9 @@ pub struct DiskPlan {
     pub id: String,
     /// Top layer of the disk's chain frozen at the snapshot (read only).
     pub source: PathBuf,
-    /// The format of `source`, as the repository records it.
+    /// The format the disk is exported in, as the repository records the disk (normally
+    /// `source`'s; a VHDX disk under a running VM's qcow2 overlays stays VHDX). `layers`
+    /// gives the formats the source is read with.
     pub format: Format,
     /// The source's chain as the repository records it (top first, `source` on top), so
     /// every layer is opened with its recorded format and parent and nothing is probed.

@@ -161,6 +161,20 @@ fn source_changed_ranges(d: &DiskPlan, base: &Path) -> Result<Vec<std::ops::Rang
     Ok(cosnap_disk::changed_ranges_of(&d.layers, depth)?)
 }
 
+/// The format of a PreserveChain differential's file: its disk's, unless that format
+/// cannot name the base export's file as its parent (raw has no parent pointer; a VHDX
+/// child needs a VHDX parent, and an earlier package may hold the disk as qcow2): then a
+/// qcow2 overlay, which backs onto any format.
+fn differencing_format(d: &DiskPlan) -> Format {
+    let vhdx_over_other =
+        d.format == Format::Vhdx && d.base_export_format.is_some_and(|f| f != Format::Vhdx);
+    if d.format == Format::Raw || vhdx_over_other {
+        Format::Qcow2
+    } else {
+        d.format
+    }
+}
+
 fn file_ext(format: Format, differencing: bool) -> &'static str {
     match (format, differencing) {
         (Format::Vhdx, false) => "vhdx",
@@ -718,9 +732,8 @@ impl WriteCtx<'_> {
     ) -> Result<(DiskRecord, Option<FlattenJob>)> {
         let (opts, differential) = (self.opts, self.plan.differential.is_some());
         let chained = differential && opts.intent == BackupIntent::PreserveChain;
-        // A raw base gets a qcow2 overlay (raw has no parent pointer).
-        let dest_format = if chained && d.format == Format::Raw {
-            Format::Qcow2
+        let dest_format = if chained {
+            differencing_format(d)
         } else {
             d.format
         };

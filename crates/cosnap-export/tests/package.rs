@@ -1055,6 +1055,96 @@ fn vhdx_full_preserve_chain_and_merge() {
     assert_eq!(std::fs::read(&v.l1).unwrap(), before_l1);
 }
 
+/// A VHDX base under the qcow2 overlays a running VM writes (`l0.vhdx` ← `l1.qcow2` ←
+/// `l2.qcow2`), exported as the disk's format, VHDX: the full export of `l1` is a `.vhdx`, the
+/// PreserveChain differential of `l2` over it an `.avhdx`; over a base export held as qcow2
+/// (a package of an earlier version) the differential is a qcow2 overlay, as a VHDX child
+/// needs a VHDX parent.
+#[test]
+fn a_vhdx_disk_under_qcow2_overlays_is_exported_as_vhdx() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, out) = (t.path().join("src"), t.path().join("exports"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    let l0 = src.join("l0.vhdx");
+    cosnap_disk::create(&l0, Format::Vhdx, SIZE).unwrap();
+    cosnap_disk::write_pattern(&l0, 0, 4 * MIB, 0x11).unwrap();
+    let (l1, l2) = (src.join("l1.qcow2"), src.join("l2.qcow2"));
+    cosnap_disk::create_qcow2_overlay(&l0, &l1).unwrap();
+    cosnap_disk::write_pattern(&l1, 2 * MIB, MIB, 0x33).unwrap();
+    cosnap_disk::create_qcow2_overlay(&l1, &l2).unwrap();
+    cosnap_disk::write_pattern(&l2, 50 * MIB, MIB, 0x55).unwrap();
+    let snap1 = raw_model(
+        &t.path().join("snap1.raw"),
+        &[(0, 4 * MIB, 0x11), (2 * MIB, MIB, 0x33)],
+    );
+    let snap2 = raw_model(
+        &t.path().join("snap2.raw"),
+        &[
+            (0, 4 * MIB, 0x11),
+            (2 * MIB, MIB, 0x33),
+            (50 * MIB, MIB, 0x55),
+        ],
+    );
+    let spec = |p: &Path, f: Format| cosnap_disk::LayerSpec::new(p, f);
+    let overlaid = |top: &Path, exported_as: Format, layers: Vec<cosnap_disk::LayerSpec>| {
+        let mut d = disk("disk0", top, exported_as);
+        d.layers = layers;
+        plan(
+            vec![vm("vm-v", "live", "Microsoft:snap-v", vec![d])],
+            "snap1",
+        )
+    };
+    let write = |p: &ExportPlan| {
+        let report =
+            write_package(p, &out, &opts(true), &no_progress, &CancelToken::new()).unwrap();
+        let rep = verify_package(&report.path).unwrap();
+        assert!(rep.ok(), "{:?}", rep.problems);
+        report
+    };
+
+    let layers1 = vec![spec(&l1, Format::Qcow2), spec(&l0, Format::Vhdx)];
+    let full = write(&overlaid(&l1, Format::Vhdx, layers1.clone()));
+    let full_disk = disk_file(&full, 0, 0);
+    assert!(
+        full_disk.to_string_lossy().ends_with(".vhdx"),
+        "{}",
+        full_disk.display()
+    );
+    qemu_compare(&full_disk, &snap1);
+    let full_as_qcow2 = write(&overlaid(&l1, Format::Qcow2, layers1));
+
+    let layers2 = vec![
+        spec(&l2, Format::Qcow2),
+        spec(&l1, Format::Qcow2),
+        spec(&l0, Format::Vhdx),
+    ];
+    for (base, base_format, ext) in [
+        (&full, Format::Vhdx, ".avhdx"),
+        (&full_as_qcow2, Format::Qcow2, ".qcow2"),
+    ] {
+        let mut p = overlaid(&l2, Format::Vhdx, layers2.clone());
+        against_full(&mut p, base, &[(0, 0, &l1)]);
+        p.vms[0].disks[0].base_export_format = Some(base_format);
+        let diff = write(&p);
+        let diff_disk = disk_file(&diff, 0, 0);
+        assert!(
+            diff_disk.to_string_lossy().ends_with(ext),
+            "{}",
+            diff_disk.display()
+        );
+        assert_eq!(layer_data(&diff_disk), [[50 * MIB, 51 * MIB]]);
+        let image = cosnap_disk::open(&diff_disk, false).unwrap();
+        let mut guest = vec![0u8; SIZE as usize];
+        image.read_at(&mut guest, 0).unwrap();
+        assert!(
+            guest == std::fs::read(&snap2).unwrap(),
+            "{}",
+            diff_disk.display()
+        );
+    }
+}
+
 /// `xmllint --nonet --schema` against the pinned DMTF OVF 2.0.1 XSDs: (valid, messages).
 fn ovf_schema_check(ovf: &Path) -> (bool, String) {
     let xsd = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ovf-2.0.1/dsp8023_2.0.1.xsd");

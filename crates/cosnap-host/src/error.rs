@@ -37,6 +37,10 @@ pub enum HostError {
     /// export directory outside the export roots).
     #[error("access denied: {0}")]
     AccessDenied(String),
+    /// The request is well formed but cosnap does not do it (e.g. modifying a resource
+    /// setting other than a COM port).
+    #[error("not supported: {0}")]
+    NotSupported(String),
     #[error("operation cancelled")]
     Cancelled,
     #[error("disk operation failed: {0}")]
@@ -111,6 +115,7 @@ impl HostError {
                 dmtf::INVALID_STATE
             }
             HostError::InvalidType(_) => dmtf::INVALID_TYPE,
+            HostError::NotSupported(_) => dmtf::NOT_SUPPORTED,
             _ => dmtf::FAILED,
         }
     }
@@ -124,6 +129,7 @@ impl HostError {
             HostError::InUse(_) => msvm::IN_USE,
             HostError::InvalidType(_) => msvm::INCORRECT_TYPE,
             HostError::AccessDenied(_) => msvm::ACCESS_DENIED,
+            HostError::NotSupported(_) => msvm::NOT_SUPPORTED,
             _ => msvm::FAILED,
         }
     }

@@ -234,7 +234,7 @@ fn disk_plan(host: &Host, l: &LayerRef) -> Result<DiskPlan, Refusal> {
     Ok(DiskPlan {
         id: format!("disk{}", l.index),
         source: l.path.clone(),
-        format: l.format,
+        format: export_format(l.format, &layers),
         layers,
         base_layer: None,
         base_export_file: None,
@@ -242,6 +242,16 @@ fn disk_plan(host: &Host, l: &LayerRef) -> Result<DiskPlan, Refusal> {
         resource_instance_id: Some(l.disk_instance_id.clone()),
         changed_ranges: None,
     })
+}
+
+/// The format a disk is exported in: a disk on a VHDX base stays VHDX (`.vhdx`, `.avhdx`
+/// children) even when its frozen layer is one of the qcow2 overlays a running VM writes
+/// (QEMU cannot open `.avhdx`); any other disk keeps its frozen layer's format.
+fn export_format(frozen: Format, chain: &[cosnap_disk::LayerSpec]) -> Format {
+    match chain.last() {
+        Some(base) if base.format == Format::Vhdx => Format::Vhdx,
+        _ => frozen,
+    }
 }
 
 /// The format of a disk file in an earlier package: its name is cosnap's record of it

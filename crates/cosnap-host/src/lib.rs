@@ -62,7 +62,9 @@
 //! * As CIM instances: [`Host::snapshot_vm_instances`] (the per-VM snapshot VSSD and its
 //!   resource settings: Msvm_ProcessorSettingData, Msvm_MemorySettingData,
 //!   Msvm_StorageAllocationSettingData (HostResource = frozen layer path),
-//!   Msvm_SyntheticEthernetPortSettingData), [`Host::vm_instances`] (same for a VM now), and
+//!   Msvm_SyntheticEthernetPortSettingData, Msvm_SerialPortSettingData COM 1/COM 2; the VSSD
+//!   carries the boot as CosnapKernel/CosnapInitrd/CosnapKernelCommandLine),
+//!   [`Host::vm_instances`] (same for a VM now), and
 //!   the [`cosnap_cim::CimProvider`] implementation on [`Host`].
 //! * Differential bases: [`Host::change_base`]`(top_layer, base_layer)` → the base layer or
 //!   [`HostError::ChangeInfoGone`].

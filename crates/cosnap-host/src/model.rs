@@ -91,6 +91,10 @@ pub struct VmSettings {
     pub nics: Vec<Nic>,
     /// The base disk of each slot, in definition order (path, format).
     pub base_disks: Vec<(PathBuf, Format)>,
+    /// Boot and COM2 at the time (shown by a snapshot's settings; ApplySnapshot leaves the
+    /// VM's own untouched). Snapshots taken before it was kept read as firmware boot, no COM2.
+    #[serde(default)]
+    pub run: crate::vm_boot::VmRunSettings,
 }
 
 /// One disk slot of a VM with its current (active) layer.
@@ -141,6 +145,7 @@ impl Vm {
                 .iter()
                 .map(|d| (d.base_path.clone(), d.base_format))
                 .collect(),
+            run: self.run.clone(),
         }
     }
 }

@@ -26,6 +26,20 @@ impl Host {
         ids.iter().map(|id| load_refpoint(&conn, id)).collect()
     }
 
+    /// How many of the reference point's disks keep a persistent dirty bitmap (their VM ran
+    /// when the snapshot was taken), out of how many disks: a differential export against it
+    /// reads those disks' changes from the bitmaps instead of comparing chains.
+    pub fn refpoint_tracked_disks(&self, id: &str) -> Result<(usize, usize)> {
+        let conn = self.db();
+        let rp = load_refpoint(&conn, &norm_id(id))?;
+        let (tracked, total): (i64, i64) = conn.query_row(
+            "SELECT COUNT(bitmap), COUNT(*) FROM refpoint_disks WHERE refpoint_id = ?1",
+            params![rp.id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((tracked as usize, total as usize))
+    }
+
     pub fn check_convert(&self, id: &str) -> Result<Snapshot> {
         let snap = self.snapshot(id)?;
         if snap.snapshot_type != SNAPSHOT_RECOVERY {

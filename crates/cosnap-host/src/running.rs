@@ -121,6 +121,12 @@ impl Host {
         Ok(self.hypervisor().console_socket(&handle))
     }
 
+    /// The file holding everything a running VM's guest wrote on its first serial port.
+    pub fn serial_log(&self, id_or_name: &str) -> Result<PathBuf> {
+        let handle = self.handle_of(id_or_name)?;
+        Ok(self.hypervisor().serial_log(&handle))
+    }
+
     /// The running VM's handle (named by the VM's id), or invalid state when it is off.
     fn handle_of(&self, id_or_name: &str) -> Result<VmHandle> {
         let vm = self.vm(id_or_name)?;

@@ -249,6 +249,12 @@ fn reference_points_keep_change_boundaries() {
     assert!(h.snapshot(&s1).is_err(), "the snapshot goes away");
     let rp = h.refpoint(&rp_id).unwrap();
     assert_eq!((rp.rp_type, rp.consistency), (2, 1));
+    let disks = rp.vms.iter().map(|v| v.disks.len()).sum::<usize>();
+    assert_eq!(
+        h.refpoint_tracked_disks(&rp_id).unwrap(),
+        (0, disks),
+        "VMs that were off keep no bitmaps"
+    );
     for v in &rp.vms {
         let rct = &v.disks[0].rct_id;
         assert!(rct.starts_with("rctX:") && rct.len() == 5 + 36 + 9, "{rct}");
@@ -1081,4 +1087,46 @@ fn every_method_succeeds_through_the_provider() {
     for (i, vm) in f.vms.iter().enumerate() {
         assert_eq!(byte_at(&active(h, vm), 0), 0x11 * (i as u8 + 1));
     }
+}
+
+/// An enumeration's cursor keeps ids: VMs destroyed while it is open are skipped, and a
+/// batch whose first ids are all gone reads on rather than ending the enumeration early.
+#[test]
+fn enumeration_cursor_skips_vms_destroyed_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Host::open(dir.path().join("data")).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let disk = dir.path().join(format!("vm{i}.raw"));
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let spec = VmSpec {
+            id: None,
+            name: format!("cursor-vm-{i}"),
+            cpus: 1,
+            memory_mb: 256,
+            disks: vec![DiskSpec {
+                path: disk,
+                format: Some(Format::Raw),
+            }],
+            nics: Vec::new(),
+        };
+        ids.push(h.define_vm(&spec).unwrap().id);
+    }
+    let name = |i: &Instance| match i.get("Name") {
+        Some(Value::String(s)) => s.clone(),
+        other => panic!("Name is {other:?}"),
+    };
+
+    let mut cursor = h.enumerate_cursor("Msvm_ComputerSystem").unwrap();
+    let first: Vec<String> = cursor.next_batch(&h, 2).unwrap().iter().map(name).collect();
+    assert_eq!(first, ids[..2]);
+    for gone in &ids[2..5] {
+        h.destroy_vm(gone).unwrap();
+    }
+    let rest: Vec<String> = cursor.next_batch(&h, 2).unwrap().iter().map(name).collect();
+    assert_eq!(rest, ids[5..]);
+    assert!(cursor.is_exhausted());
 }

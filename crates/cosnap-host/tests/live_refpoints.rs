@@ -174,6 +174,11 @@ fn differential_against_a_live_reference_point_copies_the_bitmap_and_falls_back_
     let rp = host
         .convert_to_refpoint(&first, &cosnap_host::NoJob)
         .unwrap();
+    assert_eq!(
+        host.refpoint_tracked_disks(&rp).unwrap(),
+        (2, 2),
+        "both disks of the running VM are tracked by a bitmap"
+    );
 
     // The guest keeps writing; the next snapshot freezes what it wrote.
     std::thread::sleep(Duration::from_secs(2));

@@ -1,9 +1,14 @@
 //! The consistency proof on running VMs: two guests with two disks each (qcow2 and VHDX
 //! bases) write numbered O_DIRECT records, the second one a follower of the first over their
 //! serial link; cosnap takes group snapshots at random moments while they write. Every frozen
-//! image and a full export must hold a gap-free prefix of intact records per disk, one VM's
-//! counts at most 1 apart, and no follower record without its cause in the leader's images.
-//! Snapshotting the VMs one after another (no group pause) must be caught.
+//! image and every export form (full, PreserveChain differential applied to its base, Merge,
+//! differential against a reference point, import of a package into a fresh repository)
+//! must hold a gap-free prefix of intact records per disk, one VM's counts at most 1 apart,
+//! and no follower record without its cause in the leader's images. Snapshotting the VMs one
+//! after another (no group pause) must be caught, and so must a differential applied to the
+//! wrong base.
+
+mod live_export_forms;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,19 +16,24 @@ use std::time::{Duration, Instant};
 
 use cosnap_disk::qcow2::{self, ChangeInfo};
 use cosnap_disk::{ExtentState, Format, merge_ranges, open_chain};
-use cosnap_host::export::{ExportRequest, Roots, exported_path, start_export};
+use cosnap_export::{BackupIntent, Package};
 use cosnap_host::live::snapshot_bitmap;
 use cosnap_host::{DiskSpec, Host, HostError, HostOptions, NoJob, SharedHypervisor, Vm, VmSpec};
-use cosnap_test_support::records::{DiskRecords, VmRecords, check_cause, check_vm, scan_disk};
+use cosnap_test_support::records::{check_cause, check_vm};
 use cosnap_test_support::{PidGuard, guest, qemu_check_clean, wait_for_text};
 use cosnap_vmm::{
     Accelerator, Boot, DiskChain, DiskLayer, Hypervisor, LayerFormat, QemuHypervisor, SerialSocket,
     VmHandle, VmLaunch, VmState,
 };
 
+use live_export_forms::{
+    Exports, WrongBase, assert_differential, assert_import_refused, assert_wrong_base_rejected,
+    check_form, export, frozen_disks, import_fresh, package_disks, repository_disks,
+    verified_package, vm_records,
+};
+
 const MIB: u64 = 1 << 20;
 const DISK_BYTES: u64 = 32 * MIB;
-const GUEST_DISKS: [&str; 2] = ["vda", "vdb"];
 
 /// The host's view of a VM's disks as the chains QEMU runs.
 fn chains_of(host: &Host, vm: &Vm) -> Vec<DiskChain> {
@@ -119,46 +129,6 @@ fn define_group(host: &Host, images: &Path) -> (String, Vm, Vm) {
     (coll, lead, foll)
 }
 
-/// Checks (a) on every disk of one VM's frozen layers, read through cosnap's readers.
-fn frozen_records(host: &Host, vm_name: &str, layers: &[PathBuf]) -> VmRecords {
-    let disks = layers
-        .iter()
-        .zip(GUEST_DISKS)
-        .map(|(layer, disk)| {
-            let image = open_chain(&host.disk_chain(layer).unwrap(), false).unwrap();
-            let mut read = |buf: &mut [u8], offset: u64| {
-                image.read_at(buf, offset).map_err(std::io::Error::other)
-            };
-            scan_disk(vm_name, disk, image.virtual_size(), &mut read)
-                .unwrap_or_else(|e| panic!("{}: {e}", layer.display()))
-        })
-        .collect();
-    VmRecords {
-        vm: vm_name.into(),
-        disks,
-    }
-}
-
-/// (a) on every disk of an exported image (probed: the test reads what the package holds).
-fn exported_records(vm_name: &str, images: &[PathBuf]) -> VmRecords {
-    let disks: Vec<DiskRecords> = images
-        .iter()
-        .zip(GUEST_DISKS)
-        .map(|(path, disk)| {
-            let image = cosnap_disk::open(path, false).unwrap();
-            let mut read = |buf: &mut [u8], offset: u64| {
-                image.read_at(buf, offset).map_err(std::io::Error::other)
-            };
-            scan_disk(vm_name, disk, image.virtual_size(), &mut read)
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        })
-        .collect();
-    VmRecords {
-        vm: vm_name.into(),
-        disks,
-    }
-}
-
 /// The frozen layers of `vm` in snapshot `sid`, in disk order.
 fn frozen_layers(host: &Host, sid: &str, vm_id: &str) -> Vec<PathBuf> {
     let snap = host.snapshot(sid).unwrap();
@@ -173,20 +143,6 @@ fn random_gap(round: u64) -> Duration {
         .unwrap()
         .subsec_nanos() as u64;
     Duration::from_millis(200 + (nanos / 1000 + round * 7919) % 1800)
-}
-
-fn full_export(host: &Host, sid: &str, dir: &Path) -> Vec<(String, PathBuf)> {
-    std::fs::create_dir_all(dir).unwrap();
-    let job = start_export(host, &ExportRequest::full(sid, dir), Roots::Caller).unwrap();
-    let done = host.wait_job(&job).unwrap();
-    assert!(done.succeeded(), "{done:?}");
-    exported_path(host, sid, &job).expect("export recorded");
-    let record = host.exports_of(sid).unwrap().pop().unwrap();
-    record
-        .disks
-        .into_iter()
-        .map(|d| (d.vm_id, d.path))
-        .collect()
 }
 
 #[test]
@@ -235,12 +191,19 @@ fn group_snapshots_of_running_writers_are_consistent_and_sequential_ones_are_cau
         snapshots.push(sid);
     }
 
-    // A full export of the last snapshot while the VMs keep running.
-    let exported = full_export(
+    // Every export form of the last snapshot while the VMs keep running: full, and
+    // PreserveChain and Merge against the one before; the oldest one in full is the wrong
+    // base of the negative control.
+    let last = snapshots[snapshots.len() - 1].clone();
+    let before_last = snapshots[snapshots.len() - 2].clone();
+    let oldest = snapshots[0].clone();
+    let exporting = Instant::now();
+    let exports = Exports::write(
         &host,
-        snapshots.last().unwrap(),
-        &root.path().join("export"),
+        (&oldest, &before_last, &last),
+        &root.path().join("exports"),
     );
+    eprintln!("five exports while the VMs run: {:?}", exporting.elapsed());
 
     // ApplySnapshot is refused while a member runs.
     let refused = host.check_apply_snapshot(&snapshots[0]).unwrap_err();
@@ -288,8 +251,8 @@ fn group_snapshots_of_running_writers_are_consistent_and_sequential_ones_are_cau
 
     let mut last_lead_count = 0;
     for sid in &snapshots {
-        let leader = frozen_records(&host, "lead", &frozen_layers(&host, sid, &lead.id));
-        let follower = frozen_records(&host, "foll", &frozen_layers(&host, sid, &foll.id));
+        let leader = vm_records("lead", &frozen_disks(&host, sid, &lead.id));
+        let follower = vm_records("foll", &frozen_disks(&host, sid, &foll.id));
         check_vm(&leader).unwrap();
         check_vm(&follower).unwrap();
         check_cause(&leader, &follower).unwrap();
@@ -317,18 +280,93 @@ fn group_snapshots_of_running_writers_are_consistent_and_sequential_ones_are_cau
         }
     }
 
-    let pick = |vm_id: &str| -> Vec<PathBuf> {
-        exported
-            .iter()
-            .filter(|(v, _)| v == vm_id)
-            .map(|(_, p)| p.clone())
-            .collect()
-    };
-    let leader = exported_records("lead", &pick(&lead.id));
-    let follower = exported_records("foll", &pick(&foll.id));
-    check_vm(&leader).unwrap();
-    check_vm(&follower).unwrap();
-    check_cause(&leader, &follower).unwrap();
+    let checking = Instant::now();
+    check_export_forms(&host, &exports, (&lead, &foll), root.path());
+
+    // PreserveChain (applied to the same base export) and Merge against a reference point,
+    // converted now, offline, from the snapshot before the last: QEMU stored its tracking
+    // bitmaps when the last snapshot froze the layer.
+    let rp = host.convert_to_refpoint(&before_last, &NoJob).unwrap();
+    for (intent, form, dir) in [
+        (
+            BackupIntent::PreserveChain,
+            "differential against a reference point, applied to its base",
+            "refpoint-chained",
+        ),
+        (
+            BackupIntent::Merge,
+            "Merge against a reference point",
+            "refpoint-merged",
+        ),
+    ] {
+        let against_rp = export(
+            &host,
+            &last,
+            Some(&rp),
+            intent,
+            &root.path().join("exports").join(dir),
+        );
+        let package = verified_package(&against_rp.package_dir);
+        assert_differential(&package, &rp, intent);
+        check_form(form, &host, &last, (&lead, &foll), &|vm_id| {
+            package_disks(&package, vm_id)
+        });
+    }
+    eprintln!("export forms checked in {:?}", checking.elapsed());
+}
+
+/// Every export form of `exports` passes the proof against the frozen images; the
+/// differential applied to the wrong base is refused; import of a differential is refused.
+fn check_export_forms(host: &Host, exports: &Exports, vms: (&Vm, &Vm), root: &Path) {
+    let snapshot_of = |package: &Package| package.meta.snapshot_id.clone();
+
+    for (form, dir) in [
+        ("full export", &exports.full),
+        ("full export of the base", &exports.base_full),
+    ] {
+        let package = verified_package(dir);
+        check_form(form, host, &snapshot_of(&package), vms, &|vm_id| {
+            package_disks(&package, vm_id)
+        });
+    }
+
+    let base = verified_package(&exports.base_full).meta.snapshot_id;
+    let chained = verified_package(&exports.chained);
+    assert_differential(&chained, &base, BackupIntent::PreserveChain);
+    check_form(
+        "PreserveChain differential applied to its base",
+        host,
+        &snapshot_of(&chained),
+        vms,
+        &|vm_id| package_disks(&chained, vm_id),
+    );
+    let merged = verified_package(&exports.merged);
+    assert_differential(&merged, &base, BackupIntent::Merge);
+    check_form("Merge export", host, &snapshot_of(&merged), vms, &|vm_id| {
+        package_disks(&merged, vm_id)
+    });
+
+    for (form, dir, data) in [
+        ("full export imported", &exports.full, "import-full"),
+        ("Merge export imported", &exports.merged, "import-merge"),
+    ] {
+        let imported = import_fresh(dir, &root.join(data));
+        check_form(form, host, &snapshot_of(&chained), vms, &|vm_id| {
+            repository_disks(&imported, vm_id)
+        });
+    }
+    assert_import_refused(&exports.chained, &root.join("import-chained"));
+
+    let older = verified_package(&exports.older_full);
+    let blank = root.join("blank");
+    for (name, wrong) in [
+        ("the oldest snapshot's export", WrongBase::Older(&older)),
+        ("blank disks", WrongBase::Blank(&blank)),
+    ] {
+        for outcome in assert_wrong_base_rejected(&chained, wrong, &[vms.0, vms.1]) {
+            eprintln!("differential over {name}: {outcome}");
+        }
+    }
 }
 
 /// The bitmap `name` on `layer` (read by cosnap's reader) covers exactly the layer's own
@@ -373,12 +411,12 @@ fn negative_control(host: &Host, lead: &Vm, foll: &Vm) -> Duration {
 
     let early = host.create_snapshot_now(&lead_only, 2, None).unwrap();
     let frozen_at = Instant::now();
-    let leader = frozen_records(host, "lead", &frozen_layers(host, &early, &lead.id));
+    let leader = vm_records("lead", &frozen_disks(host, &early, &lead.id));
     check_vm(&leader).unwrap();
     while frozen_at.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_secs(1));
         let late = host.create_snapshot_now(&foll_only, 2, None).unwrap();
-        let follower = frozen_records(host, "foll", &frozen_layers(host, &late, &foll.id));
+        let follower = vm_records("foll", &frozen_disks(host, &late, &foll.id));
         check_vm(&follower).unwrap();
         if check_cause(&leader, &follower).is_err() {
             return frozen_at.elapsed();

@@ -1,5 +1,6 @@
 //! Open pull enumerations of the CIM-XML server (DSP0200 1.4 §5.3.2.1): the cursor each
-//! Open left behind, waiting for the client's Pull or Close.
+//! Open left behind, waiting for the client's Pull or Close, kept in the
+//! [`ContextTable`] shared with WS-Man.
 //!
 //! An open enumeration holds the provider's [`InstanceCursor`] (for the host: the paths
 //! still to deliver, not the instances) plus how to shape what it yields. It belongs to
@@ -10,12 +11,12 @@
 //! of the table, so the table's lock is never held across provider calls and a second
 //! Pull on the same context in the meantime is refused instead of interleaved.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cosnap_cim::{CimError, CimStatus, ClassDef, InstanceCursor};
-use ring::rand::{SecureRandom, SystemRandom};
+use ring::rand::SystemRandom;
+
+use crate::context_table::{ContextTable, TableCaps, TableError, random_name};
 
 #[derive(Debug, Clone, Copy)]
 pub struct PullLimits {
@@ -69,18 +70,10 @@ pub struct Enumeration {
     pub timeout: Duration,
 }
 
-struct Entry {
-    user: String,
-    last_used: Instant,
-    timeout: Duration,
-    /// `None` while a Pull holds the cursor.
-    open: Option<Enumeration>,
-}
-
 /// Every open enumeration of one server.
 pub struct Enumerations {
     limits: PullLimits,
-    table: Mutex<HashMap<String, Entry>>,
+    table: ContextTable<Enumeration>,
     rng: SystemRandom,
 }
 
@@ -94,22 +87,16 @@ impl Enumerations {
     pub fn new(limits: PullLimits) -> Self {
         Self {
             limits,
-            table: Mutex::new(HashMap::new()),
+            table: ContextTable::new(TableCaps {
+                per_user: limits.per_user,
+                total: limits.total,
+            }),
             rng: SystemRandom::new(),
         }
     }
 
     pub fn limits(&self) -> &PullLimits {
         &self.limits
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Drops enumerations idle longer than their timeout.
-    fn purge(table: &mut HashMap<String, Entry>, now: Instant) {
-        table.retain(|_, e| now.duration_since(e.last_used) < e.timeout);
     }
 
     /// The idle timeout for an Open's `OperationTimeout` (seconds; `None` = the default).
@@ -129,116 +116,62 @@ impl Enumerations {
 
     /// Checks that `user` may open one more enumeration (before the Open does any work).
     pub fn admit(&self, user: &str) -> Result<(), CimError> {
-        let mut table = self.lock();
-        Self::purge(&mut table, Instant::now());
-        self.check_room(&table, user)
-    }
-
-    fn check_room(&self, table: &HashMap<String, Entry>, user: &str) -> Result<(), CimError> {
-        let mine = table.values().filter(|e| e.user == user).count();
-        if mine >= self.limits.per_user {
-            return Err(CimError::new(
-                CimStatus::ServerLimitsExceeded,
-                format!(
-                    "user {user} already holds {mine} open enumerations; pull them to the end or close them"
-                ),
-            ));
-        }
-        if table.len() >= self.limits.total {
-            return Err(CimError::new(
-                CimStatus::ServerLimitsExceeded,
-                "the server holds too many open enumerations; try again later",
-            ));
-        }
-        Ok(())
+        self.table.admit(user).map_err(|e| cim_error(e, ""))
     }
 
     /// Keeps an enumeration for later Pulls and returns its context name.
     pub fn open(&self, user: &str, enumeration: Enumeration) -> Result<String, CimError> {
-        let id = self.new_id();
-        let mut table = self.lock();
-        Self::purge(&mut table, Instant::now());
-        self.check_room(&table, user)?;
-        table.insert(
-            id.clone(),
-            Entry {
-                user: user.to_string(),
-                last_used: Instant::now(),
-                timeout: enumeration.timeout,
-                open: Some(enumeration),
-            },
-        );
+        let id = random_name(&self.rng);
+        let timeout = enumeration.timeout;
+        self.table
+            .open(id.clone(), user, timeout, enumeration)
+            .map_err(|e| cim_error(e, &id))?;
         Ok(id)
     }
 
     /// Takes the enumeration out for one Pull; [`Enumerations::put_back`] returns it.
     pub fn take(&self, id: &str, user: &str) -> Result<Enumeration, CimError> {
-        let mut table = self.lock();
-        Self::purge(&mut table, Instant::now());
-        let Some(entry) = table.get_mut(id).filter(|e| e.user == user) else {
-            return Err(unknown(id));
-        };
-        entry.last_used = Instant::now();
-        entry.open.take().ok_or_else(|| {
-            CimError::new(
-                CimStatus::InvalidEnumerationContext,
-                "another request is pulling from this enumeration context right now",
-            )
-        })
+        self.table.take(id, user).map_err(|e| cim_error(e, id))
     }
 
     /// Returns an enumeration taken for a Pull that did not reach its end.
     pub fn put_back(&self, id: &str, enumeration: Enumeration) {
-        let mut table = self.lock();
-        if let Some(entry) = table.get_mut(id) {
-            entry.last_used = Instant::now();
-            entry.open = Some(enumeration);
-        }
+        self.table.put_back(id, enumeration);
     }
 
     /// Forgets an enumeration (its end was delivered, it failed, or the client closed it).
     pub fn close(&self, id: &str, user: &str) -> Result<(), CimError> {
-        let mut table = self.lock();
-        Self::purge(&mut table, Instant::now());
-        match table.get(id) {
-            Some(e) if e.user == user => {
-                table.remove(id);
-                Ok(())
-            }
-            _ => Err(unknown(id)),
-        }
+        self.table.close(id, user).map_err(|e| cim_error(e, id))
     }
 
     /// How many enumerations are open (after dropping expired ones).
     pub fn open_count(&self) -> usize {
-        let mut table = self.lock();
-        Self::purge(&mut table, Instant::now());
-        table.len()
-    }
-
-    /// A context name nobody can guess (128 random bits).
-    fn new_id(&self) -> String {
-        let mut b = [0u8; 16];
-        if self.rng.fill(&mut b).is_err() {
-            // Fall back to the clock: still unique, and contexts are checked per user.
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos();
-            b = t.to_le_bytes();
-        }
-        b.iter().map(|x| format!("{x:02x}")).collect()
+        self.table.open_count()
     }
 }
 
-fn unknown(id: &str) -> CimError {
-    let shown: String = id.chars().take(80).collect();
-    CimError::new(
-        CimStatus::InvalidEnumerationContext,
-        format!(
-            "the enumeration context {shown:?} is not open: it reached its end, was closed, timed out, or belongs to another user"
+/// The CIM status and wording for a refusal of the context table.
+fn cim_error(e: TableError, id: &str) -> CimError {
+    match e {
+        TableError::Unknown => {
+            let shown: String = id.chars().take(80).collect();
+            CimError::new(
+                CimStatus::InvalidEnumerationContext,
+                format!(
+                    "the enumeration context {shown:?} is not open: it reached its end, was closed, timed out, or belongs to another user"
+                ),
+            )
+        }
+        TableError::Busy => CimError::new(CimStatus::InvalidEnumerationContext, e.to_string()),
+        TableError::UserFull { .. } => CimError::new(
+            CimStatus::ServerLimitsExceeded,
+            format!("{e}; pull them to the end or close them"),
         ),
-    )
+        TableError::ServerFull => CimError::new(
+            CimStatus::ServerLimitsExceeded,
+            format!("{e}; try again later"),
+        ),
+    }
 }
 
 #[cfg(test)]

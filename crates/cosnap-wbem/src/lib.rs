@@ -11,6 +11,8 @@
 //! * [`response`] — the message-level CIM-XML writer (elements come from
 //!   [`cosnap_cim::xml`]);
 //! * [`enumerations`] — open pull enumerations (cursors waiting for the next Pull);
+//! * [`context_table`] — the table of open enumeration contexts both front ends keep (owner,
+//!   caps, expiry, taken out while a Pull runs);
 //! * [`wql`] — the WQL subset ExecQuery accepts;
 //! * [`auth`] — users in `<data-dir>/users.json` (PBKDF2-HMAC-SHA256) and Basic checks;
 //! * [`tls`] — rustls configuration and the self-signed certificate;
@@ -32,6 +34,7 @@ pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod cimxml;
+pub mod context_table;
 pub mod enumerations;
 pub mod http;
 pub mod limits;

@@ -33,6 +33,7 @@ use cosnap_cim::{
 use crate::enumerations::Enumerations;
 use crate::request::{Call, Request};
 use crate::response::{self, Kind, ResponseWriter};
+use crate::wql;
 
 mod pull;
 mod query;
@@ -751,4 +752,28 @@ pub(crate) fn prepare_call(
         method,
         params: typed,
     })
+}
+
+/// A WHERE clause that names every key of a class without subclasses is a key lookup,
+/// not a scan: the instance it names, or `None` when the caller must scan. A miss (the key
+/// spelled in another case than stored, say) also answers `None`: the scan compares as
+/// WQL does.
+pub(crate) fn instance_by_key(
+    provider: &dyn CimProvider,
+    query: &wql::Query,
+    class: &ClassDef,
+) -> Option<Instance> {
+    let path = query.key_path(class)?;
+    let has_subclasses = provider.class_names().iter().any(|n| {
+        provider
+            .get_class(n)
+            .ok()
+            .and_then(|c| c.superclass)
+            .is_some_and(|s| s.eq_ignore_ascii_case(&class.name))
+    });
+    if has_subclasses {
+        return None;
+    }
+    let (path, _) = resolve_path(provider, path).ok()?;
+    provider.get_instance(&path).ok()
 }

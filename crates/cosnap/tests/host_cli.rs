@@ -281,7 +281,8 @@ fn import_libvirt_domain() {
 fn demo_runs_in_a_fresh_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("demo");
-    let o = cosnap(&data).run(&["demo"]);
+    // The offline story (the live one, with running guests, is tested in demo_cli.rs).
+    let o = cosnap(&data).run(&["demo", "--offline"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("recovery snapshot 2"), "{}", o.stdout);
     // Snapshot 1 became the reference point the differential export was taken against.
@@ -296,7 +297,7 @@ fn demo_runs_in_a_fresh_directory() {
         o.stdout
     );
     // A second run does not reuse the repository.
-    let o = cosnap(&data).run(&["demo"]);
+    let o = cosnap(&data).run(&["demo", "--offline"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("fresh sub-directory"), "{}", o.stdout);
 }

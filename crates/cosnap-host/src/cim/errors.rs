@@ -15,6 +15,7 @@ impl HostError {
             }
             HostError::AlreadyExists(_) => CimStatus::AlreadyExists,
             HostError::AccessDenied(_) => CimStatus::AccessDenied,
+            HostError::NotSupported(_) => CimStatus::NotSupported,
             _ => CimStatus::Failed,
         }
     }

@@ -4,6 +4,7 @@
 use cosnap_cim::{CimType, Instance, Value};
 
 use super::paths::*;
+use super::run_settings::{SERIAL_PORTS, serial_port_instance, with_boot_properties};
 use crate::host::Host;
 use crate::model::*;
 use crate::util::now_ms;
@@ -59,7 +60,7 @@ impl Host {
         settings: &VmSettings,
         disks: &[DiskSetting],
     ) -> (Instance, Vec<Instance>) {
-        let vssd_instance = self.vssd_instance(vssd, &settings.name);
+        let vssd_instance = self.vssd_instance(vssd, settings);
         let rasd = ResourceIds(vssd.instance_id);
 
         let mut rasds = vec![
@@ -70,13 +71,20 @@ impl Host {
         for (i, nic) in settings.nics.iter().enumerate() {
             rasds.extend(rasd.nic(i, nic));
         }
+        rasds.extend(SERIAL_PORTS.iter().map(|&port| {
+            let socket = match port {
+                1 => vssd.console.as_deref(),
+                _ => settings.run.com2.as_deref(),
+            };
+            serial_port_instance(vssd.instance_id, port, socket)
+        }));
         (vssd_instance, rasds)
     }
 
     /// The Msvm_VirtualSystemSettingData itself.
-    fn vssd_instance(&self, vssd: &VssdFacts, name: &str) -> Instance {
+    fn vssd_instance(&self, vssd: &VssdFacts, settings: &VmSettings) -> Instance {
         let parent_text = vssd.parent.map(|p| self.path_text(&vssd_path(p)));
-        Instance::new("Msvm_VirtualSystemSettingData")
+        let instance = Instance::new("Msvm_VirtualSystemSettingData")
             .with("InstanceID", CimType::String, s(vssd.instance_id))
             .with(
                 "Caption",
@@ -87,7 +95,7 @@ impl Host {
                     "Snapshot"
                 }),
             )
-            .with("ElementName", CimType::String, s(name))
+            .with("ElementName", CimType::String, s(&settings.name))
             .with("VirtualSystemIdentifier", CimType::String, s(vssd.vm_id))
             .with("VirtualSystemType", CimType::String, s(vssd.system_type))
             .with(
@@ -109,7 +117,8 @@ impl Host {
                 CimType::Boolean,
                 Some(Value::Boolean(true)),
             )
-            .with_path(vssd_path(vssd.instance_id))
+            .with_path(vssd_path(vssd.instance_id));
+        with_boot_properties(instance, &settings.run.boot)
     }
 
     /// A VM's current settings (VSSD + resource settings; disks at their active layers).
@@ -125,14 +134,18 @@ impl Host {
             })
             .collect();
         let iid = vm_vssd_id(&vm.id);
-        self.settings_instances(&vm_facts(vm, &iid), &vm.settings(), &disks)
+        let mut facts = vm_facts(vm, &iid);
+        facts.console = self
+            .running_vm(&vm.id)
+            .map(|handle| self.hypervisor().console_socket(&handle));
+        self.settings_instances(&facts, &vm.settings(), &disks)
     }
 
     /// A VM's current VSSD alone (an enumeration of VSSDs need not build the resource
     /// settings).
     pub fn vm_vssd_instance(&self, vm: &Vm) -> Instance {
         let iid = vm_vssd_id(&vm.id);
-        self.vssd_instance(&vm_facts(vm, &iid), &vm.name)
+        self.vssd_instance(&vm_facts(vm, &iid), &vm.settings())
     }
 
     /// A snapshot's per-VM settings (VSSD with VirtualSystemType Snapshot:Realized or
@@ -163,7 +176,7 @@ impl Host {
     /// A snapshot's per-VM VSSD alone: no resource settings, so the VM's disks (their
     /// tracking GUIDs) are not loaded.
     pub fn snapshot_vssd_instance(&self, snap: &Snapshot, vm: &SnapshotVm) -> Instance {
-        self.vssd_instance(&snapshot_facts(snap, vm), &vm.settings.name)
+        self.vssd_instance(&snapshot_facts(snap, vm), &vm.settings)
     }
 
     pub fn collection_instance(&self, c: &Collection) -> Instance {
@@ -441,6 +454,7 @@ fn vm_facts<'a>(vm: &'a Vm, instance_id: &'a str) -> VssdFacts<'a> {
         system_type: VST_REALIZED,
         created: None,
         parent: vm.parent_snapshot.as_deref(),
+        console: None,
     }
 }
 
@@ -456,6 +470,7 @@ fn snapshot_facts<'a>(snap: &Snapshot, vm: &'a SnapshotVm) -> VssdFacts<'a> {
         system_type,
         created: Some(format_unix_ms(snap.created_ms)),
         parent: vm.parent_vssd.as_deref(),
+        console: None,
     }
 }
 
@@ -469,6 +484,9 @@ struct VssdFacts<'a> {
     created: Option<String>,
     /// The parent snapshot's VSSD InstanceID.
     parent: Option<&'a str>,
+    /// The socket of COM 1 (cosnap's console) while the VM runs; a snapshot has none (nor
+    /// a VSSD built alone: only the serial port's resource setting shows it).
+    console: Option<std::path::PathBuf>,
 }
 
 /// A disk as its Msvm_StorageAllocationSettingData shows it.

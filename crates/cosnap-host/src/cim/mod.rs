@@ -9,6 +9,8 @@
 //!   file per service.
 //! * [`export_request`]: ExportSnapshot's parameters decoded into the export's plain
 //!   request, and its outcome.
+//! * [`run_settings`]: COM ports (Msvm_SerialPortSettingData) and boot properties of a
+//!   VSSD, shown and read back from what clients send.
 //! * [`errors`]: the `CIM_ERR_*` status of a host error.
 //! * `package`: the instances an export package stores, for the export's
 //!   [`PackageInstances`](crate::export::PackageInstances).
@@ -21,6 +23,7 @@ pub mod instances;
 mod package;
 pub mod paths;
 pub mod provider;
+pub mod run_settings;
 pub mod vm_state;
 
 pub use paths::*;

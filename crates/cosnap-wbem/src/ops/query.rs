@@ -3,12 +3,10 @@
 //! through the streamed-list path ([`super::stream`]); a clause that pins every key is a key
 //! lookup instead. The server holds one batch of the class, never the whole answer.
 
-use cosnap_cim::{
-    BuiltCursor, CimError, CimProvider, CimStatus, ClassDef, Instance, InstanceCursor,
-};
+use cosnap_cim::{BuiltCursor, CimError, CimProvider, CimStatus, Instance, InstanceCursor};
 
 use super::stream::{self, Items, Rest};
-use super::{Intrinsic, Result, class_for, resolve_path};
+use super::{Intrinsic, Result, class_for, instance_by_key};
 use crate::wql;
 
 /// Instances of the class read per step while looking for matches.
@@ -69,8 +67,8 @@ impl Intrinsic<'_> {
         let class = class_for(self.provider, &query.class_name)?;
         query.check(&class).map_err(invalid)?;
 
-        let inner: Box<dyn InstanceCursor> = match self.lookup_by_key(&query, &class) {
-            Some(found) => Box::new(BuiltCursor::new(found)),
+        let inner: Box<dyn InstanceCursor> = match instance_by_key(self.provider, &query, &class) {
+            Some(found) => Box::new(BuiltCursor::new(vec![found])),
             None => self.provider.enumerate_cursor(&class.name)?,
         };
         let cursor = Box::new(QueryCursor { inner, query });
@@ -78,27 +76,5 @@ impl Intrinsic<'_> {
             property_list: None,
         };
         stream::start(self.provider, self.host_name, out, cursor, items)
-    }
-
-    /// A WHERE clause that names every key of a class without subclasses is a key lookup,
-    /// not a scan. A miss (the key spelled in another case than stored, say) falls back to
-    /// the scan, which compares as WQL does.
-    fn lookup_by_key(&self, query: &wql::Query, class: &ClassDef) -> Option<Vec<Instance>> {
-        let path = query.key_path(class)?;
-        let has_subclasses = self.provider.class_names().iter().any(|n| {
-            self.provider
-                .get_class(n)
-                .ok()
-                .and_then(|c| c.superclass)
-                .is_some_and(|s| s.eq_ignore_ascii_case(&class.name))
-        });
-        if has_subclasses {
-            return None;
-        }
-        let (path, _) = resolve_path(self.provider, path).ok()?;
-        self.provider
-            .get_instance(&path)
-            .ok()
-            .map(|inst| vec![inst])
     }
 }

@@ -7,12 +7,14 @@
 //! * [`ops`] — Get, Enumerate, Pull, Release and Invoke over the provider;
 //! * [`encode`] — the response envelope, instances, EPRs and method output;
 //! * [`values`] — datetimes and intervals in their xs: forms;
+//! * [`cursor`] — what an open enumeration reads from: the provider's cursor and filter;
 //! * [`enumeration`] — open enumeration contexts, bounded per user and expiring;
 //! * [`fault`] — SOAP faults with WS-Man subcodes, WinRM codes and WMI error detail.
 //!
 //! [`Service::handle_body`] is transport-free: the HTTP transport authenticates, reads the body
 //! under its limits and passes the user's name and the body bytes.
 
+pub mod cursor;
 pub mod encode;
 pub mod enumeration;
 pub mod envelope;

@@ -2,17 +2,19 @@
 //! modes, WQL, selector and association filters), Pull, Release and Invoke. Each returns
 //! the response body's content; the caller wraps it in an envelope.
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
 use cosnap_cim::xml::{ParamValue as CimParam, RawValue};
-use cosnap_cim::{AssocFilter, CimError, CimProvider, ClassDef, Instance, ObjectPath, Value};
+use cosnap_cim::{
+    AssocFilter, BuiltCursor, CimError, CimProvider, ClassDef, Instance, InstanceCursor,
+    ObjectPath, Value,
+};
 
-use super::encode::{self, write_epr, write_instance};
-use super::enumeration::{ContextStore, take_batch};
+use super::cursor::{ItemSource, Keep};
+use super::encode::{self, write_instance};
+use super::enumeration::ContextStore;
 use super::envelope::{
-    AssociationFilter, EnumerateBody, EnumerationMode, Filter, Param, ParamValue, Selector,
-    SelectorValue,
+    AssociationFilter, EnumerateBody, Filter, Param, ParamValue, Selector, SelectorValue,
 };
 use super::fault::{self, Fault};
 use super::resource::{self, Resource};
@@ -111,44 +113,54 @@ pub fn get(cx: &Context, resource: &Resource, selectors: &[Selector]) -> Result<
     Ok(out)
 }
 
-/// Enumerate: finds the instances, opens a context for what the first response does not
-/// carry, and returns the EnumerateResponse content.
+/// Enumerate: opens a cursor over the instances the resource and filter name and keeps it
+/// in a new context; optimized, the response also carries the first batch read from it
+/// (and opens no context when that batch is everything).
 pub fn enumerate(
     cx: &Context,
     resource: &Resource,
     body: &EnumerateBody,
     new_id: impl FnOnce() -> String,
 ) -> Result<String> {
-    let instances = find_instances(cx, resource, body.filter.as_ref())?;
-    let mut items = VecDeque::with_capacity(instances.len());
-    for inst in &instances {
-        cx.check_deadline()?;
-        items.push_back(encode_item(inst, body.mode));
+    if !body.optimize {
+        // Refused before any work; an optimized Enumerate may need no context at all.
+        cx.contexts.admit(cx.user)?;
     }
+    let mut source = open_source(cx, resource, body)?;
+    cx.check_deadline()?;
+
     let id = new_id();
     let mut out = String::from("<wsen:EnumerateResponse>");
     if !body.optimize {
         push_context(&mut out, Some(&id));
-        cx.contexts.open(id, cx.user, items)?;
+        cx.contexts.open(id, cx.user, source)?;
         out.push_str("</wsen:EnumerateResponse>");
         return Ok(out);
     }
-    let max = body.max_elements.unwrap_or(1).min(MAX_BATCH_ITEMS) as usize;
-    check_fits(items.front(), cx.item_budget)?;
-    let batch = take_batch(&mut items, max, cx.item_budget);
-    let more = !items.is_empty();
-    push_context(&mut out, more.then_some(id.as_str()));
-    if more {
-        cx.contexts.open(id, cx.user, items)?;
+
+    let batch = source.next_batch(
+        cx.provider,
+        batch_size(body.max_elements),
+        cx.item_budget,
+        cx.deadline,
+    )?;
+    push_context(&mut out, batch.more.then_some(id.as_str()));
+    if batch.more {
+        cx.contexts.open(id, cx.user, source)?;
     }
     out.push_str("<wsman:Items>");
-    batch.iter().for_each(|i| out.push_str(i));
+    batch.items.iter().for_each(|i| out.push_str(i));
     out.push_str("</wsman:Items>");
-    if !more {
+    if !batch.more {
         out.push_str("<wsman:EndOfSequence/>");
     }
     out.push_str("</wsen:EnumerateResponse>");
     Ok(out)
+}
+
+/// MaxElements as a batch size: 1 when absent (WS-Enumeration), at most MaxBatchItems.
+fn batch_size(max_elements: Option<u64>) -> usize {
+    max_elements.unwrap_or(1).min(MAX_BATCH_ITEMS) as usize
 }
 
 /// The EnumerationContext element: the open context's id, or empty when everything was
@@ -165,24 +177,12 @@ fn push_context(out: &mut String, id: Option<&str>) {
     }
 }
 
-/// A single item larger than a whole envelope may be cannot be sent at all.
-pub fn check_fits(first: Option<&String>, budget: usize) -> Result<()> {
-    match first {
-        Some(item) if item.len() > budget => Err(Fault::encoding_limit(
-            fault::CODE_MAX_ENVELOPE_SIZE_EXCEEDED,
-            format!(
-                "one item takes {} bytes, more than the MaxEnvelopeSize allows",
-                item.len()
-            ),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// Pull: the next batch of an open enumeration.
+/// Pull: the next batch of an open enumeration, read from its cursor now.
 pub fn pull(cx: &Context, context: &str, max_elements: Option<u64>) -> Result<String> {
-    let max = max_elements.unwrap_or(1).min(MAX_BATCH_ITEMS) as usize;
-    let batch = cx.contexts.pull(context, cx.user, max, cx.item_budget)?;
+    let max = batch_size(max_elements);
+    let batch = cx.contexts.pull(context, cx.user, |source| {
+        source.next_batch(cx.provider, max, cx.item_budget, cx.deadline)
+    })?;
     let mut out = String::from("<wsen:PullResponse>");
     if batch.more {
         out.push_str("<wsen:EnumerationContext>");
@@ -205,85 +205,69 @@ pub fn release(cx: &Context, context: &str) -> Result<String> {
     Ok(String::new())
 }
 
-fn encode_item(inst: &Instance, mode: EnumerationMode) -> String {
-    let mut out = String::with_capacity(2048);
-    let fallback = ObjectPath::new(inst.class_name.clone());
-    let path = inst.path.as_ref().unwrap_or(&fallback);
-    match mode {
-        EnumerationMode::Objects => write_instance(&mut out, inst),
-        EnumerationMode::Epr => write_epr(&mut out, path),
-        EnumerationMode::ObjectAndEpr => {
-            out.push_str("<wsman:Item>");
-            write_instance(&mut out, inst);
-            write_epr(&mut out, path);
-            out.push_str("</wsman:Item>");
-        }
-    }
-    out
-}
-
-fn find_instances(
-    cx: &Context,
-    resource: &Resource,
-    filter: Option<&Filter>,
-) -> Result<Vec<Instance>> {
-    match (resource, filter) {
+/// The cursor and filter of an Enumerate (every check that can fault is made here, before
+/// a context exists).
+fn open_source(cx: &Context, resource: &Resource, body: &EnumerateBody) -> Result<ItemSource> {
+    let (cursor, keep) = match (resource, body.filter.as_ref()) {
         (Resource::Class(_), None) => {
             let class = class_of(cx.provider, resource)?;
-            Ok(cx.provider.enumerate_instances(&class.name)?)
+            (cx.provider.enumerate_cursor(&class.name)?, Keep::All)
         }
         (Resource::Class(_), Some(Filter::Selectors(selectors))) => {
             let class = class_of(cx.provider, resource)?;
-            selector_filter(cx.provider, &class, selectors)
+            let keep = selector_filter(&class, selectors)?;
+            (cx.provider.enumerate_cursor(&class.name)?, keep)
         }
-        (Resource::AllClasses, Some(Filter::Wql(query))) => wql_query(cx.provider, query),
-        (Resource::AllClasses, Some(Filter::Association(a))) => association(cx.provider, a),
-        (_, Some(Filter::Unsupported(dialect))) => Err(Fault::cannot_process_filter(
-            fault::CODE_CANNOT_PROCESS_FILTER,
-            format!(
-                "the filter dialect {dialect:?} is not supported; use WQL, SelectorFilter or associationFilter"
-            ),
-        )),
+        (Resource::AllClasses, Some(Filter::Wql(query))) => wql_query(cx.provider, query)?,
+        (Resource::AllClasses, Some(Filter::Association(a))) => {
+            (association(cx.provider, a)?, Keep::All)
+        }
+        (_, Some(Filter::Unsupported(dialect))) => {
+            return Err(Fault::cannot_process_filter(
+                fault::CODE_CANNOT_PROCESS_FILTER,
+                format!(
+                    "the filter dialect {dialect:?} is not supported; use WQL, SelectorFilter or associationFilter"
+                ),
+            ));
+        }
         (Resource::Class(c), Some(Filter::Wql(_) | Filter::Association(_))) => {
-            Err(Fault::cannot_process_filter(
+            return Err(Fault::cannot_process_filter(
                 fault::CODE_WQL_ON_CLASS_URI,
                 format!(
                     "WQL and association filters are sent to the …/root/virtualization/v2/* resource URI, not to the class {c}"
                 ),
-            ))
+            ));
         }
-        (Resource::AllClasses, _) => Err(Fault::destination_unreachable(
-            "the * resource URI can only be enumerated with a WQL or association filter",
-        )),
-    }
+        (Resource::AllClasses, _) => {
+            return Err(Fault::destination_unreachable(
+                "the * resource URI can only be enumerated with a WQL or association filter",
+            ));
+        }
+    };
+    Ok(ItemSource::new(cursor, keep, body.mode))
 }
 
 fn filter_error(e: impl std::fmt::Display) -> Fault {
     Fault::cannot_process_filter(fault::CODE_CANNOT_PROCESS_FILTER, e.to_string())
 }
 
-fn wql_query(provider: &dyn CimProvider, text: &str) -> Result<Vec<Instance>> {
+/// A WQL filter: a key lookup when the WHERE clause pins every key (as ExecQuery does),
+/// else a cursor over the class; either way the clause is applied to what it yields.
+fn wql_query(provider: &dyn CimProvider, text: &str) -> Result<(Box<dyn InstanceCursor>, Keep)> {
     let query = wql::parse(text).map_err(filter_error)?;
     let class = cim_ops::class_for(provider, &query.class_name)?;
     query.check(&class).map_err(filter_error)?;
-    let mut found = Vec::new();
-    for mut inst in provider.enumerate_instances(&class.name)? {
-        if query.matches(&inst).map_err(filter_error)? {
-            query.project(&mut inst);
-            found.push(inst);
-        }
-    }
-    Ok(found)
+    let cursor: Box<dyn InstanceCursor> = match cim_ops::instance_by_key(provider, &query, &class) {
+        Some(found) => Box::new(BuiltCursor::new(vec![found])),
+        None => provider.enumerate_cursor(&class.name)?,
+    };
+    Ok((cursor, Keep::Wql(Box::new(query))))
 }
 
-/// SelectorFilter: instances whose named properties equal the values given (text
-/// comparison, case-insensitive, as Windows compares selectors).
-fn selector_filter(
-    provider: &dyn CimProvider,
-    class: &ClassDef,
-    selectors: &[Selector],
-) -> Result<Vec<Instance>> {
-    let mut wanted = Vec::with_capacity(selectors.len());
+/// SelectorFilter: checks the selectors against the class (known properties, text values,
+/// each named once); instances are compared as they are read.
+fn selector_filter(class: &ClassDef, selectors: &[Selector]) -> Result<Keep> {
+    let mut wanted: Vec<(String, String)> = Vec::with_capacity(selectors.len());
     for s in selectors {
         let SelectorValue::Text(v) = &s.value else {
             return Err(filter_error("SelectorFilter values must be text"));
@@ -294,30 +278,18 @@ fn selector_filter(
                 class.name, s.name
             )));
         }
-        if wanted
-            .iter()
-            .any(|(n, _): &(&str, &str)| n.eq_ignore_ascii_case(&s.name))
-        {
+        if wanted.iter().any(|(n, _)| n.eq_ignore_ascii_case(&s.name)) {
             return Err(filter_error(format!("{} is given twice", s.name)));
         }
-        wanted.push((s.name.as_str(), v.as_str()));
+        wanted.push((s.name.clone(), v.clone()));
     }
-    let matches = |inst: &Instance| {
-        wanted.iter().all(|(name, value)| {
-            inst.get(name).is_some_and(|v| {
-                !matches!(v, Value::Array(_) | Value::Reference(_))
-                    && cosnap_cim::xml::scalar_text(v).eq_ignore_ascii_case(value)
-            })
-        })
-    };
-    Ok(provider
-        .enumerate_instances(&class.name)?
-        .into_iter()
-        .filter(matches)
-        .collect())
+    Ok(Keep::Selectors(wanted))
 }
 
-fn association(provider: &dyn CimProvider, a: &AssociationFilter) -> Result<Vec<Instance>> {
+fn association(
+    provider: &dyn CimProvider,
+    a: &AssociationFilter,
+) -> Result<Box<dyn InstanceCursor>> {
     let object = resource::path_from_epr(&a.object)?;
     let class = cim_ops::class_for(provider, &object.class_name)?;
     resource::check_keys(&object, &class)?;
@@ -343,9 +315,9 @@ fn association(provider: &dyn CimProvider, a: &AssociationFilter) -> Result<Vec<
         },
     };
     Ok(if a.associators {
-        provider.associators(&object, &filter)?
+        provider.associators_cursor(&object, &filter)?
     } else {
-        provider.references(&object, &filter)?
+        provider.references_cursor(&object, &filter)?
     })
 }
 

@@ -1,12 +1,13 @@
 //! Service-level tests: requests as real clients send them, answered by a provider with a
 //! few instances; faults checked on the wire (status, subcode, code, RelatesTo).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cosnap_cim::xml::Document;
 use cosnap_cim::{
-    AssocFilter, CimError, CimProvider, CimType, ClassDef, Instance, MethodOutcome, ObjectPath,
-    Value,
+    AssocFilter, CimError, CimProvider, CimType, ClassDef, Instance, InstanceCursor, MethodOutcome,
+    ObjectPath, Value,
 };
 
 use super::enumeration::ContextLimits;
@@ -61,10 +62,46 @@ fn service_instance() -> Instance {
 /// A method call the fake provider saw: method name and typed parameters.
 type Call = (String, Vec<(String, Value)>);
 
-/// A provider with three jobs and one snapshot service; records method calls.
+/// A provider with three jobs and one snapshot service; records method calls. Its
+/// Msvm_ComputerSystem cursor builds [`LAZY_VMS`] VMs only as they are read, counting them.
 #[derive(Default)]
-struct Fake {
+pub(super) struct Fake {
     calls: Mutex<Vec<Call>>,
+    built: Arc<AtomicUsize>,
+}
+
+const LAZY_VMS: usize = 2_000;
+
+fn lazy_vm(n: usize) -> Instance {
+    let name = format!("VM-{n:04}");
+    Instance::new("Msvm_ComputerSystem")
+        .with("Name", CimType::String, Some(Value::String(name.clone())))
+        .with(
+            "Description",
+            CimType::String,
+            Some(Value::String("x".repeat(400))),
+        )
+        .with_path(ObjectPath::new("Msvm_ComputerSystem").with_key("Name", Value::String(name)))
+}
+
+/// Builds each VM when a batch asks for it.
+struct LazyCursor {
+    next: usize,
+    built: Arc<AtomicUsize>,
+}
+
+impl InstanceCursor for LazyCursor {
+    fn next_batch(&mut self, _: &dyn CimProvider, max: usize) -> Result<Vec<Instance>, CimError> {
+        let end = (self.next + max.max(1)).min(LAZY_VMS);
+        let batch: Vec<Instance> = (self.next..end).map(lazy_vm).collect();
+        self.built.fetch_add(batch.len(), Ordering::Relaxed);
+        self.next = end;
+        Ok(batch)
+    }
+
+    fn is_exhausted(&self) -> bool {
+        self.next == LAZY_VMS
+    }
 }
 
 impl CimProvider for Fake {
@@ -85,6 +122,16 @@ impl CimProvider for Fake {
             "Msvm_CollectionSnapshotService" => vec![service_instance()],
             _ => Vec::new(),
         })
+    }
+    fn enumerate_cursor(&self, class_name: &str) -> Result<Box<dyn InstanceCursor>, CimError> {
+        if class_name != "Msvm_ComputerSystem" {
+            let found = self.enumerate_instances(class_name)?;
+            return Ok(Box::new(cosnap_cim::BuiltCursor::new(found)));
+        }
+        Ok(Box::new(LazyCursor {
+            next: 0,
+            built: self.built.clone(),
+        }))
     }
     fn get_instance(&self, path: &ObjectPath) -> Result<Instance, CimError> {
         let all = self.enumerate_instances(&path.class_name)?;
@@ -370,6 +417,79 @@ fn context_of(body: &str) -> String {
 fn items(body: &str, local: &str) -> usize {
     let doc = Document::parse(body).unwrap();
     find(&doc, local).len()
+}
+
+fn pull_request(uri: &str, ctx: &str, max: usize) -> String {
+    request(
+        PULL,
+        uri,
+        "",
+        &format!(
+            "<n:Pull><n:EnumerationContext>{ctx}</n:EnumerationContext><n:MaxElements>{max}</n:MaxElements></n:Pull>"
+        ),
+    )
+}
+
+#[test]
+fn a_large_enumeration_is_read_as_it_is_pulled() {
+    let (s, fake) = service();
+    let uri = format!("{V2}Msvm_ComputerSystem");
+    let (reply, body) = send(&s, &request(ENUMERATE, &uri, "", &enumerate_body("")));
+    assert_eq!(reply.status, 200, "{body}");
+    assert_eq!(
+        fake.built.load(Ordering::Relaxed),
+        0,
+        "Enumerate read ahead"
+    );
+    let mut ctx = Some(context_of(&body));
+
+    let (reply, body) = send(&s, &pull_request(&uri, ctx.as_deref().unwrap(), 10));
+    assert_eq!(
+        (reply.status, items(&body, "Msvm_ComputerSystem")),
+        (200, 10)
+    );
+    let built = fake.built.load(Ordering::Relaxed);
+    assert!(built <= 11, "10 items pulled, {built} VMs built");
+
+    let mut names = Vec::new();
+    while let Some(c) = ctx.take() {
+        let (reply, body) = send(&s, &pull_request(&uri, &c, 32_000));
+        assert_eq!(reply.status, 200, "{body}");
+        assert!(body.len() <= 153_600, "{} bytes", body.len());
+        let doc = Document::parse(&body).unwrap();
+        names.extend(
+            find(&doc, "Name")
+                .iter()
+                .map(|n| n.text().unwrap().to_string()),
+        );
+        if find(&doc, "EndOfSequence").is_empty() {
+            ctx = Some(context_of(&body));
+        }
+    }
+    let expected: Vec<String> = (10..LAZY_VMS).map(|n| format!("VM-{n:04}")).collect();
+    assert_eq!(names, expected);
+    assert_eq!(
+        fake.built.load(Ordering::Relaxed),
+        LAZY_VMS,
+        "each VM built once"
+    );
+}
+
+#[test]
+fn an_idle_context_expires() {
+    let (s, _) = service_with(ContextLimits {
+        idle_timeout: std::time::Duration::from_millis(50),
+        ..ContextLimits::default()
+    });
+    let uri = format!("{V2}Msvm_ConcreteJob");
+    let (_, body) = send(&s, &request(ENUMERATE, &uri, "", &enumerate_body("")));
+    let ctx = context_of(&body);
+    std::thread::sleep(std::time::Duration::from_millis(80));
+    assert_fault(
+        &send(&s, &pull_request(&uri, &ctx, 1)).0,
+        "wsen:InvalidEnumerationContext",
+        2150858779,
+    );
 }
 
 #[test]

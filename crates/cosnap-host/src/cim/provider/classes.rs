@@ -14,6 +14,7 @@ pub(super) const CONCRETE: &[&str] = &[
     "Msvm_StorageAllocationSettingData",
     "Msvm_SyntheticEthernetPortSettingData",
     "Msvm_EthernetPortAllocationSettingData",
+    "Msvm_SerialPortSettingData",
     "Msvm_VirtualSystemReferencePoint",
     "Msvm_VirtualSystemCollection",
     "Msvm_ManagementCollection",

@@ -5,6 +5,9 @@ use cosnap_cim::{Instance, MethodOutcome, ObjectPath, Value};
 
 use super::classes::is_a;
 use super::params::*;
+use crate::cim::run_settings::{
+    SERIAL_PORT_CLASS, SETTABLE_PORT, requested_boot, requested_serial_port,
+};
 use crate::cim::*;
 use crate::error::{HostError, msvm};
 use crate::host::Host;
@@ -98,6 +101,8 @@ impl Host {
     ) -> Result<MethodOutcome, HostError> {
         match m {
             "definesystem" => self.define_system(params),
+            "modifysystemsettings" => self.modify_system_settings(params),
+            "modifyresourcesettings" => self.modify_resource_settings(params),
             "destroysystem" => {
                 let p = ref_param(params, "AffectedSystem")?;
                 match self.resolve_path(&p)? {
@@ -115,7 +120,8 @@ impl Host {
         }
     }
 
-    /// DefineSystem: a VM from the embedded VSSD (its name) and resource settings.
+    /// DefineSystem: a VM from the embedded VSSD (its name and boot) and resource settings
+    /// (COM ports among them); run settings refused after the VM is made undo it.
     fn define_system(&self, params: &[(String, Value)]) -> Result<MethodOutcome, HostError> {
         let vssd = embedded_param(params, "SystemSettings")?;
         let mut spec = VmSpec {
@@ -126,6 +132,7 @@ impl Host {
             disks: vec![],
             nics: vec![],
         };
+        let mut run = crate::vm_boot::VmRunSettings::default();
         if let Some(v) = &vssd {
             if !is_a(&v.class_name, "CIM_VirtualSystemSettingData") {
                 return Err(HostError::invalid(format!(
@@ -138,17 +145,31 @@ impl Host {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
+            if let Some(boot) = requested_boot(v)? {
+                run.boot = boot;
+            }
         }
         if spec.name.is_empty() {
             spec.name = "New Virtual Machine".into();
         }
 
         for r in &resource_settings(params)? {
-            apply_resource_setting(&mut spec, r)?;
+            if is_a(&r.class_name, SERIAL_PORT_CLASS) {
+                apply_serial_port(&mut run, r)?;
+            } else {
+                apply_resource_setting(&mut spec, r)?;
+            }
         }
 
         self.check_api_disks(&mut spec)?;
+        self.check_api_run_settings(&mut run)?;
         let vm = self.define_vm(&spec)?;
+        if run != crate::vm_boot::VmRunSettings::default()
+            && let Err(error) = self.set_run_settings(&vm.id, &run)
+        {
+            let _ = self.destroy_vm(&vm.id);
+            return Err(error);
+        }
         Ok(MethodOutcome {
             return_value: msvm::COMPLETED,
             out_params: vec![("ResultingSystem".into(), Value::Reference(vm_path(&vm.id)))],
@@ -156,8 +177,27 @@ impl Host {
     }
 }
 
-/// DefineSystem's ResourceSettings: an array of embedded instances, or one.
-fn resource_settings(params: &[(String, Value)]) -> Result<Vec<Instance>, HostError> {
+/// A COM port of DefineSystem: COM 2's Connection is the socket; COM 1 (cosnap's console)
+/// cannot be pointed anywhere.
+fn apply_serial_port(
+    run: &mut crate::vm_boot::VmRunSettings,
+    r: &Instance,
+) -> Result<(), HostError> {
+    let port = requested_serial_port(r)?;
+    if port.port == SETTABLE_PORT {
+        run.com2 = port.socket;
+    } else if port.socket.is_some() {
+        return Err(HostError::NotSupported(format!(
+            "COM {} is cosnap's console; only COM {SETTABLE_PORT}'s Connection can be set",
+            port.port
+        )));
+    }
+    Ok(())
+}
+
+/// ResourceSettings of DefineSystem or ModifyResourceSettings: an array of embedded
+/// instances, or one.
+pub(super) fn resource_settings(params: &[(String, Value)]) -> Result<Vec<Instance>, HostError> {
     Ok(match param(params, "ResourceSettings") {
         None => vec![],
         Some(Value::Array(items)) => items

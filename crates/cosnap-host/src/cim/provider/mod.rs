@@ -28,6 +28,7 @@ mod enumerate;
 mod jobs;
 mod lookup;
 mod management;
+mod modify;
 mod nearby;
 mod pages;
 mod params;

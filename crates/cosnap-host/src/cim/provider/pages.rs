@@ -93,21 +93,33 @@ impl PagedCursor {
         })
     }
 
-    /// Reads the next page of owner rows into `ready`; false at the end.
-    fn read_page(&mut self) -> Result<bool, HostError> {
+    /// Reads the next page of at most `wanted` owner rows (64 at most) into `ready`; false
+    /// at the end. Reading no further ahead than asked keeps instances fresh: a row removed
+    /// before its page is read is skipped, as a client walking paths would find it gone.
+    fn read_page(&mut self, wanted: usize) -> Result<bool, HostError> {
+        let limit = wanted.clamp(1, PAGE_ROWS);
         while let Some(pos) = self.classes.front_mut() {
             let Some(table) = pos.tables.front().copied() else {
                 self.classes.pop_front();
                 continue;
             };
-            let page = self.host.owner_page(table, pos.after, PAGE_ROWS)?;
-            let Some((last, _)) = page.last() else {
+            let page = self.host.owner_page(table, pos.after, limit)?;
+            let class = pos.class;
+            if let Some((last, _)) = page.last() {
+                pos.after = *last;
+            }
+            if page.len() < limit {
+                // A short page is the table's last: the cursor knows its end without
+                // another query.
                 pos.tables.pop_front();
                 pos.after = i64::MIN;
+                if pos.tables.is_empty() {
+                    self.classes.pop_front();
+                }
+            }
+            if page.is_empty() {
                 continue;
-            };
-            pos.after = *last;
-            let class = pos.class;
+            }
             for (_, id) in &page {
                 self.ready
                     .extend(self.host.instances_from(class, table, id)?);
@@ -122,7 +134,8 @@ impl InstanceCursor for PagedCursor {
     fn next_batch(&mut self, _: &dyn CimProvider, max: usize) -> Result<Vec<Instance>, CimError> {
         let max = max.max(1);
         while self.ready.len() < max {
-            if !self.read_page().map_err(|e| e.to_cim())? {
+            let wanted = max - self.ready.len();
+            if !self.read_page(wanted).map_err(|e| e.to_cim())? {
                 break;
             }
         }
