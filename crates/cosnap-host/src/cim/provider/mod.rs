@@ -123,7 +123,7 @@ impl CimProvider for Host {
         Ok(out)
     }
 
-    /// Every class is read a page of repository rows at a time ([`pages::PagedCursor`]): an
+    /// Every class is read a page of repository rows at a time (`pages::PagedCursor`): an
     /// open enumeration holds one page, not the class's list.
     fn enumerate_cursor(&self, class_name: &str) -> Result<Box<dyn InstanceCursor>, CimError> {
         self.check_class(class_name)?;
