@@ -11,9 +11,12 @@ recovery snapshot of each collection), starts `cosnap serve`, and times through 
   per call (mean of 300 calls over up to 50 VMs spread over the host, ms);
 * the backup walk: every VM → its snapshots and its settings (both Associators above),
   in seconds — stopped after --walk-budget seconds and extrapolated to all VMs if slower;
+* ExecQuery("SELECT * FROM Msvm_ComputerSystem") (median of 3, ms, with the count);
 * server RSS: idle, peak during a pull enumeration of every Msvm_ComputerSystem
-  (IterEnumerateInstances, MaxObjectCount 100), peak during the same EnumerateInstances, and
-  peak during the same WS-Man enumeration (pypsrp: Enumerate, then Pulls of 100 items).
+  (IterEnumerateInstances, MaxObjectCount 100), peak during each large answer
+  (EnumerateInstances of Msvm_ComputerSystem, of the VSSDs and of the disks' resource
+  settings, the ExecQuery of every VM), and peak during the WS-Man enumeration of every VM
+  (pypsrp: Enumerate, then Pulls of 100 items).
 
 and prints the figures side by side, with the 2,000/20 ratio for the per-call costs.
 
@@ -50,7 +53,17 @@ ASSOCS = ["Msvm_SnapshotOfVirtualSystem", "Msvm_SettingsDefineState"]
 SAMPLE_VMS = 50
 CALLS = 300
 CLASSES = ["Msvm_ComputerSystem", "Msvm_VirtualSystemSettingData", "Msvm_VirtualSystemCollection",
-           "Msvm_SnapshotCollection", "Msvm_SnapshotOfVirtualSystem", "Msvm_SettingsDefineState"]
+           "Msvm_SnapshotCollection", "Msvm_SnapshotOfVirtualSystem", "Msvm_SettingsDefineState",
+           "Msvm_ProcessorSettingData", "Msvm_MemorySettingData", "Msvm_StorageAllocationSettingData"]
+ALL_VMS_QUERY = "SELECT * FROM Msvm_ComputerSystem"
+# The large answers whose server RSS peak is sampled (besides the pull enumeration).
+RSS_CALLS = [
+    ("enumerate", "EnumerateInstances Msvm_ComputerSystem", lambda c: c.EnumerateInstances("Msvm_ComputerSystem")),
+    ("vssd", "EnumerateInstances VSSD", lambda c: c.EnumerateInstances("Msvm_VirtualSystemSettingData")),
+    ("rasd", "EnumerateInstances StorageAllocationSD",
+     lambda c: c.EnumerateInstances("Msvm_StorageAllocationSettingData")),
+    ("query", "ExecQuery all VMs", lambda c: c.ExecQuery("WQL", ALL_VMS_QUERY)),
+]
 
 
 def free_port():
@@ -176,6 +189,13 @@ def raw_enumerate_ms(port):
     return statistics.median(runs[1:]) * 1000, body.count(b"<VALUE.NAMEDINSTANCE>")
 
 
+def query_all_vms(conn):
+    """(median wall ms, mean server CPU ms, count) of 3 ExecQuery of every VM."""
+    runs = [timed(conn.ExecQuery, "WQL", ALL_VMS_QUERY) for _ in range(3)]
+    wall = statistics.median(t for t, _, _ in runs) * 1000
+    return wall, statistics.mean(c for _, c, _ in runs) * 1000, len(runs[0][2])
+
+
 def association_costs(conn, vms, sample_size):
     """{assoc: (mean wall ms, mean server CPU ms) per Associators call} over up to
     SAMPLE_VMS VMs spread over the host."""
@@ -233,20 +253,25 @@ def wsman_enumerate(port, batch=100):
 
 def memory(conn, pull_conn, pid, port):
     """RSS in kB: idle, peak during a pull enumeration of Msvm_ComputerSystem, peak during
-    the EnumerateInstances of the same, peak during the WS-Man enumeration of the same."""
+    each of RSS_CALLS, and peak during the WS-Man enumeration of every VM (each after the
+    server has gone idle again)."""
     time.sleep(2.5)  # the server trims its heap once idle after activity
     idle = rss_kb(pid)
     with PeakRss(pid) as pulled:
         n = sum(1 for _ in pull_conn.IterEnumerateInstances("Msvm_ComputerSystem", MaxObjectCount=100))
     assert pull_conn._use_enum_inst_pull_operations is True, "the pull path was not taken"
-    time.sleep(2.5)
-    with PeakRss(pid) as whole:
-        conn.EnumerateInstances("Msvm_ComputerSystem")
+    out = {"idle": idle, "pull": pulled.peak, "pulled": n}
+    for key, _, call in RSS_CALLS:
+        time.sleep(2.5)
+        with PeakRss(pid) as peak:
+            call(conn)
+        out[key] = peak.peak
     time.sleep(2.5)
     with PeakRss(pid) as ws:
         ws_count = wsman_enumerate(port)
     assert ws_count == n, f"WS-Man gave {ws_count} VMs, the pull enumeration {n}"
-    return {"idle": idle, "pull": pulled.peak, "enumerate": whole.peak, "wsman": ws.peak, "pulled": n}
+    out["wsman"] = ws.peak
+    return out
 
 
 def measure(args, n):
@@ -266,6 +291,7 @@ def measure(args, n):
                 "build_s": build_s,
                 "enum": enumerations(conn, args.all_classes),
                 "raw_enum": raw_enumerate_ms(port),
+                "query": query_all_vms(conn),
                 "assoc": association_costs(conn, vms, args.sample),
                 "walk": backup_walk(conn, args.walk_budget),
                 "rss": memory(conn, pull_conn, proc.pid, port),
@@ -280,12 +306,12 @@ def measure(args, n):
 
 def report(sizes, results):
     col = 24
-    head = "(wall / server CPU)".ljust(46) + "".join(f"N={n}".rjust(col) for n in sizes)
+    head = "(wall / server CPU)".ljust(56) + "".join(f"N={n}".rjust(col) for n in sizes)
     print(head)
     print("-" * len(head))
 
     def row(label, cells):
-        print(label.ljust(46) + "".join(c.rjust(col) for c in cells))
+        print(label.ljust(56) + "".join(c.rjust(col) for c in cells))
 
     row("host built (s)", [f"{results[n]['build_s']:.1f}" for n in sizes])
     classes = sorted({c for n in sizes for c in results[n]["enum"]})
@@ -297,6 +323,8 @@ def report(sizes, results):
         row(f"EnumerateInstances {cls}", cells)
     row("EnumerateInstances Msvm_ComputerSystem, raw HTTP", [
         f"{results[n]['raw_enum'][0]:.0f} ms ({results[n]['raw_enum'][1]})" for n in sizes])
+    row(f"ExecQuery {ALL_VMS_QUERY}", [
+        f"{results[n]['query'][0]:.0f} / {results[n]['query'][1]:.0f} ms ({results[n]['query'][2]})" for n in sizes])
     first, last = sizes[0], sizes[-1]
     for assoc in ASSOCS:
         cells = [f"{results[n]['assoc'][assoc][0]:.1f} / {results[n]['assoc'][assoc][1]:.1f} ms" for n in sizes]
@@ -309,10 +337,11 @@ def report(sizes, results):
         s, cpu, done, extrapolated = results[n]["walk"]
         cells.append(f"{s:.1f} / {cpu:.1f} s" + (f" (est.{done})" if extrapolated else ""))
     row("backup walk (every VM: snapshots, settings)", cells)
-    for key, label in [("idle", "server RSS idle (MiB)"), ("pull", "RSS peak, pull enum of all VMs (MiB)"),
-                       ("enumerate", "RSS peak, EnumerateInstances (MiB)"),
-                       ("wsman", "RSS peak, WS-Man enum of all VMs (MiB)")]:
-        row(label, [f"{results[n]['rss'][key] / 1024:.1f}" for n in sizes])
+    peaks = [("idle", "server RSS idle"), ("pull", "RSS peak, pull enum of all VMs")]
+    peaks += [(key, f"RSS peak, {label}") for key, label, _ in RSS_CALLS]
+    peaks += [("wsman", "RSS peak, WS-Man enum of all VMs")]
+    for key, label in peaks:
+        row(f"{label} (MiB)", [f"{results[n]['rss'][key] / 1024:.1f}" for n in sizes])
     row("  pull peak / idle", [f"{results[n]['rss']['pull'] / results[n]['rss']['idle']:.2f}x" for n in sizes])
     row("  WS-Man peak / idle", [f"{results[n]['rss']['wsman'] / results[n]['rss']['idle']:.2f}x" for n in sizes])
 

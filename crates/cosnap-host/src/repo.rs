@@ -212,6 +212,16 @@ CREATE INDEX job_elements_element ON job_elements(element_id);
 ALTER TABLE refpoint_disks ADD COLUMN bitmap_layer TEXT;
 ALTER TABLE refpoint_disks ADD COLUMN bitmap TEXT;
 "#,
+    // 6: enumerations read owner rows a page at a time by `seq` (keyset pages), and a
+    // per-VM reference point is found by its InstanceID, compared without case.
+    r#"
+CREATE INDEX vms_seq ON vms(seq);
+CREATE INDEX collections_seq ON collections(seq);
+CREATE INDEX snapshots_seq ON snapshots(seq);
+CREATE INDEX refpoints_seq ON refpoints(seq);
+CREATE INDEX jobs_seq ON jobs(seq);
+CREATE INDEX refpoint_vms_instance_nocase ON refpoint_vms(instance_id COLLATE NOCASE);
+"#,
 ];
 
 /// A read-only connection to the repository (after [`open_db`] created and migrated it).

@@ -36,6 +36,7 @@ use crate::response::{self, Kind, ResponseWriter};
 use crate::wql;
 
 mod pull;
+mod query;
 pub mod stream;
 
 pub use stream::Unfinished;
@@ -224,6 +225,7 @@ impl Intrinsic<'_> {
             "AssociatorNames" => self.associators(out, true, true),
             "References" => self.associators(out, false, false),
             "ReferenceNames" => self.associators(out, false, true),
+            "ExecQuery" => self.exec_query(out),
             _ => self.run_whole(op, out).map(|()| None),
         }
     }
@@ -234,7 +236,6 @@ impl Intrinsic<'_> {
             "EnumerateClasses" => self.enumerate_classes(out, false),
             "EnumerateClassNames" => self.enumerate_classes(out, true),
             "GetInstance" => self.get_instance(out),
-            "ExecQuery" => self.exec_query(out),
             _ => self.run_pull(op, out),
         }
     }
@@ -538,42 +539,6 @@ impl Intrinsic<'_> {
             }
         };
         stream::start(self.provider, self.host_name, out, cursor, items)
-    }
-
-    fn exec_query(mut self, out: &mut String) -> Result<()> {
-        let lang = self
-            .string("QueryLanguage")?
-            .ok_or_else(|| CimError::invalid_parameter("parameter QueryLanguage is required"))?;
-        let text = self
-            .string("Query")?
-            .ok_or_else(|| CimError::invalid_parameter("parameter Query is required"))?;
-        if !lang.trim().eq_ignore_ascii_case("WQL") {
-            return Err(CimError::new(
-                CimStatus::QueryLanguageNotSupported,
-                format!("query language {lang:?} is not supported; use WQL"),
-            ));
-        }
-        let invalid = |e: wql::QueryError| CimError::new(CimStatus::InvalidQuery, e.to_string());
-        let query = wql::parse(&text).map_err(invalid)?;
-        let class = class_for(self.provider, &query.class_name)?;
-        query.check(&class).map_err(invalid)?;
-        let instances = match self.lookup_by_key(&query, &class) {
-            Some(found) => found,
-            None => self.provider.enumerate_instances(&class.name)?,
-        };
-        out.push_str("<IRETURNVALUE>");
-        for mut inst in instances {
-            if query.matches(&inst).map_err(invalid)? {
-                query.project(&mut inst);
-                xml::write_object_with_path(out, &inst, self.host_name, cosnap_cim::NAMESPACE);
-            }
-        }
-        out.push_str("</IRETURNVALUE>");
-        Ok(())
-    }
-
-    fn lookup_by_key(&self, query: &wql::Query, class: &ClassDef) -> Option<Vec<Instance>> {
-        instance_by_key(self.provider, query, class).map(|inst| vec![inst])
     }
 
     fn associators(

@@ -362,6 +362,21 @@ fn long_lists_are_streamed_in_chunks_and_failures_cut_the_response() {
     );
     roxmltree::Document::parse(&body).unwrap();
 
+    // ExecQuery streams its matches too, filtered batch by batch.
+    let q = envelope(
+        "8",
+        &format!(
+            r#"<IMETHODCALL NAME="ExecQuery">{NS_XML}<IPARAMVALUE NAME="QueryLanguage"><VALUE>WQL</VALUE></IPARAMVALUE><IPARAMVALUE NAME="Query"><VALUE>SELECT CollectionID FROM Msvm_SnapshotCollection WHERE CollectionID &lt;&gt; 'SC-0001'</VALUE></IPARAMVALUE></IMETHODCALL>"#
+        ),
+    );
+    let (st, h, raw) = post(s.port, &cim_headers("ExecQuery", ns, &a), &q);
+    assert_eq!(st, 200);
+    assert_eq!(header(&h, "transfer-encoding"), Some("chunked"));
+    let body = dechunk(&raw).expect("a complete chunked body");
+    assert_eq!(body.matches("<VALUE.OBJECTWITHPATH>").count(), MANY - 1);
+    assert!(body.contains("SC-0249") && !body.contains("SC-0001"));
+    roxmltree::Document::parse(&body).unwrap();
+
     // Short lists keep their Content-Length.
     let (_, h, _) = post(s.port, &headers, &enumerate("Msvm_ConcreteJob"));
     assert!(header(&h, "content-length").is_some());

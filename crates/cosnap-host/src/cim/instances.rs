@@ -133,17 +133,19 @@ impl Host {
                 tracking_guid: d.tracking_guid.clone(),
             })
             .collect();
-        let vssd = VssdFacts {
-            instance_id: &vm_vssd_id(&vm.id),
-            vm_id: &vm.id,
-            system_type: VST_REALIZED,
-            created: None,
-            parent: vm.parent_snapshot.as_deref(),
-            console: self
-                .running_vm(&vm.id)
-                .map(|handle| self.hypervisor().console_socket(&handle)),
-        };
-        self.settings_instances(&vssd, &vm.settings(), &disks)
+        let iid = vm_vssd_id(&vm.id);
+        let mut facts = vm_facts(vm, &iid);
+        facts.console = self
+            .running_vm(&vm.id)
+            .map(|handle| self.hypervisor().console_socket(&handle));
+        self.settings_instances(&facts, &vm.settings(), &disks)
+    }
+
+    /// A VM's current VSSD alone (an enumeration of VSSDs need not build the resource
+    /// settings).
+    pub fn vm_vssd_instance(&self, vm: &Vm) -> Instance {
+        let iid = vm_vssd_id(&vm.id);
+        self.vssd_instance(&vm_facts(vm, &iid), &vm.settings())
     }
 
     /// A snapshot's per-VM settings (VSSD with VirtualSystemType Snapshot:Realized or
@@ -168,20 +170,13 @@ impl Host {
                 tracking_guid: guids.get(d.index as usize).cloned().unwrap_or_default(),
             })
             .collect();
-        let ty = if snap.snapshot_type == SNAPSHOT_RECOVERY {
-            VST_SNAPSHOT_RECOVERY
-        } else {
-            VST_SNAPSHOT_REALIZED
-        };
-        let vssd = VssdFacts {
-            instance_id: &vm.vssd_id,
-            vm_id: &vm.vm_id,
-            system_type: ty,
-            created: Some(format_unix_ms(snap.created_ms)),
-            parent: vm.parent_vssd.as_deref(),
-            console: None,
-        };
-        self.settings_instances(&vssd, &vm.settings, &disks)
+        self.settings_instances(&snapshot_facts(snap, vm), &vm.settings, &disks)
+    }
+
+    /// A snapshot's per-VM VSSD alone: no resource settings, so the VM's disks (their
+    /// tracking GUIDs) are not loaded.
+    pub fn snapshot_vssd_instance(&self, snap: &Snapshot, vm: &SnapshotVm) -> Instance {
+        self.vssd_instance(&snapshot_facts(snap, vm), &vm.settings)
     }
 
     pub fn collection_instance(&self, c: &Collection) -> Instance {
@@ -452,6 +447,33 @@ fn job_status_text(state: u16) -> &'static str {
     }
 }
 
+fn vm_facts<'a>(vm: &'a Vm, instance_id: &'a str) -> VssdFacts<'a> {
+    VssdFacts {
+        instance_id,
+        vm_id: &vm.id,
+        system_type: VST_REALIZED,
+        created: None,
+        parent: vm.parent_snapshot.as_deref(),
+        console: None,
+    }
+}
+
+fn snapshot_facts<'a>(snap: &Snapshot, vm: &'a SnapshotVm) -> VssdFacts<'a> {
+    let system_type = if snap.snapshot_type == SNAPSHOT_RECOVERY {
+        VST_SNAPSHOT_RECOVERY
+    } else {
+        VST_SNAPSHOT_REALIZED
+    };
+    VssdFacts {
+        instance_id: &vm.vssd_id,
+        vm_id: &vm.vm_id,
+        system_type,
+        created: Some(format_unix_ms(snap.created_ms)),
+        parent: vm.parent_vssd.as_deref(),
+        console: None,
+    }
+}
+
 /// What a VSSD says about its system beyond the settings themselves.
 struct VssdFacts<'a> {
     instance_id: &'a str,
@@ -462,7 +484,8 @@ struct VssdFacts<'a> {
     created: Option<String>,
     /// The parent snapshot's VSSD InstanceID.
     parent: Option<&'a str>,
-    /// The socket of COM 1 (cosnap's console) while the VM runs; a snapshot has none.
+    /// The socket of COM 1 (cosnap's console) while the VM runs; a snapshot has none (nor
+    /// a VSSD built alone: only the serial port's resource setting shows it).
     console: Option<std::path::PathBuf>,
 }
 

@@ -11,6 +11,7 @@
 //! Name, SystemCreationClassName = "Msvm_ComputerSystem", SystemName = host name}.
 
 use cosnap_cim::{ObjectPath, Value};
+use rusqlite::OptionalExtension;
 
 use crate::error::{HostError, Result};
 use crate::host::Host;
@@ -246,18 +247,20 @@ impl Host {
         Ok(Resolved::Collection(c.id, c.kind))
     }
 
-    /// A per-VM reference point, by its InstanceID.
+    /// A per-VM reference point, by its InstanceID (index `refpoint_vms_instance_nocase`).
     fn resolve_refpoint(&self, iid: &str) -> Result<Resolved> {
-        for rp in self.refpoints(None)? {
-            if let Some(v) = rp
-                .vms
-                .iter()
-                .find(|v| v.instance_id.eq_ignore_ascii_case(iid))
-            {
-                return Ok(Resolved::RefPoint(rp.id.clone(), v.vm_id.clone()));
-            }
-        }
-        Err(HostError::not_found(format!("no reference point {iid}")))
+        let conn = self.db();
+        let mut stmt = conn.prepare_cached(
+            "SELECT refpoint_id, vm_id FROM refpoint_vms WHERE instance_id = ?1 COLLATE NOCASE",
+        )?;
+        let found = stmt
+            .query_row([iid], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .optional()?;
+        let (rp, vm) =
+            found.ok_or_else(|| HostError::not_found(format!("no reference point {iid}")))?;
+        Ok(Resolved::RefPoint(rp, vm))
     }
 }
 

@@ -1,6 +1,6 @@
 //! Result lists written a batch at a time: EnumerateInstances, EnumerateInstanceNames,
-//! Associators, AssociatorNames, References and ReferenceNames read the provider's cursor
-//! in batches of [`BATCH`]. A list that ends within the first batch is answered whole (with
+//! ExecQuery, Associators, AssociatorNames, References and ReferenceNames read the
+//! provider's cursor in batches of [`BATCH`]. A list that ends within the first batch is answered whole (with
 //! a `Content-Length`, as before); a longer one leaves an [`Unfinished`] response whose rest
 //! the server streams as chunks (see [`crate::body`]), so the server never holds the whole
 //! response, and, with a provider whose cursors hold paths, never the whole result.

@@ -3,7 +3,7 @@
 
 use cosnap_cim::{AssocFilter, CimError, CimType, Instance, ObjectPath, Value, schema};
 
-use super::enumerate::*;
+use super::classes::*;
 use super::params::*;
 use crate::cim::*;
 use crate::error::HostError;
@@ -23,187 +23,157 @@ pub(super) fn assoc(class: &str, a: (&str, ObjectPath), b: (&str, ObjectPath)) -
         .with_path(path)
 }
 
+/// The snapshot associations one snapshot owns: its collected VSSDs, the snapshot of its
+/// collection, of each VM.
+pub(super) fn snapshot_associations(class: &str, s: &Snapshot) -> Vec<Instance> {
+    match class {
+        "Msvm_CollectedSnapshots" => s
+            .vms
+            .iter()
+            .map(|v| {
+                assoc(
+                    class,
+                    ("Collection", snapshot_collection_path(&s.id)),
+                    ("Member", vssd_path(&v.vssd_id)),
+                )
+            })
+            .collect(),
+        "Msvm_SnapshotOfVirtualSystemCollection" => vec![assoc(
+            class,
+            (
+                "Antecedent",
+                collection_path(&s.collection_id, COLLECTION_OF_VMS),
+            ),
+            ("Dependent", snapshot_collection_path(&s.id)),
+        )],
+        "Msvm_SnapshotOfVirtualSystem" => s
+            .vms
+            .iter()
+            .map(|v| {
+                assoc(
+                    class,
+                    ("Antecedent", vm_path(&v.vm_id)),
+                    ("Dependent", vssd_path(&v.vssd_id)),
+                )
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The reference point associations one reference point owns: collected, of its
+/// collection, of each VM.
+pub(super) fn refpoint_associations(class: &str, r: &RefPoint) -> Vec<Instance> {
+    let rpc = refpoint_collection_path(&r.id, &r.collection_id);
+    match class {
+        "Msvm_CollectedReferencePoints" => r
+            .vms
+            .iter()
+            .map(|v| {
+                assoc(
+                    class,
+                    ("Collection", rpc.clone()),
+                    ("Member", refpoint_path(&v.instance_id, &v.vm_id)),
+                )
+            })
+            .collect(),
+        "Msvm_ReferencePointOfVirtualSystemCollection" => vec![assoc(
+            class,
+            (
+                "Antecedent",
+                collection_path(&r.collection_id, COLLECTION_OF_VMS),
+            ),
+            ("Dependent", rpc),
+        )],
+        "Msvm_ReferencePointOfVirtualSystem" => r
+            .vms
+            .iter()
+            .map(|v| {
+                assoc(
+                    class,
+                    ("Antecedent", vm_path(&v.vm_id)),
+                    ("Dependent", refpoint_path(&v.instance_id, &v.vm_id)),
+                )
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Msvm_SettingsDefineState: a VM and its current settings.
+pub(super) fn settings_define_state(vm_id: &str) -> Instance {
+    assoc(
+        "Msvm_SettingsDefineState",
+        ("ManagedElement", vm_path(vm_id)),
+        ("SettingData", vssd_path(&vm_vssd_id(vm_id))),
+    )
+}
+
+/// Msvm_VirtualSystemSettingDataComponent: a VSSD and each of its resource settings.
+pub(super) fn settings_components(vssd: Instance, rasds: Vec<Instance>) -> Vec<Instance> {
+    let class = "Msvm_VirtualSystemSettingDataComponent";
+    let Some(vp) = vssd.path else {
+        return Vec::new();
+    };
+    rasds
+        .into_iter()
+        .filter_map(|r| r.path)
+        .map(|rp| assoc(class, ("GroupComponent", vp.clone()), ("PartComponent", rp)))
+        .collect()
+}
+
+/// Msvm_AffectedJobElement: a job's effect on one element (ElementEffects 5).
+pub(super) fn affected(element: ObjectPath, job_id: &str) -> Instance {
+    let mut a = assoc(
+        "Msvm_AffectedJobElement",
+        ("AffectedElement", element),
+        ("AffectingElement", job_path(job_id)),
+    );
+    a.set(
+        "ElementEffects",
+        CimType::Uint16,
+        Some(Value::Array(vec![Value::Uint16(5)])),
+    );
+    a
+}
+
+/// Whether `class` is an association class of the schema.
+pub(super) fn is_association(class: &str) -> bool {
+    schema().class(class).is_some_and(|c| {
+        c.qualifiers
+            .iter()
+            .any(|q| q.name.eq_ignore_ascii_case("Association"))
+    })
+}
+
 impl Host {
-    pub(super) fn associations_of(&self, class: &str) -> Result<Vec<Instance>, HostError> {
-        match class {
-            "Msvm_CollectedVirtualSystems" | "Msvm_CollectedCollections" => {
-                self.collected_members(class)
-            }
-            "Msvm_CollectedSnapshots"
-            | "Msvm_SnapshotOfVirtualSystemCollection"
-            | "Msvm_SnapshotOfVirtualSystem" => self.snapshot_associations(class),
-            "Msvm_CollectedReferencePoints"
-            | "Msvm_ReferencePointOfVirtualSystemCollection"
-            | "Msvm_ReferencePointOfVirtualSystem" => self.refpoint_associations(class),
-            "Msvm_AffectedJobElement" => self.affected_job_elements(class),
-            "Msvm_SettingsDefineState" => self.settings_define_state(class),
-            "Msvm_VirtualSystemSettingDataComponent" => self.settings_components(class),
-            _ => Ok(Vec::new()),
-        }
-    }
-
-    /// Msvm_CollectedVirtualSystems, Msvm_CollectedCollections: collections and their members.
-    fn collected_members(&self, class: &str) -> Result<Vec<Instance>, HostError> {
+    /// Msvm_CollectedVirtualSystems or Msvm_CollectedCollections: one collection and its
+    /// members.
+    pub(super) fn collected_members(&self, class: &str, c: &Collection) -> Vec<Instance> {
         let mut out = Vec::new();
-        let kind = if class == "Msvm_CollectedVirtualSystems" {
-            COLLECTION_OF_VMS
-        } else {
-            COLLECTION_OF_COLLECTIONS
-        };
-        for c in self.collections()?.into_iter().filter(|c| c.kind == kind) {
-            for m in &c.members {
-                let member = if kind == COLLECTION_OF_VMS {
-                    vm_path(m)
-                } else {
-                    let Ok(mc) = self.collection(m) else { continue };
-                    collection_path(&mc.id, mc.kind)
-                };
-                out.push(assoc(
-                    class,
-                    ("Collection", collection_path(&c.id, c.kind)),
-                    ("Member", member),
-                ));
-            }
-        }
-        Ok(out)
-    }
-
-    /// The snapshot associations: collected VSSDs, the snapshot of a collection, of a VM.
-    fn snapshot_associations(&self, class: &str) -> Result<Vec<Instance>, HostError> {
-        let mut out = Vec::new();
-        for s in self.snapshots(None)? {
-            match class {
-                "Msvm_CollectedSnapshots" => {
-                    for v in &s.vms {
-                        out.push(assoc(
-                            class,
-                            ("Collection", snapshot_collection_path(&s.id)),
-                            ("Member", vssd_path(&v.vssd_id)),
-                        ));
-                    }
-                }
-                "Msvm_SnapshotOfVirtualSystemCollection" => out.push(assoc(
-                    class,
-                    (
-                        "Antecedent",
-                        collection_path(&s.collection_id, COLLECTION_OF_VMS),
-                    ),
-                    ("Dependent", snapshot_collection_path(&s.id)),
-                )),
-                _ => {
-                    for v in &s.vms {
-                        out.push(assoc(
-                            class,
-                            ("Antecedent", vm_path(&v.vm_id)),
-                            ("Dependent", vssd_path(&v.vssd_id)),
-                        ));
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// The reference point associations: collected, of a collection, of a VM.
-    fn refpoint_associations(&self, class: &str) -> Result<Vec<Instance>, HostError> {
-        let mut out = Vec::new();
-        for r in self.refpoints(None)? {
-            let rpc = refpoint_collection_path(&r.id, &r.collection_id);
-            match class {
-                "Msvm_CollectedReferencePoints" => {
-                    for v in &r.vms {
-                        out.push(assoc(
-                            class,
-                            ("Collection", rpc.clone()),
-                            ("Member", refpoint_path(&v.instance_id, &v.vm_id)),
-                        ));
-                    }
-                }
-                "Msvm_ReferencePointOfVirtualSystemCollection" => out.push(assoc(
-                    class,
-                    (
-                        "Antecedent",
-                        collection_path(&r.collection_id, COLLECTION_OF_VMS),
-                    ),
-                    ("Dependent", rpc),
-                )),
-                _ => {
-                    for v in &r.vms {
-                        out.push(assoc(
-                            class,
-                            ("Antecedent", vm_path(&v.vm_id)),
-                            ("Dependent", refpoint_path(&v.instance_id, &v.vm_id)),
-                        ));
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Msvm_AffectedJobElement: each job and the objects it made or changed (ElementEffects 5).
-    fn affected_job_elements(&self, class: &str) -> Result<Vec<Instance>, HostError> {
-        let mut out = Vec::new();
-        for j in self.jobs()? {
-            for (c, id) in &j.affected {
-                let Some(p) = self.element_path(c, id) else {
-                    continue;
-                };
-                let mut a = assoc(
-                    class,
-                    ("AffectedElement", p),
-                    ("AffectingElement", job_path(&j.id)),
-                );
-                a.set(
-                    "ElementEffects",
-                    CimType::Uint16,
-                    Some(Value::Array(vec![Value::Uint16(5)])),
-                );
-                out.push(a);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Msvm_SettingsDefineState: each VM and its current settings.
-    fn settings_define_state(&self, class: &str) -> Result<Vec<Instance>, HostError> {
-        let mut out = Vec::new();
-        for vm in self.vms()? {
+        for m in &c.members {
+            let member = if c.kind == COLLECTION_OF_VMS {
+                vm_path(m)
+            } else {
+                let Ok(mc) = self.collection(m) else { continue };
+                collection_path(&mc.id, mc.kind)
+            };
             out.push(assoc(
                 class,
-                ("ManagedElement", vm_path(&vm.id)),
-                ("SettingData", vssd_path(&vm_vssd_id(&vm.id))),
+                ("Collection", collection_path(&c.id, c.kind)),
+                ("Member", member),
             ));
         }
-        Ok(out)
+        out
     }
 
-    /// Msvm_VirtualSystemSettingDataComponent: each VSSD (current or snapshot) and its resource settings.
-    fn settings_components(&self, class: &str) -> Result<Vec<Instance>, HostError> {
-        let mut out = Vec::new();
-        let mut add = |vssd: Instance, rasds: Vec<Instance>| {
-            let Some(vp) = vssd.path.clone() else { return };
-            for r in rasds {
-                if let Some(rp) = r.path {
-                    out.push(assoc(
-                        class,
-                        ("GroupComponent", vp.clone()),
-                        ("PartComponent", rp),
-                    ));
-                }
-            }
-        };
-        for vm in self.vms()? {
-            let (v, r) = self.vm_instances(&vm);
-            add(v, r);
-        }
-        for snap in self.snapshots(None)? {
-            for sv in &snap.vms {
-                let (v, r) = self.snapshot_vm_instances(&snap, sv);
-                add(v, r);
-            }
-        }
-        Ok(out)
+    /// Msvm_AffectedJobElement: the objects one job made or changed.
+    pub(super) fn affected_job_elements(&self, j: &Job) -> Vec<Instance> {
+        j.affected
+            .iter()
+            .filter_map(|(c, id)| self.element_path(c, id))
+            .map(|p| affected(p, &j.id))
+            .collect()
     }
 
     /// The association instances (of the classes `filter` asks for) that refer to `path`,
@@ -215,10 +185,17 @@ impl Host {
         filter: &AssocFilter,
     ) -> Result<Vec<(Instance, String)>, CimError> {
         let wanted = |class: &str| filter.assoc_class.as_ref().is_none_or(|ac| is_a(class, ac));
-        let near = match self.resolve_path(path) {
-            Ok(resolved) => self
-                .associations_near(&resolved, &wanted)
-                .map_err(|e| e.to_cim())?,
+        let resolved = match self.resource_setting_owner(path) {
+            Some(owner) => owner,
+            None => self.resolve_path(path),
+        };
+        let near = match resolved {
+            // No association class the host serves refers to an association instance.
+            _ if is_association(&path.class_name) => Some(Vec::new()),
+            Ok(resolved) => Some(
+                self.associations_near(&resolved, &wanted)
+                    .map_err(|e| e.to_cim())?,
+            ),
             Err(HostError::NotFound(_)) => Some(Vec::new()),
             Err(_) => None,
         };
@@ -247,13 +224,8 @@ impl Host {
     pub(super) fn every_association(&self, wanted: Wanted) -> Result<Vec<Instance>, HostError> {
         let mut out = Vec::new();
         for class in CONCRETE {
-            let is_assoc = schema().class(class).is_some_and(|c| {
-                c.qualifiers
-                    .iter()
-                    .any(|q| q.name.eq_ignore_ascii_case("Association"))
-            });
-            if is_assoc && wanted(class) {
-                out.extend(self.associations_of(class)?);
+            if is_association(class) && wanted(class) {
+                out.extend(self.instances_of(class)?);
             }
         }
         Ok(out)

@@ -1,47 +1,21 @@
-//! Which classes the host serves and their instances, class by class.
+//! The instances of the served classes: what one owner row (a VM, snapshot, reference
+//! point, collection, job, or the host) contributes to each class, and the list forms.
 
 use cosnap_cim::{CimError, Instance, ObjectPath, schema};
 
+use super::associations::*;
+use super::classes::*;
 use crate::cim::*;
 use crate::error::HostError;
 use crate::host::Host;
 use crate::model::*;
 
-/// Classes whose instances the host serves directly (associations included).
-pub(super) const CONCRETE: &[&str] = &[
-    "Msvm_ComputerSystem",
-    "Msvm_VirtualSystemSettingData",
-    "Msvm_ProcessorSettingData",
-    "Msvm_MemorySettingData",
-    "Msvm_StorageAllocationSettingData",
-    "Msvm_SyntheticEthernetPortSettingData",
-    "Msvm_EthernetPortAllocationSettingData",
-    "Msvm_SerialPortSettingData",
-    "Msvm_VirtualSystemReferencePoint",
-    "Msvm_VirtualSystemCollection",
-    "Msvm_ManagementCollection",
-    "Msvm_SnapshotCollection",
-    "Msvm_ReferencePointCollection",
-    "Msvm_ConcreteJob",
-    "Msvm_CollectionManagementService",
-    "Msvm_CollectionSnapshotService",
-    "Msvm_CollectionReferencePointService",
-    "Msvm_VirtualSystemManagementService",
-    "Msvm_CollectedVirtualSystems",
-    "Msvm_CollectedCollections",
-    "Msvm_CollectedSnapshots",
-    "Msvm_CollectedReferencePoints",
-    "Msvm_SnapshotOfVirtualSystemCollection",
-    "Msvm_ReferencePointOfVirtualSystemCollection",
-    "Msvm_SnapshotOfVirtualSystem",
-    "Msvm_ReferencePointOfVirtualSystem",
-    "Msvm_AffectedJobElement",
-    "Msvm_SettingsDefineState",
-    "Msvm_VirtualSystemSettingDataComponent",
-];
-
-pub(super) fn is_a(sub: &str, sup: &str) -> bool {
-    sub.eq_ignore_ascii_case(sup) || schema().is_subclass(sub, sup)
+/// The resource settings of class `class` among one VSSD's.
+fn resource_settings(class: &str, rasds: Vec<Instance>) -> Vec<Instance> {
+    rasds
+        .into_iter()
+        .filter(|i| i.class_name == class)
+        .collect()
 }
 
 impl Host {
@@ -59,74 +33,113 @@ impl Host {
         })
     }
 
-    /// Instances of exactly `class` (no subclasses).
+    /// Instances of exactly `class` (no subclasses), owner row by owner row.
     pub(super) fn instances_of(&self, class: &str) -> Result<Vec<Instance>, HostError> {
         let mut out = Vec::new();
+        for table in owners_of(class) {
+            for id in self.all_owners(*table)? {
+                out.extend(self.instances_from(class, *table, &id)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The instances of exactly `class` that the row `id` of `table` owns; none when the
+    /// row went away since it was listed (an enumeration skips it, as a client walking
+    /// paths would find it gone).
+    pub(super) fn instances_from(
+        &self,
+        class: &str,
+        table: Owners,
+        id: &str,
+    ) -> Result<Vec<Instance>, HostError> {
+        let found = match table {
+            Owners::Vms => self.vm(id).map(|vm| self.vm_owned(class, &vm)),
+            Owners::Snapshots => self.snapshot(id).map(|s| self.snapshot_owned(class, &s)),
+            Owners::RefPoints => self.refpoint(id).map(|r| self.refpoint_owned(class, &r)),
+            Owners::Collections => self
+                .collection(id)
+                .map(|c| self.collection_owned(class, &c)),
+            Owners::Jobs => self.job(id).map(|j| self.job_owned(class, &j)),
+            Owners::Host => Ok(vec![self.service_instance(class)]),
+        };
+        match found {
+            Err(HostError::NotFound(_)) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    fn vm_owned(&self, class: &str, vm: &Vm) -> Vec<Instance> {
         match class {
-            "Msvm_ComputerSystem" => out.extend(self.vms()?.iter().map(|v| self.vm_instance(v))),
-            "Msvm_VirtualSystemSettingData" => {
-                for vm in self.vms()? {
-                    out.push(self.vm_instances(&vm).0);
-                }
-                for snap in self.snapshots(None)? {
-                    for v in &snap.vms {
-                        out.push(self.snapshot_vm_instances(&snap, v).0);
-                    }
+            "Msvm_ComputerSystem" => vec![self.vm_instance(vm)],
+            "Msvm_VirtualSystemSettingData" => vec![self.vm_vssd_instance(vm)],
+            "Msvm_SettingsDefineState" => vec![settings_define_state(&vm.id)],
+            "Msvm_VirtualSystemSettingDataComponent" => {
+                let (vssd, rasds) = self.vm_instances(vm);
+                settings_components(vssd, rasds)
+            }
+            c => resource_settings(c, self.vm_instances(vm).1),
+        }
+    }
+
+    fn snapshot_owned(&self, class: &str, snap: &Snapshot) -> Vec<Instance> {
+        let mut out = Vec::new();
+        match class {
+            "Msvm_SnapshotCollection" => out.push(self.snapshot_collection_instance(snap)),
+            "Msvm_VirtualSystemSettingData" => out.extend(
+                snap.vms
+                    .iter()
+                    .map(|v| self.snapshot_vssd_instance(snap, v)),
+            ),
+            "Msvm_VirtualSystemSettingDataComponent" => {
+                for v in &snap.vms {
+                    let (vssd, rasds) = self.snapshot_vm_instances(snap, v);
+                    out.extend(settings_components(vssd, rasds));
                 }
             }
             c if c.ends_with("SettingData") => {
-                for vm in self.vms()? {
-                    out.extend(
-                        self.vm_instances(&vm)
-                            .1
-                            .into_iter()
-                            .filter(|i| i.class_name == c),
-                    );
-                }
-                for snap in self.snapshots(None)? {
-                    for v in &snap.vms {
-                        out.extend(
-                            self.snapshot_vm_instances(&snap, v)
-                                .1
-                                .into_iter()
-                                .filter(|i| i.class_name == c),
-                        );
-                    }
+                for v in &snap.vms {
+                    out.extend(resource_settings(c, self.snapshot_vm_instances(snap, v).1));
                 }
             }
-            "Msvm_VirtualSystemReferencePoint" => {
-                for rp in self.refpoints(None)? {
-                    out.extend(rp.vms.iter().map(|v| self.refpoint_instance(&rp, v)));
-                }
-            }
-            "Msvm_VirtualSystemCollection" | "Msvm_ManagementCollection" => {
-                let kind = if class == "Msvm_VirtualSystemCollection" {
-                    COLLECTION_OF_VMS
-                } else {
-                    COLLECTION_OF_COLLECTIONS
-                };
-                out.extend(
-                    self.collections()?
-                        .iter()
-                        .filter(|c| c.kind == kind)
-                        .map(|c| self.collection_instance(c)),
-                );
-            }
-            "Msvm_SnapshotCollection" => out.extend(
-                self.snapshots(None)?
-                    .iter()
-                    .map(|s| self.snapshot_collection_instance(s)),
-            ),
-            "Msvm_ReferencePointCollection" => out.extend(
-                self.refpoints(None)?
-                    .iter()
-                    .map(|r| self.refpoint_collection_instance(r)),
-            ),
-            "Msvm_ConcreteJob" => out.extend(self.jobs()?.iter().map(|j| self.job_instance(j))),
-            c if SERVICES.iter().any(|(s, _)| *s == c) => out.push(self.service_instance(c)),
-            c => out.extend(self.associations_of(c)?),
+            c => out.extend(snapshot_associations(c, snap)),
         }
-        Ok(out)
+        out
+    }
+
+    fn refpoint_owned(&self, class: &str, rp: &RefPoint) -> Vec<Instance> {
+        match class {
+            "Msvm_ReferencePointCollection" => vec![self.refpoint_collection_instance(rp)],
+            "Msvm_VirtualSystemReferencePoint" => rp
+                .vms
+                .iter()
+                .map(|v| self.refpoint_instance(rp, v))
+                .collect(),
+            c => refpoint_associations(c, rp),
+        }
+    }
+
+    fn collection_owned(&self, class: &str, c: &Collection) -> Vec<Instance> {
+        let kind = match class {
+            "Msvm_VirtualSystemCollection" | "Msvm_CollectedVirtualSystems" => COLLECTION_OF_VMS,
+            _ => COLLECTION_OF_COLLECTIONS,
+        };
+        if c.kind != kind {
+            return Vec::new();
+        }
+        match class {
+            "Msvm_VirtualSystemCollection" | "Msvm_ManagementCollection" => {
+                vec![self.collection_instance(c)]
+            }
+            _ => self.collected_members(class, c),
+        }
+    }
+
+    fn job_owned(&self, class: &str, job: &Job) -> Vec<Instance> {
+        match class {
+            "Msvm_ConcreteJob" => vec![self.job_instance(job)],
+            _ => self.affected_job_elements(job),
+        }
     }
 
     pub(super) fn check_class(&self, class: &str) -> Result<(), CimError> {

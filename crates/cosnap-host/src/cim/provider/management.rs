@@ -3,7 +3,7 @@
 
 use cosnap_cim::{Instance, MethodOutcome, ObjectPath, Value};
 
-use super::enumerate::is_a;
+use super::classes::is_a;
 use super::params::*;
 use crate::cim::run_settings::{
     SERIAL_PORT_CLASS, SETTABLE_PORT, requested_boot, requested_serial_port,

@@ -23,23 +23,25 @@
 //!   behaviour for a single checkpoint delete).
 
 mod associations;
+mod classes;
 mod enumerate;
 mod jobs;
 mod lookup;
 mod management;
 mod modify;
 mod nearby;
+mod pages;
 mod params;
 mod snapshots;
 
 use cosnap_cim::{
-    AssocFilter, BuiltCursor, CimError, CimProvider, CimStatus, ClassDef, Instance, InstanceCursor,
+    AssocFilter, CimError, CimProvider, CimStatus, ClassDef, Instance, InstanceCursor,
     MethodOutcome, ObjectPath, Value, schema,
 };
 
 use crate::error::HostError;
 use crate::host::Host;
-use enumerate::*;
+use classes::*;
 use params::*;
 pub use params::{embedded, ref_param, same_path};
 
@@ -121,21 +123,20 @@ impl CimProvider for Host {
         Ok(out)
     }
 
-    /// Classes with key lookups are handed out by id (an open enumeration holds ids, not
-    /// instances); the others as the built list.
+    /// Every class is read a page of repository rows at a time (`pages::PagedCursor`): an
+    /// open enumeration holds one page, not the class's list.
     fn enumerate_cursor(&self, class_name: &str) -> Result<Box<dyn InstanceCursor>, CimError> {
         self.check_class(class_name)?;
-        match self.instance_cursor(class_name).map_err(|e| e.to_cim())? {
-            Some(cursor) => Ok(Box::new(cursor)),
-            None => Ok(Box::new(BuiltCursor::new(
-                self.enumerate_instances(class_name)?,
-            ))),
-        }
+        let cursor = pages::PagedCursor::new(self, class_name).map_err(|e| e.to_cim())?;
+        Ok(Box::new(cursor))
     }
 
     fn get_instance(&self, path: &ObjectPath) -> Result<Instance, CimError> {
         self.check_class(&path.class_name)?;
         let missing = || CimError::not_found(format!("no instance {}", self.path_text(path)));
+        if let Some(found) = self.resource_setting_instance(path) {
+            return found.map_err(|_| missing());
+        }
         // Fast paths for the classes clients poll.
         let fast = match self.resolve_path(path) {
             Ok(crate::Resolved::Job(id)) => Some(self.job(&id).map(|j| self.job_instance(&j))),

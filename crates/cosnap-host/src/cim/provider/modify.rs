@@ -4,7 +4,7 @@
 use cosnap_cim::{Instance, MethodOutcome, Value};
 use cosnap_vmm::VmState;
 
-use super::enumerate::is_a;
+use super::classes::is_a;
 use super::management::resource_settings;
 use super::params::*;
 use crate::cim::run_settings::*;

@@ -2,13 +2,13 @@
 //! indexes (the snapshots holding a VM, the collections holding a member, the jobs that
 //! touched an element, …) instead of building every association of the host and keeping
 //! those that name the object: an Associators or References call costs what it returns,
-//! not what the host holds. Objects without an indexed route (services, resource settings)
-//! answer `None` and the caller scans.
+//! not what the host holds. Every object the host resolves has a route; a resource setting
+//! is routed through the VSSD that owns it (see `assoc_instances`).
 
-use cosnap_cim::{CimType, Instance, Value};
+use cosnap_cim::Instance;
 use rusqlite::Connection;
 
-use super::associations::{Wanted, assoc};
+use super::associations::{Wanted, affected, assoc, settings_components, settings_define_state};
 use crate::Resolved;
 use crate::cim::*;
 use crate::error::HostError;
@@ -19,12 +19,8 @@ type Found = Result<Vec<Instance>, HostError>;
 
 impl Host {
     /// The association instances `wanted` accepts that may refer to the object `resolved`
-    /// names; `None` when the object has no indexed route.
-    pub(super) fn associations_near(
-        &self,
-        resolved: &Resolved,
-        wanted: Wanted,
-    ) -> Result<Option<Vec<Instance>>, HostError> {
+    /// names.
+    pub(super) fn associations_near(&self, resolved: &Resolved, wanted: Wanted) -> Found {
         let found = match resolved {
             Resolved::Vm(id) => self.near_vm(id, wanted)?,
             Resolved::VmSettings(vm) => self.near_vm_settings(vm, wanted)?,
@@ -36,20 +32,16 @@ impl Host {
             Resolved::RefPointCollection(id) => self.near_refpoint_collection(id, wanted)?,
             Resolved::RefPoint(rp, vm) => self.near_refpoint(rp, vm, wanted)?,
             Resolved::Job(id) => self.near_job(id, wanted)?,
-            Resolved::Service(_) => return Ok(None),
+            // No association class the host serves refers to a service.
+            Resolved::Service(_) => Vec::new(),
         };
-        Ok(Some(found))
+        Ok(found)
     }
 
     fn near_vm(&self, id: &str, wanted: Wanted) -> Found {
         let mut out = Vec::new();
-        let class = "Msvm_SettingsDefineState";
-        if wanted(class) {
-            out.push(assoc(
-                class,
-                ("ManagedElement", vm_path(id)),
-                ("SettingData", vssd_path(&vm_vssd_id(id))),
-            ));
+        if wanted("Msvm_SettingsDefineState") {
+            out.push(settings_define_state(id));
         }
         let class = "Msvm_SnapshotOfVirtualSystem";
         if wanted(class) {
@@ -93,13 +85,8 @@ impl Host {
 
     fn near_vm_settings(&self, vm_id: &str, wanted: Wanted) -> Found {
         let mut out = Vec::new();
-        let class = "Msvm_SettingsDefineState";
-        if wanted(class) {
-            out.push(assoc(
-                class,
-                ("ManagedElement", vm_path(vm_id)),
-                ("SettingData", vssd_path(&vm_vssd_id(vm_id))),
-            ));
+        if wanted("Msvm_SettingsDefineState") {
+            out.push(settings_define_state(vm_id));
         }
         if wanted("Msvm_VirtualSystemSettingDataComponent") {
             let vm = self.vm(vm_id)?;
@@ -359,33 +346,6 @@ impl Host {
     }
 }
 
-fn affected(element: cosnap_cim::ObjectPath, job_id: &str) -> Instance {
-    let mut a = assoc(
-        "Msvm_AffectedJobElement",
-        ("AffectedElement", element),
-        ("AffectingElement", job_path(job_id)),
-    );
-    a.set(
-        "ElementEffects",
-        CimType::Uint16,
-        Some(Value::Array(vec![Value::Uint16(5)])),
-    );
-    a
-}
-
-/// Msvm_VirtualSystemSettingDataComponent: a VSSD and each of its resource settings.
-fn settings_components(vssd: Instance, rasds: Vec<Instance>) -> Vec<Instance> {
-    let class = "Msvm_VirtualSystemSettingDataComponent";
-    let Some(vp) = vssd.path else {
-        return Vec::new();
-    };
-    rasds
-        .into_iter()
-        .filter_map(|r| r.path)
-        .map(|rp| assoc(class, ("GroupComponent", vp.clone()), ("PartComponent", rp)))
-        .collect()
-}
-
 fn query_ids(conn: &Connection, sql: &str, params: &[&str]) -> Result<Vec<String>, HostError> {
     let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
@@ -396,11 +356,16 @@ fn query_ids(conn: &Connection, sql: &str, params: &[&str]) -> Result<Vec<String
 
 #[cfg(test)]
 mod tests {
-    use cosnap_cim::ObjectPath;
+    use cosnap_cim::{AssocFilter, CimProvider, ObjectPath, Value};
 
+    use super::super::classes::CONCRETE;
+    use super::super::pages::PagedCursor;
     use super::*;
     use crate::cim::provider::same_path;
 
+    /// Three VMs (one with a connected NIC), a VM collection of two inside a collection of
+    /// collections, two recovery snapshots of the group and a reference point converted
+    /// from a third: every class the host serves has instances.
     fn host_with_history(dir: &std::path::Path) -> Host {
         let host = Host::open(dir.join("data")).unwrap();
         let mut vms = Vec::new();
@@ -410,6 +375,14 @@ mod tests {
                 .unwrap()
                 .set_len(1 << 20)
                 .unwrap();
+            let nics = if i == 0 {
+                vec![Nic {
+                    mac: "00:15:5d:00:00:01".into(),
+                    switch_name: Some("sw".into()),
+                }]
+            } else {
+                Vec::new()
+            };
             let spec = VmSpec {
                 id: None,
                 name: format!("vm{i}"),
@@ -419,7 +392,7 @@ mod tests {
                     path: disk,
                     format: Some(cosnap_disk::Format::Raw),
                 }],
-                nics: Vec::new(),
+                nics,
             };
             vms.push(host.define_vm(&spec).unwrap().id);
         }
@@ -433,10 +406,13 @@ mod tests {
         for vm in &vms[..2] {
             host.add_member(&group.id, vm).unwrap();
         }
-        for _ in 0..2 {
+        for _ in 0..3 {
             let job = host.start_create_snapshot(&group.id, 2).unwrap();
             assert!(host.wait_job(&job).unwrap().succeeded());
         }
+        let newest = host.snapshots(None).unwrap().pop().unwrap();
+        let job = host.start_convert_to_refpoint(&newest.id).unwrap();
+        assert!(host.wait_job(&job).unwrap().succeeded());
         host
     }
 
@@ -455,35 +431,79 @@ mod tests {
         out
     }
 
+    /// The path of every instance of every class the host serves.
+    fn every_object(host: &Host) -> Vec<ObjectPath> {
+        let mut out = Vec::new();
+        for class in CONCRETE {
+            let found = host.enumerate_instances(class).unwrap();
+            assert!(!found.is_empty(), "no instance of {class}");
+            out.extend(found.into_iter().filter_map(|i| i.path));
+        }
+        out
+    }
+
     #[test]
     fn indexed_routes_find_exactly_what_the_scan_finds() {
         let dir = tempfile::tempdir().unwrap();
         let host = host_with_history(dir.path());
         let all = host.every_association(&|_| true).unwrap();
-        let objects: Vec<ObjectPath> = all
-            .iter()
-            .flat_map(|a| a.properties.iter())
-            .filter_map(|p| match &p.value {
-                Some(Value::Reference(r)) => Some(r.clone()),
-                _ => None,
-            })
-            .collect();
-        let mut routed = 0;
+        let objects = every_object(&host);
         for object in &objects {
-            // Resource settings have no path resolution: the caller scans for them.
-            let Ok(resolved) = host.resolve_path(object) else {
-                continue;
-            };
-            let Some(near) = host.associations_near(&resolved, &|_| true).unwrap() else {
-                continue;
-            };
-            routed += 1;
+            // Every object has a route: none for an association instance (nothing refers
+            // to one), its VSSD's for a resource setting, else its own path.
+            if !super::super::associations::is_association(&object.class_name) {
+                let resolved = match host.resource_setting_owner(object) {
+                    Some(owner) => owner.unwrap(),
+                    None => host.resolve_path(object).unwrap(),
+                };
+                let near = host.associations_near(&resolved, &|_| true).unwrap();
+                assert_eq!(
+                    touching(&near, object),
+                    touching(&all, object),
+                    "{object:?}"
+                );
+            }
+            let answered: Vec<Instance> = host
+                .assoc_instances(object, &AssocFilter::default())
+                .unwrap()
+                .into_iter()
+                .map(|(a, _)| a)
+                .collect();
             assert_eq!(
-                touching(&near, object),
+                touching(&answered, object),
                 touching(&all, object),
                 "{object:?}"
             );
         }
-        assert!(routed > 20, "only {routed} objects had an indexed route");
+        assert!(objects.len() > 60, "only {} objects", objects.len());
+    }
+
+    #[test]
+    fn key_lookups_and_paged_cursors_give_what_the_list_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host_with_history(dir.path());
+        let mut classes: Vec<&str> = CONCRETE.to_vec();
+        classes.extend([
+            "CIM_ResourceAllocationSettingData",
+            "CIM_Collection",
+            "CIM_Component",
+        ]);
+        for class in classes {
+            let listed = host.enumerate_instances(class).unwrap();
+            let mut cursor = PagedCursor::new(&host, class).unwrap();
+            let mut paged = Vec::new();
+            loop {
+                let batch = cosnap_cim::InstanceCursor::next_batch(&mut cursor, &host, 2).unwrap();
+                if batch.is_empty() {
+                    break;
+                }
+                paged.extend(batch);
+            }
+            assert_eq!(paged, listed, "{class}");
+            for inst in &listed {
+                let path = inst.path.as_ref().unwrap();
+                assert_eq!(&host.get_instance(path).unwrap(), inst, "{path:?}");
+            }
+        }
     }
 }
