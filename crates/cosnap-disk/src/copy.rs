@@ -321,6 +321,11 @@ struct Run<'a> {
     /// COSNAP_NO_COPY_FILE_RANGE is set: host-to-host copies use pread/pwrite (what runs
     /// after EXDEV/EOPNOTSUPP), for tests and odd file systems.
     force_rw: bool,
+    /// COSNAP_DIRECT_IO is set (and not `force_rw`): the digesting copy reads and writes
+    /// its aligned pieces with `O_DIRECT` instead of through the page cache — half the CPU,
+    /// but slower on this kind of machine (see docs/decisions.md, "Export copy: page cache
+    /// by default").
+    direct_io: bool,
 }
 
 impl Run<'_> {
@@ -402,6 +407,8 @@ fn flatten(
         total,
         no_cfr: AtomicBool::new(false),
         force_rw: std::env::var_os("COSNAP_NO_COPY_FILE_RANGE").is_some(),
+        direct_io: std::env::var_os("COSNAP_DIRECT_IO").is_some()
+            && std::env::var_os("COSNAP_NO_COPY_FILE_RANGE").is_none(),
     };
     let created: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
     let results: Mutex<Vec<Option<Result<FlattenReport>>>> =

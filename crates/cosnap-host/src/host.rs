@@ -28,14 +28,19 @@ pub(crate) struct Inner {
     pub(crate) data_dir: PathBuf,
     /// Trust configuration, roots canonical.
     pub(crate) options: HostOptions,
-    pub(crate) conn: Mutex<Connection>,
     /// A read-only connection for the hot read path (job polling): in WAL mode it never
     /// waits for the writer, whose commits fsync (FULL) and can take long while an export
-    /// loads the disk.
+    /// loads the disk. Declared before `conn` so it closes first: the last connection to
+    /// close checkpoints and removes the WAL, which a read-only one cannot do, and a WAL
+    /// left behind is read whole by the next process that opens the repository.
     pub(crate) reader: Mutex<Connection>,
+    pub(crate) conn: Mutex<Connection>,
     pub(crate) host_name: String,
     /// Cancel tokens of jobs running in this process.
     pub(crate) running: Mutex<HashMap<String, CancelToken>>,
+    /// The threads of jobs started by this process, joined by whoever waits for the job
+    /// (so a command that waits leaves no thread holding the repository open at exit).
+    pub(crate) job_threads: Mutex<HashMap<String, std::thread::JoinHandle<()>>>,
 }
 
 impl Host {
@@ -78,6 +83,7 @@ impl Host {
                 reader: Mutex::new(reader),
                 host_name: crate::util::host_name(),
                 running: Mutex::new(HashMap::new()),
+                job_threads: Mutex::new(HashMap::new()),
             }),
         };
         host.recover_at_open()?;

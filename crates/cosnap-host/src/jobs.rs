@@ -25,6 +25,8 @@ use crate::work::Work;
 
 /// How long [`Host::wait_job`] sleeps between polls.
 const POLL: std::time::Duration = std::time::Duration::from_millis(15);
+/// How often a job's watcher looks for a cancel request recorded by another process.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Finished jobs are kept this long (TimeBeforeRemoval).
 pub const KEEP_FINISHED_MS: i64 = 5 * 60 * 1000;
@@ -220,19 +222,20 @@ impl Host {
             cancellable: AtomicBool::new(cancellable),
             percent: Arc::new(AtomicU16::new(0)),
         };
-        // Watcher: turns a cancel request recorded by another process into the token.
-        let done = Arc::new(AtomicBool::new(false));
-        {
+        // Watcher: turns a cancel request recorded by another process into the token. It
+        // ends as soon as the job does (its channel closes), and the job thread joins it.
+        let (done, job_ended) = std::sync::mpsc::channel::<()>();
+        let watcher = {
             let host = self.clone();
             let id = id.clone();
-            let done = done.clone();
             let requested = ctx.requested.clone();
             let percent = ctx.percent.clone();
             std::thread::spawn(move || {
                 let mut persisted = 0u16;
                 let mut last_persist = Instant::now();
-                while !done.load(Ordering::SeqCst) {
-                    std::thread::sleep(std::time::Duration::from_millis(100));
+                while job_ended.recv_timeout(WATCH_EVERY)
+                    == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                {
                     let now_percent = percent.load(Ordering::Relaxed);
                     if now_percent > persisted && last_persist.elapsed() >= PROGRESS_EVERY {
                         // The job may have ended meanwhile; `percent < ?` keeps 100 at 100.
@@ -255,9 +258,9 @@ impl Host {
                         cancel.cancel();
                     }
                 }
-            });
-        }
-        std::thread::Builder::new()
+            })
+        };
+        let worker = std::thread::Builder::new()
             .name(format!("job-{id}"))
             .spawn(move || {
                 let started = Instant::now();
@@ -273,10 +276,38 @@ impl Host {
                         )))
                     });
                 ctx.host.finish_job(&ctx, outcome, started);
-                done.store(true, Ordering::SeqCst);
+                drop(done);
+                let _ = watcher.join();
             })
             .map_err(HostError::Io)?;
+        self.keep_job_thread(&id, worker);
         Ok(id)
+    }
+
+    /// Keeps a job thread's handle for [`Host::wait_job_with`], dropping the handles of
+    /// threads that ended unwaited (a server never waits).
+    fn keep_job_thread(&self, id: &str, worker: std::thread::JoinHandle<()>) {
+        let mut threads = self
+            .inner
+            .job_threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        threads.retain(|_, t| !t.is_finished());
+        threads.insert(id.to_string(), worker);
+    }
+
+    /// Joins a finished job's thread if this process ran it, so its handle on the
+    /// repository is gone before the caller goes on (or exits).
+    fn join_job_thread(&self, id: &str) {
+        let worker = self
+            .inner
+            .job_threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        if let Some(worker) = worker {
+            let _ = worker.join();
+        }
     }
 
     fn finish_job(&self, ctx: &JobCtx, outcome: Result<Vec<(String, String)>>, _started: Instant) {
@@ -372,6 +403,7 @@ impl Host {
             let job = self.job(id)?;
             on_poll(&job);
             if job.is_finished() {
+                self.join_job_thread(id);
                 return Ok(job);
             }
             std::thread::sleep(POLL);

@@ -49,11 +49,11 @@ impl AlignedBuf {
 /// 1 GiB of qcow2 data, 6.5 s instead of 7.9 s; the direct reads halve the system CPU and
 /// leave the host's page cache to its VMs). Hashing in the reading thread beat a separate
 /// writer thread fed 4 MiB buffers (0.62× the CPU, 0.71× the wall time, paired medians
-/// of 7). Aligned pieces are written with `O_DIRECT` too: against buffered writes (slices
-/// kept cache-hot, writeback kicked every few MiB) an export of 3 disks took 0.75× the
-/// CPU and 0.74× the wall time idle, 0.78× and 0.94× with a core kept busy (paired
-/// medians of 5; docs/decisions.md, copy CPU). The final `fsync` makes them durable
-/// with the rest of the file. What lies between
+/// of 7). With `COSNAP_DIRECT_IO` the reads and the aligned writes use `O_DIRECT`: half
+/// the CPU, but each output then waits on one request at a time, and on a quiet disk or
+/// with one core kept busy the export took 1.2–1.3× the wall time of the page-cache path,
+/// which is the default (docs/decisions.md, "Export copy: page cache by default"). The
+/// final `fsync` makes the output durable either way. What lies between
 /// the copies (metadata, ranges written while planning, holes) is read back from the
 /// file, holes skipped. Progress: each copied byte counts twice (copy + hash), read-back
 /// bytes up to the job's remaining share.
@@ -77,13 +77,13 @@ pub(super) fn copy_in_file_order(
         budget: AtomicU64::new(work.saturating_sub(copied)),
     };
     let advance = |n| readback.advance(n);
-    let mut out = OutputWriter::new(&file, path, !run.force_rw);
+    let mut out = OutputWriter::new(&file, path, run.direct_io);
 
     let mut hasher = algorithm.hasher();
     let mut scratch = vec![0u8; 1 << 20];
     let directs: &[Direct<'_>] = directs;
     std::thread::scope(|s| {
-        let (pieces, buffers) = start_reader(s, directs, !run.force_rw);
+        let (pieces, buffers) = start_reader(s, directs, run.direct_io);
         let mut pos = 0u64;
         for d in directs {
             hash_range(
