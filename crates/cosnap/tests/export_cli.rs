@@ -290,6 +290,12 @@ fn blake3_manifest_is_written_and_verified() {
 
     let (path, meta) = env.export(&snap, &out, &["--subdirectory", "--digest", "blake3"]);
     assert_eq!(meta["digest_algorithm"], "BLAKE3");
+    // The commands that wrote (snapshot create, export --wait with its job threads) closed
+    // the repository cleanly: SQLite folded the WAL back in, so the next open reads none.
+    assert!(
+        !env.data.join("cosnap.db-wal").exists(),
+        "a finished command leaves no WAL behind"
+    );
     let mf_name = meta["manifest"].as_str().unwrap();
     let manifest = std::fs::read_to_string(path.join(mf_name)).unwrap();
     assert!(!manifest.is_empty());
