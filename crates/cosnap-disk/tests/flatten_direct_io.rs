@@ -2,77 +2,11 @@
 //! bypass the page cache): same bytes and the same digest as the page-cache default.
 //! One test per binary: it sets a process-wide environment variable.
 
-use cosnap_disk::FlattenJob;
-use cosnap_disk::Format;
-use cosnap_disk::ops::CancelToken;
-use cosnap_test_support::{ok, p, qemu_check_clean, qemu_io, qemu_same};
+mod copy_paths;
 
 #[test]
 fn direct_io_gives_the_same_bytes_and_digest() {
     // SAFETY: the only test in this binary; no other thread reads the environment yet.
     unsafe { std::env::set_var("COSNAP_DIRECT_IO", "1") };
-    let d = tempfile::tempdir().unwrap();
-    let base = d.path().join("base.qcow2");
-    let top = d.path().join("top.qcow2");
-    ok(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", p(&base), "128M"],
-    );
-    qemu_io(
-        &base,
-        "qcow2",
-        &["write -P 0xaa 0 5M", "write -P 0xab 64M 3M"],
-    );
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-            p(&top),
-        ],
-    );
-    qemu_io(&top, "qcow2", &["write -P 0x11 1M 100k", "write -z 65M 1M"]);
-    let expect = d.path().join("expect.raw");
-    ok("qemu-img", &["convert", "-O", "raw", p(&top), p(&expect)]);
-    // Plain copies ignore the setting; digesting ones read and write with O_DIRECT.
-    for digested in [false, true] {
-        for fmt in [Format::Raw, Format::Qcow2] {
-            let dest = d.path().join(format!("out-{digested}.{fmt}"));
-            let job = [FlattenJob {
-                source: top.clone(),
-                base: None,
-                dest: dest.clone(),
-                dest_format: fmt,
-                dest_parent: None,
-                source_layers: Vec::new(),
-                dest_parent_format: None,
-                changed: None,
-            }];
-            let flatten = if digested {
-                cosnap_disk::flatten_all_digested
-            } else {
-                cosnap_disk::flatten_all
-            };
-            let reports = flatten(&job, 1, &|_, _| {}, &CancelToken::new()).unwrap();
-            qemu_same(&dest, fmt.name(), &expect);
-            if fmt == Format::Qcow2 {
-                qemu_check_clean(&dest);
-            }
-            if digested {
-                let sum = ok("sha256sum", &[p(&dest)]);
-                assert_eq!(
-                    reports[0].sha256.as_deref(),
-                    sum.split_whitespace().next(),
-                    "{}",
-                    dest.display()
-                );
-            }
-        }
-    }
+    copy_paths::flattens_give_the_same_bytes_and_digest();
 }
