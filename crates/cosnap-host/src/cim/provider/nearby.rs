@@ -6,7 +6,6 @@
 //! is routed through the VSSD that owns it (see `assoc_instances`).
 
 use cosnap_cim::Instance;
-use rusqlite::Connection;
 
 use super::associations::{Wanted, affected, assoc, settings_components, settings_define_state};
 use crate::Resolved;
@@ -280,14 +279,10 @@ impl Host {
         if !wanted("Msvm_AffectedJobElement") {
             return Ok(Vec::new());
         }
-        let jobs = {
-            let conn = self.db();
-            query_ids(
-                &conn,
-                "SELECT DISTINCT job_id FROM job_elements WHERE element_id = ?1 AND class_name = ?2",
-                &[id, class],
-            )?
-        };
+        let jobs = self.query_ids(
+            "SELECT DISTINCT job_id FROM job_elements WHERE element_id = ?1 AND class_name = ?2",
+            &[id, class],
+        )?;
         let mut out = Vec::new();
         for job in jobs {
             let Ok(job) = self.job(&job) else { continue };
@@ -305,53 +300,45 @@ impl Host {
 
     /// The snapshots holding VM `vm_id` (index `snapshot_vms_vm`).
     fn snapshots_holding(&self, vm_id: &str) -> Result<Vec<Snapshot>, HostError> {
-        let ids = {
-            let conn = self.db();
-            query_ids(
-                &conn,
-                "SELECT v.snapshot_id FROM snapshot_vms v JOIN snapshots s ON s.id = v.snapshot_id
-                 WHERE v.vm_id = ?1 ORDER BY s.seq",
-                &[vm_id],
-            )?
-        };
+        let ids = self.query_ids(
+            "SELECT v.snapshot_id FROM snapshot_vms v JOIN snapshots s ON s.id = v.snapshot_id
+             WHERE v.vm_id = ?1 ORDER BY s.seq",
+            &[vm_id],
+        )?;
         ids.iter().map(|id| self.snapshot(id)).collect()
     }
 
     /// The collections holding member `id` (index `collection_members_member`).
     fn collections_holding(&self, id: &str) -> Result<Vec<Collection>, HostError> {
-        let ids = {
-            let conn = self.db();
-            query_ids(
-                &conn,
-                "SELECT m.collection_id FROM collection_members m JOIN collections c ON c.id = m.collection_id
-                 WHERE m.member_id = ?1 ORDER BY c.seq",
-                &[id],
-            )?
-        };
+        let ids = self.query_ids(
+            "SELECT m.collection_id FROM collection_members m JOIN collections c ON c.id = m.collection_id
+             WHERE m.member_id = ?1 ORDER BY c.seq",
+            &[id],
+        )?;
         ids.iter().map(|id| self.collection(id)).collect()
     }
 
     /// The reference points holding VM `vm_id` (index `refpoint_vms_vm`).
     fn refpoints_holding(&self, vm_id: &str) -> Result<Vec<RefPoint>, HostError> {
-        let ids = {
-            let conn = self.db();
-            query_ids(
-                &conn,
-                "SELECT v.refpoint_id FROM refpoint_vms v JOIN refpoints r ON r.id = v.refpoint_id
-                 WHERE v.vm_id = ?1 ORDER BY r.seq",
-                &[vm_id],
-            )?
-        };
+        let ids = self.query_ids(
+            "SELECT v.refpoint_id FROM refpoint_vms v JOIN refpoints r ON r.id = v.refpoint_id
+             WHERE v.vm_id = ?1 ORDER BY r.seq",
+            &[vm_id],
+        )?;
         ids.iter().map(|id| self.refpoint(id)).collect()
     }
 }
 
-fn query_ids(conn: &Connection, sql: &str, params: &[&str]) -> Result<Vec<String>, HostError> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
-        r.get::<_, String>(0)
-    })?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+impl Host {
+    /// The ids `sql` selects; the database lock is released before the caller loads them.
+    fn query_ids(&self, sql: &str, params: &[&str]) -> Result<Vec<String>, HostError> {
+        let conn = self.db();
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
+            r.get::<_, String>(0)
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
 }
 
 #[cfg(test)]
