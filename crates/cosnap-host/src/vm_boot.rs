@@ -24,6 +24,25 @@ pub enum VmBoot {
     Firmware,
 }
 
+impl VmBoot {
+    /// Kernel, initrd and command line as text, all `None` for a firmware boot: the form
+    /// both the `vm_boot` row and the VSSD's boot properties hold.
+    pub(crate) fn text_parts(&self) -> (Option<String>, Option<String>, Option<String>) {
+        match self {
+            VmBoot::Kernel {
+                kernel,
+                initrd,
+                cmdline,
+            } => (
+                Some(text(kernel)),
+                initrd.as_deref().map(text),
+                Some(cmdline.clone()),
+            ),
+            VmBoot::Firmware => (None, None, None),
+        }
+    }
+}
+
 /// The run settings of a VM: boot and COM2 (the guest's ttyS1 served as a Unix socket server
 /// at this path).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -62,18 +81,7 @@ impl Host {
         let settings = absolute_settings(settings)?;
         let vm = self.vm(id_or_name)?;
         let conn = self.db();
-        let (kernel, initrd, cmdline) = match &settings.boot {
-            VmBoot::Kernel {
-                kernel,
-                initrd,
-                cmdline,
-            } => (
-                Some(text(kernel)),
-                initrd.as_deref().map(text),
-                Some(cmdline.clone()),
-            ),
-            VmBoot::Firmware => (None, None, None),
-        };
+        let (kernel, initrd, cmdline) = settings.boot.text_parts();
         conn.execute(
             "INSERT OR REPLACE INTO vm_boot (vm_id, kernel, initrd, cmdline, com2) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![vm.id, kernel, initrd, cmdline, settings.com2.as_deref().map(text)],

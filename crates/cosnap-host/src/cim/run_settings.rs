@@ -64,18 +64,7 @@ pub fn serial_port_instance(vssd_instance_id: &str, port: u8, socket: Option<&Pa
 /// A VSSD with its boot properties set (all null for a firmware boot).
 pub fn with_boot_properties(vssd: Instance, boot: &VmBoot) -> Instance {
     let text = |v: Option<String>| v.map(Value::String);
-    let (kernel, initrd, cmdline) = match boot {
-        VmBoot::Kernel {
-            kernel,
-            initrd,
-            cmdline,
-        } => (
-            Some(path_text(kernel)),
-            initrd.as_deref().map(path_text),
-            Some(cmdline.clone()),
-        ),
-        VmBoot::Firmware => (None, None, None),
-    };
+    let (kernel, initrd, cmdline) = boot.text_parts();
     vssd.with(KERNEL_PROPERTY, CimType::String, text(kernel))
         .with(INITRD_PROPERTY, CimType::String, text(initrd))
         .with(CMDLINE_PROPERTY, CimType::String, text(cmdline))
@@ -173,8 +162,4 @@ fn string_property(r: &Instance, name: &str) -> Result<Option<String>, HostError
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(HostError::invalid(format!("{name} must be a string"))),
     }
-}
-
-fn path_text(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
 }
