@@ -5,16 +5,14 @@ ModifyResourceSettings take them under the storage-root check (32769 and nothing
 lies outside), and a VM started over CIM serves COM 2 where CIM put it. Every QEMU the test starts
 is killed by pid at the end, whatever happened."""
 
-import os
 import pathlib
 import shutil
-import signal
 
 import pytest
 from pywbem import CIMInstance, CIMInstanceName, CIMProperty, Uint16
 
 from conftest import NS, service, wait_job
-from test_running_vms import guest
+from test_running_vms import guest, kill_qemu
 
 ACCESS_DENIED = 32769
 NOT_SUPPORTED = 32770
@@ -76,11 +74,7 @@ def booted(server, conn):
     try:
         yield vm_id, socket
     finally:
-        if pidfile.exists():
-            try:
-                os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+        kill_qemu(pidfile)
 
 
 def test_define_system_boot_and_com2_are_shown(conn, server, booted):

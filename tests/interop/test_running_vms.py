@@ -14,6 +14,15 @@ import pywbem
 from conftest import NS, ROOT, wait_job
 
 
+def kill_qemu(pidfile):
+    """SIGKILL the QEMU whose pid cosnap wrote to `pidfile`, if it is still there."""
+    if pidfile.exists():
+        try:
+            os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
 def guest():
     """The test guest (kernel, initrd): built by scripts/guest/build.sh, which ./scripts/test runs."""
     d = pathlib.Path(os.environ.get("COSNAP_GUEST_DIR") or ROOT / "target" / "guest")
@@ -34,11 +43,7 @@ def running_vm(server):
     try:
         yield vm
     finally:
-        if pidfile.exists():
-            try:
-                os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+        kill_qemu(pidfile)
 
 
 def vm_path(vm_id):
