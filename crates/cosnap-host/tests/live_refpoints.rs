@@ -3,6 +3,8 @@
 //! the frozen image, and after the VM's QEMU is killed the next differential falls back to a
 //! full export with notice.
 
+mod live_guest;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -14,59 +16,17 @@ use cosnap_host::export::{ExportRequest, Roots, start_export};
 use cosnap_host::live::snapshot_bitmap;
 use cosnap_host::{DiskSpec, Host, HostOptions, SharedHypervisor, Vm, VmSpec};
 use cosnap_test_support::{PidGuard, guest, wait_for_text};
-use cosnap_vmm::{
-    Accelerator, Boot, DiskChain, DiskLayer, Hypervisor, LayerFormat, QemuHypervisor, SerialSocket,
-    VmHandle, VmLaunch,
-};
+use cosnap_vmm::{Hypervisor, QemuHypervisor, SerialSocket, VmHandle};
+use live_guest::start_guest;
 
 const DISK_BYTES: u64 = 32 << 20;
 
-/// Starts the record-writing guest for `vm` in the host's run directory, on its recorded
-/// chains.
+/// Starts the record-writing guest for `vm` (COM2 served at `com2`) and waits until it
+/// writes.
 fn start_vm(hv: &QemuHypervisor, host: &Host, vm: &Vm, com2: &Path) -> (PidGuard, VmHandle) {
-    let (kernel, initrd) = guest().expect("checked by the caller");
-    let disks = vm
-        .disks
-        .iter()
-        .map(|d| {
-            let mut layers: Vec<DiskLayer> = host
-                .disk_chain(&d.path)
-                .unwrap()
-                .into_iter()
-                .map(|l| DiskLayer {
-                    path: l.path,
-                    format: match l.format {
-                        Format::Qcow2 => LayerFormat::Qcow2,
-                        Format::Vhdx => LayerFormat::Vhdx,
-                        Format::Raw => LayerFormat::Raw,
-                    },
-                })
-                .collect();
-            layers.reverse();
-            DiskChain { layers }
-        })
-        .collect();
-    let launch = VmLaunch {
-        name: vm.id.clone(),
-        run_dir: host.data_dir().join("run").join(&vm.id),
-        cpus: 1,
-        memory_mb: 256,
-        disks,
-        boot: Boot::Kernel {
-            kernel,
-            initrd: Some(initrd),
-            cmdline: format!(
-                "console=ttyS0 quiet panic=-1 cosnap.vm={} cosnap.disks=vda,vdb",
-                vm.name
-            ),
-        },
-        com2: Some(SerialSocket::Server(com2.to_path_buf())),
-        user_nic: false,
-        accelerator: Some(Accelerator::Tcg),
-    };
-    let handle = hv.start(&launch).expect("start VM");
+    let (guard, handle) = start_guest(hv, host, vm, "", SerialSocket::Server(com2.to_path_buf()));
     wait_for_text(&hv.serial_log(&handle), "COSNAP-READY");
-    (PidGuard(handle.pid), handle)
+    (guard, handle)
 }
 
 /// Exports `sid` (differential against `base` when given, PreserveChain, fallback allowed)

@@ -9,6 +9,7 @@
 //! wrong base.
 
 mod live_export_forms;
+mod live_guest;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,76 +21,18 @@ use cosnap_export::{BackupIntent, Package};
 use cosnap_host::live::snapshot_bitmap;
 use cosnap_host::{DiskSpec, Host, HostError, HostOptions, NoJob, SharedHypervisor, Vm, VmSpec};
 use cosnap_test_support::records::{check_cause, check_vm};
-use cosnap_test_support::{PidGuard, guest, qemu_check_clean, wait_for_text};
-use cosnap_vmm::{
-    Accelerator, Boot, DiskChain, DiskLayer, Hypervisor, LayerFormat, QemuHypervisor, SerialSocket,
-    VmHandle, VmLaunch, VmState,
-};
+use cosnap_test_support::{guest, qemu_check_clean, wait_for_text};
+use cosnap_vmm::{Hypervisor, QemuHypervisor, SerialSocket, VmState};
 
 use live_export_forms::{
     Exports, WrongBase, assert_differential, assert_import_refused, assert_wrong_base_rejected,
     check_form, export, frozen_disks, import_fresh, package_disks, repository_disks,
     verified_package, vm_records,
 };
+use live_guest::start_guest;
 
 const MIB: u64 = 1 << 20;
 const DISK_BYTES: u64 = 32 * MIB;
-
-/// The host's view of a VM's disks as the chains QEMU runs.
-fn chains_of(host: &Host, vm: &Vm) -> Vec<DiskChain> {
-    vm.disks
-        .iter()
-        .map(|d| {
-            let mut layers: Vec<DiskLayer> = host
-                .disk_chain(&d.path)
-                .unwrap()
-                .into_iter()
-                .map(|l| DiskLayer {
-                    path: l.path,
-                    format: match l.format {
-                        Format::Qcow2 => LayerFormat::Qcow2,
-                        Format::Vhdx => LayerFormat::Vhdx,
-                        Format::Raw => LayerFormat::Raw,
-                    },
-                })
-                .collect();
-            layers.reverse();
-            DiskChain { layers }
-        })
-        .collect()
-}
-
-/// Starts the guest for `vm` in the host's run directory; `knobs` adds `cosnap.*` options.
-fn start_vm(
-    hv: &QemuHypervisor,
-    host: &Host,
-    vm: &Vm,
-    knobs: &str,
-    com2: SerialSocket,
-) -> (PidGuard, VmHandle) {
-    let (kernel, initrd) = guest().expect("checked by the caller");
-    let launch = VmLaunch {
-        // As the host's VM room names and places it, so the host finds it running.
-        name: vm.id.clone(),
-        run_dir: host.data_dir().join("run").join(&vm.id),
-        cpus: 1,
-        memory_mb: 256,
-        disks: chains_of(host, vm),
-        boot: Boot::Kernel {
-            kernel,
-            initrd: Some(initrd),
-            cmdline: format!(
-                "console=ttyS0 quiet panic=-1 cosnap.vm={} cosnap.disks=vda,vdb {knobs}",
-                vm.name
-            ),
-        },
-        com2: Some(com2),
-        user_nic: false,
-        accelerator: Some(Accelerator::Tcg),
-    };
-    let handle = hv.start(&launch).expect("start VM");
-    (PidGuard(handle.pid), handle)
-}
 
 /// Two VMs (lead: qcow2 + VHDX base, foll: VHDX + qcow2 base) in one collection.
 fn define_group(host: &Host, images: &Path) -> (String, Vm, Vm) {
@@ -160,14 +103,14 @@ fn group_snapshots_of_running_writers_are_consistent_and_sequential_ones_are_cau
     let (coll, lead, foll) = define_group(&host, &images);
 
     let link = root.path().join("link.sock");
-    let lead_vm = start_vm(
+    let lead_vm = start_guest(
         &hv,
         &host,
         &lead,
         "cosnap.peer=ttyS1",
         SerialSocket::Server(link.clone()),
     );
-    let foll_vm = start_vm(
+    let foll_vm = start_guest(
         &hv,
         &host,
         &foll,
