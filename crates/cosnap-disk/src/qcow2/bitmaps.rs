@@ -22,8 +22,8 @@ pub const MAX_BITMAPS: u32 = 65_535;
 pub const MAX_DIRECTORY_BYTES: u64 = 1024 * MAX_BITMAPS as u64;
 /// qemu's limit on a bitmap's name.
 pub const MAX_NAME_BYTES: usize = 1023;
-/// A bitmap table is held in memory while it is read; as qemu caps the L1 table.
-pub const MAX_TABLE_BYTES: u64 = 32 << 20;
+/// A bitmap table is held in memory while it is read: capped as the L1 table is.
+pub const MAX_TABLE_BYTES: u64 = super::MAX_L1_BYTES;
 /// qemu's limit on a directory entry's extra data.
 const MAX_EXTRA_DATA_BYTES: usize = 1024;
 const MIN_GRANULARITY_BITS: u8 = 9;
