@@ -399,6 +399,7 @@ fn flatten(
     } else {
         work
     };
+    let force_rw = std::env::var_os("COSNAP_NO_COPY_FILE_RANGE").is_some();
     let run = Run {
         progress,
         cancel,
@@ -406,9 +407,8 @@ fn flatten(
         done: AtomicU64::new(0),
         total,
         no_cfr: AtomicBool::new(false),
-        force_rw: std::env::var_os("COSNAP_NO_COPY_FILE_RANGE").is_some(),
-        direct_io: std::env::var_os("COSNAP_DIRECT_IO").is_some()
-            && std::env::var_os("COSNAP_NO_COPY_FILE_RANGE").is_none(),
+        force_rw,
+        direct_io: !force_rw && std::env::var_os("COSNAP_DIRECT_IO").is_some(),
     };
     let created: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
     let results: Mutex<Vec<Option<Result<FlattenReport>>>> =

@@ -155,12 +155,7 @@ impl Host {
     /// Marks a job whose process died Completed after recovery finished its work (an
     /// export past its commit point), replacing the "interrupted" recovery gave it.
     pub(crate) fn complete_recovered_job(&self, job_id: &str) -> Result<()> {
-        self.db().execute(
-            "UPDATE jobs SET state = 7, percent = 100, error_code = 0, error_description = NULL,
-             error_summary = NULL, last_change_ms = ?2, finished_ms = ?2 WHERE id = ?1",
-            params![job_id, now_ms()],
-        )?;
-        Ok(())
+        mark_job_completed(&self.db(), job_id)
     }
 
     /// Runs a domain operation as a job: the one way the long operations (create, destroy,
@@ -483,4 +478,15 @@ fn load_job(conn: &Connection, id: &str) -> Result<Job> {
         .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     Ok(job)
+}
+
+/// Marks a job of a dead process Completed: recovery found its work done (an export past
+/// its commit point, or recorded), so "interrupted" would hide a finished package.
+pub(crate) fn mark_job_completed(conn: &Connection, job_id: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE jobs SET state = 7, percent = 100, error_code = 0, error_description = NULL,
+         error_summary = NULL, last_change_ms = ?2, finished_ms = ?2 WHERE id = ?1",
+        params![job_id, now_ms()],
+    )?;
+    Ok(())
 }

@@ -92,7 +92,7 @@ fn mark_orphan_jobs_interrupted(conn: &Connection) -> Result<()> {
         }
 
         if export_recorded(conn, &job.id)? {
-            complete_orphan_export(conn, &job.id, now)?;
+            crate::jobs::mark_job_completed(conn, &job.id)?;
         } else {
             conn.execute(
                 "UPDATE jobs SET state = 10, error_code = 2, error_description = 'interrupted',
@@ -113,16 +113,6 @@ fn export_recorded(conn: &Connection, job_id: &str) -> Result<bool> {
         [job_id],
         |r| r.get(0),
     )?)
-}
-
-/// A recorded package's job reads Completed, never "interrupted".
-fn complete_orphan_export(conn: &Connection, job_id: &str, now: i64) -> Result<()> {
-    conn.execute(
-        "UPDATE jobs SET state = 7, percent = 100, error_code = 0, error_description = NULL,
-         error_summary = NULL, last_change_ms = ?2, finished_ms = ?2 WHERE id = ?1",
-        params![job_id, now],
-    )?;
-    Ok(())
 }
 
 /// An in-use mark: which export job holds which object, and that job's process.
