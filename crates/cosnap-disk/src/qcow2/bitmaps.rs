@@ -13,7 +13,7 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::{OFFSET_MASK, be16, be32, be64, read_header};
+use super::{OFFSET_MASK, be16, be32, be64, open_with_header};
 use crate::error::{DiskError, Result};
 
 /// qemu's limit on the number of bitmaps in one image.
@@ -152,9 +152,7 @@ struct Directory {
 
 /// Reads the header and, when the bitmaps extension is present, the directory it names.
 fn open_directory(path: &Path) -> Result<Option<Directory>> {
-    let file = File::open(path).map_err(|e| DiskError::io(path, e))?;
-    let file_len = file.metadata().map_err(|e| DiskError::io(path, e))?.len();
-    let header = read_header(path, &file, file_len)?;
+    let (file, file_len, header) = open_with_header(path, false)?;
     let Some((count, dir_size, dir_offset)) = header.bitmaps else {
         return Ok(None);
     };

@@ -1,14 +1,13 @@
 //! Structural check and leak repair of one qcow2 file, like `qemu-img check` and
 //! `qemu-img check -r leaks`: recomputes reference counts from the metadata and compares.
 
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Mutex;
 
 use super::{
     CACHE_BYTES, MAX_L1_BYTES, OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, Qcow2Image, State,
-    be16, be32, be64, get_entry, read_header,
+    be16, be32, be64, get_entry, open_with_header,
 };
 use crate::error::{DiskError, Result};
 use crate::report::CheckReport;
@@ -25,9 +24,7 @@ pub fn check(path: &Path) -> Result<CheckReport> {
 /// Opens one qcow2 file read-only without its backing chain (reads of unallocated
 /// clusters return zeros). For structural checks and fuzzing.
 pub fn open_standalone(path: &Path) -> Result<Qcow2Image> {
-    let file = File::open(path).map_err(|e| DiskError::io(path, e))?;
-    let file_len = file.metadata().map_err(|e| DiskError::io(path, e))?.len();
-    let hdr = read_header(path, &file, file_len)?;
+    let (file, file_len, hdr) = open_with_header(path, false)?;
     let cs = hdr.cluster_size();
     let mut l1_bytes = vec![0u8; hdr.l1_size as usize * 8];
     file.read_exact_at(&mut l1_bytes, hdr.l1_table_offset)

@@ -5,7 +5,9 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::{EXT_BACKING_FORMAT, EXT_END, Header, MAGIC, MAX_L1_BYTES, be32, be64, read_header};
+use super::{
+    EXT_BACKING_FORMAT, EXT_END, Header, MAGIC, MAX_L1_BYTES, be32, be64, open_with_header,
+};
 use crate::error::{DiskError, Result};
 use crate::image::Format;
 
@@ -172,13 +174,7 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<()> {
 /// header area in the first cluster, then fsync. The header area is far below one page,
 /// so the write is not torn in practice (qemu relies on the same).
 pub fn set_backing(path: &Path, backing: Option<(String, Format)>) -> Result<()> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| DiskError::io(path, e))?;
-    let file_len = file.metadata().map_err(|e| DiskError::io(path, e))?.len();
-    let hdr = read_header(path, &file, file_len)?;
+    let (file, _, hdr) = open_with_header(path, true)?;
     // Old used length of the header area, to clear stale bytes.
     let mut old_len = hdr.header_length as u64 + 8;
     for (_, d) in &hdr.other_extensions {

@@ -8,11 +8,10 @@
 //! crash in between leaves leaked clusters only, which the next call (or any leak repair)
 //! frees; the image is never left with a bitmap that lies.
 
-use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::{EXT_BITMAPS, EXT_END, be32, be64, read_header, repair_leaks};
+use super::{EXT_BITMAPS, EXT_END, be32, be64, open_with_header, repair_leaks};
 use crate::error::{DiskError, Result};
 
 /// Autoclear bit 0: the bitmaps extension is consistent with the image.
@@ -22,13 +21,7 @@ const AUTOCLEAR_BITMAPS: u64 = 1;
 /// clusters. Returns how many bitmaps the header listed (0: nothing was changed except,
 /// perhaps, leaks a crashed earlier call left behind).
 pub fn forget_bitmaps(path: &Path) -> Result<u32> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| DiskError::io(path, e))?;
-    let file_len = file.metadata().map_err(|e| DiskError::io(path, e))?.len();
-    let hdr = read_header(path, &file, file_len)?;
+    let (file, file_len, hdr) = open_with_header(path, true)?;
     let listed = hdr.bitmaps.map_or(0, |b| b.0);
     if hdr.version < 3 || (hdr.bitmaps.is_none() && hdr.autoclear & AUTOCLEAR_BITMAPS == 0) {
         repair_leaks(path)?;

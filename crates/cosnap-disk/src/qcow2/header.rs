@@ -60,6 +60,19 @@ impl Header {
     }
 }
 
+/// Opens the qcow2 file `path` (read-write when `writable`) and reads and validates its
+/// header: the file, its length and the header.
+pub(crate) fn open_with_header(path: &Path, writable: bool) -> Result<(File, u64, Header)> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(path)
+        .map_err(|e| DiskError::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| DiskError::io(path, e))?.len();
+    let header = read_header(path, &file, file_len)?;
+    Ok((file, file_len, header))
+}
+
 /// Reads and validates the header of the qcow2 file `path` of length `file_len`.
 pub fn read_header(path: &Path, file: &File, file_len: u64) -> Result<Header> {
     if file_len < 72 {

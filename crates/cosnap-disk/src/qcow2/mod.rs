@@ -28,7 +28,7 @@
 //! - Every table size comes from a validated header field: L1 ≤ 32 MiB, refcount table ≤
 //!   8 MiB (qemu's limits), both inside the file; caches are bounded by bytes.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -52,6 +52,7 @@ pub use bitmaps::{BitmapInfo, ChangeInfo, LostReason, dirty_ranges, list_bitmaps
 pub use check::{check, open_standalone, repair_leaks};
 pub use create::{CreateOptions, create, set_backing};
 pub use forget_bitmaps::forget_bitmaps;
+use header::open_with_header;
 use header::refuse_writable;
 pub use header::{Header, read_header};
 
@@ -126,13 +127,7 @@ impl Qcow2Image {
     /// Opens this one layer without its backing chain (unallocated clusters read as
     /// zeros until [`Qcow2Image::attach_backing`] gives it one).
     pub fn open_layer(path: &Path, writable: bool) -> Result<Qcow2Image> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(path)
-            .map_err(|e| DiskError::io(path, e))?;
-        let file_len = file.metadata().map_err(|e| DiskError::io(path, e))?.len();
-        let hdr = read_header(path, &file, file_len)?;
+        let (file, file_len, hdr) = open_with_header(path, writable)?;
         let cs = hdr.cluster_size();
         if writable {
             refuse_writable(path, &hdr)?;
