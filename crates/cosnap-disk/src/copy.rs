@@ -321,11 +321,46 @@ struct Run<'a> {
     /// COSNAP_NO_COPY_FILE_RANGE is set: host-to-host copies use pread/pwrite (what runs
     /// after EXDEV/EOPNOTSUPP), for tests and odd file systems.
     force_rw: bool,
-    /// COSNAP_DIRECT_IO is set (and not `force_rw`): the digesting copy reads and writes
-    /// its aligned pieces with `O_DIRECT` instead of through the page cache — half the CPU,
-    /// but slower on this kind of machine (see docs/decisions.md, "Export copy: page cache
-    /// by default").
-    direct_io: bool,
+    /// Whether the digesting copy of an output reads and writes its aligned pieces with
+    /// `O_DIRECT` or through the page cache.
+    io_path: IoPath,
+}
+
+/// How the digesting copy moves an output's bytes (`COSNAP_DIRECT_IO`: `1` = always
+/// [`IoPath::Direct`], `0` = always [`IoPath::PageCache`], unset = [`IoPath::BySize`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoPath {
+    /// `O_DIRECT`: no copy into or out of the page cache, no page-cache allocation, the
+    /// VMs' cached data stays; each output keeps one read and one write in flight.
+    Direct,
+    /// The page cache: kernel read-ahead, and writes absorbed at memory speed.
+    PageCache,
+    /// `O_DIRECT` for outputs that copy at least [`IoPath::DIRECT_FROM`] bytes, the page
+    /// cache below (docs/decisions.md, "Export copy: O_DIRECT for large outputs").
+    BySize,
+}
+
+impl IoPath {
+    /// From this many copied bytes per output, [`IoPath::BySize`] bypasses the page cache.
+    pub const DIRECT_FROM: u64 = 512 << 20;
+
+    /// The path `COSNAP_DIRECT_IO` asks for.
+    pub fn from_env() -> IoPath {
+        match std::env::var_os("COSNAP_DIRECT_IO") {
+            None => IoPath::BySize,
+            Some(v) if v == "0" => IoPath::PageCache,
+            Some(_) => IoPath::Direct,
+        }
+    }
+
+    /// Whether an output copying `bytes` goes around the page cache.
+    pub fn is_direct(self, bytes: u64) -> bool {
+        match self {
+            IoPath::Direct => true,
+            IoPath::PageCache => false,
+            IoPath::BySize => bytes >= Self::DIRECT_FROM,
+        }
+    }
 }
 
 impl Run<'_> {
@@ -408,7 +443,11 @@ fn flatten(
         total,
         no_cfr: AtomicBool::new(false),
         force_rw,
-        direct_io: !force_rw && std::env::var_os("COSNAP_DIRECT_IO").is_some(),
+        io_path: if force_rw {
+            IoPath::PageCache
+        } else {
+            IoPath::from_env()
+        },
     };
     let created: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
     let results: Mutex<Vec<Option<Result<FlattenReport>>>> =
@@ -821,4 +860,19 @@ fn is_zero(buf: &[u8]) -> bool {
     // SAFETY: every bit pattern is a valid u128.
     let (head, words, tail) = unsafe { buf.align_to::<u128>() };
     head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IoPath;
+
+    #[test]
+    fn by_size_goes_around_the_page_cache_from_the_threshold_up() {
+        let at = IoPath::DIRECT_FROM;
+
+        assert!(!IoPath::BySize.is_direct(at - 1));
+        assert!(IoPath::BySize.is_direct(at));
+        assert!(IoPath::Direct.is_direct(0));
+        assert!(!IoPath::PageCache.is_direct(u64::MAX));
+    }
 }

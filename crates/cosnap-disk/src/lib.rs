@@ -64,7 +64,7 @@ pub mod vhdx;
 
 pub use chain::{LayerSpec, open_chain};
 pub use copy::{
-    FileDigest, FlattenJob, FlattenReport, flatten_all, flatten_all_digested,
+    FileDigest, FlattenJob, FlattenReport, IoPath, flatten_all, flatten_all_digested,
     flatten_all_digested_with,
 };
 pub use error::{DiskError, Result};

@@ -44,13 +44,9 @@ impl CommitHooks<'_> {
     }
 }
 
-fn fsync_path(path: &Path) -> Result<()> {
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| ExportError::io(path, e))
-}
-
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+/// Creates the new file `path` with `bytes` and `mode`. Not yet durable: the package's
+/// files are made durable together ([`sync_files`]) before they are hashed.
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<File> {
     use std::io::Write;
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -62,7 +58,7 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     f.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(|e| ExportError::io(path, e))?;
     f.write_all(bytes).map_err(|e| ExportError::io(path, e))?;
-    f.sync_all().map_err(|e| ExportError::io(path, e))
+    Ok(f)
 }
 
 /// Staged directories stay private (0700) until [`set_modes`] gives them the package's mode.
@@ -99,34 +95,45 @@ fn set_modes(path: &Path, file_mode: u32) -> Result<()> {
         .map_err(|e| ExportError::io(path, e))
 }
 
-/// Fsyncs every file and directory under `path` (and `path` itself).
-fn fsync_tree(path: &Path) -> Result<()> {
+/// Adds every regular file under `path` to `files` and every directory (`path` included)
+/// to `dirs`, each directory after what it holds; symlinks are not followed.
+fn collect_tree(path: &Path, files: &mut Vec<PathBuf>, dirs: &mut Vec<PathBuf>) -> Result<()> {
     let meta = fs::symlink_metadata(path).map_err(|e| ExportError::io(path, e))?;
     if meta.is_dir() {
         for entry in fs::read_dir(path).map_err(|e| ExportError::io(path, e))? {
             let entry = entry.map_err(|e| ExportError::io(path, e))?;
-            fsync_tree(&entry.path())?;
+            collect_tree(&entry.path(), files, dirs)?;
         }
+        dirs.push(path.to_path_buf());
+    } else if meta.is_file() {
+        files.push(path.to_path_buf());
     }
-    if meta.is_dir() || meta.is_file() {
-        fsync_path(path)
-    } else {
-        Ok(())
-    }
+    Ok(())
 }
 
-/// Every regular file under `dir` (one this process wrote), as paths relative to `base`.
-fn walk_files(base: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let ty = entry.file_type()?;
-        let p = entry.path();
-        if ty.is_dir() {
-            walk_files(base, &p, out)?;
-        } else {
-            let rel = p.strip_prefix(base).unwrap_or(&p);
-            out.push(rel.to_string_lossy().replace('\\', "/"));
-        }
+/// Makes `files`, then `dirs` (in their order), durable. The writeback of every file starts
+/// before the first fsync, so a journaling file system commits them together instead of
+/// once per small file (an export holds dozens of them).
+fn sync_files(files: &[PathBuf], dirs: &[PathBuf]) -> Result<()> {
+    let open = |p: &PathBuf| {
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(p)
+            .map_err(|e| ExportError::io(p, e))
+    };
+    let opened = files.iter().map(open).collect::<Result<Vec<File>>>()?;
+
+    for f in &opened {
+        // Best effort: a failed start only leaves more for the fsync below.
+        let _ = cosnap_disk::sparse::start_writeback(f);
+    }
+
+    for (f, p) in opened.iter().zip(files) {
+        f.sync_all().map_err(|e| ExportError::io(p, e))?;
+    }
+    for d in dirs {
+        open(d)?.sync_all().map_err(|e| ExportError::io(d, e))?;
     }
     Ok(())
 }
@@ -619,7 +626,7 @@ const FLATTEN_SHARE: u64 = 9_000;
 impl WriteCtx<'_> {
     /// Writes the new package file `rel` with the package's file mode.
     fn write_file(&self, rel: &str, bytes: &[u8]) -> Result<()> {
-        write_file(&self.staging.loc(rel), bytes, self.opts.file_mode)
+        write_file(&self.staging.loc(rel), bytes, self.opts.file_mode).map(drop)
     }
 
     fn check_cancel(&self) -> Result<()> {
@@ -945,14 +952,19 @@ impl WriteCtx<'_> {
             files.collection_file.clone(),
             PACKAGE_JSON.to_string(),
         ];
+        let mut to_sync: Vec<PathBuf> = rels.iter().map(|r| st.loc(r)).collect();
+        let mut dirs = Vec::new();
         for d in self.vm_dirs {
             let top = st.loc(d);
             set_modes(&top, self.opts.file_mode)?;
-            fsync_tree(&top)?;
-            let mut found = Vec::new();
-            walk_files(&top, &top, &mut found).map_err(|e| ExportError::io(&top, e))?;
-            rels.extend(found.into_iter().map(|f| format!("{d}/{f}")));
+            let first = to_sync.len();
+            collect_tree(&top, &mut to_sync, &mut dirs)?;
+            rels.extend(to_sync[first..].iter().map(|f| {
+                let rel = f.strip_prefix(&top).unwrap_or(f);
+                format!("{d}/{}", rel.to_string_lossy())
+            }));
         }
+        sync_files(&to_sync, &dirs)?;
         st.sync()?;
         Ok(rels)
     }
@@ -962,11 +974,14 @@ impl WriteCtx<'_> {
     fn write_manifest(&self, manifest_name: &str, entries: &[(String, String)]) -> Result<()> {
         let mut part = self.staging.loc(manifest_name).into_os_string();
         part.push(PART_SUFFIX);
+        let part = Path::new(&part);
         write_file(
-            Path::new(&part),
+            part,
             manifest::render_with(entries, self.opts.digest).as_bytes(),
             self.opts.file_mode,
-        )?;
+        )?
+        .sync_all()
+        .map_err(|e| ExportError::io(part, e))?;
         self.staging.sync()
     }
 

@@ -40,7 +40,7 @@ pub(crate) struct Inner {
     pub(crate) running: Mutex<HashMap<String, CancelToken>>,
     /// The threads of jobs started by this process, joined by whoever waits for the job
     /// (so a command that waits leaves no thread holding the repository open at exit).
-    pub(crate) job_threads: Mutex<HashMap<String, std::thread::JoinHandle<()>>>,
+    pub(crate) job_threads: Mutex<HashMap<String, crate::jobs::JobThread>>,
 }
 
 impl Host {

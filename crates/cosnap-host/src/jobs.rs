@@ -23,8 +23,11 @@ use crate::repo;
 use crate::util::{new_guid, now_ms};
 use crate::work::Work;
 
-/// How long [`Host::wait_job`] sleeps between polls.
+/// How long [`Host::wait_job`] sleeps between polls of a job another process runs.
 const POLL: std::time::Duration = std::time::Duration::from_millis(15);
+/// How long [`Host::wait_job`] waits for a job of this process to end before it reads the
+/// job again (for progress bars); the job's end wakes it at once.
+const PROGRESS_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 /// How often a job's watcher looks for a cancel request recorded by another process.
 const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -44,6 +47,13 @@ fn persist_progress(conn: &Connection, job_id: &str, percent: u16) {
         params![job_id, percent],
     );
     let _ = conn.pragma_update(None, "synchronous", "FULL");
+}
+
+/// The thread of a job this process runs, and the channel that closes when the job has
+/// recorded its end.
+pub(crate) struct JobThread {
+    worker: std::thread::JoinHandle<()>,
+    ended: std::sync::mpsc::Receiver<()>,
 }
 
 /// What the work of a job sees.
@@ -255,6 +265,7 @@ impl Host {
                 }
             })
         };
+        let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
         let worker = std::thread::Builder::new()
             .name(format!("job-{id}"))
             .spawn(move || {
@@ -271,38 +282,34 @@ impl Host {
                         )))
                     });
                 ctx.host.finish_job(&ctx, outcome, started);
+                drop(ended_tx);
                 drop(done);
                 let _ = watcher.join();
             })
             .map_err(HostError::Io)?;
-        self.keep_job_thread(&id, worker);
+        self.keep_job_thread(&id, JobThread { worker, ended });
         Ok(id)
     }
 
     /// Keeps a job thread's handle for [`Host::wait_job_with`], dropping the handles of
     /// threads that ended unwaited (a server never waits).
-    fn keep_job_thread(&self, id: &str, worker: std::thread::JoinHandle<()>) {
+    fn keep_job_thread(&self, id: &str, thread: JobThread) {
         let mut threads = self
             .inner
             .job_threads
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        threads.retain(|_, t| !t.is_finished());
-        threads.insert(id.to_string(), worker);
+        threads.retain(|_, t| !t.worker.is_finished());
+        threads.insert(id.to_string(), thread);
     }
 
-    /// Joins a finished job's thread if this process ran it, so its handle on the
-    /// repository is gone before the caller goes on (or exits).
-    fn join_job_thread(&self, id: &str) {
-        let worker = self
-            .inner
+    /// The thread of job `id` if this process runs it (and nobody else waits for it).
+    fn take_job_thread(&self, id: &str) -> Option<JobThread> {
+        self.inner
             .job_threads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-        if let Some(worker) = worker {
-            let _ = worker.join();
-        }
+            .remove(id)
     }
 
     fn finish_job(&self, ctx: &JobCtx, outcome: Result<Vec<(String, String)>>, _started: Instant) {
@@ -393,15 +400,28 @@ impl Host {
     }
 
     /// [`Host::wait_job`] with a callback on each poll (progress bars).
+    ///
+    /// A job this process runs wakes the wait as it ends (no polling delay added to every
+    /// command that waits), and its thread is joined, so its handle on the repository is
+    /// gone before the caller goes on (or exits). A job of another process is polled.
     pub fn wait_job_with(&self, id: &str, mut on_poll: impl FnMut(&Job)) -> Result<Job> {
+        let ours = self.take_job_thread(&crate::util::norm_id(id));
         loop {
             let job = self.job(id)?;
             on_poll(&job);
             if job.is_finished() {
-                self.join_job_thread(id);
+                if let Some(thread) = ours {
+                    let _ = thread.worker.join();
+                }
                 return Ok(job);
             }
-            std::thread::sleep(POLL);
+            match &ours {
+                // Disconnected = the job has ended: read it again at once.
+                Some(thread) => {
+                    let _ = thread.ended.recv_timeout(PROGRESS_POLL);
+                }
+                None => std::thread::sleep(POLL),
+            }
         }
     }
 

@@ -12,6 +12,7 @@ use super::{BUF, Direct, Run, wrote};
 use crate::digest::{DigestAlgorithm, FileHasher, hash_range};
 use crate::error::{DiskError, Result};
 use crate::image::Image;
+use crate::sparse;
 
 /// Alignment `O_DIRECT` reads need (buffer, offset and length).
 const DIRECT_ALIGN: usize = 4096;
@@ -42,21 +43,21 @@ impl AlignedBuf {
 /// the digest (`algorithm`, lower-case hex) of the whole output file.
 ///
 /// Why not `copy_file_range` here: a digest needs the bytes in file order anyway, so they
-/// pass through user space once — read from the source one piece ahead by a reader
-/// thread (with `O_DIRECT` where aligned: [`start_reader`], [`DirectSources`]), then
-/// hashed and written by this thread ([`OutputWriter`]) —
-/// instead of an in-kernel copy followed by a second read of every output (measured: 3 ×
-/// 1 GiB of qcow2 data, 6.5 s instead of 7.9 s; the direct reads halve the system CPU and
-/// leave the host's page cache to its VMs). Hashing in the reading thread beat a separate
-/// writer thread fed 4 MiB buffers (0.62× the CPU, 0.71× the wall time, paired medians
-/// of 7). With `COSNAP_DIRECT_IO` the reads and the aligned writes use `O_DIRECT`: half
-/// the CPU, but each output then waits on one request at a time, and on a quiet disk or
-/// with one core kept busy the export took 1.2–1.3× the wall time of the page-cache path,
-/// which is the default (docs/decisions.md, "Export copy: page cache by default"). The
-/// final `fsync` makes the output durable either way. What lies between
-/// the copies (metadata, ranges written while planning, holes) is read back from the
-/// file, holes skipped. Progress: each copied byte counts twice (copy + hash), read-back
-/// bytes up to the job's remaining share.
+/// pass through user space once — read from the source ahead of use by a reader thread
+/// ([`start_reader`]), hashed by this thread, written by [`OutputWriter`] — instead of an
+/// in-kernel copy followed by a second read of every output (measured: 3 × 1 GiB of qcow2
+/// data, 6.5 s instead of 7.9 s).
+///
+/// Which path the bytes take is [`IoPath`](super::IoPath)'s choice, per output: a large
+/// output goes around the page cache (`O_DIRECT` reads into an aligned buffer, hashed,
+/// written by DMA from it on a writer thread, the file's space allocated first), a small
+/// one through it (the kernel absorbs its writes at memory speed). Measured on 3 × 4 GiB
+/// qcow2 disks with 25 % data and one core busy: `O_DIRECT` 2.7 s of CPU where the page
+/// cache took 7–14 s (docs/decisions.md, "Export copy: O_DIRECT for large outputs"). The
+/// final `fsync` makes the output durable either way. What lies between the copies
+/// (metadata, ranges written while planning, holes) is read back from the file, holes
+/// skipped. Progress: each copied byte counts twice (copy + hash), read-back bytes up to
+/// the job's remaining share.
 pub(super) fn copy_in_file_order(
     directs: &mut [Direct<'_>],
     path: &Path,
@@ -77,13 +78,17 @@ pub(super) fn copy_in_file_order(
         budget: AtomicU64::new(work.saturating_sub(copied)),
     };
     let advance = |n| readback.advance(n);
-    let mut out = OutputWriter::new(&file, path, run.direct_io);
+    let direct_io = run.io_path.is_direct(copied);
+    if direct_io {
+        preallocate_copies(&file, directs);
+    }
 
     let mut hasher = algorithm.hasher();
     let mut scratch = vec![0u8; 1 << 20];
     let directs: &[Direct<'_>] = directs;
     std::thread::scope(|s| {
-        let (pieces, buffers) = start_reader(s, directs, run.direct_io);
+        let (pieces, buffers) = start_reader(s, directs, direct_io);
+        let mut out = OutputWriter::new(s, &file, path, direct_io, buffers);
         let mut pos = 0u64;
         for d in directs {
             hash_range(
@@ -94,7 +99,7 @@ pub(super) fn copy_in_file_order(
                 &mut scratch,
                 &advance,
             )?;
-            copy_one(d, &pieces, &buffers, &mut out, &mut hasher, run)?;
+            copy_one(d, &pieces, &mut out, &mut hasher, run)?;
             pos = d.dst_off + d.len;
         }
         hash_range(
@@ -104,7 +109,8 @@ pub(super) fn copy_in_file_order(
             &mut hasher,
             &mut scratch,
             &advance,
-        )
+        )?;
+        out.finish()
     })?;
     readback.finish();
 
@@ -113,20 +119,56 @@ pub(super) fn copy_in_file_order(
     Ok(hasher.finish_hex())
 }
 
-/// Writes the copied pieces of a [`copy_in_file_order`] into its output: through a second
-/// descriptor opened with `O_DIRECT` where the piece is aligned (the bytes go by DMA from
-/// the buffer just hashed: no copy into the page cache, no writeback work later), through
-/// the page cache otherwise or where the file system refuses `O_DIRECT`.
-struct OutputWriter<'f> {
-    file: &'f File,
-    path: &'f Path,
-    direct: Option<File>,
+/// Allocates the ranges the copies will fill (merged where adjacent) before the first
+/// `O_DIRECT` write: each write then fills space the file already has instead of growing
+/// the file, which ext4 does one write at a time with a journal update each. Best effort:
+/// where it fails, the writes allocate as they go.
+fn preallocate_copies(file: &File, directs: &[Direct<'_>]) {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for d in directs {
+        match runs.last_mut() {
+            Some((_, end)) if *end == d.dst_off => *end += d.len,
+            _ => runs.push((d.dst_off, d.dst_off + d.len)),
+        }
+    }
+    for (start, end) in runs {
+        let _ = sparse::preallocate(file, start, end - start, sparse::SizePolicy::Extend);
+    }
 }
 
-impl<'f> OutputWriter<'f> {
-    fn new(file: &'f File, path: &'f Path, direct: bool) -> Self {
+/// Writes the copied pieces of a [`copy_in_file_order`] into its output, after hashing
+/// them, and hands each buffer back to the reader.
+///
+/// With `O_DIRECT` the pieces go to a writer thread that writes them through a second
+/// descriptor, straight from the buffer by DMA (no copy into the page cache, no writeback
+/// work later), while this thread hashes the next piece and the reader reads the one after:
+/// read, hash and write of three pieces overlap, and each output keeps a request in flight
+/// on both sides. Through the page cache (the fallback: unaligned pieces, a file system that
+/// refuses `O_DIRECT`) this thread hashes and writes [`SLICE`] by [`SLICE`], so each slice
+/// is still in the core's cache when the write copies it.
+struct OutputWriter<'s, 'f> {
+    file: &'f File,
+    path: &'f Path,
+    direct: Option<DirectWriter<'s>>,
+    buffers: SyncSender<AlignedBuf>,
+}
+
+/// The `O_DIRECT` writer thread of an [`OutputWriter`] and the channel that feeds it.
+struct DirectWriter<'s> {
+    pieces: SyncSender<Piece>,
+    thread: std::thread::ScopedJoinHandle<'s, Result<()>>,
+}
+
+impl<'s, 'f: 's> OutputWriter<'s, 'f> {
+    fn new(
+        scope: &'s std::thread::Scope<'s, '_>,
+        file: &'f File,
+        path: &'f Path,
+        direct: bool,
+        buffers: SyncSender<AlignedBuf>,
+    ) -> Self {
         use std::os::unix::fs::OpenOptionsExt;
-        let direct = direct
+        let direct_file = direct
             .then(|| {
                 std::fs::OpenOptions::new()
                     .write(true)
@@ -135,32 +177,42 @@ impl<'f> OutputWriter<'f> {
                     .ok()
             })
             .flatten();
-        Self { file, path, direct }
-    }
-
-    /// Hashes `piece` and writes it at `at`.
-    fn write_hashed(&mut self, piece: &[u8], at: u64, hasher: &mut FileHasher) -> Result<()> {
-        let aligned = at.is_multiple_of(DIRECT_ALIGN as u64)
-            && piece.len().is_multiple_of(DIRECT_ALIGN)
-            && (piece.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN);
-        if let Some(direct) = self.direct.as_ref().filter(|_| aligned) {
-            match direct.write_all_at(piece, at) {
-                Ok(()) => {
-                    hasher.update(piece);
-                    return Ok(());
-                }
-                // Alignment this file system does not take: the page cache from now on.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct = None,
-                Err(e) => return Err(DiskError::io(self.path, e)),
-            }
+        let direct = direct_file.map(|direct_file| {
+            let (pieces, queued) = sync_channel(1);
+            let returned = buffers.clone();
+            let thread =
+                scope.spawn(move || write_direct(&direct_file, file, path, &queued, &returned));
+            DirectWriter { pieces, thread }
+        });
+        Self {
+            file,
+            path,
+            direct,
+            buffers,
         }
-        self.write_buffered(piece, at, hasher)
+    }
+}
+
+impl OutputWriter<'_, '_> {
+    /// Hashes `piece` and writes it (on the writer thread with `O_DIRECT`).
+    fn write_hashed(&mut self, piece: Piece, hasher: &mut FileHasher) -> Result<()> {
+        let Some(direct) = &self.direct else {
+            self.write_buffered(&piece, hasher)?;
+            let _ = self.buffers.send(piece.buf);
+            return Ok(());
+        };
+
+        hasher.update(piece.bytes());
+        if direct.pieces.send(piece).is_err() {
+            // The writer stopped on an error: `finish` returns it.
+            return self.finish().and(Err(DiskError::Cancelled));
+        }
+        Ok(())
     }
 
-    /// Hashes and writes [`SLICE`] by [`SLICE`], so each slice is still in the core's cache
-    /// when the write copies it into the page cache.
-    fn write_buffered(&self, piece: &[u8], mut at: u64, hasher: &mut FileHasher) -> Result<()> {
-        for slice in piece.chunks(SLICE) {
+    fn write_buffered(&self, piece: &Piece, hasher: &mut FileHasher) -> Result<()> {
+        let mut at = piece.at;
+        for slice in piece.bytes().chunks(SLICE) {
             hasher.update(slice);
             self.file
                 .write_all_at(slice, at)
@@ -170,6 +222,48 @@ impl<'f> OutputWriter<'f> {
         }
         Ok(())
     }
+
+    /// Waits for the writer thread's last write; its error, if it had one.
+    fn finish(&mut self) -> Result<()> {
+        let Some(DirectWriter { pieces, thread }) = self.direct.take() else {
+            return Ok(());
+        };
+        drop(pieces);
+        thread.join().unwrap_or(Err(DiskError::Cancelled))
+    }
+}
+
+/// The writer thread's loop (see [`OutputWriter`]): writes each queued piece through
+/// `direct` where it is aligned, through `file` (the page cache) otherwise or once the file
+/// system refused `O_DIRECT`, and returns its buffer to the reader.
+fn write_direct(
+    direct: &File,
+    file: &File,
+    path: &Path,
+    queued: &Receiver<Piece>,
+    returned: &SyncSender<AlignedBuf>,
+) -> Result<()> {
+    let mut refused = false;
+    for piece in queued {
+        let bytes = piece.bytes();
+        let aligned = piece.at.is_multiple_of(DIRECT_ALIGN as u64)
+            && bytes.len().is_multiple_of(DIRECT_ALIGN);
+        let written = match (!refused && aligned).then(|| direct.write_all_at(bytes, piece.at)) {
+            // Alignment this file system does not take: the page cache from now on.
+            Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
+                refused = true;
+                None
+            }
+            other => other,
+        };
+        let written = written.unwrap_or_else(|| {
+            file.write_all_at(bytes, piece.at)
+                .inspect(|()| wrote(file, bytes.len() as u64))
+        });
+        written.map_err(|e| DiskError::io(path, e))?;
+        let _ = returned.send(piece.buf);
+    }
+    Ok(())
 }
 
 /// Progress of the bytes read back from the output (everything that is not a copy): they
@@ -208,6 +302,12 @@ struct Piece {
     len: usize,
 }
 
+impl Piece {
+    fn bytes(&self) -> &[u8] {
+        &self.buf.storage[self.buf.start..self.buf.start + self.len]
+    }
+}
+
 /// Pieces in file order from the reader thread (an error ends them).
 type Pieces = Receiver<Result<Piece>>;
 
@@ -220,9 +320,11 @@ fn start_reader<'s, 'd: 's>(
     directs: &'d [Direct<'d>],
     direct_io: bool,
 ) -> (Pieces, SyncSender<AlignedBuf>) {
+    // Direct: one piece being read, one queued, one being hashed, one being written.
+    let count = if direct_io { 4 } else { 2 };
     let (piece_tx, pieces) = sync_channel(1);
-    let (buffers, free) = sync_channel(2);
-    for _ in 0..2 {
+    let (buffers, free) = sync_channel(count);
+    for _ in 0..count {
         let _ = buffers.send(AlignedBuf::new());
     }
     scope.spawn(move || read_pieces(directs, DirectSources::new(direct_io), &free, &piece_tx));
@@ -256,13 +358,12 @@ fn read_pieces(
     }
 }
 
-/// Copies `d`: takes its pieces from the reader thread, hashes and writes each, and hands
-/// the buffer back for the next read.
+/// Copies `d`: takes its pieces from the reader thread, hashes and writes each (the
+/// writer hands the buffer back for the next read).
 fn copy_one(
     d: &Direct<'_>,
     pieces: &Pieces,
-    buffers: &SyncSender<AlignedBuf>,
-    out: &mut OutputWriter<'_>,
+    out: &mut OutputWriter<'_, '_>,
     hasher: &mut FileHasher,
     run: &Run<'_>,
 ) -> Result<()> {
@@ -270,14 +371,14 @@ fn copy_one(
     while done < d.len {
         run.check()?;
         // The reader only stops early after sending its error.
-        let mut piece = pieces.recv().map_err(|_| DiskError::Cancelled)??;
+        let piece = pieces.recv().map_err(|_| DiskError::Cancelled)??;
+        let len = piece.len as u64;
 
-        out.write_hashed(&piece.buf.bytes_mut()[..piece.len], piece.at, hasher)?;
+        out.write_hashed(piece, hasher)?;
 
         // Copied and hashed: twice its share of the progress.
-        run.advance(2 * piece.len as u64);
-        done += piece.len as u64;
-        let _ = buffers.send(piece.buf);
+        run.advance(2 * len);
+        done += len;
     }
     Ok(())
 }
