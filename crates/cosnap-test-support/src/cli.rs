@@ -22,6 +22,7 @@ pub struct Cli {
     program: PathBuf,
     leading: Vec<OsString>,
     umask: Option<u32>,
+    envs: Vec<(OsString, OsString)>,
 }
 
 impl Cli {
@@ -31,7 +32,15 @@ impl Cli {
             program: program.into(),
             leading: Vec::new(),
             umask: None,
+            envs: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable for every run.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.envs
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
     }
 
     /// Adds an argument every run starts with, after the ones added before.
@@ -61,6 +70,7 @@ impl Cli {
 
         cmd.args(&self.leading)
             .args(args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap_or_else(|e| panic!("running {}: {e}", self.program.display()))
     }

@@ -643,56 +643,68 @@ fn sigkill_during_export_leaves_no_half_package() {
     }
 }
 
-/// A full target: the job ends in Exception with a message that says so, staging removed.
+/// A full target: the job ends in Exception with a message that says so, staging removed —
+/// through the page cache and through the `O_DIRECT` copy (its writer thread fails, the
+/// copy stops instead of waiting for it).
 #[test]
 fn disk_full_ends_in_exception() {
-    let env = Env::new();
-    let (coll, _) = env.demo();
-    let snap = env.snapshot(&coll);
-    let small = env.root.join("small");
-    std::fs::create_dir(&small).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&small)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        eprintln!(
-            "SKIPPED: cannot mount a tmpfs (not root); the library test covers ENOSPC mapping"
-        );
-        return;
-    }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
+    for direct_io in ["0", "1"] {
+        let env = Env::new();
+        let (coll, _) = env.demo();
+        let snap = env.snapshot(&coll);
+        let small = env.root.join("small");
+        std::fs::create_dir(&small).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+            .arg(&small)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !mounted {
+            eprintln!(
+                "SKIPPED: cannot mount a tmpfs (not root); the library test covers ENOSPC mapping"
+            );
+            return;
         }
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = Command::new("umount").arg(&self.0).status();
+            }
+        }
+        let _g = Unmount(small.clone());
+
+        let r = env
+            .cli(&env.data)
+            .env("COSNAP_DIRECT_IO", direct_io)
+            .output(&[
+                "export",
+                &snap,
+                small.to_str().unwrap(),
+                "--wait",
+                "--subdirectory",
+            ]);
+
+        assert_eq!(r.status.code(), Some(1), "COSNAP_DIRECT_IO={direct_io}");
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            err.contains("no space left"),
+            "COSNAP_DIRECT_IO={direct_io}: {err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&small).unwrap().count(),
+            0,
+            "staging must be removed (COSNAP_DIRECT_IO={direct_io})"
+        );
+        let jobs = env.json(&["job", "list"]);
+        assert!(jobs.as_array().unwrap().iter().any(|j| {
+            j["state"] == 10
+                && j["error_description"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("no space")
+        }));
     }
-    let _g = Unmount(small.clone());
-    let r = env.run(&[
-        "export",
-        &snap,
-        small.to_str().unwrap(),
-        "--wait",
-        "--subdirectory",
-    ]);
-    assert_eq!(r.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&r.stderr);
-    assert!(err.contains("no space left"), "{err}");
-    assert_eq!(
-        std::fs::read_dir(&small).unwrap().count(),
-        0,
-        "staging must be removed"
-    );
-    let jobs = env.json(&["job", "list"]);
-    assert!(jobs.as_array().unwrap().iter().any(|j| {
-        j["state"] == 10
-            && j["error_description"]
-                .as_str()
-                .unwrap_or("")
-                .contains("no space")
-    }));
 }
 
 /// A hostile package whose VM configuration nests 200,000 elements deep: `cosnap import`
