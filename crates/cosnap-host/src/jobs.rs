@@ -405,7 +405,9 @@ impl Host {
     /// command that waits), and its thread is joined, so its handle on the repository is
     /// gone before the caller goes on (or exits). A job of another process is polled.
     pub fn wait_job_with(&self, id: &str, mut on_poll: impl FnMut(&Job)) -> Result<Job> {
+        use std::sync::mpsc::RecvTimeoutError;
         let ours = self.take_job_thread(&crate::util::norm_id(id));
+        let mut ending = ours.as_ref().map(|t| &t.ended);
         loop {
             let job = self.job(id)?;
             on_poll(&job);
@@ -415,11 +417,11 @@ impl Host {
                 }
                 return Ok(job);
             }
-            match &ours {
-                // Disconnected = the job has ended: read it again at once.
-                Some(thread) => {
-                    let _ = thread.ended.recv_timeout(PROGRESS_POLL);
-                }
+            match ending.map(|ended| ended.recv_timeout(PROGRESS_POLL)) {
+                // The job thread is done: read the job again at once, and poll from then on
+                // (should its end not have been recorded).
+                Some(Err(RecvTimeoutError::Disconnected)) => ending = None,
+                Some(_) => {}
                 None => std::thread::sleep(POLL),
             }
         }
