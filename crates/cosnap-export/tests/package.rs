@@ -11,7 +11,7 @@ use std::process::Command;
 use cosnap_cim::{CimType, Instance, Value};
 use cosnap_disk::{CancelToken, ExtentState, Format};
 use cosnap_export::*;
-use cosnap_test_support::{qemu_check_clean, qemu_compare};
+use cosnap_test_support::{SmallTmpfs, qemu_check_clean, qemu_compare};
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 64 * MIB;
@@ -542,31 +542,14 @@ fn cancel_and_no_storage() {
     );
 }
 
-/// Mounts a small tmpfs at `at` (root only); unmounted when the guard drops.
-fn small_tmpfs(at: &Path, size: &str) -> Option<impl Drop> {
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    std::fs::create_dir_all(at).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(at)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    ok.then(|| Unmount(at.to_path_buf()))
-}
-
 #[test]
 fn a_full_file_system_leaves_no_journal() {
     use std::io::Write;
     let t = tempfile::tempdir().unwrap();
     let (p, _) = one_vm_plan(t.path());
     let out = t.path().join("full");
-    let Some(_guard) = small_tmpfs(&out, "1m") else {
+    std::fs::create_dir_all(&out).unwrap();
+    let Some(_guard) = SmallTmpfs::mount(&out, "1m") else {
         eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
         return;
     };
@@ -590,25 +573,12 @@ fn disk_full_leaves_nothing() {
     let out = t.path().join("small");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::create_dir_all(&out).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
-        .arg(&out)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
+    let Some(_mounted) = SmallTmpfs::mount(&out, "3m") else {
         eprintln!(
             "SKIPPED: cannot mount a tmpfs here (needs root); disk-full covered by the CLI test instead"
         );
         return;
-    }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(out.clone());
+    };
     let q = chain(&src, "a", Format::Qcow2);
     let p = plan(
         vec![vm(

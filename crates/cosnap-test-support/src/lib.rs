@@ -9,7 +9,8 @@
 //!   that skip where qemu is absent;
 //! - [`model`]: expected guest bytes, as a sparse raw file or in memory;
 //! - [`records`]: the consistency checker for the test guest's records;
-//! - [`guest`](mod@guest): the running-VM test guest (built on first use), serial waits, pid guards.
+//! - [`guest`](mod@guest): the running-VM test guest (built on first use), serial waits, pid guards;
+//! - [`tmpfs`]: a small tmpfs for the disk-full tests.
 
 pub mod cli;
 pub mod guest;
@@ -18,6 +19,7 @@ pub mod model;
 pub mod process;
 pub mod qemu;
 pub mod records;
+pub mod tmpfs;
 
 pub use cli::{Cli, Outcome};
 pub use guest::{PidGuard, guest, wait_for_text};
@@ -27,3 +29,4 @@ pub use qemu::{
     have_qemu, qcow2_overlay, qcow2_rebase_unsafe, qemu_check_as, qemu_check_clean, qemu_compare,
     qemu_compare_raw, qemu_img, qemu_io, qemu_same,
 };
+pub use tmpfs::SmallTmpfs;

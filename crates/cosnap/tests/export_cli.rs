@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use cosnap_test_support::{Cli, qemu_compare};
+use cosnap_test_support::{Cli, SmallTmpfs, qemu_compare};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -654,25 +654,12 @@ fn disk_full_ends_in_exception() {
         let snap = env.snapshot(&coll);
         let small = env.root.join("small");
         std::fs::create_dir(&small).unwrap();
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-            .arg(&small)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !mounted {
+        let Some(_mounted) = SmallTmpfs::mount(&small, "2m") else {
             eprintln!(
                 "SKIPPED: cannot mount a tmpfs (not root); the library test covers ENOSPC mapping"
             );
             return;
-        }
-        struct Unmount(PathBuf);
-        impl Drop for Unmount {
-            fn drop(&mut self) {
-                let _ = Command::new("umount").arg(&self.0).status();
-            }
-        }
-        let _g = Unmount(small.clone());
+        };
 
         let r = env
             .cli(&env.data)
