@@ -40,7 +40,14 @@ pub(crate) struct Inner {
     pub(crate) running: Mutex<HashMap<String, CancelToken>>,
     /// The threads of jobs started by this process, joined by whoever waits for the job
     /// (so a command that waits leaves no thread holding the repository open at exit).
-    pub(crate) job_threads: Mutex<HashMap<String, crate::jobs::JobThread>>,
+    pub(crate) job_threads: Mutex<HashMap<String, JobThread>>,
+}
+
+/// The thread of a job this process runs, and the channel that closes when the job has
+/// recorded its end.
+pub(crate) struct JobThread {
+    pub(crate) worker: std::thread::JoinHandle<()>,
+    pub(crate) ended: std::sync::mpsc::Receiver<()>,
 }
 
 impl Host {

@@ -17,7 +17,7 @@ use cosnap_disk::CancelToken;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{HostError, Result, concrete_job};
-use crate::host::Host;
+use crate::host::{Host, JobThread};
 use crate::model::{Job, job_state};
 use crate::repo;
 use crate::util::{new_guid, now_ms};
@@ -47,13 +47,6 @@ fn persist_progress(conn: &Connection, job_id: &str, percent: u16) {
         params![job_id, percent],
     );
     let _ = conn.pragma_update(None, "synchronous", "FULL");
-}
-
-/// The thread of a job this process runs, and the channel that closes when the job has
-/// recorded its end.
-pub(crate) struct JobThread {
-    worker: std::thread::JoinHandle<()>,
-    ended: std::sync::mpsc::Receiver<()>,
 }
 
 /// What the work of a job sees.
