@@ -104,6 +104,21 @@ pub struct FlattenJob {
 }
 
 impl FlattenJob {
+    /// The whole chain of `source` (its parents as its files name them) into the new
+    /// standalone image `dest`: no base, no parent, no recorded chain, no change list.
+    pub fn whole(source: PathBuf, dest: PathBuf, dest_format: Format) -> FlattenJob {
+        FlattenJob {
+            source,
+            base: None,
+            dest,
+            dest_format,
+            dest_parent: None,
+            source_layers: Vec::new(),
+            dest_parent_format: None,
+            changed: None,
+        }
+    }
+
     fn open_source(&self) -> Result<Box<dyn Image>> {
         if self.source_layers.is_empty() {
             return probe::open(&self.source, false);

@@ -28,16 +28,7 @@
 //! ops::write_pattern(&top, 1 << 20, 1 << 20, 0x22)?;
 //!
 //! let flat = dir.path().join("flat.raw");
-//! let job = FlattenJob {
-//!     source: top.clone(),
-//!     base: None,
-//!     dest: flat.clone(),
-//!     dest_format: Format::Raw,
-//!     dest_parent: None,
-//!     source_layers: Vec::new(),
-//!     dest_parent_format: None,
-//!     changed: None,
-//! };
+//! let job = FlattenJob::whole(top.clone(), flat.clone(), Format::Raw);
 //! let reports = flatten_all(&[job], 1, &|_done, _total| {}, &CancelToken::new())?;
 //! assert_eq!(reports[0].virtual_size, 64 << 20);
 //! assert_eq!(ops::compare(&top, &flat)?, None);

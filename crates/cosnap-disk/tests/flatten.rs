@@ -104,16 +104,7 @@ fn flatten_chain_to_every_format() {
         let dest = d.path().join(format!("flat.{fmt}"));
         let log = ProgressLog::default();
         let reports = cosnap_disk::flatten_all(
-            &[FlattenJob {
-                source: top.clone(),
-                base: None,
-                dest: dest.clone(),
-                dest_format: fmt,
-                dest_parent: None,
-                source_layers: Vec::new(),
-                dest_parent_format: None,
-                changed: None,
-            }],
+            &[FlattenJob::whole(top.clone(), dest.clone(), fmt)],
             2,
             &|d, t| log.record(d, t),
             &CancelToken::new(),
@@ -144,14 +135,8 @@ fn flatten_only_above_base() {
     let delta = d.path().join("delta.qcow2");
     let rep = cosnap_disk::flatten_all(
         &[FlattenJob {
-            source: top.clone(),
             base: Some(base.clone()),
-            dest: delta.clone(),
-            dest_format: Format::Qcow2,
-            dest_parent: None,
-            source_layers: Vec::new(),
-            dest_parent_format: None,
-            changed: None,
+            ..FlattenJob::whole(top.clone(), delta.clone(), Format::Qcow2)
         }],
         1,
         &|_, _| {},
@@ -175,14 +160,9 @@ fn flatten_only_above_base() {
     let diff = d.path().join("diff.qcow2");
     cosnap_disk::flatten_all(
         &[FlattenJob {
-            source: top.clone(),
             base: Some(base.clone()),
-            dest: diff.clone(),
-            dest_format: Format::Qcow2,
             dest_parent: Some(base_copy.clone()),
-            source_layers: Vec::new(),
-            dest_parent_format: None,
-            changed: None,
+            ..FlattenJob::whole(top.clone(), diff.clone(), Format::Qcow2)
         }],
         1,
         &|_, _| {},
@@ -207,16 +187,11 @@ fn parallel_jobs_and_raw_sources() {
             &[&format!("write -P {} {}M 3M", i + 1, i * 10 + 1)],
         );
         for fmt in [Format::Raw, Format::Qcow2] {
-            jobs.push(FlattenJob {
-                source: src.clone(),
-                base: None,
-                dest: d.path().join(format!("out{i}.{fmt}")),
-                dest_format: fmt,
-                dest_parent: None,
-                source_layers: Vec::new(),
-                dest_parent_format: None,
-                changed: None,
-            });
+            jobs.push(FlattenJob::whole(
+                src.clone(),
+                d.path().join(format!("out{i}.{fmt}")),
+                fmt,
+            ));
         }
     }
     let reports = cosnap_disk::flatten_all(&jobs, 3, &|_, _| {}, &CancelToken::new()).unwrap();
@@ -235,16 +210,7 @@ fn cancellation_and_failure_remove_outputs() {
     for digested in [false, true] {
         let cancel = CancelToken::new();
         let c2 = cancel.clone();
-        let job = [FlattenJob {
-            source: top.clone(),
-            base: None,
-            dest: dest.clone(),
-            dest_format: Format::Qcow2,
-            dest_parent: None,
-            source_layers: Vec::new(),
-            dest_parent_format: None,
-            changed: None,
-        }];
+        let job = [FlattenJob::whole(top.clone(), dest.clone(), Format::Qcow2)];
         // Plain copy: at the first progress; digesting copy: halfway through its
         // copy-and-hash pass.
         let stop = move |done: u64, total: u64| {
@@ -269,26 +235,8 @@ fn cancellation_and_failure_remove_outputs() {
     let fresh = d.path().join("fresh.raw");
     let r = cosnap_disk::flatten_all(
         &[
-            FlattenJob {
-                source: top.clone(),
-                base: None,
-                dest: fresh.clone(),
-                dest_format: Format::Raw,
-                dest_parent: None,
-                source_layers: Vec::new(),
-                dest_parent_format: None,
-                changed: None,
-            },
-            FlattenJob {
-                source: top.clone(),
-                base: None,
-                dest: existing.clone(),
-                dest_format: Format::Raw,
-                dest_parent: None,
-                source_layers: Vec::new(),
-                dest_parent_format: None,
-                changed: None,
-            },
+            FlattenJob::whole(top.clone(), fresh.clone(), Format::Raw),
+            FlattenJob::whole(top.clone(), existing.clone(), Format::Raw),
         ],
         1,
         &|_, _| {},
@@ -332,36 +280,21 @@ fn digested_flatten_reports_the_outputs_sha256() {
     );
     let mut jobs = Vec::new();
     for fmt in [Format::Raw, Format::Qcow2, Format::Vhdx] {
-        jobs.push(FlattenJob {
-            source: top.clone(),
-            base: None,
-            dest: d.path().join(format!("full.{fmt}")),
-            dest_format: fmt,
-            dest_parent: None,
-            source_layers: Vec::new(),
-            dest_parent_format: None,
-            changed: None,
-        });
-        jobs.push(FlattenJob {
-            source: vtop.clone(),
-            base: None,
-            dest: d.path().join(format!("vfull.{fmt}")),
-            dest_format: fmt,
-            dest_parent: None,
-            source_layers: Vec::new(),
-            dest_parent_format: None,
-            changed: None,
-        });
+        jobs.push(FlattenJob::whole(
+            top.clone(),
+            d.path().join(format!("full.{fmt}")),
+            fmt,
+        ));
+        jobs.push(FlattenJob::whole(
+            vtop.clone(),
+            d.path().join(format!("vfull.{fmt}")),
+            fmt,
+        ));
     }
     jobs.push(FlattenJob {
-        source: top.clone(),
         base: Some(base.clone()),
-        dest: d.path().join("diff.qcow2"),
-        dest_format: Format::Qcow2,
         dest_parent: Some(base_copy.clone()),
-        source_layers: Vec::new(),
-        dest_parent_format: None,
-        changed: None,
+        ..FlattenJob::whole(top.clone(), d.path().join("diff.qcow2"), Format::Qcow2)
     });
     let log = ProgressLog::default();
     let reports =

@@ -120,16 +120,11 @@ fn run_case(base_format: Format, cluster_bits: u32, ops_list: Vec<Op>) {
         // Flattened by cosnap, the result is checked by qemu.
         let flat = d.path().join("flat.vhdx");
         cosnap_disk::flatten_all(
-            &[cosnap_disk::FlattenJob {
-                source: top.clone(),
-                base: None,
-                dest: flat.clone(),
-                dest_format: Format::Vhdx,
-                dest_parent: None,
-                source_layers: Vec::new(),
-                dest_parent_format: None,
-                changed: None,
-            }],
+            &[cosnap_disk::FlattenJob::whole(
+                top.clone(),
+                flat.clone(),
+                Format::Vhdx,
+            )],
             1,
             &|_, _| {},
             &ops::CancelToken::new(),

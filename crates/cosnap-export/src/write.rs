@@ -75,24 +75,16 @@ pub(crate) fn dir_mode(file_mode: u32) -> u32 {
     file_mode | ((file_mode & 0o444) >> 2)
 }
 
-/// Gives every file under `path` the mode `file_mode` and every directory (`path`
-/// included) the matching [`dir_mode`]; symlinks are not followed (there are none in a
-/// staging directory only this process writes).
-fn set_modes(path: &Path, file_mode: u32) -> Result<()> {
-    let meta = fs::symlink_metadata(path).map_err(|e| ExportError::io(path, e))?;
-    let mode = if meta.is_dir() {
-        for entry in fs::read_dir(path).map_err(|e| ExportError::io(path, e))? {
-            let entry = entry.map_err(|e| ExportError::io(path, e))?;
-            set_modes(&entry.path(), file_mode)?;
-        }
-        dir_mode(file_mode)
-    } else if meta.is_file() {
-        file_mode
-    } else {
-        return Ok(());
-    };
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(|e| ExportError::io(path, e))
+/// Gives `files` the mode `file_mode` and `dirs` the matching [`dir_mode`] (paths from
+/// [`collect_tree`], which follows no symlink).
+fn set_modes(files: &[PathBuf], dirs: &[PathBuf], file_mode: u32) -> Result<()> {
+    let files = files.iter().map(|f| (f, file_mode));
+    let dirs = dirs.iter().map(|d| (d, dir_mode(file_mode)));
+    for (path, mode) in files.chain(dirs) {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(|e| ExportError::io(path, e))?;
+    }
+    Ok(())
 }
 
 /// Adds every regular file under `path` to `files` and every directory (`path` included)
@@ -956,9 +948,9 @@ impl WriteCtx<'_> {
         let mut dirs = Vec::new();
         for d in self.vm_dirs {
             let top = st.loc(d);
-            set_modes(&top, self.opts.file_mode)?;
-            let first = to_sync.len();
+            let (first, first_dir) = (to_sync.len(), dirs.len());
             collect_tree(&top, &mut to_sync, &mut dirs)?;
+            set_modes(&to_sync[first..], &dirs[first_dir..], self.opts.file_mode)?;
             rels.extend(to_sync[first..].iter().map(|f| {
                 let rel = f.strip_prefix(&top).unwrap_or(f);
                 format!("{d}/{}", rel.to_string_lossy())

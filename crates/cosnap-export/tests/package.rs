@@ -991,16 +991,11 @@ fn vhdx_full_preserve_chain_and_merge() {
     // the result with the expected bytes of snapshot 2.
     let flat = t.path().join("diff-flat.raw");
     cosnap_disk::flatten_all(
-        &[cosnap_disk::FlattenJob {
-            source: diff_disk.clone(),
-            base: None,
-            dest: flat.clone(),
-            dest_format: Format::Raw,
-            dest_parent: None,
-            source_layers: Vec::new(),
-            dest_parent_format: None,
-            changed: None,
-        }],
+        &[cosnap_disk::FlattenJob::whole(
+            diff_disk.clone(),
+            flat.clone(),
+            Format::Raw,
+        )],
         1,
         &no_progress,
         &CancelToken::new(),

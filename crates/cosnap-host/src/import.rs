@@ -187,15 +187,9 @@ fn disk_copy(v: &PackageVm, i: usize, dest_dir: &Path) -> Result<(FlattenJob, Di
     }
 
     let job = FlattenJob {
-        source: src.clone(),
-        base: None,
-        dest: dest.clone(),
-        dest_format: format,
-        dest_parent: None,
         // The package records each file's format; its bytes may say otherwise.
-        source_layers: vec![LayerSpec::new(src, format)],
-        dest_parent_format: None,
-        changed: None,
+        source_layers: vec![LayerSpec::new(src.clone(), format)],
+        ..FlattenJob::whole(src, dest.clone(), format)
     };
     let spec = DiskSpec {
         path: dest,

@@ -173,14 +173,9 @@ pub fn run(ctx: &Context, cmd: DiskCmd) -> CmdResult {
             parent,
         } => {
             let job = FlattenJob {
-                source: src,
                 base,
-                dest: dst,
-                dest_format: format.into(),
                 dest_parent: parent,
-                source_layers: Vec::new(),
-                dest_parent_format: None,
-                changed: None,
+                ..FlattenJob::whole(src, dst, format.into())
             };
             run_convert(ctx, job)
         }

@@ -41,16 +41,7 @@ pub fn flattens_give_the_same_bytes_and_digest() {
     for digested in [false, true] {
         for fmt in [Format::Raw, Format::Qcow2] {
             let dest = d.path().join(format!("out-{digested}.{fmt}"));
-            let job = [FlattenJob {
-                source: top.clone(),
-                base: None,
-                dest: dest.clone(),
-                dest_format: fmt,
-                dest_parent: None,
-                source_layers: Vec::new(),
-                dest_parent_format: None,
-                changed: None,
-            }];
+            let job = [FlattenJob::whole(top.clone(), dest.clone(), fmt)];
             let flatten = if digested {
                 cosnap_disk::flatten_all_digested
             } else {
