@@ -8,7 +8,7 @@ use std::process::Command;
 
 use cosnap_disk::qcow2::{self, ChangeInfo, LostReason};
 use cosnap_disk::{DiskError, ops};
-use cosnap_test_support::{ok, p, require_qemu, run};
+use cosnap_test_support::{ok, p, qemu_io, require_qemu, run};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -27,16 +27,6 @@ fn image_with_bitmaps(dir: &Path, bitmaps: &[(&str, &str)]) -> std::path::PathBu
     img
 }
 
-/// Writes through qemu-io (offline, so enabled bitmaps record them).
-fn qemu_io(img: &Path, commands: &[&str]) {
-    let mut args = vec!["-f", "qcow2"];
-    for c in commands {
-        args.extend(["-c", c]);
-    }
-    args.push(p(img));
-    ok("qemu-io", &args);
-}
-
 /// The writes of the main test, as (offset, length).
 const WRITES: [(u64, u64); 4] = [
     (4 * MIB, 4096),
@@ -44,6 +34,19 @@ const WRITES: [(u64, u64); 4] = [
     (700 * MIB, KIB64),
     (1_000_000, 100),
 ];
+
+/// An image with the bitmaps "b64k" and "b1m" (64 KiB and 1 MiB granules) that recorded
+/// [`WRITES`], made through qemu-io (offline, so enabled bitmaps record them).
+fn tracked_image_with_writes(dir: &Path) -> std::path::PathBuf {
+    let img = image_with_bitmaps(dir, &[("b64k", "64K"), ("b1m", "1M")]);
+    let commands = write_commands();
+    qemu_io(
+        &img,
+        "qcow2",
+        &commands.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    img
+}
 
 fn write_commands() -> Vec<String> {
     vec![
@@ -126,12 +129,7 @@ fn known(info: ChangeInfo) -> Vec<Range<u64>> {
 fn dirty_ranges_equal_the_writes_and_qemus_map() {
     require_qemu!();
     let d = tempfile::tempdir().unwrap();
-    let img = image_with_bitmaps(d.path(), &[("b64k", "64K"), ("b1m", "1M")]);
-    let commands = write_commands();
-    qemu_io(
-        &img,
-        &commands.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let img = tracked_image_with_writes(d.path());
 
     let listed = qcow2::list_bitmaps(&img).unwrap();
     assert_eq!(listed.len(), 2);
@@ -162,9 +160,9 @@ fn disabled_bitmap_ignores_writes_and_merge_copies_bits() {
     let d = tempfile::tempdir().unwrap();
     let img = image_with_bitmaps(d.path(), &[("on", "64K"), ("off", "64K")]);
     ok("qemu-img", &["bitmap", "--disable", p(&img), "off"]);
-    qemu_io(&img, &["write 0 4k", "write 300M 64k"]);
+    qemu_io(&img, "qcow2", &["write 0 4k", "write 300M 64k"]);
     ok("qemu-img", &["bitmap", "--merge", "on", p(&img), "off"]);
-    qemu_io(&img, &["write 2M 4k"]);
+    qemu_io(&img, "qcow2", &["write 2M 4k"]);
 
     let listed = qcow2::list_bitmaps(&img).unwrap();
     let off = listed.iter().find(|b| b.name == "off").unwrap();
@@ -199,6 +197,7 @@ fn a_large_image_past_one_bitmap_cluster_maps_right() {
         .collect();
     qemu_io(
         &img,
+        "qcow2",
         &commands.iter().map(String::as_str).collect::<Vec<_>>(),
     );
 
@@ -273,7 +272,7 @@ fn all_ones_table_entry_marks_everything_as_qemu_reads_it() {
     require_qemu!();
     let d = tempfile::tempdir().unwrap();
     let img = image_with_bitmaps(d.path(), &[("b", "64K")]);
-    qemu_io(&img, &["write 0 4k"]);
+    qemu_io(&img, "qcow2", &["write 0 4k"]);
     let table = qcow2::list_bitmaps(&img).unwrap()[0].table_offset;
 
     let file = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
@@ -290,7 +289,7 @@ fn damaged_tables_are_corrupt_errors() {
     require_qemu!();
     let d = tempfile::tempdir().unwrap();
     let img = image_with_bitmaps(d.path(), &[("b", "64K")]);
-    qemu_io(&img, &["write 0 4k"]);
+    qemu_io(&img, "qcow2", &["write 0 4k"]);
     let table = qcow2::list_bitmaps(&img).unwrap()[0].table_offset;
     let file = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
 
@@ -315,12 +314,7 @@ fn damaged_tables_are_corrupt_errors() {
 fn forgotten_bitmaps_leave_a_clean_writable_image_with_the_same_data() {
     require_qemu!();
     let d = tempfile::tempdir().unwrap();
-    let img = image_with_bitmaps(d.path(), &[("b64k", "64K"), ("b1m", "1M")]);
-    let commands = write_commands();
-    qemu_io(
-        &img,
-        &commands.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let img = tracked_image_with_writes(d.path());
     let before = d.path().join("before.qcow2");
     ok("cp", &["--sparse=always", p(&img), p(&before)]);
     assert!(
@@ -346,5 +340,5 @@ fn forgotten_bitmaps_leave_a_clean_writable_image_with_the_same_data() {
     image.flush().unwrap();
     drop(image);
     ok("qemu-img", &["check", p(&img)]);
-    qemu_io(&img, &["read -P 9 8M 4k", "read -P 1 4M 4k"]);
+    qemu_io(&img, "qcow2", &["read -P 9 8M 4k", "read -P 1 4M 4k"]);
 }

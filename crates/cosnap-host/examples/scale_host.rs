@@ -7,7 +7,6 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use cosnap_disk::Format;
 use cosnap_host::{COLLECTION_OF_VMS, DiskSpec, Host, VmSpec};
 
 /// VMs per collection (2,000 VMs → 200 collections and 200 snapshots).
@@ -33,15 +32,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let disk = disks.join(format!("vm{i}.raw"));
         std::fs::File::create(&disk)?.set_len(DISK_BYTES)?;
         let spec = VmSpec {
-            id: None,
-            name: format!("scale-vm-{i}"),
-            cpus: 1,
             memory_mb: 512,
-            disks: vec![DiskSpec {
-                path: disk,
-                format: Some(Format::Raw),
-            }],
-            nics: Vec::new(),
+            ..VmSpec::new(format!("scale-vm-{i}"), vec![DiskSpec::raw(disk)])
         };
         vm_ids.push(host.define_vm(&spec)?.id);
     }

@@ -82,6 +82,30 @@ pub struct VmSpec {
     pub nics: Vec<Nic>,
 }
 
+impl DiskSpec {
+    /// A raw image at `path` (its format given, not detected).
+    pub fn raw(path: PathBuf) -> DiskSpec {
+        DiskSpec {
+            path,
+            format: Some(Format::Raw),
+        }
+    }
+}
+
+impl VmSpec {
+    /// The VM `name` on `disks` with a fresh id, 1 CPU, 256 MiB and no NIC.
+    pub fn new(name: impl Into<String>, disks: Vec<DiskSpec>) -> VmSpec {
+        VmSpec {
+            id: None,
+            name: name.into(),
+            cpus: 1,
+            memory_mb: 256,
+            disks,
+            nics: Vec::new(),
+        }
+    }
+}
+
 /// The VM settings a snapshot keeps and ApplySnapshot restores (disks are kept as layers).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct VmSettings {

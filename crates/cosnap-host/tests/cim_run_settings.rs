@@ -127,6 +127,14 @@ fn define(f: &Fixture, name: &str, kernel: &Path, com2: &Path) -> (u32, Option<S
     (out.return_value, vm)
 }
 
+/// The VM "vm", booting `vmlinuz`, with COM 2 at the socket `socket` under the images root:
+/// its id (the definition must succeed).
+fn define_vm(f: &Fixture, socket: &str) -> String {
+    let (code, vm) = define(f, "vm", &f.images.join("vmlinuz"), &f.images.join(socket));
+    assert_eq!(code, 0);
+    vm.unwrap()
+}
+
 fn modify_resources(h: &Host, ports: &[Instance]) -> u32 {
     h.invoke_method(
         &vsms(h),
@@ -260,13 +268,7 @@ fn define_system_refuses_run_settings_outside_the_roots_and_defines_nothing() {
 fn modify_resource_settings_moves_com2_and_refuses_what_it_cannot_do() {
     let f = fixture();
     let h = &f.host;
-    let (_, vm) = define(
-        &f,
-        "vm",
-        &f.images.join("vmlinuz"),
-        &f.images.join("a.sock"),
-    );
-    let vm = vm.unwrap();
+    let vm = define_vm(&f, "a.sock");
     let vssd = format!("Microsoft:{vm}");
     let com2_id = format!("{vssd}\\Com\\2");
     let before = h.vm(&vm).unwrap().run;
@@ -335,13 +337,7 @@ fn modify_resource_settings_moves_com2_and_refuses_what_it_cannot_do() {
 fn modify_system_settings_sets_boot_under_the_roots_only() {
     let f = fixture();
     let h = &f.host;
-    let (_, vm) = define(
-        &f,
-        "vm",
-        &f.images.join("vmlinuz"),
-        &f.images.join("a.sock"),
-    );
-    let vm = vm.unwrap();
+    let vm = define_vm(&f, "a.sock");
     let vssd_id = format!("Microsoft:{vm}");
     let shown = h.get_instance(&vssd_path(&vssd_id)).unwrap();
     let before = h.vm(&vm).unwrap().run;
@@ -396,13 +392,7 @@ fn modify_system_settings_sets_boot_under_the_roots_only() {
 fn a_snapshot_shows_the_run_settings_of_its_time() {
     let f = fixture();
     let h = &f.host;
-    let (_, vm) = define(
-        &f,
-        "vm",
-        &f.images.join("vmlinuz"),
-        &f.images.join("old.sock"),
-    );
-    let vm = vm.unwrap();
+    let vm = define_vm(&f, "old.sock");
     let coll = h.define_collection("group", None, 0).unwrap().id;
     h.add_member(&coll, &vm).unwrap();
     let job = h.start_create_snapshot(&coll, 1).unwrap();

@@ -1102,17 +1102,7 @@ fn enumeration_cursor_skips_vms_destroyed_meanwhile() {
             .unwrap()
             .set_len(1 << 20)
             .unwrap();
-        let spec = VmSpec {
-            id: None,
-            name: format!("cursor-vm-{i}"),
-            cpus: 1,
-            memory_mb: 256,
-            disks: vec![DiskSpec {
-                path: disk,
-                format: Some(Format::Raw),
-            }],
-            nics: Vec::new(),
-        };
+        let spec = VmSpec::new(format!("cursor-vm-{i}"), vec![DiskSpec::raw(disk)]);
         ids.push(h.define_vm(&spec).unwrap().id);
     }
     let name = |i: &Instance| match i.get("Name") {

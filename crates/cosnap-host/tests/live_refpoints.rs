@@ -89,10 +89,6 @@ fn qemu_img_compare(a: &Path, b: &Path) {
     );
 }
 
-fn define_vm(host: &Host, images: &Path) -> (String, Vm) {
-    define_vm_on(host, images, [Format::Qcow2, Format::Qcow2])
-}
-
 /// A collection holding the VM "solo" with two new base disks of these formats.
 fn define_vm_on(host: &Host, images: &Path, formats: [Format; 2]) -> (String, Vm) {
     let coll = host.define_collection("tracked", None, 0).unwrap().id;
@@ -126,25 +122,14 @@ fn define_vm_on(host: &Host, images: &Path, formats: [Format; 2]) -> (String, Vm
 fn differential_against_a_live_reference_point_copies_the_bitmap_and_falls_back_after_a_kill() {
     let Some(_) = guest() else { return };
     let root = tempfile::tempdir().unwrap();
-    let images = root.path().join("images");
-    std::fs::create_dir_all(&images).unwrap();
     let hv = Arc::new(QemuHypervisor::new());
-    let options = HostOptions {
-        hypervisor: SharedHypervisor(hv.clone()),
-        ..HostOptions::default()
-    };
-    let host = Host::open_with(root.path().join("data"), options).unwrap();
-    let (coll, vm) = define_vm(&host, &images);
+    let (host, coll, vm) = tracked_host(root.path(), &hv);
     let com2 = root.path().join("com2.sock");
     let mut running = Some(start_vm(&hv, &host, &vm, &com2));
     std::thread::sleep(Duration::from_secs(1));
 
     // Recovery snapshot + full export (the backup's base), then the reference point.
-    let first = host.create_snapshot_now(&coll, 2, None).unwrap();
-    let (_, base_files) = export(&host, &first, None, &root.path().join("full"));
-    let rp = host
-        .convert_to_refpoint(&first, &cosnap_host::NoJob)
-        .unwrap();
+    let (first, base_files, rp) = full_backup_then_refpoint(&host, &coll, root.path());
     assert_eq!(
         host.refpoint_tracked_disks(&rp).unwrap(),
         (2, 2),
@@ -156,38 +141,22 @@ fn differential_against_a_live_reference_point_copies_the_bitmap_and_falls_back_
     let second = host.create_snapshot_now(&coll, 2, None).unwrap();
     let (manifest, diff_files) = export(&host, &second, Some(&rp), &root.path().join("diff"));
     assert_eq!(manifest["kind"], "differential", "{manifest}");
-    let frozen: Vec<PathBuf> = host.snapshot(&second).unwrap().vms[0]
-        .disks
+    let frozen = frozen_layers(&host, &second);
+    for (((layer, diff), base), boundary) in frozen
         .iter()
-        .map(|d| d.path.clone())
-        .collect();
-    for ((layer, diff), base) in frozen.iter().zip(&diff_files).zip(&base_files) {
-        let ChangeInfo::Known(dirty) =
-            qcow2::dirty_ranges(layer, &snapshot_bitmap(&first)).unwrap()
-        else {
-            panic!("{}: the tracking bitmap is lost", layer.display());
-        };
+        .zip(&diff_files)
+        .zip(&base_files)
+        .zip(boundaries(&host, &rp))
+    {
+        let dirty = written_since(layer, &first);
         assert!(
             !dirty.is_empty(),
             "the guest wrote since the reference point"
         );
         assert_eq!(top_layer_ranges(diff), dirty, "{}", diff.display());
-        eprintln!(
-            "differential: {} dirty bytes in {} ranges on {}",
-            dirty.iter().map(|r| r.end - r.start).sum::<u64>(),
-            dirty.len(),
-            layer.display()
-        );
-        let written = open_chain(&host.disk_chain(layer).unwrap(), false).unwrap();
-        let held = written
-            .layer_map(0, written.virtual_size())
-            .unwrap()
-            .into_iter()
-            .filter(|e| e.state != ExtentState::Inherited)
-            .map(|e| e.offset..e.offset + e.len)
-            .collect();
+        eprintln!("differential: {} on {}", summary(&dirty), layer.display());
         assert_eq!(
-            merge_ranges(held),
+            written_above(&host, layer, &boundary),
             dirty,
             "the bitmap marks what the guest wrote"
         );
@@ -209,17 +178,12 @@ fn differential_against_a_live_reference_point_copies_the_bitmap_and_falls_back_
         .zip(&diff_files)
     {
         assert_eq!(frozen.iter().find(|f| **f == disk.path), Some(&disk.path));
-        let ChangeInfo::Known(dirty) =
-            qcow2::dirty_ranges(&disk.path, &snapshot_bitmap(&first)).unwrap()
-        else {
-            panic!("{}: the tracking bitmap is lost", disk.path.display());
-        };
+        let dirty = written_since(&disk.path, &first);
         assert_eq!(top_layer_ranges(diff), dirty, "{}", diff.display());
         qemu_img_compare(diff, &disk.path);
         eprintln!(
-            "after the live merge: {} dirty bytes in {} ranges on {}",
-            dirty.iter().map(|r| r.end - r.start).sum::<u64>(),
-            dirty.len(),
+            "after the live merge: {} on {}",
+            summary(&dirty),
             disk.path.display()
         );
     }
@@ -247,6 +211,21 @@ fn differential_against_a_live_reference_point_copies_the_bitmap_and_falls_back_
 
     let (_guard, handle) = running.take().unwrap();
     hv.kill(&handle).unwrap();
+}
+
+/// A recovery snapshot of `coll`, its full export under `root/full` (the backup's base),
+/// and the reference point converted from it: (snapshot, exported disks, reference point).
+fn full_backup_then_refpoint(
+    host: &Host,
+    coll: &str,
+    root: &Path,
+) -> (String, Vec<PathBuf>, String) {
+    let first = host.create_snapshot_now(coll, 2, None).unwrap();
+    let (_, base_files) = export(host, &first, None, &root.join("full"));
+    let rp = host
+        .convert_to_refpoint(&first, &cosnap_host::NoJob)
+        .unwrap();
+    (first, base_files, rp)
 }
 
 /// A host whose hypervisor is `hv`, with one collection holding the two-disk VM "solo".
@@ -303,6 +282,22 @@ fn boundaries(host: &Host, rp: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The guest byte ranges the tracking bitmap of reference point `first` marks on `layer`
+/// (written since it was taken); fails the test if the bitmap is lost.
+fn written_since(layer: &Path, first: &str) -> Vec<std::ops::Range<u64>> {
+    let ChangeInfo::Known(dirty) = qcow2::dirty_ranges(layer, &snapshot_bitmap(first)).unwrap()
+    else {
+        panic!("{}: the tracking bitmap is lost", layer.display());
+    };
+    dirty
+}
+
+/// "N bytes in M ranges", for the test's log.
+fn summary(ranges: &[std::ops::Range<u64>]) -> String {
+    let bytes: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+    format!("{bytes} bytes in {} ranges", ranges.len())
+}
+
 fn frozen_layers(host: &Host, sid: &str) -> Vec<PathBuf> {
     host.snapshot(sid).unwrap().vms[0]
         .disks
@@ -324,11 +319,7 @@ fn a_standard_snapshot_after_a_live_reference_point_keeps_the_differential_exact
     let (_guard, handle) = start_vm(&hv, &host, &vm, &root.path().join("com2.sock"));
     std::thread::sleep(Duration::from_secs(1));
 
-    let first = host.create_snapshot_now(&coll, 2, None).unwrap();
-    let (_, base_files) = export(&host, &first, None, &root.path().join("full"));
-    let rp = host
-        .convert_to_refpoint(&first, &cosnap_host::NoJob)
-        .unwrap();
+    let (_, base_files, rp) = full_backup_then_refpoint(&host, &coll, root.path());
     std::thread::sleep(Duration::from_millis(1500));
     let standard = host.create_snapshot_now(&coll, 1, None).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
@@ -362,11 +353,7 @@ fn a_standard_snapshot_after_a_live_reference_point_keeps_the_differential_exact
             "the base holds what was written before the reference point"
         );
         qemu_img_compare(diff, layer);
-        eprintln!(
-            "through a standard snapshot: {} bytes in {} ranges",
-            written.iter().map(|r| r.end - r.start).sum::<u64>(),
-            written.len()
-        );
+        eprintln!("through a standard snapshot: {}", summary(&written));
     }
     hv.kill(&handle).unwrap();
 }
@@ -384,11 +371,7 @@ fn a_tracking_layer_pulled_into_two_branches_falls_back_to_full_with_notice() {
     let (_guard, _handle) = start_vm(&hv, &host, &vm, &root.path().join("com2.sock"));
     std::thread::sleep(Duration::from_secs(1));
 
-    let first = host.create_snapshot_now(&coll, 2, None).unwrap();
-    export(&host, &first, None, &root.path().join("full"));
-    let rp = host
-        .convert_to_refpoint(&first, &cosnap_host::NoJob)
-        .unwrap();
+    let (_, _, rp) = full_backup_then_refpoint(&host, &coll, root.path());
     std::thread::sleep(Duration::from_secs(1));
     let second = host.create_snapshot_now(&coll, 1, None).unwrap();
     let tracking = frozen_layers(&host, &second);
@@ -455,11 +438,7 @@ fn a_differential_on_a_vhdx_base_is_an_avhdx_of_exactly_the_written_blocks() {
     let (_guard, handle) = start_vm(&hv, &host, &vm, &root.path().join("com2.sock"));
     std::thread::sleep(Duration::from_secs(1));
 
-    let first = host.create_snapshot_now(&coll, 2, None).unwrap();
-    let (_, base_files) = export(&host, &first, None, &root.path().join("full"));
-    let rp = host
-        .convert_to_refpoint(&first, &cosnap_host::NoJob)
-        .unwrap();
+    let (first, base_files, rp) = full_backup_then_refpoint(&host, &coll, root.path());
     std::thread::sleep(Duration::from_secs(2));
     let second = host.create_snapshot_now(&coll, 2, None).unwrap();
     let (manifest, diff_files) = export(&host, &second, Some(&rp), &root.path().join("diff"));
@@ -467,36 +446,25 @@ fn a_differential_on_a_vhdx_base_is_an_avhdx_of_exactly_the_written_blocks() {
 
     let frozen = frozen_layers(&host, &second);
     let exts = ["avhdx", "qcow2"];
+    let boundaries = boundaries(&host, &rp);
     for (i, ((layer, diff), base)) in frozen.iter().zip(&diff_files).zip(&base_files).enumerate() {
         assert_eq!(diff.extension().unwrap(), exts[i], "{}", diff.display());
         assert_eq!(base.extension().unwrap(), ["vhdx", "qcow2"][i]);
-        let ChangeInfo::Known(dirty) =
-            qcow2::dirty_ranges(layer, &snapshot_bitmap(&first)).unwrap()
-        else {
-            panic!("{}: the tracking bitmap is lost", layer.display());
-        };
+        let dirty = written_since(layer, &first);
         assert!(
             !dirty.is_empty(),
             "the guest wrote since the reference point"
         );
         assert_eq!(top_layer_ranges(diff), dirty, "{}", diff.display());
-        assert_eq!(
-            written_above(&host, layer, &boundaries(&host, &rp)[i]),
-            dirty
-        );
+        assert_eq!(written_above(&host, layer, &boundaries[i]), dirty);
 
         let raw = root.path().join(format!("disk{i}.raw"));
         to_raw(diff, &raw);
         qemu_img_compare(&raw, layer);
         let base_raw = root.path().join(format!("base{i}.raw"));
         to_raw(base, &base_raw);
-        qemu_img_compare(&base_raw, &boundaries(&host, &rp)[i]);
-        eprintln!(
-            "{}: {} dirty bytes in {} ranges",
-            diff.display(),
-            dirty.iter().map(|r| r.end - r.start).sum::<u64>(),
-            dirty.len()
-        );
+        qemu_img_compare(&base_raw, &boundaries[i]);
+        eprintln!("{}: {}", diff.display(), summary(&dirty));
     }
     hv.kill(&handle).unwrap();
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use cosnap_cim::CimProvider;
-use cosnap_disk::Format;
 use cosnap_host::{DiskSpec, Host, VmSpec};
 use cosnap_wbem::request::DecodeLimits;
 use cosnap_wbem::wsman::enumeration::ContextLimits;
@@ -52,15 +51,8 @@ fn build_host(dir: &std::path::Path) -> Host {
             .set_len(1 << 20)
             .unwrap();
         let spec = VmSpec {
-            id: None,
-            name: format!("scale-vm-{i}"),
-            cpus: 1,
             memory_mb: 512,
-            disks: vec![DiskSpec {
-                path: disk,
-                format: Some(Format::Raw),
-            }],
-            nics: Vec::new(),
+            ..VmSpec::new(format!("scale-vm-{i}"), vec![DiskSpec::raw(disk)])
         };
         host.define_vm(&spec).unwrap();
     }

@@ -371,15 +371,8 @@ mod tests {
                 Vec::new()
             };
             let spec = VmSpec {
-                id: None,
-                name: format!("vm{i}"),
-                cpus: 1,
-                memory_mb: 256,
-                disks: vec![DiskSpec {
-                    path: disk,
-                    format: Some(cosnap_disk::Format::Raw),
-                }],
                 nics,
+                ..VmSpec::new(format!("vm{i}"), vec![DiskSpec::raw(disk)])
             };
             vms.push(host.define_vm(&spec).unwrap().id);
         }
